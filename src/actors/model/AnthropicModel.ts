@@ -1,0 +1,243 @@
+import Anthropic, { APIError, APIConnectionError, APIConnectionTimeoutError, APIUserAbortError } from '@anthropic-ai/sdk';
+import type { z } from 'zod';
+import { addUsage, zeroUsage, type Usage } from '../../usage.js';
+import { abortedError, sleep } from './abort.js';
+import { ModelError } from './ModelError.js';
+import type { ModelPort, ModelRequest, ModelResponse } from './ModelPort.js';
+import { answerJsonSchema, describeIssues, renderUserMessage } from './prompt.js';
+
+export interface AnthropicModelOptions {
+  apiKey: string;
+  /** Any Anthropic-compatible server; the SDK's default when unset. */
+  baseURL?: string;
+  model: string;
+  /** Used when a request does not say. */
+  maxTokens?: number;
+  /** Retries of a rate-limited or unavailable call (429, 408, 409, 5xx, network). */
+  maxRetries?: number;
+  /**
+   * The longest wait between two attempts. A retry-after above it is not waited for: the
+   * call fails at once as `rate_limited` with the server's `retryAfterMs`, so the layer
+   * above can schedule it (a worker) or fall back (a flow) instead of blocking a slot.
+   */
+  maxRetryWaitMs?: number;
+  /** For tests: the backoff when the server gives no retry-after. */
+  baseRetryDelayMs?: number;
+}
+
+type Message = Anthropic.Messages.Message;
+type MessageParam = Anthropic.Messages.MessageParam;
+
+/**
+ * The model port over @anthropic-ai/sdk.
+ *
+ * This class is the one layer that retries: the SDK client is built with `maxRetries: 0`
+ * (its own retry honours any retry-after, without a cap) and the loop below retries
+ * transient failures, honouring retry-after up to `maxRetryWaitMs`. The microtask actor
+ * and the machines never retry a transient error themselves.
+ */
+export class AnthropicModel implements ModelPort {
+  readonly name = 'anthropic';
+  private readonly client: Anthropic;
+  private readonly options: Required<Omit<AnthropicModelOptions, 'baseURL' | 'apiKey'>>;
+
+  constructor(options: AnthropicModelOptions) {
+    this.client = new Anthropic({
+      apiKey: options.apiKey,
+      ...(options.baseURL ? { baseURL: options.baseURL } : {}),
+      maxRetries: 0,
+    });
+    this.options = {
+      model: options.model,
+      maxTokens: options.maxTokens ?? 1024,
+      maxRetries: options.maxRetries ?? 2,
+      maxRetryWaitMs: options.maxRetryWaitMs ?? 30_000,
+      baseRetryDelayMs: options.baseRetryDelayMs ?? 500,
+    };
+  }
+
+  async call<T = string>(request: ModelRequest<T>): Promise<ModelResponse<T>> {
+    const messages: MessageParam[] = [{ role: 'user', content: renderUserMessage(request.prompt, request.data) }];
+    if (!request.schema) {
+      const message = await this.send(request, messages, undefined);
+      this.assertComplete(message);
+      const text = textOf(message);
+      return this.response(message, text as T, text, usageOf(message));
+    }
+    return this.callStructured(request, request.schema, messages);
+  }
+
+  /** Forced tool use; one repair attempt that sends the validation error back. */
+  private async callStructured<T>(
+    request: ModelRequest<T>,
+    schema: z.ZodType<T>,
+    messages: MessageParam[],
+  ): Promise<ModelResponse<T>> {
+    const toolName = request.schemaName ?? 'answer';
+    const { inputSchema, unwrap } = answerJsonSchema(schema);
+    const tool: Anthropic.Messages.Tool = {
+      name: toolName,
+      description: 'Give your answer by calling this tool with arguments that match its schema exactly.',
+      input_schema: inputSchema as Anthropic.Messages.Tool.InputSchema,
+    };
+    let usage = zeroUsage();
+    for (let attempt = 0; ; attempt++) {
+      const message = await this.send(request, messages, tool);
+      usage = addUsage(usage, usageOf(message));
+      this.assertComplete(message);
+      const block = message.content.find(
+        (b): b is Anthropic.Messages.ToolUseBlock => b.type === 'tool_use' && b.name === toolName,
+      );
+      const parsed = block ? schema.safeParse(unwrap(block.input)) : undefined;
+      if (block && parsed?.success) {
+        return this.response(message, parsed.data, JSON.stringify(parsed.data), usage);
+      }
+      const problem = parsed && !parsed.success
+        ? `The arguments did not match the schema:\n${describeIssues(parsed.error)}`
+        : `You did not call the \`${toolName}\` tool.`;
+      if (attempt >= 1) {
+        throw new ModelError('invalid_output', `the model's answer does not fit the schema after one repair. ${problem}`, {
+          requestId: message._request_id ?? undefined,
+        });
+      }
+      // The repair: show the model its own answer and what is wrong with it.
+      messages = [
+        ...messages,
+        { role: 'assistant', content: message.content as Anthropic.Messages.ContentBlockParam[] },
+        block
+          ? {
+              role: 'user',
+              content: [
+                {
+                  type: 'tool_result',
+                  tool_use_id: block.id,
+                  is_error: true,
+                  content: `${problem}\nCall \`${toolName}\` again with corrected arguments.`,
+                },
+              ],
+            }
+          : { role: 'user', content: `${problem} Call it now with your answer.` },
+      ];
+    }
+  }
+
+  /** One HTTP call, with the retry loop this layer owns. */
+  private async send(
+    request: ModelRequest<unknown>,
+    messages: MessageParam[],
+    tool: Anthropic.Messages.Tool | undefined,
+  ): Promise<Message & { _request_id?: string | null }> {
+    for (let retry = 0; ; retry++) {
+      try {
+        return await this.client.messages.create(
+          {
+            model: request.model ?? this.options.model,
+            max_tokens: request.maxTokens ?? this.options.maxTokens,
+            system: request.system,
+            messages,
+            ...(tool ? { tools: [tool], tool_choice: { type: 'tool' as const, name: tool.name } } : {}),
+          },
+          { signal: request.signal ?? null },
+        );
+      } catch (e) {
+        const error = toModelError(e, request.signal);
+        if (!error.retryable || retry >= this.options.maxRetries) throw error;
+        const wait = error.retryAfterMs ?? this.backoff(retry);
+        if (wait > this.options.maxRetryWaitMs) {
+          throw new ModelError(
+            error.kind,
+            `${error.message} (the server asked to wait ${Math.ceil(wait / 1000)} s, above the cap of ${Math.ceil(this.options.maxRetryWaitMs / 1000)} s)`,
+            { status: error.status, requestId: error.requestId, retryAfterMs: error.retryAfterMs, cause: e },
+          );
+        }
+        await sleep(wait, request.signal);
+      }
+    }
+  }
+
+  private backoff(retry: number): number {
+    const exponential = Math.min(this.options.baseRetryDelayMs * 2 ** retry, 8_000);
+    return exponential * (1 - Math.random() * 0.25);
+  }
+
+  private assertComplete(message: Message & { _request_id?: string | null }): void {
+    const requestId = message._request_id ?? undefined;
+    if (message.stop_reason === 'max_tokens') {
+      throw new ModelError('max_tokens', `the answer was cut off at max_tokens (${message.usage.output_tokens} tokens out)`, {
+        requestId,
+      });
+    }
+    if (message.stop_reason === 'refusal') {
+      throw new ModelError('refused', 'the model refused to answer', { requestId });
+    }
+  }
+
+  private response<T>(
+    message: Message & { _request_id?: string | null },
+    value: T,
+    text: string,
+    usage: Usage,
+  ): ModelResponse<T> {
+    return {
+      value,
+      text,
+      usage,
+      model: message.model,
+      stopReason: message.stop_reason ?? 'unknown',
+      requestId: message._request_id ?? undefined,
+    };
+  }
+}
+
+const textOf = (message: Message): string =>
+  message.content
+    .filter((b): b is Anthropic.Messages.TextBlock => b.type === 'text')
+    .map((b) => b.text)
+    .join('');
+
+const usageOf = (message: Message): Usage => ({
+  inputTokens: message.usage.input_tokens,
+  outputTokens: message.usage.output_tokens,
+  cacheCreationInputTokens: message.usage.cache_creation_input_tokens ?? 0,
+  cacheReadInputTokens: message.usage.cache_read_input_tokens ?? 0,
+  calls: 1,
+});
+
+/** Reads `retry-after-ms`, then `retry-after` (seconds or an HTTP date). */
+export function retryAfterMs(headers: Headers | undefined, now = Date.now()): number | undefined {
+  const ms = headers?.get('retry-after-ms');
+  if (ms && Number.isFinite(Number(ms))) return Math.max(0, Number(ms));
+  const after = headers?.get('retry-after');
+  if (!after) return undefined;
+  if (Number.isFinite(Number(after))) return Math.max(0, Number(after) * 1000);
+  const date = Date.parse(after);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now);
+}
+
+function toModelError(e: unknown, signal: AbortSignal | undefined): ModelError {
+  if (e instanceof ModelError) return e;
+  if (e instanceof APIUserAbortError || signal?.aborted) return abortedError(signal, e);
+  if (e instanceof APIConnectionTimeoutError) return new ModelError('timeout', 'the HTTP request timed out', { cause: e });
+  if (e instanceof APIConnectionError) {
+    return new ModelError('unavailable', `cannot reach the model server: ${e.message}`, { cause: e });
+  }
+  if (e instanceof APIError) {
+    const status = e.status ?? 0;
+    const details = {
+      status,
+      requestId: e.requestID ?? undefined,
+      retryAfterMs: retryAfterMs(e.headers as Headers | undefined),
+      cause: e,
+    };
+    const what = `${status} ${e.type ?? ''}: ${e.apiMessage ?? e.message}`.replace(/\s+:/, ':');
+    if (status === 429) return new ModelError('rate_limited', `rate limited (${what})`, details);
+    if (status === 408 || status === 409 || status >= 500) {
+      return new ModelError('unavailable', `the model server failed (${what})`, details);
+    }
+    if (status === 401 || status === 403) {
+      return new ModelError('auth', `the API key was refused (${what}); check ANTHROPIC_API_KEY`, details);
+    }
+    return new ModelError('invalid_request', `the request was rejected (${what})`, details);
+  }
+  return new ModelError('unknown', e instanceof Error ? e.message : String(e), { cause: e });
+}

@@ -1,0 +1,47 @@
+/**
+ * Why a model call failed. A program switches on `kind`; `retryable` says whether the
+ * same request could succeed later (rate limit, overload, network) or never will
+ * (bad request, refusal, an answer that does not fit the schema).
+ */
+export type ModelErrorKind =
+  | 'timeout' // the microtask's deadline passed; the HTTP request was aborted
+  | 'cancelled' // the caller aborted (actor stopped, flow cancelled)
+  | 'rate_limited' // 429, retries exhausted or retry-after beyond the cap
+  | 'unavailable' // 5xx, 529 overloaded, connection refused or reset
+  | 'invalid_request' // 400, 404, 413, 422: the request itself is wrong
+  | 'auth' // 401, 403: key missing, wrong or without permission
+  | 'invalid_output' // the answer does not validate against the schema, even after repair
+  | 'refused' // stop_reason refusal
+  | 'max_tokens' // stop_reason max_tokens: the answer was cut off
+  | 'cassette_miss' // replay found no recorded answer for the request
+  | 'unknown';
+
+const retryableKinds: ReadonlySet<ModelErrorKind> = new Set(['rate_limited', 'unavailable']);
+
+export interface ModelErrorDetails {
+  status?: number;
+  requestId?: string;
+  retryAfterMs?: number;
+  cause?: unknown;
+}
+
+export class ModelError extends Error {
+  override readonly name = 'ModelError';
+  readonly kind: ModelErrorKind;
+  readonly retryable: boolean;
+  readonly status: number | undefined;
+  readonly requestId: string | undefined;
+  /** What the server asked us to wait before trying again, when it said. */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(kind: ModelErrorKind, message: string, details: ModelErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.kind = kind;
+    this.retryable = retryableKinds.has(kind);
+    this.status = details.status;
+    this.requestId = details.requestId;
+    this.retryAfterMs = details.retryAfterMs;
+  }
+}
+
+export const isModelError = (e: unknown): e is ModelError => e instanceof ModelError;

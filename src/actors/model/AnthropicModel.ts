@@ -60,7 +60,7 @@ export class AnthropicModel implements ModelPort {
     const messages: MessageParam[] = [{ role: 'user', content: renderUserMessage(request.prompt, request.data) }];
     if (!request.schema) {
       const message = await this.send(request, messages, undefined);
-      this.assertComplete(message);
+      this.assertComplete(message, usageOf(message));
       const text = textOf(message);
       return this.response(message, text as T, text, usageOf(message));
     }
@@ -84,7 +84,7 @@ export class AnthropicModel implements ModelPort {
     for (let attempt = 0; ; attempt++) {
       const message = await this.send(request, messages, tool);
       usage = addUsage(usage, usageOf(message));
-      this.assertComplete(message);
+      this.assertComplete(message, usage);
       const block = message.content.find(
         (b): b is Anthropic.Messages.ToolUseBlock => b.type === 'tool_use' && b.name === toolName,
       );
@@ -98,6 +98,7 @@ export class AnthropicModel implements ModelPort {
       if (attempt >= 1) {
         throw new ModelError('invalid_output', `the model's answer does not fit the schema after one repair. ${problem}`, {
           requestId: message._request_id ?? undefined,
+          usage,
         });
       }
       // The repair: show the model its own answer and what is wrong with it.
@@ -160,15 +161,16 @@ export class AnthropicModel implements ModelPort {
     return exponential * (1 - Math.random() * 0.25);
   }
 
-  private assertComplete(message: Message & { _request_id?: string | null }): void {
+  private assertComplete(message: Message & { _request_id?: string | null }, usage: Usage): void {
     const requestId = message._request_id ?? undefined;
     if (message.stop_reason === 'max_tokens') {
       throw new ModelError('max_tokens', `the answer was cut off at max_tokens (${message.usage.output_tokens} tokens out)`, {
         requestId,
+        usage,
       });
     }
     if (message.stop_reason === 'refusal') {
-      throw new ModelError('refused', 'the model refused to answer', { requestId });
+      throw new ModelError('refused', 'the model refused to answer', { requestId, usage });
     }
   }
 

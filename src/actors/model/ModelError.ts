@@ -1,3 +1,5 @@
+import type { Usage } from '../../usage.js';
+
 /**
  * Why a model call failed. A program switches on `kind`; `retryable` says whether the
  * same request could succeed later (rate limit, overload, network) or never will
@@ -22,6 +24,8 @@ export interface ModelErrorDetails {
   status?: number;
   requestId?: string;
   retryAfterMs?: number;
+  /** Tokens already spent on the failed call (a cut-off or invalid answer was paid for). */
+  usage?: Usage;
   cause?: unknown;
 }
 
@@ -33,6 +37,7 @@ export class ModelError extends Error {
   readonly requestId: string | undefined;
   /** What the server asked us to wait before trying again, when it said. */
   readonly retryAfterMs: number | undefined;
+  readonly usage: Usage | undefined;
 
   constructor(kind: ModelErrorKind, message: string, details: ModelErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
@@ -41,6 +46,7 @@ export class ModelError extends Error {
     this.status = details.status;
     this.requestId = details.requestId;
     this.retryAfterMs = details.retryAfterMs;
+    this.usage = details.usage;
   }
 }
 

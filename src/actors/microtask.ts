@@ -1,0 +1,176 @@
+import { fromPromise } from 'xstate';
+import type { z } from 'zod';
+import { silentLogger, type Logger } from '../log.js';
+import { zeroUsage } from '../usage.js';
+import { describeIssues } from './model/prompt.js';
+import { isModelError, type ModelErrorKind } from './model/ModelError.js';
+import type { ModelPort } from './model/ModelPort.js';
+import {
+  MicrotaskInputSchema,
+  type MicrotaskError,
+  type MicrotaskInput,
+  type MicrotaskResult,
+} from './microtaskTypes.js';
+import type { ResultsStore } from './ResultsStore.js';
+
+/** Named answer schemas: microtask inputs refer to them by name, as inputs must be JSON. */
+export type AnswerSchemas = Readonly<Record<string, z.ZodType>>;
+
+/** A degraded but useful answer for a task type, from its input and why it failed. */
+export type Fallback = (input: MicrotaskInput, error: MicrotaskError) => unknown;
+export type Fallbacks = Readonly<Record<string, Fallback>>;
+
+export const defaultFallback: Fallback = (input, error) => ({
+  fallback: true,
+  taskType: input.taskType,
+  message: `no model answer (${error.kind}); nothing better is known for this task type`,
+});
+
+export interface MicrotaskDeps {
+  model: ModelPort;
+  results: ResultsStore;
+  answers?: AnswerSchemas;
+  fallbacks?: Fallbacks;
+  logger?: Logger;
+}
+
+/**
+ * Failures the model answered (and was paid for) are stored under the key like a
+ * success: running the same request again would give the same kind of answer. Transient
+ * ones (timeout, rate limit, network) are not, so a later run tries again.
+ */
+const storedFailures: ReadonlySet<string> = new Set<ModelErrorKind>(['invalid_output', 'refused', 'max_tokens']);
+
+/**
+ * Runs microtasks: one model call each, with a deadline enforced by AbortSignal (the HTTP
+ * request is cancelled, not abandoned), a measured duration, an error kind, the task
+ * type's fallback, and an idempotency key. Never throws: every outcome is a
+ * {@link MicrotaskResult}.
+ */
+export class MicrotaskRunner {
+  private readonly inFlight = new Map<string, Promise<MicrotaskResult>>();
+  private readonly logger: Logger;
+
+  constructor(private readonly deps: MicrotaskDeps) {
+    this.logger = deps.logger ?? silentLogger;
+  }
+
+  run(rawInput: MicrotaskInput, signal?: AbortSignal): Promise<MicrotaskResult> {
+    // Two runs of one key at once (a duplicate delivery, a restore racing the original)
+    // share one model call.
+    const running = this.inFlight.get(rawInput.key);
+    if (running) return running;
+    const run = this.execute(rawInput, signal).finally(() => this.inFlight.delete(rawInput.key));
+    this.inFlight.set(rawInput.key, run);
+    return run;
+  }
+
+  private async execute(rawInput: MicrotaskInput, signal?: AbortSignal): Promise<MicrotaskResult> {
+    const started = performance.now();
+    const parsed = MicrotaskInputSchema.safeParse(rawInput);
+    if (!parsed.success) {
+      return this.failed(rawInput, started, {
+        kind: 'invalid_request',
+        message: `invalid microtask input:\n${describeIssues(parsed.error)}`,
+        retryable: false,
+      });
+    }
+    const input = parsed.data;
+    const log = this.logger.child({ taskId: input.key, taskType: input.taskType });
+
+    const stored = await this.deps.results.get(input.key);
+    if (stored) {
+      log.debug('result found under its key; no model call');
+      return { ...stored, cached: true, durationMs: 0 };
+    }
+
+    const schema = input.answer === undefined ? undefined : this.deps.answers?.[input.answer];
+    if (input.answer !== undefined && !schema) {
+      return this.failed(input, started, {
+        kind: 'unknown_answer_schema',
+        message: `no answer schema named "${input.answer}" is registered (known: ${Object.keys(this.deps.answers ?? {}).join(', ') || 'none'})`,
+        retryable: false,
+      });
+    }
+
+    const timeoutMs = input.deadlineAt === undefined ? input.timeoutMs : input.deadlineAt - Date.now();
+    if (timeoutMs <= 0) {
+      return this.failed(input, started, { kind: 'timeout', message: `microtask ${input.taskType} timed out: its deadline had passed`, retryable: false });
+    }
+    const deadline = new AbortController();
+    const timer = setTimeout(
+      () => deadline.abort(new DOMException(`microtask ${input.taskType} timed out after ${timeoutMs} ms`, 'TimeoutError')),
+      timeoutMs,
+    );
+    const callSignal = signal ? AbortSignal.any([signal, deadline.signal]) : deadline.signal;
+
+    log.debug({ timeoutMs }, 'microtask started');
+    try {
+      const answer = await this.deps.model.call({
+        system: input.system,
+        prompt: input.prompt,
+        data: input.data,
+        schema,
+        schemaName: input.answer,
+        signal: callSignal,
+        maxTokens: input.maxTokens,
+        model: input.model,
+      });
+      const result: MicrotaskResult = {
+        success: true,
+        taskType: input.taskType,
+        key: input.key,
+        result: answer.value,
+        durationMs: performance.now() - started,
+        usage: answer.usage,
+        model: answer.model,
+        stopReason: answer.stopReason,
+        requestId: answer.requestId,
+        cached: false,
+      };
+      // Stored before the flow hears of it: a crash after this point costs no second call.
+      await this.deps.results.put(input.key, result);
+      log.info({ durationMs: Math.round(result.durationMs), usage: result.usage }, 'microtask done');
+      return result;
+    } catch (e) {
+      const error: MicrotaskError = isModelError(e)
+        ? {
+            kind: e.kind,
+            message: e.message,
+            retryable: e.retryable,
+            ...(e.status !== undefined ? { status: e.status } : {}),
+            ...(e.requestId !== undefined ? { requestId: e.requestId } : {}),
+            ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}),
+          }
+        : { kind: 'unknown', message: e instanceof Error ? e.message : String(e), retryable: false };
+      const result = this.failed(input, started, error, isModelError(e) ? e.usage : undefined);
+      if (storedFailures.has(error.kind)) await this.deps.results.put(input.key, result);
+      log.warn({ durationMs: Math.round(result.durationMs), error }, 'microtask failed; fallback used');
+      return result;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private failed(input: MicrotaskInput, started: number, error: MicrotaskError, usage = zeroUsage()): MicrotaskResult {
+    const fallback = (this.deps.fallbacks?.[input.taskType] ?? defaultFallback)(input, error);
+    return {
+      success: false,
+      taskType: input.taskType ?? 'unknown',
+      key: input.key ?? 'unknown',
+      error,
+      fallback,
+      durationMs: performance.now() - started,
+      usage,
+      cached: false,
+    };
+  }
+}
+
+/**
+ * The microtask as XState actor logic. The actor's own signal (aborted when the actor is
+ * stopped, e.g. its flow is cancelled) cancels the model call too.
+ */
+export function createMicrotaskLogic(runner: MicrotaskRunner) {
+  return fromPromise<MicrotaskResult, MicrotaskInput>(({ input, signal }) => runner.run(input, signal));
+}

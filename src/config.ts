@@ -1,0 +1,91 @@
+import { z } from 'zod';
+
+/**
+ * The environment, checked once at start. Every variable is optional; an empty value
+ * counts as unset (docker-compose and CI often pass `VAR=`).
+ */
+const emptyIsUnset = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
+const opt = <T extends z.ZodType>(schema: T) => z.preprocess(emptyIsUnset, schema.optional());
+const withDefault = <T extends z.ZodType>(schema: T, fallback: z.input<T>) =>
+  z.preprocess(emptyIsUnset, schema.default(fallback as never));
+
+const millis = (min: number, max: number) =>
+  z.coerce
+    .number({ error: `a whole number of milliseconds between ${min} and ${max}` })
+    .int({ error: `a whole number of milliseconds between ${min} and ${max}` })
+    .min(min, { error: `a whole number of milliseconds between ${min} and ${max}` })
+    .max(max, { error: `a whole number of milliseconds between ${min} and ${max}` });
+
+const count = (min: number, max: number, what: string) =>
+  z.coerce
+    .number({ error: `a whole number of ${what} between ${min} and ${max}` })
+    .int({ error: `a whole number of ${what} between ${min} and ${max}` })
+    .min(min, { error: `a whole number of ${what} between ${min} and ${max}` })
+    .max(max, { error: `a whole number of ${what} between ${min} and ${max}` });
+
+const natsUrls = z
+  .string()
+  .transform((s) => s.split(',').map((u) => u.trim()).filter(Boolean))
+  .pipe(
+    z
+      .array(
+        z.string().regex(/^((nats|tls|ws|wss):\/\/)?[^\s/:,]+(:\d+)?$/, {
+          error: 'a comma-separated list of servers such as nats://127.0.0.1:4222',
+        }),
+      )
+      .min(1, { error: 'a comma-separated list of servers such as nats://127.0.0.1:4222' }),
+  );
+
+export const EnvSchema = z.object({
+  NATS_URL: opt(natsUrls),
+  ANTHROPIC_API_KEY: opt(z.string()),
+  ANTHROPIC_BASE_URL: opt(z.url({ error: 'an http(s) URL such as http://127.0.0.1:8080' })),
+  MICROTASK_MODEL: withDefault(z.string(), 'claude-haiku-5-5'),
+  MICROTASK_STATE_DIR: withDefault(z.string(), '.microtask'),
+  MICROTASK_TIMEOUT_MS: withDefault(millis(1, 600_000), 30_000),
+  MICROTASK_MAX_TOKENS: withDefault(count(1, 128_000, 'tokens'), 1024),
+  MICROTASK_MAX_RETRIES: withDefault(count(0, 10, 'retries'), 2),
+  MICROTASK_MAX_RETRY_WAIT_MS: withDefault(millis(0, 600_000), 30_000),
+  MICROTASK_CASSETTE: opt(z.string()),
+  MICROTASK_RECORD: opt(z.string()),
+  MICROTASK_LOG_LEVEL: withDefault(
+    z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
+      error: 'one of fatal, error, warn, info, debug, trace, silent',
+    }),
+    'info',
+  ),
+  MICROTASK_SUBJECT_PREFIX: withDefault(
+    z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, { error: 'NATS subject tokens such as microtask or acme.microtask' }),
+    'microtask',
+  ),
+});
+export type Config = z.infer<typeof EnvSchema>;
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly code = 'CONFIG_INVALID';
+  constructor(readonly problems: Array<{ variable: string; expected: string; got: string }>) {
+    super(
+      `invalid configuration:\n${problems.map((p) => `  ${p.variable}=${p.got}: expected ${p.expected}`).join('\n')}`,
+    );
+  }
+}
+
+const secret = (variable: string) => /KEY|TOKEN|PASS|SECRET/i.test(variable);
+
+/** Reads the configuration from the environment; throws a {@link ConfigError} naming each bad variable. */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const parsed = EnvSchema.safeParse(env);
+  if (parsed.success) return parsed.data;
+  throw new ConfigError(
+    parsed.error.issues.map((issue) => {
+      const variable = String(issue.path[0] ?? '?');
+      const raw = env[variable];
+      return {
+        variable,
+        expected: issue.message,
+        got: raw === undefined ? '(unset)' : secret(variable) ? '(hidden)' : JSON.stringify(raw),
+      };
+    }),
+  );
+}

@@ -48,11 +48,11 @@ export const EnvSchema = z.object({
   MICROTASK_MAX_RETRY_WAIT_MS: withDefault(millis(0, 600_000), 30_000),
   MICROTASK_CASSETTE: opt(z.string()),
   MICROTASK_RECORD: opt(z.string()),
-  MICROTASK_LOG_LEVEL: withDefault(
+  /** Unset: `info` for the daemon and workers, `warn` for one-shot commands (run, build). */
+  MICROTASK_LOG_LEVEL: opt(
     z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
       error: 'one of fatal, error, warn, info, debug, trace, silent',
     }),
-    'info',
   ),
   MICROTASK_SUBJECT_PREFIX: withDefault(
     z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, { error: 'NATS subject tokens such as microtask or acme.microtask' }),

@@ -6,7 +6,7 @@ export type { Logger };
  * Structured logs to stderr (stdout is for data). Secrets are redacted wherever they
  * appear in a logged object.
  */
-export function createLogger(level: string = process.env.MICROTASK_LOG_LEVEL ?? 'info'): Logger {
+export function createLogger(level: string): Logger {
   return pino(
     {
       level,

@@ -1,0 +1,20 @@
+/** What `microtask` exits with. Documented in the README and in `microtask --help`. */
+export const ExitCode = {
+  ok: 0,
+  /** The flow ran and finished, but not with success (failed, fallback, budget exceeded). */
+  flowFailed: 1,
+  /** Wrong usage: unknown command or flag, unreadable or invalid input file, bad environment. */
+  usage: 2,
+  /** Something broke that is not the user's doing; the message and logs say what. */
+  internal: 3,
+} as const;
+
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+  constructor(
+    message: string,
+    readonly code = 'USAGE',
+  ) {
+    super(message);
+  }
+}

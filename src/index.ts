@@ -1,0 +1,26 @@
+/** The public surface: the model port and its implementations, the microtask actor, configuration. */
+export type { ModelPort, ModelRequest, ModelResponse } from './actors/model/ModelPort.js';
+export { ModelError, isModelError, type ModelErrorKind } from './actors/model/ModelError.js';
+export { AnthropicModel, type AnthropicModelOptions } from './actors/model/AnthropicModel.js';
+export { ScriptedModel, type Script, type ScriptedAnswer } from './actors/model/ScriptedModel.js';
+export { CassetteRecorder, CassetteReplayModel, loadCassette, CassetteError } from './actors/model/CassetteModel.js';
+export {
+  MicrotaskRunner,
+  createMicrotaskLogic,
+  defaultFallback,
+  type AnswerSchemas,
+  type Fallback,
+  type Fallbacks,
+  type MicrotaskDeps,
+} from './actors/microtask.js';
+export {
+  MicrotaskInputSchema,
+  MicrotaskResultSchema,
+  type MicrotaskInput,
+  type MicrotaskResult,
+  type MicrotaskError,
+  type MicrotaskErrorKind,
+} from './actors/microtaskTypes.js';
+export { MemoryResultsStore, type ResultsStore } from './actors/ResultsStore.js';
+export { loadConfig, ConfigError, EnvSchema, type Config } from './config.js';
+export { addUsage, zeroUsage, totalTokens, type Usage } from './usage.js';

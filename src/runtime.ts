@@ -1,0 +1,77 @@
+import { fileURLToPath } from 'node:url';
+import { MicrotaskRunner, type AnswerSchemas, type Fallbacks } from './actors/microtask.js';
+import { AnthropicModel } from './actors/model/AnthropicModel.js';
+import { CassetteRecorder, CassetteReplayModel, loadCassette } from './actors/model/CassetteModel.js';
+import type { ModelPort } from './actors/model/ModelPort.js';
+import { MemoryResultsStore, type ResultsStore } from './actors/ResultsStore.js';
+import type { Config } from './config.js';
+import type { Logger } from './log.js';
+
+/** The cassette the offline default replays: shipped with the examples, answers written by hand. */
+export const OFFLINE_CASSETTE = fileURLToPath(new URL('../examples/offline/cassette.json', import.meta.url));
+
+export interface ModelChoice {
+  model: ModelPort;
+  /** One line for the start-up log: which model answers, and whether it costs tokens. */
+  description: string;
+}
+
+/**
+ * Which model answers: MICROTASK_CASSETTE (replay) when set; else the Anthropic API when
+ * ANTHROPIC_API_KEY is set (recorded to MICROTASK_RECORD when that is set); else the
+ * shipped offline cassette, so the quickstart needs no key.
+ */
+export async function chooseModel(config: Config): Promise<ModelChoice> {
+  if (config.MICROTASK_CASSETTE) {
+    const cassette = await loadCassette(config.MICROTASK_CASSETTE);
+    return {
+      model: new CassetteReplayModel(cassette, config.MICROTASK_CASSETTE),
+      description: `replaying cassette ${config.MICROTASK_CASSETTE} (${cassette.source}); no tokens spent`,
+    };
+  }
+  if (config.ANTHROPIC_API_KEY) {
+    const anthropic = new AnthropicModel({
+      apiKey: config.ANTHROPIC_API_KEY,
+      baseURL: config.ANTHROPIC_BASE_URL,
+      model: config.MICROTASK_MODEL,
+      maxTokens: config.MICROTASK_MAX_TOKENS,
+      maxRetries: config.MICROTASK_MAX_RETRIES,
+      maxRetryWaitMs: config.MICROTASK_MAX_RETRY_WAIT_MS,
+    });
+    const where = config.ANTHROPIC_BASE_URL ?? 'the Anthropic API';
+    if (config.MICROTASK_RECORD) {
+      return {
+        model: new CassetteRecorder(anthropic, config.MICROTASK_RECORD, `recorded from ${config.MICROTASK_MODEL}`),
+        description: `${config.MICROTASK_MODEL} at ${where}, recording to ${config.MICROTASK_RECORD}`,
+      };
+    }
+    return { model: anthropic, description: `${config.MICROTASK_MODEL} at ${where}` };
+  }
+  const cassette = await loadCassette(OFFLINE_CASSETTE);
+  return {
+    model: new CassetteReplayModel(cassette, OFFLINE_CASSETTE),
+    description: `offline: no ANTHROPIC_API_KEY, replaying the example cassette (${cassette.source}); set ANTHROPIC_API_KEY for real calls`,
+  };
+}
+
+export interface Runtime {
+  config: Config;
+  logger: Logger;
+  model: ModelPort;
+  /** Which model answers, in words: worth telling a person at start. */
+  modelDescription: string;
+  results: ResultsStore;
+  runner: MicrotaskRunner;
+}
+
+export async function createRuntime(
+  config: Config,
+  logger: Logger,
+  registry: { answers?: AnswerSchemas; fallbacks?: Fallbacks } = {},
+): Promise<Runtime> {
+  const { model, description } = await chooseModel(config);
+  logger.info({ model: model.name }, `model: ${description}`);
+  const results = new MemoryResultsStore();
+  const runner = new MicrotaskRunner({ model, results, logger, ...registry });
+  return { config, logger, model, modelDescription: description, results, runner };
+}

@@ -94,6 +94,27 @@ describe('the microtask actor', () => {
     expect(b.result).toBe('once');
   });
 
+  it('keeps a shared call running while one of its runs waits, and cancels it when none does', async () => {
+    const { runner, model } = runnerWith([{ text: 'shared', delayMs: 150 }, { text: 'fresh', delayMs: 10 }]);
+    const stopped = new AbortController();
+    const first = runner.run(task, stopped.signal);
+    const second = runner.run(task);
+    stopped.abort();
+    expect((await second).result).toBe('shared');
+    expect((await first).result).toBe('shared');
+    expect(model.calls).toHaveLength(1);
+
+    // A run that starts after the only waiter of a call was cancelled gets its own call.
+    const { runner: runner2, model: model2 } = runnerWith([{ text: 'abandoned', delayMs: 150 }, { text: 'fresh', delayMs: 10 }]);
+    const lone = new AbortController();
+    const abandoned = runner2.run({ ...task, key: 'k2' }, lone.signal);
+    lone.abort();
+    const fresh = await runner2.run({ ...task, key: 'k2' });
+    expect(fresh.result).toBe('fresh');
+    expect((await abandoned).error?.kind).toBe('cancelled');
+    expect(model2.calls).toHaveLength(2);
+  });
+
   it('does not store a transient failure: the next run calls the model again', async () => {
     const { runner, model } = runnerWith([new ModelError('unavailable', '503'), 'recovered']);
     expect((await runner.run(task)).error?.kind).toBe('unavailable');

@@ -41,6 +41,13 @@ export interface MicrotaskDeps {
  */
 const storedFailures: ReadonlySet<string> = new Set<ModelErrorKind>(['invalid_output', 'refused', 'max_tokens']);
 
+interface InFlight {
+  promise: Promise<MicrotaskResult>;
+  controller: AbortController;
+  /** Runs waiting on this call whose own signal has not aborted. */
+  waiting: number;
+}
+
 /**
  * Runs microtasks: one model call each, with a deadline enforced by AbortSignal (the HTTP
  * request is cancelled, not abandoned), a measured duration, an error kind, the task
@@ -48,7 +55,7 @@ const storedFailures: ReadonlySet<string> = new Set<ModelErrorKind>(['invalid_ou
  * {@link MicrotaskResult}.
  */
 export class MicrotaskRunner {
-  private readonly inFlight = new Map<string, Promise<MicrotaskResult>>();
+  private readonly inFlight = new Map<string, InFlight>();
   private readonly logger: Logger;
 
   constructor(private readonly deps: MicrotaskDeps) {
@@ -56,16 +63,40 @@ export class MicrotaskRunner {
   }
 
   run(rawInput: MicrotaskInput, signal?: AbortSignal): Promise<MicrotaskResult> {
-    // Two runs of one key at once (a duplicate delivery, a restore racing the original)
-    // share one model call.
-    const running = this.inFlight.get(rawInput.key);
-    if (running) return running;
-    const run = this.execute(rawInput, signal).finally(() => this.inFlight.delete(rawInput.key));
-    this.inFlight.set(rawInput.key, run);
-    return run;
+    // Runs of one key at once (a duplicate delivery, a restored flow racing the stopped
+    // original) share one model call. The shared call is cancelled only when every run
+    // waiting on it has been cancelled.
+    const key = rawInput.key;
+    let entry = this.inFlight.get(key);
+    if (!entry || entry.controller.signal.aborted) {
+      const controller = new AbortController();
+      const created: InFlight = {
+        controller,
+        waiting: 0,
+        promise: this.execute(rawInput, controller.signal).finally(() => {
+          if (this.inFlight.get(key) === created) this.inFlight.delete(key);
+        }),
+      };
+      this.inFlight.set(key, created);
+      entry = created;
+    }
+    const shared = entry;
+    shared.waiting++;
+    if (signal) {
+      const leave = () => {
+        shared.waiting--;
+        if (shared.waiting === 0) shared.controller.abort(signal.reason);
+      };
+      if (signal.aborted) leave();
+      else {
+        signal.addEventListener('abort', leave, { once: true });
+        void shared.promise.finally(() => signal.removeEventListener('abort', leave));
+      }
+    }
+    return shared.promise;
   }
 
-  private async execute(rawInput: MicrotaskInput, signal?: AbortSignal): Promise<MicrotaskResult> {
+  private async execute(rawInput: MicrotaskInput, signal: AbortSignal): Promise<MicrotaskResult> {
     const started = performance.now();
     const parsed = MicrotaskInputSchema.safeParse(rawInput);
     if (!parsed.success) {
@@ -102,7 +133,7 @@ export class MicrotaskRunner {
       () => deadline.abort(new DOMException(`microtask ${input.taskType} timed out after ${timeoutMs} ms`, 'TimeoutError')),
       timeoutMs,
     );
-    const callSignal = signal ? AbortSignal.any([signal, deadline.signal]) : deadline.signal;
+    const callSignal = AbortSignal.any([signal, deadline.signal]);
 
     log.debug({ timeoutMs }, 'microtask started');
     try {

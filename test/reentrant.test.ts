@@ -142,8 +142,8 @@ describe('the re-entrant pipeline', () => {
     const process = (n: number) => (n === 1 ? new ModelError('unavailable', 'editor down') : undefined);
     const { output, model } = run(editorAndReviewer([], { process }));
     const result = await output;
-    // A call that failed without an answer reports no usage (ModelError.usage is unset).
-    expect(result).toMatchObject({ status: 'exhausted', output: 'v1', approved: false, passes: 2, usage: { calls: 2 } });
+    // A failed call counts as a call (against maxCalls) even when no tokens are known.
+    expect(result).toMatchObject({ status: 'exhausted', output: 'v1', approved: false, passes: 2, usage: { calls: 3 } });
     expect(result.reason).toMatch(/pass 1 failed .*editor down.*pass 0 is returned/);
     expect(result.revisions[1]).toMatchObject({ pass: 1, input: 'v1', output: undefined, review: null, error: expect.stringContaining('editor down') });
     expect(model.calls).toHaveLength(3);

@@ -174,7 +174,10 @@ export class MicrotaskRunner {
             ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}),
           }
         : { kind: 'unknown', message: e instanceof Error ? e.message : String(e), retryable: false };
-      const result = this.failed(input, started, error, isModelError(e) ? e.usage : undefined);
+      // A call that failed still counts as one against a budget of calls; its tokens are
+      // known only when the model answered (a cut-off or invalid answer).
+      const usage = (isModelError(e) ? e.usage : undefined) ?? { ...zeroUsage(), calls: 1 };
+      const result = this.failed(input, started, error, usage);
       if (storedFailures.has(error.kind)) await this.deps.results.put(input.key, result);
       log.warn({ durationMs: Math.round(result.durationMs), error }, 'microtask failed; fallback used');
       return result;

@@ -31,7 +31,20 @@ export const FailureAnalysisSchema = z.object({
 });
 export type FailureAnalysis = z.infer<typeof FailureAnalysisSchema>;
 
+export const CodeSchema = z.object({
+  code: z.string().min(1).describe('the complete source file'),
+});
+export type Code = z.infer<typeof CodeSchema>;
+
+export const ToolEntrySchema = z.object({
+  entry: z.string().min(1).describe('the complete source of src/cli.js'),
+  readme: z.string().min(1).describe('the complete README.md'),
+});
+export type ToolEntry = z.infer<typeof ToolEntrySchema>;
+
 export const answerSchemas = {
+  code: CodeSchema,
+  toolEntry: ToolEntrySchema,
   verdict: VerdictSchema,
   review: ReviewSchema,
   failureAnalysis: FailureAnalysisSchema,

@@ -115,6 +115,8 @@ export { zeroUsage };
 export interface CheckInput {
   key: string;
   output: unknown;
+  /** What the output is for, passed through from the flow's input (`checkSubject`): the check's own context. */
+  subject?: unknown;
 }
 export interface CheckResult {
   ok: boolean;

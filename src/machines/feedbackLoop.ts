@@ -30,6 +30,8 @@ export interface FeedbackLoopInput {
   budget?: Budget;
   /** Run the deterministic `check` actor on each attempt before the verifier. */
   check?: boolean;
+  /** Given to the check with each output: what the output is for. */
+  checkSubject?: unknown;
 }
 
 export interface FeedbackAttempt {
@@ -233,7 +235,11 @@ export const feedbackLoopMachine = setup({
     checking: {
       invoke: {
         src: 'check',
-        input: ({ context }) => ({ key: `${context.input.key}/check/${context.iteration}`, output: context.current!.output }),
+        input: ({ context }) => ({
+          key: `${context.input.key}/check/${context.iteration}`,
+          output: context.current!.output,
+          subject: context.input.checkSubject,
+        }),
         onDone: { target: 'verifyGate', actions: { type: 'recordCheck', params: ({ event }) => ({ check: event.output }) } },
         onError: { target: 'verifyGate', actions: { type: 'recordCheckError', params: ({ event }) => ({ error: event.error }) } },
       },

@@ -29,6 +29,8 @@ export interface ReentrantInput {
   maxRevisions: number;
   /** Run the deterministic `check` actor on each output before the reviewer. */
   check?: boolean;
+  /** Given to the check with each output: what the output is for. */
+  checkSubject?: unknown;
   budget?: Budget;
 }
 
@@ -277,7 +279,11 @@ export const reentrantMachine = setup({
     checking: {
       invoke: {
         src: 'check',
-        input: ({ context }) => ({ key: `${context.input.key}/check/${context.pass}`, output: context.current!.output }),
+        input: ({ context }) => ({
+          key: `${context.input.key}/check/${context.pass}`,
+          output: context.current!.output,
+          subject: context.input.checkSubject,
+        }),
         onDone: { target: 'reviewGate', actions: { type: 'recordCheck', params: ({ event }) => ({ check: event.output }) } },
         onError: { target: 'reviewGate', actions: { type: 'recordCheckError', params: ({ event }) => ({ error: event.error }) } },
       },

@@ -27,6 +27,8 @@ export interface MetacognitiveInput {
   maxAttempts: number;
   /** Run the deterministic `check` actor on each answer; a failed check is a failed attempt. */
   check?: boolean;
+  /** Given to the check with each output: what the output is for. */
+  checkSubject?: unknown;
   budget?: Budget;
 }
 
@@ -289,6 +291,7 @@ export const metacognitiveMachine = setup({
         input: ({ context }) => ({
           key: `${context.input.key}/check/${context.attempt}`,
           output: last(context.attempts)!.envelope.result,
+          subject: context.input.checkSubject,
         }),
         onDone: [
           {

@@ -37,6 +37,8 @@ export interface ProgressiveInput {
   maxAttempts?: number;
   /** Run the deterministic `check` actor on each level's output before the verifier. */
   check?: boolean;
+  /** Given to the check with each output: what the output is for. */
+  checkSubject?: unknown;
   /** Skip the levels below (when the caller knows they cannot do it). */
   startLevel?: Level;
   budget?: Budget;
@@ -348,6 +350,7 @@ export const progressiveMachine = setup({
             task: specialistTask(context),
             maxAttempts: context.input.maxAttempts ?? 2,
             ...(context.input.check !== undefined ? { check: context.input.check } : {}),
+            ...(context.input.checkSubject !== undefined ? { checkSubject: context.input.checkSubject } : {}),
             ...(budget ? { budget } : {}),
           };
         },
@@ -403,7 +406,11 @@ export const progressiveMachine = setup({
     checking: {
       invoke: {
         src: 'check',
-        input: ({ context }) => ({ key: `${context.input.key}/level${context.level}/check`, output: context.current!.output }),
+        input: ({ context }) => ({
+          key: `${context.input.key}/level${context.level}/check`,
+          output: context.current!.output,
+          subject: context.input.checkSubject,
+        }),
         onDone: [
           {
             guard: { type: 'checkPassed', params: ({ event }) => ({ check: event.output }) },

@@ -30,6 +30,11 @@ export function stateCoverage(...machines: AnyStateMachine[]) {
     if (event.type !== '@xstate.snapshot' && event.type !== '@xstate.microstep') return;
     const snapshot = event.snapshot as Snapshot<unknown> & { machine?: AnyStateMachine; matches?: (v: string) => boolean };
     if (!snapshot.machine || !snapshot.matches) return;
+    // A transient initial state is left in the first microstep, before any snapshot: the
+    // transitions taken name it as their source.
+    if (event.type === '@xstate.microstep') {
+      for (const transition of event._transitions) visited.add(transition.source.id);
+    }
     for (const node of all) {
       if (node.machine.id === snapshot.machine.id && snapshot.matches(node.path)) visited.add(node.id);
     }

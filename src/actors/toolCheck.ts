@@ -1,0 +1,201 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { builtinModules, createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import ts from 'typescript';
+import type { CheckResult } from '../machines/common.js';
+import { ENTRY_PATH, modulePath, type ToolFiles } from '../toolFiles.js';
+import type { ToolSpec } from '../toolSpec.js';
+import { writeToolFiles } from './toolWriter.js';
+
+/**
+ * Level 0 of the tool builder: deterministic checks of generated code, before any model
+ * reviews it. Each returns diagnostics a model can act on ("src/auth.js:3:7 TS2304:
+ * Cannot find name 'token'"), which go into the verifier's prompt and the revision.
+ */
+
+const ROOT = '/__tool__';
+const require = createRequire(import.meta.url);
+const typeRoots = [dirname(dirname(require.resolve('@types/node/package.json')))];
+const compilerOptions: ts.CompilerOptions = {
+  allowJs: true,
+  checkJs: true,
+  noEmit: true,
+  target: ts.ScriptTarget.ES2022,
+  module: ts.ModuleKind.NodeNext,
+  moduleResolution: ts.ModuleResolutionKind.NodeNext,
+  types: ['node'],
+  typeRoots,
+  skipLibCheck: true,
+  strict: false,
+};
+
+// lib.d.ts and @types/node are the same for every check: parse them once.
+const libCache = new Map<string, ts.SourceFile>();
+
+function typeCheck(files: ToolFiles): { diagnostics: string[]; program: ts.Program } {
+  const host = ts.createCompilerHost(compilerOptions, true);
+  const virtual = new Map(Object.entries(files).map(([path, text]) => [`${ROOT}/${path}`, text]));
+  const original = {
+    getSourceFile: host.getSourceFile,
+    fileExists: host.fileExists,
+    readFile: host.readFile,
+    directoryExists: host.directoryExists?.bind(host),
+  };
+  host.directoryExists = (dir) =>
+    dir === ROOT || dir.startsWith(`${ROOT}/`)
+      ? [...virtual.keys()].some((name) => name.startsWith(`${dir}/`))
+      : (original.directoryExists?.(dir) ?? true);
+  host.realpath = (path) => path;
+  host.fileExists = (name) => virtual.has(name) || (!name.startsWith(ROOT) && original.fileExists(name));
+  host.readFile = (name) => virtual.get(name) ?? (name.startsWith(ROOT) ? undefined : original.readFile(name));
+  host.getSourceFile = (name, languageVersion, onError) => {
+    const text = virtual.get(name);
+    if (text !== undefined) return ts.createSourceFile(name, text, languageVersion, true);
+    if (name.startsWith(ROOT)) return undefined;
+    let cached = libCache.get(name);
+    if (!cached) {
+      cached = original.getSourceFile(name, languageVersion, onError);
+      if (cached) libCache.set(name, cached);
+    }
+    return cached;
+  };
+  host.getCurrentDirectory = () => ROOT;
+  const roots = [...virtual.keys()].filter((name) => name.endsWith('.js'));
+  const program = ts.createProgram(roots, compilerOptions, host);
+  const diagnostics = [...program.getSyntacticDiagnostics(), ...program.getSemanticDiagnostics()]
+    .filter((d) => d.file?.fileName.startsWith(ROOT))
+    .map(formatDiagnostic);
+  return { diagnostics, program };
+}
+
+function formatDiagnostic(d: ts.Diagnostic): string {
+  const message = ts.flattenDiagnosticMessageText(d.messageText, '\n');
+  if (!d.file || d.start === undefined) return `TS${d.code}: ${message}`;
+  const { line, character } = d.file.getLineAndCharacterOfPosition(d.start);
+  return `${d.file.fileName.slice(ROOT.length + 1)}:${line + 1}:${character + 1} TS${d.code}: ${message}`;
+}
+
+const builtins = new Set(builtinModules);
+const isBuiltin = (specifier: string) => specifier.startsWith('node:') || builtins.has(specifier);
+
+function importsOf(source: ts.SourceFile): string[] {
+  const found: string[] = [];
+  const visit = (node: ts.Node) => {
+    if ((ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) && node.moduleSpecifier && ts.isStringLiteral(node.moduleSpecifier)) {
+      found.push(node.moduleSpecifier.text);
+    }
+    if (ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword) {
+      const [arg] = node.arguments;
+      if (arg && ts.isStringLiteral(arg)) found.push(arg.text);
+    }
+    ts.forEachChild(node, visit);
+  };
+  visit(source);
+  return found;
+}
+
+function exportsOf(program: ts.Program, path: string): string[] {
+  const source = program.getSourceFile(`${ROOT}/${path}`);
+  const symbol = source && program.getTypeChecker().getSymbolAtLocation(source);
+  return symbol ? program.getTypeChecker().getExportsOfModule(symbol).map((s) => s.getName()) : [];
+}
+
+/** Imports must be Node built-ins or the tool's own modules: a generated tool has no dependencies. */
+function importDiagnostics(program: ts.Program, path: string, allowed: ReadonlySet<string>): string[] {
+  const source = program.getSourceFile(`${ROOT}/${path}`);
+  if (!source) return [];
+  return importsOf(source)
+    .filter((specifier) => !isBuiltin(specifier) && !allowed.has(specifier))
+    .map((specifier) =>
+      specifier.startsWith('.')
+        ? `${path}: imports "${specifier}", which is not a module of this tool (${[...allowed].join(', ') || 'none'})`
+        : `${path}: imports the package "${specifier}"; the tool has no dependencies: use Node built-ins (node:...) only`,
+    );
+}
+
+/** One module on its own: it parses, type-checks, exports something, imports only what it may. */
+export function checkModule(spec: ToolSpec, moduleName: string, code: unknown): CheckResult {
+  if (typeof code !== 'string' || code.trim() === '') {
+    return { ok: false, diagnostics: [`${modulePath(moduleName)}: no source code was produced`] };
+  }
+  const path = modulePath(moduleName);
+  // Sibling modules may be imported; they are checked on their own, so stand-ins type as any.
+  const siblings = spec.modules.filter((m) => m.name !== moduleName);
+  // The tool's package.json says `type: module`; without it Node (and tsc) read .js as CommonJS.
+  const files: ToolFiles = { 'package.json': '{"type":"module"}', [path]: code };
+  for (const sibling of siblings) files[modulePath(sibling.name)] = 'export {};\n';
+  const { diagnostics, program } = typeCheck(files);
+  const own = diagnostics.filter((d) => d.startsWith(`${path}:`) || d.startsWith('TS'));
+  if (!exportsOf(program, path).length) own.push(`${path}: exports nothing; export the module's functions by name`);
+  own.push(...importDiagnostics(program, path, new Set(siblings.map((m) => `./${m.name}.js`))));
+  return { ok: own.length === 0, diagnostics: own };
+}
+
+const nodePermissionFlag = Number(process.versions.node.split('.')[0]) >= 22 ? '--permission' : '--experimental-permission';
+
+/**
+ * Runs `node src/cli.js --help` in a temporary copy of the tool, under Node's permission
+ * model: it may read its own directory and nothing else, may not write, spawn or load
+ * addons, gets no environment (no API keys), and is killed after `timeoutMs`.
+ */
+export async function runHelp(spec: ToolSpec, files: ToolFiles, timeoutMs = 5_000): Promise<string[]> {
+  const root = await mkdtemp(join(tmpdir(), 'microtask-check-'));
+  try {
+    const { dir } = await writeToolFiles(root, spec.name, files);
+    const result = await new Promise<{ code: number | null; stdout: string; stderr: string; timedOut: boolean }>((resolve) => {
+      execFile(
+        process.execPath,
+        [nodePermissionFlag, `--allow-fs-read=${dir}`, '--disable-warning=ExperimentalWarning', join(dir, ENTRY_PATH), '--help'],
+        { cwd: dir, env: {}, timeout: timeoutMs, maxBuffer: 256 * 1024 },
+        (error, stdout, stderr) =>
+          resolve({
+            code: error ? (typeof error.code === 'number' ? error.code : null) : 0,
+            stdout,
+            stderr,
+            timedOut: error?.killed === true,
+          }),
+      );
+    });
+    if (result.timedOut) return [`${ENTRY_PATH} --help did not finish within ${timeoutMs} ms (it must print usage and exit)`];
+    if (result.code !== 0) {
+      return [`${ENTRY_PATH} --help exited with code ${result.code}: ${result.stderr.trim().split('\n').slice(0, 8).join('\n')}`];
+    }
+    if (!result.stdout.trim()) return [`${ENTRY_PATH} --help printed nothing on stdout; it must print usage`];
+    return [];
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The whole tool: every module of the spec present and exporting, the entry importing
+ * each of them, everything type-checking together, and `--help` running.
+ */
+export async function checkTool(spec: ToolSpec, files: ToolFiles): Promise<CheckResult> {
+  const diagnostics: string[] = [];
+  for (const module of spec.modules) {
+    if (files[modulePath(module.name)] === undefined) diagnostics.push(`${modulePath(module.name)}: missing (module "${module.name}" of the spec)`);
+  }
+  const { diagnostics: typeErrors, program } = typeCheck(files);
+  diagnostics.push(...typeErrors);
+  const allowed = new Set(spec.modules.map((m) => `./${m.name}.js`));
+  for (const module of spec.modules) {
+    const path = modulePath(module.name);
+    if (files[path] !== undefined && !exportsOf(program, path).length) diagnostics.push(`${path}: exports nothing`);
+    diagnostics.push(...importDiagnostics(program, path, allowed));
+  }
+  const entry = program.getSourceFile(`${ROOT}/${ENTRY_PATH}`);
+  if (entry) {
+    const imported = new Set(importsOf(entry));
+    for (const module of spec.modules) {
+      if (!imported.has(`./${module.name}.js`)) diagnostics.push(`${ENTRY_PATH}: does not import ./${module.name}.js; the entry must wire every module`);
+    }
+    diagnostics.push(...importDiagnostics(program, ENTRY_PATH, allowed));
+  } else diagnostics.push(`${ENTRY_PATH}: missing`);
+  // Only code that type-checks is run.
+  if (diagnostics.length === 0) diagnostics.push(...(await runHelp(spec, files)));
+  return { ok: diagnostics.length === 0, diagnostics };
+}
+

@@ -1,0 +1,54 @@
+import type { AnyActorLogic } from 'xstate';
+import type { MicrotaskInput, MicrotaskResult } from './actors/microtaskTypes.js';
+import { codeOnlyRepairLogic, createWriteToolLogic, toolCheckLogic } from './actors/toolBuilderActors.js';
+import type { PromiseActorLogic } from 'xstate';
+import { feedbackLoopMachine } from './machines/feedbackLoop.js';
+import { incrementalMachine } from './machines/incremental.js';
+import { metacognitiveMachine } from './machines/metacognitive.js';
+import { microtaskMachine } from './machines/microtaskMachine.js';
+import { parallelMachine } from './machines/parallel.js';
+import { progressiveMachine } from './machines/progressive.js';
+import { reentrantMachine } from './machines/reentrant.js';
+import { toolBuilderMachine } from './machines/toolBuilder.js';
+
+/**
+ * The actors the machines name, given for real. Whether `microtask` runs the model here
+ * (createMicrotaskLogic) or sends the task to a worker over the bus is decided by what
+ * is passed in, never by the machines.
+ */
+export interface FlowActors {
+  microtask: PromiseActorLogic<MicrotaskResult, MicrotaskInput>;
+  /** The deterministic check; the tool builder's (type-check, --help) by default. */
+  check?: AnyActorLogic;
+  /** Level 0 of progressive specialization; code-only repair of a candidate by default. */
+  codeOnly?: AnyActorLogic;
+  /** Writes a built tool; into the output root, safely, by default. */
+  writeTool?: AnyActorLogic;
+}
+
+/** Every pattern's machine with its actors provided, children included. */
+export function provideFlows(actors: FlowActors) {
+  const microtask = actors.microtask;
+  const check = actors.check ?? toolCheckLogic;
+  const codeOnly = actors.codeOnly ?? codeOnlyRepairLogic;
+  const writeTool = actors.writeTool ?? createWriteToolLogic();
+
+  const feedbackLoop = feedbackLoopMachine.provide({ actors: { microtask, check } });
+  const parallel = parallelMachine.provide({ actors: { microtask } });
+  const metacognitive = metacognitiveMachine.provide({ actors: { microtask, check } });
+  const progressive = progressiveMachine.provide({ actors: { microtask, check, codeOnly, metacognitive } });
+  const reentrant = reentrantMachine.provide({ actors: { microtask, check } });
+  return {
+    microtask: microtaskMachine.provide({ actors: { microtask } }),
+    incremental: incrementalMachine.provide({ actors: { microtask } }),
+    feedbackLoop,
+    parallel,
+    metacognitive,
+    progressive,
+    reentrant,
+    toolBuilder: toolBuilderMachine.provide({
+      actors: { parallel, feedbackLoop, progressive, reentrant, metacognitive, writeTool },
+    }),
+  };
+}
+export type Flows = ReturnType<typeof provideFlows>;

@@ -1,0 +1,519 @@
+import { assign, setup } from 'xstate';
+import { ToolSpecSchema, type ToolSpec } from '../toolSpec.js';
+import { addUsage, zeroUsage, type Usage } from '../usage.js';
+import type { Code, ToolEntry } from './answers.js';
+import { answerOf, budgetCheck, notProvided, remainingBudget, type Budget, type FlowOutputBase, type FlowStatus } from './common.js';
+import { feedbackLoopMachine, type FeedbackLoopOutput } from './feedbackLoop.js';
+import { metacognitiveMachine, type MetacognitiveOutput } from './metacognitive.js';
+import { parallelMachine, type ParallelOutput } from './parallel.js';
+import { progressiveMachine, type ProgressiveOutput } from './progressive.js';
+import { reentrantMachine, type ReentrantOutput } from './reentrant.js';
+import {
+  analysisTasks,
+  entryTask,
+  moduleSpecialistSystem,
+  moduleTask,
+  moduleVerifyTask,
+  toolReviewTask,
+  type Analysis,
+} from './toolBuilderPrompts.js';
+
+export interface ToolBuilderInput {
+  /** Prefix of every microtask key of this flow: the flow id. */
+  key: string;
+  /** Validated again here: an invalid spec fails the flow before any model call. */
+  spec: ToolSpec;
+  /** The tool is written to `<outRoot>/<spec.name>/` and nowhere else. */
+  outRoot: string;
+  /** Quality a module must reach (verifier score, 0..1). */
+  threshold?: number;
+  /** Feedback-loop iterations per module. */
+  maxIterations?: number;
+  /** Revisions of the entry point after its first version. */
+  maxRevisions?: number;
+  /** Attempts of the metacognitive steps. */
+  maxAttempts?: number;
+  /** Timeout of each microtask. */
+  timeoutMs?: number;
+  budget?: Budget;
+}
+
+/** What the check actor is told about the output it checks. */
+export type ToolCheckSubject =
+  | { kind: 'module'; spec: ToolSpec; module: string }
+  | { kind: 'tool'; spec: ToolSpec; modules: Record<string, string> };
+
+export interface WriteToolInput {
+  outRoot: string;
+  spec: ToolSpec;
+  modules: Record<string, string>;
+  entry: ToolEntry;
+}
+export interface WriteToolOutput {
+  dir: string;
+  files: string[];
+}
+
+export interface ModuleRecord {
+  name: string;
+  code: string | undefined;
+  /** passed: reached the threshold (in the feedback loop or by progressive improvement). */
+  passed: boolean;
+  score: number | null;
+  /** How it was made: the feedback loop, or the progressive level that passed. */
+  via: 'feedback-loop' | 'code-only' | 'general' | 'specialized' | 'metacognitive' | 'best-effort';
+  iterations: number;
+  note?: string;
+}
+
+export interface ToolBuilderOutput extends FlowOutputBase {
+  name: string;
+  /** Where the tool was written; unset when it was not. */
+  dir?: string;
+  files: string[];
+  analysis: Analysis | undefined;
+  modules: ModuleRecord[];
+  entry: ToolEntry | undefined;
+  /** Whether the entry point was approved by review, and after how many passes. */
+  integration: { approved: boolean; passes: number; recovered: boolean } | undefined;
+}
+
+interface Context {
+  input: ToolBuilderInput;
+  spec: ToolSpec;
+  analysis: Analysis | undefined;
+  moduleIndex: number;
+  modules: ModuleRecord[];
+  /** The feedback loop's output for the module being improved. */
+  pending: FeedbackLoopOutput | undefined;
+  entry: ToolEntry | undefined;
+  integration: ToolBuilderOutput['integration'];
+  /** What review and checks said of the last entry point, for the recovery step. */
+  integrationProblems: string[];
+  written: WriteToolOutput | undefined;
+  usage: Usage;
+  status: FlowStatus;
+  reason: string | undefined;
+}
+
+const defaults = { threshold: 0.8, maxIterations: 3, maxRevisions: 2, maxAttempts: 2 };
+const setting = <K extends keyof typeof defaults>(input: ToolBuilderInput, key: K): number => input[key] ?? defaults[key];
+
+const codeOf = (value: unknown): string | undefined =>
+  value && typeof value === 'object' && typeof (value as Code).code === 'string' ? (value as Code).code : undefined;
+const entryOf = (value: unknown): ToolEntry | undefined =>
+  value && typeof value === 'object' && typeof (value as ToolEntry).entry === 'string' && typeof (value as ToolEntry).readme === 'string'
+    ? (value as ToolEntry)
+    : undefined;
+
+const currentModule = (context: Context) => context.spec.modules[context.moduleIndex]!;
+const moduleKey = (context: Context) => `${context.input.key}/module/${currentModule(context).name}`;
+const moduleCode = (context: Context): Record<string, string> =>
+  Object.fromEntries(context.modules.filter((m) => m.code !== undefined).map((m) => [m.name, m.code!]));
+const textOf = (value: unknown): string => (typeof value === 'string' ? value : JSON.stringify(value));
+
+/**
+ * Builds a real tool from a spec, composing the patterns: a parallel analysis (problem,
+ * architecture, code/AI split) → each module through a feedback loop, with deterministic
+ * checks before any review → progressive improvement of a module that falls short →
+ * re-entrant integration of the entry point and README, checked as a whole (type-check,
+ * `--help` runs) → metacognitive recovery when integration fails → the files written.
+ */
+export const toolBuilderMachine = setup({
+  types: {
+    input: {} as ToolBuilderInput,
+    context: {} as Context,
+    output: {} as ToolBuilderOutput,
+  },
+  actors: {
+    parallel: parallelMachine,
+    feedbackLoop: feedbackLoopMachine,
+    progressive: progressiveMachine,
+    reentrant: reentrantMachine,
+    metacognitive: metacognitiveMachine,
+    writeTool: notProvided<WriteToolOutput, WriteToolInput>('writeTool'),
+  },
+  guards: {
+    specValid: ({ context }) => ToolSpecSchema.safeParse(context.input.spec).success,
+    overBudget: (_, params: { status: FlowStatus }) => params.status === 'budget_exceeded',
+    loopPassed: (_, params: { output: FeedbackLoopOutput }) => params.output.status === 'done',
+    improved: (_, params: { output: ProgressiveOutput }) => params.output.status === 'done',
+    allModulesPassed: ({ context }) => context.modules.every((m) => m.passed),
+    moreModules: ({ context }) => context.moduleIndex + 1 < context.spec.modules.length,
+    integrated: (_, params: { output: ReentrantOutput }) => params.output.status === 'done' && params.output.approved,
+    recovered: (_, params: { output: MetacognitiveOutput }) =>
+      params.output.status === 'done' && entryOf(params.output.result) !== undefined,
+  },
+  actions: {
+    rejectSpec: assign(({ context }) => {
+      const parsed = ToolSpecSchema.safeParse(context.input.spec);
+      const issues = parsed.success
+        ? []
+        : parsed.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(spec)'}: ${i.message}`);
+      return { reason: `invalid tool spec: ${issues.join('; ')}` };
+    }),
+    countUsage: assign(({ context }, params: { usage: Usage }) => ({ usage: addUsage(context.usage, params.usage) })),
+    noteChildReason: assign((_, params: { reason: string | undefined }) => ({ reason: params.reason })),
+    // A child sees only what was left of the budget; the reason names the flow's own.
+    noteBudget: assign(({ context }, params: { childReason: string | undefined }) => {
+      const check = budgetCheck(context.input.budget, context.usage);
+      return { reason: check.ok ? params.childReason : check.reason };
+    }),
+    recordAnalysis: assign((_, params: { output: ParallelOutput }) => {
+      // An analysis that failed leaves its fallback text: the modules can still be written.
+      const [problem, architecture, split] = params.output.results.map((r) =>
+        r ? textOf(answerOf(r)) : 'not analyzed (budget)',
+      );
+      return { analysis: { problem: problem ?? '', architecture: architecture ?? '', split: split ?? '' } };
+    }),
+    recordLoopModule: assign(({ context }, params: { output: FeedbackLoopOutput }) => ({
+      modules: [
+        ...context.modules,
+        {
+          name: currentModule(context).name,
+          code: codeOf(params.output.result),
+          passed: true,
+          score: params.output.score,
+          via: 'feedback-loop' as const,
+          iterations: params.output.iterations,
+        },
+      ],
+    })),
+    holdForImprovement: assign((_, params: { output: FeedbackLoopOutput }) => ({ pending: params.output })),
+    recordImprovedModule: assign(({ context }, params: { output: ProgressiveOutput }) => {
+      const loop = context.pending!;
+      const passed = params.output.status === 'done';
+      const improvedCode = codeOf(params.output.result);
+      // Progressive improvement that produced nothing better leaves the loop's best attempt.
+      const code = improvedCode ?? codeOf(loop.result);
+      const via = passed && params.output.level !== null ? (['code-only', 'general', 'specialized', 'metacognitive'] as const)[params.output.level]! : 'best-effort';
+      return {
+        pending: undefined,
+        modules: [
+          ...context.modules,
+          {
+            name: currentModule(context).name,
+            code,
+            passed,
+            score: params.output.score ?? loop.score,
+            via,
+            iterations: loop.iterations,
+            ...(passed ? {} : { note: params.output.reason ?? loop.reason ?? 'did not reach the threshold' }),
+          },
+        ],
+      };
+    }),
+    nextModule: assign(({ context }) => ({ moduleIndex: context.moduleIndex + 1 })),
+    recordIntegration: assign((_, params: { output: ReentrantOutput }) => {
+      const last = params.output.revisions[params.output.revisions.length - 1];
+      return {
+        entry: entryOf(params.output.output),
+        integration: { approved: params.output.approved, passes: params.output.passes, recovered: false },
+        integrationProblems: [
+          ...(last?.diagnostics ?? []),
+          ...(last?.review && !last.review.approved && last.review.feedback ? [last.review.feedback] : []),
+          ...(last?.error ? [last.error] : []),
+        ],
+      };
+    }),
+    recordRecovery: assign(({ context }, params: { output: MetacognitiveOutput }) => ({
+      entry: entryOf(params.output.result) ?? context.entry,
+      integration: { ...context.integration!, recovered: params.output.status === 'done' },
+    })),
+    recordWritten: assign((_, params: { written: WriteToolOutput }) => ({ written: params.written })),
+    noteWriteError: assign((_, params: { error: unknown }) => ({
+      reason: `the tool could not be written: ${params.error instanceof Error ? params.error.message : String(params.error)}`,
+    })),
+    noteShortModules: assign(({ context }) => {
+      const short = context.modules.filter((m) => !m.passed);
+      return short.length
+        ? { reason: `written, but ${short.map((m) => `${m.name} (best score ${m.score ?? 'none'})`).join(', ')} did not reach the threshold ${setting(context.input, 'threshold')}` }
+        : {};
+    }),
+    setStatus: assign((_, params: { status: FlowStatus }) => ({ status: params.status })),
+  },
+}).createMachine({
+  id: 'toolBuilder',
+  context: ({ input }) => ({
+    input,
+    spec: input.spec,
+    analysis: undefined,
+    moduleIndex: 0,
+    modules: [],
+    pending: undefined,
+    entry: undefined,
+    integration: undefined,
+    integrationProblems: [],
+    written: undefined,
+    usage: zeroUsage(),
+    status: 'failed',
+    reason: undefined,
+  }),
+  initial: 'validating',
+  states: {
+    validating: {
+      always: [{ guard: 'specValid', target: 'analyzing' }, { target: 'failed', actions: 'rejectSpec' }],
+    },
+    analyzing: {
+      invoke: {
+        src: 'parallel',
+        input: ({ context }) => ({
+          key: `${context.input.key}/analysis`,
+          tasks: analysisTasks(context.spec, context.input.timeoutMs),
+          concurrency: 3,
+          budget: remainingBudget(context.input.budget, context.usage),
+        }),
+        onDone: [
+          {
+            guard: { type: 'overBudget', params: ({ event }) => ({ status: event.output.status }) },
+            target: 'budgetExceeded',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'noteBudget', params: ({ event }) => ({ childReason: event.output.reason }) },
+            ],
+          },
+          {
+            target: 'generatingModule',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'recordAnalysis', params: ({ event }) => ({ output: event.output }) },
+            ],
+          },
+        ],
+      },
+    },
+    generatingModule: {
+      invoke: {
+        src: 'feedbackLoop',
+        input: ({ context }) => ({
+          key: moduleKey(context),
+          task: moduleTask(context.spec, currentModule(context), context.analysis!, context.input.timeoutMs),
+          verify: moduleVerifyTask(context.spec, currentModule(context), context.input.timeoutMs),
+          threshold: setting(context.input, 'threshold'),
+          maxIterations: setting(context.input, 'maxIterations'),
+          check: true,
+          checkSubject: { kind: 'module', spec: context.spec, module: currentModule(context).name } satisfies ToolCheckSubject,
+          budget: remainingBudget(context.input.budget, context.usage),
+        }),
+        onDone: [
+          {
+            guard: { type: 'overBudget', params: ({ event }) => ({ status: event.output.status }) },
+            target: 'budgetExceeded',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'noteBudget', params: ({ event }) => ({ childReason: event.output.reason }) },
+            ],
+          },
+          {
+            guard: { type: 'loopPassed', params: ({ event }) => ({ output: event.output }) },
+            target: 'moduleDone',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'recordLoopModule', params: ({ event }) => ({ output: event.output }) },
+            ],
+          },
+          {
+            target: 'improvingModule',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'holdForImprovement', params: ({ event }) => ({ output: event.output }) },
+            ],
+          },
+        ],
+      },
+    },
+    improvingModule: {
+      invoke: {
+        src: 'progressive',
+        input: ({ context }) => {
+          const module = currentModule(context);
+          const loop = context.pending!;
+          const task = moduleTask(context.spec, module, context.analysis!, context.input.timeoutMs);
+          return {
+            key: `${moduleKey(context)}/improve`,
+            // The loop's best attempt and what was said of it: level 0 repairs it by code,
+            // the higher levels start from it.
+            task: {
+              ...task,
+              data: {
+                ...(task.data as object),
+                candidate: loop.result,
+                lastFeedback: loop.history.filter((a) => a.feedback).map((a) => a.feedback).slice(-1)[0] ?? '',
+                lastDiagnostics: loop.history[loop.history.length - 1]?.diagnostics ?? [],
+              },
+            },
+            verify: moduleVerifyTask(context.spec, module, context.input.timeoutMs),
+            threshold: setting(context.input, 'threshold'),
+            specialist: { system: moduleSpecialistSystem(context.spec, module) },
+            maxAttempts: setting(context.input, 'maxAttempts'),
+            check: true,
+            checkSubject: { kind: 'module', spec: context.spec, module: module.name } satisfies ToolCheckSubject,
+            budget: remainingBudget(context.input.budget, context.usage),
+          };
+        },
+        onDone: [
+          {
+            guard: { type: 'overBudget', params: ({ event }) => ({ status: event.output.status }) },
+            target: 'budgetExceeded',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'recordImprovedModule', params: ({ event }) => ({ output: event.output }) },
+              { type: 'noteBudget', params: ({ event }) => ({ childReason: event.output.reason }) },
+            ],
+          },
+          {
+            target: 'moduleDone',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'recordImprovedModule', params: ({ event }) => ({ output: event.output }) },
+            ],
+          },
+        ],
+      },
+    },
+    moduleDone: {
+      always: [{ guard: 'moreModules', target: 'generatingModule', actions: 'nextModule' }, { target: 'integrating' }],
+    },
+    integrating: {
+      invoke: {
+        src: 'reentrant',
+        input: ({ context }) => ({
+          key: `${context.input.key}/integrate`,
+          task: entryTask(
+            context.spec,
+            context.analysis!,
+            context.modules.map((m) => ({ name: m.name, purpose: currentPurpose(context.spec, m.name), code: m.code ?? '' })),
+            context.input.timeoutMs,
+          ),
+          review: toolReviewTask(context.spec, context.input.timeoutMs),
+          input: { modules: context.spec.modules.map((m) => m.name) },
+          maxRevisions: setting(context.input, 'maxRevisions'),
+          check: true,
+          checkSubject: { kind: 'tool', spec: context.spec, modules: moduleCode(context) } satisfies ToolCheckSubject,
+          budget: remainingBudget(context.input.budget, context.usage),
+        }),
+        onDone: [
+          {
+            guard: { type: 'integrated', params: ({ event }) => ({ output: event.output }) },
+            target: 'writing',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'recordIntegration', params: ({ event }) => ({ output: event.output }) },
+            ],
+          },
+          {
+            guard: { type: 'overBudget', params: ({ event }) => ({ status: event.output.status }) },
+            target: 'budgetExceeded',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'recordIntegration', params: ({ event }) => ({ output: event.output }) },
+              { type: 'noteBudget', params: ({ event }) => ({ childReason: event.output.reason }) },
+            ],
+          },
+          {
+            target: 'recovering',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'recordIntegration', params: ({ event }) => ({ output: event.output }) },
+            ],
+          },
+        ],
+      },
+    },
+    recovering: {
+      invoke: {
+        src: 'metacognitive',
+        input: ({ context }) => {
+          const task = entryTask(
+            context.spec,
+            context.analysis!,
+            context.modules.map((m) => ({ name: m.name, purpose: currentPurpose(context.spec, m.name), code: m.code ?? '' })),
+            context.input.timeoutMs,
+          );
+          return {
+            key: `${context.input.key}/recover`,
+            task: {
+              ...task,
+              data: { ...(task.data as object), previousAttempt: context.entry, problems: context.integrationProblems },
+            },
+            maxAttempts: setting(context.input, 'maxAttempts'),
+            check: true,
+            checkSubject: { kind: 'tool', spec: context.spec, modules: moduleCode(context) } satisfies ToolCheckSubject,
+            budget: remainingBudget(context.input.budget, context.usage),
+          };
+        },
+        onDone: [
+          {
+            guard: { type: 'recovered', params: ({ event }) => ({ output: event.output }) },
+            target: 'writing',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'recordRecovery', params: ({ event }) => ({ output: event.output }) },
+            ],
+          },
+          {
+            guard: { type: 'overBudget', params: ({ event }) => ({ status: event.output.status }) },
+            target: 'budgetExceeded',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'recordRecovery', params: ({ event }) => ({ output: event.output }) },
+              { type: 'noteBudget', params: ({ event }) => ({ childReason: event.output.reason }) },
+            ],
+          },
+          {
+            target: 'failed',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
+              { type: 'recordRecovery', params: ({ event }) => ({ output: event.output }) },
+              {
+                type: 'noteChildReason',
+                params: ({ event }) => ({
+                  reason: `integration failed and recovery did not fix it: ${event.output.reason ?? event.output.status}`,
+                }),
+              },
+            ],
+          },
+        ],
+      },
+    },
+    writing: {
+      invoke: {
+        src: 'writeTool',
+        input: ({ context }) => ({
+          outRoot: context.input.outRoot,
+          spec: context.spec,
+          modules: moduleCode(context),
+          entry: context.entry!,
+        }),
+        onDone: { target: 'written', actions: { type: 'recordWritten', params: ({ event }) => ({ written: event.output }) } },
+        onError: { target: 'failed', actions: { type: 'noteWriteError', params: ({ event }) => ({ error: event.error }) } },
+      },
+    },
+    written: {
+      always: [
+        { guard: 'allModulesPassed', target: 'done' },
+        { target: 'exhausted', actions: 'noteShortModules' },
+      ],
+    },
+    done: { type: 'final', entry: { type: 'setStatus', params: { status: 'done' } } },
+    exhausted: { type: 'final', entry: { type: 'setStatus', params: { status: 'exhausted' } } },
+    budgetExceeded: { type: 'final', entry: { type: 'setStatus', params: { status: 'budget_exceeded' } } },
+    failed: { type: 'final', entry: { type: 'setStatus', params: { status: 'failed' } } },
+  },
+  output: ({ context }) => ({
+    status: context.status,
+    ...(context.reason ? { reason: context.reason } : {}),
+    usage: context.usage,
+    name: context.spec?.name,
+    ...(context.written ? { dir: context.written.dir } : {}),
+    files: context.written?.files ?? [],
+    analysis: context.analysis,
+    modules: context.modules,
+    entry: context.entry,
+    integration: context.integration,
+  }),
+});
+
+function currentPurpose(spec: ToolSpec, name: string): string {
+  return spec.modules.find((m) => m.name === name)?.purpose ?? '';
+}

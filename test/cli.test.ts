@@ -24,10 +24,52 @@ describe('the microtask CLI', () => {
     expect(stderr).toContain('offline');
   });
 
-  it('prints the whole result envelope with --json', async () => {
+  it('prints the whole output, with the result envelope, with --json', async () => {
     const { code, stdout } = await run(['run', 'microtask', '--input', 'examples/microtask.json', '--json']);
     expect(code).toBe(0);
-    expect(JSON.parse(stdout)).toMatchObject({ success: true, taskType: 'summarize', usage: { calls: 1 } });
+    expect(JSON.parse(stdout)).toMatchObject({
+      pattern: 'microtask',
+      status: 'done',
+      envelope: { success: true, taskType: 'summarize' },
+      usage: { calls: 1 },
+    });
+  });
+
+  it('runs the example of every pattern offline', async () => {
+    for (const pattern of ['feedback-loop', 'parallel', 'incremental', 'metacognitive', 'progressive', 'reentrant']) {
+      const { code, stdout, stderr } = await run(['run', pattern, '--input', `examples/${pattern}.json`, '--json']);
+      expect(code, `${pattern}: ${stderr}`).toBe(0);
+      const output = JSON.parse(stdout);
+      expect(output).toMatchObject({ pattern, status: 'done' });
+      expect(output.usage.calls).toBeGreaterThan(0);
+    }
+  });
+
+  it('builds the example tool offline: written under --out, type-checked, its --help runs', async () => {
+    const out = await mkdtemp(join(tmpdir(), 'cli-build-'));
+    const { code, stdout, stderr } = await run(['build', 'examples/api-tester.json', '--out', out]);
+    expect(code, stderr).toBe(0);
+    expect(stdout.trim()).toBe(join(out, 'api-tester'));
+    expect(stderr).toMatch(/toolBuilder: integrating/);
+    expect(stderr).toMatch(/done; 6 files written; 11 model calls/);
+    const help = await promisify(execFile)(process.execPath, [join(out, 'api-tester/src/cli.js'), '--help']);
+    expect(help.stdout).toContain('Usage: api-tester');
+  });
+
+  it('builds under MICROTASK_STATE_DIR by default', async () => {
+    const state = await mkdtemp(join(tmpdir(), 'cli-state-'));
+    const { code, stdout } = await run(['build', 'examples/api-tester.json', '--json', '--no-progress'], { MICROTASK_STATE_DIR: state });
+    expect(code).toBe(0);
+    expect(JSON.parse(stdout)).toMatchObject({ status: 'done', dir: join(state, 'tools', 'api-tester') });
+  });
+
+  it('refuses an invalid spec before any model call, saying what is wrong', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
+    await writeFile(join(dir, 'spec.json'), JSON.stringify({ name: 'x-tool', description: 'd', modules: [{ name: '../../etc', purpose: 'p' }] }));
+    const { code, stderr } = await run(['build', join(dir, 'spec.json')]);
+    expect(code).toBe(2);
+    expect(stderr).toContain('modules.0.name: a module name is 1 to 40 letters and digits');
+    expect(stderr).not.toContain('model:');
   });
 
   it('exits 2 on a wrong flag, a missing file, an invalid input and a bad variable, saying what is wrong', async () => {
@@ -63,6 +105,14 @@ describe('the microtask CLI', () => {
     const help = await run(['--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toContain('Exit codes');
+    for (const command of ['run', 'build']) {
+      const sub = await run([command, '--help']);
+      expect(sub.code).toBe(0);
+      expect(sub.stdout).toContain('Example');
+    }
+    const pattern = await run(['run', 'nope', '--input', 'x.json']);
+    expect(pattern.code).toBe(2);
+    expect(pattern.stderr).toContain('Allowed choices are microtask, incremental, feedback-loop');
     const withKey = await run(['run', 'microtask', '--input', 'nope.json'], { ANTHROPIC_API_KEY: 'sk-secret-123' });
     expect(withKey.stdout + withKey.stderr).not.toContain('sk-secret-123');
   });

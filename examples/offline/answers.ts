@@ -26,10 +26,59 @@ const analyses: Record<string, string> = {
     'Judging a "good" response would need judgement; the tool asks the user to state expectations as flags instead.',
 };
 
-export function handWrittenAnswer(request: ModelRequest<unknown>): ScriptedAnswer {
-  if (request.system.startsWith('You summarize a text')) {
+/** The examples of each pattern (examples/<pattern>.json), so each runs offline too. */
+function patternExampleAnswer(request: ModelRequest<unknown>): ScriptedAnswer | undefined {
+  const { system, prompt } = request;
+  const data = request.data as Record<string, unknown> | undefined;
+  const output = String(data?.output ?? '');
+  if (system.startsWith('You summarize a text')) {
     return 'Microtasks are short model calls with a timeout, a fallback and a checked answer, in flows that save every step and resume without paying twice.';
   }
+  // feedback-loop: a vague first draft, a specific revision.
+  if (system.startsWith('You write the subject line of a git commit')) {
+    return prompt.includes('<previous_attempt>') ? 'Fix pagination skipping the last page' : 'Fix loop';
+  }
+  if (system.startsWith('You judge commit subject lines')) {
+    return output === 'Fix loop'
+      ? { value: { score: 0.4, feedback: 'Too vague: say which loop and what it broke for the user (the last page was skipped).' } }
+      : { value: { score: 0.9, feedback: '' } };
+  }
+  // parallel
+  if (system.startsWith('You translate into French')) return 'Bonjour, le build est vert.';
+  if (system.startsWith('You translate into German')) return 'Guten Morgen, der Build ist grün.';
+  if (system.startsWith('You translate into Spanish')) return 'Buenos días, la compilación está en verde.';
+  // incremental
+  if (system.startsWith('You extract the color')) {
+    const item = String(data?.item ?? '');
+    return item.includes('red') ? 'red' : item.includes('blue') ? 'blue' : 'green';
+  }
+  // metacognitive
+  if (system.startsWith('You classify support tickets')) return 'bug';
+  // progressive: level 0 has no code-only solver for a regex, level 1 falls short, level 2 passes.
+  if (system.startsWith('You write JavaScript regular expressions')) return '\\d{4}-\\d{2}-\\d{2}';
+  if (system.startsWith('You are an expert in regular expressions')) return '^\\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\\d|3[01])$';
+  if (system.startsWith('You judge regular expressions')) {
+    return output.startsWith('^')
+      ? { value: { score: 0.9, feedback: 'Anchored and validates month and day ranges.' } }
+      : { value: { score: 0.3, feedback: 'Not anchored: matches inside 2026-11-25T10:00; accepts month 13.' } };
+  }
+  // reentrant: the first entry leaks the ticket id, the revision does not.
+  if (system.startsWith('You write one release-note entry')) {
+    return prompt.includes('feedback')
+      ? 'Large exports are now reliable: exporting a million orders no longer fails for lack of memory.'
+      : 'PERF-2211: exports of a million orders no longer run out of memory.';
+  }
+  if (system.startsWith('You review release-note entries')) {
+    return output.includes('PERF-')
+      ? { value: { approved: false, feedback: 'Remove the internal ticket id PERF-2211; lead with what users get.' } }
+      : { value: { approved: true, feedback: '' } };
+  }
+  return undefined;
+}
+
+export function handWrittenAnswer(request: ModelRequest<unknown>): ScriptedAnswer {
+  const example = patternExampleAnswer(request);
+  if (example !== undefined) return example;
   for (const [start, text] of Object.entries(analyses)) if (request.system.startsWith(start)) return text;
   const data = request.data as { module?: { name: string } } | undefined;
   switch (request.schemaName) {

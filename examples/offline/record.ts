@@ -1,14 +1,22 @@
 /**
- * Re-records examples/offline/cassette.json from the hand-written answers in answers.ts.
- * Run it (`npm run cassette:offline`) after changing a prompt or an example: the
- * cassette is keyed by what the model reads, so a changed prompt is a cassette miss.
+ * Re-records examples/offline/cassette.json from the hand-written answers in answers.ts,
+ * by running the quickstart's examples through the same code as the CLI. Run it
+ * (`npm run cassette:offline`) after changing a prompt or an example: the cassette is
+ * keyed by what the model reads, so a changed prompt is a cassette miss.
  */
-import { readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { MicrotaskRunner } from '../../src/actors/microtask.js';
 import { CassetteRecorder } from '../../src/actors/model/CassetteModel.js';
 import { ScriptedModel } from '../../src/actors/model/ScriptedModel.js';
 import { MemoryResultsStore } from '../../src/actors/ResultsStore.js';
-import { OFFLINE_CASSETTE } from '../../src/runtime.js';
+import { loadConfig } from '../../src/config.js';
+import { silentLogger } from '../../src/log.js';
+import { answerSchemas } from '../../src/machines/answers.js';
+import { patternInputSchemas } from '../../src/patterns.js';
+import { runFlow } from '../../src/runFlow.js';
+import { OFFLINE_CASSETTE, type Runtime } from '../../src/runtime.js';
 import { handWrittenAnswer } from './answers.js';
 
 await rm(OFFLINE_CASSETTE, { force: true });
@@ -17,11 +25,27 @@ const model = new CassetteRecorder(
   OFFLINE_CASSETTE,
   'hand-written: every answer on this cassette was written by a person, see examples/offline/answers.ts',
 );
-const runner = new MicrotaskRunner({ model, results: new MemoryResultsStore() });
+const results = new MemoryResultsStore();
+const runtime: Runtime = {
+  config: loadConfig({}),
+  logger: silentLogger,
+  model,
+  modelDescription: 'recording hand-written answers',
+  results,
+  runner: new MicrotaskRunner({ model, results, answers: answerSchemas }),
+};
+const example = async (file: string) => JSON.parse(await readFile(new URL(`../${file}`, import.meta.url), 'utf8'));
 
-const microtask = JSON.parse(await readFile(new URL('../microtask.json', import.meta.url), 'utf8'));
-const result = await runner.run({ ...microtask, key: 'record/microtask' });
-if (!result.success) throw new Error(`recording the microtask example failed: ${result.error?.message}`);
+for (const pattern of ['microtask', 'feedback-loop', 'parallel', 'incremental', 'metacognitive', 'progressive', 'reentrant'] as const) {
+  const input = patternInputSchemas[pattern].parse(await example(`${pattern}.json`)) as Record<string, unknown>;
+  const { output } = await runFlow(runtime, pattern, input);
+  if (output.status !== 'done') throw new Error(`the ${pattern} example did not finish: ${output.reason}`);
+}
+
+const outRoot = await mkdtemp(join(tmpdir(), 'record-'));
+const build = await runFlow(runtime, 'tool-builder', { spec: await example('api-tester.json') }, { outRoot });
+await rm(outRoot, { recursive: true, force: true });
+if (build.output.status !== 'done') throw new Error(`the tool build did not finish: ${build.output.reason}`);
 
 await model.save();
-console.error(`recorded ${OFFLINE_CASSETTE}`);
+console.error(`recorded ${model.name}: ${OFFLINE_CASSETTE}`);

@@ -1,51 +1,120 @@
-import { createHash } from 'node:crypto';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { z } from 'zod';
-import { MicrotaskInputSchema, type MicrotaskResult } from '../actors/microtaskTypes.js';
+import type { MicrotaskResult } from '../actors/microtaskTypes.js';
+import { describeIssues } from '../actors/model/prompt.js';
+import { answerSchemas } from '../machines/answers.js';
 import { ConfigError, loadConfig } from '../config.js';
 import { createLogger } from '../log.js';
+import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
+import { runFlow, toolsDir } from '../runFlow.js';
 import { createRuntime } from '../runtime.js';
+import { ToolSpecSchema } from '../toolSpec.js';
+import { totalTokens, type Usage } from '../usage.js';
 import { ExitCode, UsageError } from './exitCodes.js';
+import { progressPrinter } from './progress.js';
 import { readJsonFile } from './readJson.js';
 
 const EXIT_CODES_HELP = `
 Exit codes:
   0  done
-  1  the flow finished without success (failed, fell back, or over budget)
+  1  the flow finished without success (failed, fell back, exhausted, or over budget)
   2  wrong usage: unknown command or flag, bad input file, bad environment variable
   3  an unexpected error (see the message and the logs)
 
 Environment: ANTHROPIC_API_KEY (unset: offline cassette), ANTHROPIC_BASE_URL, MICROTASK_MODEL,
 MICROTASK_STATE_DIR, MICROTASK_TIMEOUT_MS, MICROTASK_LOG_LEVEL, NATS_URL. See the README.`;
 
-/** A microtask as given on the command line: the key is optional there (derived from the content). */
-const CliMicrotaskSchema = MicrotaskInputSchema.extend({ key: z.string().min(1).optional() });
-
-async function runMicrotask(file: string, options: { json?: boolean }): Promise<number> {
+async function startRuntime() {
   const config = loadConfig();
-  const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'warn');
-  const task = await readJsonFile(file, CliMicrotaskSchema, 'microtask input');
-  const key = task.key ?? `cli/${createHash('sha256').update(JSON.stringify(task)).digest('hex').slice(0, 16)}`;
-  const runtime = await createRuntime(config, logger);
+  // One-shot commands print progress and a summary; logs are for what went wrong.
+  const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
+  const runtime = await createRuntime(config, logger, { answers: answerSchemas });
   process.stderr.write(`model: ${runtime.modelDescription}\n`);
-  const result = await runtime.runner.run({ ...task, key, timeoutMs: task.timeoutMs ?? config.MICROTASK_TIMEOUT_MS });
-  printResult(result, options.json ?? false);
-  return result.success ? ExitCode.ok : ExitCode.flowFailed;
+  return runtime;
 }
 
-function printResult(result: MicrotaskResult, json: boolean): void {
-  if (json) {
-    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-    return;
+const describeUsage = (usage: Usage) =>
+  `${usage.calls} model call${usage.calls === 1 ? '' : 's'}, ${totalTokens(usage)} tokens (${usage.inputTokens} in, ${usage.outputTokens} out)`;
+
+const printData = (value: unknown) =>
+  process.stdout.write(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
+
+/** The part of a pattern's output a person wants on stdout. */
+function mainResult(pattern: PatternName, output: Record<string, unknown>): unknown {
+  switch (pattern) {
+    case 'reentrant':
+      return output.output;
+    case 'parallel':
+      // Each task's answer, in input order; a failed one shows its fallback and why.
+      return (output.results as Array<MicrotaskResult | null>).map((r) =>
+        r === null ? null : r.success ? r.result : { failed: r.error?.kind, fallback: r.fallback },
+      );
+    case 'incremental':
+      return (output.results as Array<{ status: string; result?: unknown; error?: string }>).map((r) =>
+        r.status === 'done' ? r.result : { [r.status]: r.error ?? true },
+      );
+    default:
+      return output.result;
   }
-  const answer = result.success ? result.result : result.fallback;
-  process.stdout.write(`${typeof answer === 'string' ? answer : JSON.stringify(answer, null, 2)}\n`);
-  const tokens = result.usage.inputTokens + result.usage.outputTokens;
-  process.stderr.write(
-    result.success
-      ? `${result.taskType}: done in ${Math.round(result.durationMs)} ms, ${tokens} tokens${result.cached ? ' (stored result, no call)' : ''}\n`
-      : `${result.taskType}: ${result.error?.kind}: ${result.error?.message}; the fallback is printed above\n`,
+}
+
+async function runCommand(patternArg: string, options: { input: string; json?: boolean; out?: string; progress?: boolean }) {
+  if (!isPatternName(patternArg)) throw new UsageError(`unknown pattern "${patternArg}"; one of: ${patternNames.join(', ')}`);
+  const pattern = patternArg;
+  const input = await readJsonFile(options.input, patternInputSchemas[pattern] as z.ZodType<Record<string, unknown>>, `${pattern} input`);
+  const runtime = await startRuntime();
+  const { flowId, output } = await runFlow(runtime, pattern, input, {
+    outRoot: options.out,
+    ...(options.progress === false ? {} : { inspect: progressPrinter() }),
+  });
+  if (options.json) printData({ flowId, pattern, ...output });
+  else {
+    printData(mainResult(pattern, output));
+    process.stderr.write(
+      `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${describeUsage(output.usage as Usage)}\n`,
+    );
+  }
+  return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
+}
+
+const positiveInt = (what: string) => (value: string) => {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${what} must be a whole number of at least 1`);
+  return n;
+};
+const unitInterval = (value: string) => {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0 || n > 1) throw new InvalidArgumentError('the threshold is a number from 0 to 1');
+  return n;
+};
+
+async function buildCommand(
+  specFile: string,
+  options: { out?: string; json?: boolean; threshold?: number; maxCalls?: number; maxTokens?: number; progress?: boolean },
+) {
+  const spec = await readJsonFile(specFile, ToolSpecSchema, 'tool spec');
+  const runtime = await startRuntime();
+  const budget =
+    options.maxCalls || options.maxTokens
+      ? { ...(options.maxCalls ? { maxCalls: options.maxCalls } : {}), ...(options.maxTokens ? { maxTokens: options.maxTokens } : {}) }
+      : undefined;
+  const { flowId, output } = await runFlow(
+    runtime,
+    'tool-builder',
+    { spec, ...(options.threshold !== undefined ? { threshold: options.threshold } : {}), ...(budget ? { budget } : {}) },
+    { outRoot: options.out ?? toolsDir(runtime.config.MICROTASK_STATE_DIR), ...(options.progress === false ? {} : { inspect: progressPrinter() }) },
   );
+  if (options.json) printData({ flowId, pattern: 'tool-builder', ...output });
+  else {
+    if (output.dir) printData(output.dir);
+    const files = (output.files as string[]).length;
+    process.stderr.write(
+      `${spec.name} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ` +
+        `${files ? `${files} files written` : 'nothing written'}; ${describeUsage(output.usage as Usage)}\n` +
+        (output.dir ? `try it: node ${output.dir}/src/cli.js --help\n` : ''),
+    );
+  }
+  return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
 }
 
 export function buildProgram(setExit: (code: number) => void): Command {
@@ -59,15 +128,37 @@ export function buildProgram(setExit: (code: number) => void): Command {
   program
     .command('run')
     .description('run a pattern in embedded mode and print its output')
-    .addArgument(program.createArgument('<pattern>', 'the pattern to run').choices(['microtask']))
-    .requiredOption('-i, --input <file>', 'JSON file with the pattern\'s input')
-    .addOption(new Option('--json', 'print the whole output as JSON'))
+    .addArgument(program.createArgument('<pattern>', 'the pattern to run').choices(patternNames))
+    .requiredOption('-i, --input <file>', "JSON file with the pattern's input")
+    .option('--json', 'print the whole output as JSON')
+    .option('--out <dir>', 'tool-builder only: write the tool under this directory')
+    .option('--no-progress', 'do not print state changes on stderr')
     .addHelpText(
       'after',
-      `\nExample:\n  microtask run microtask --input examples/microtask.json\n\nA microtask input: {taskType, system, prompt, data?, answer?, timeoutMs?, key?}.`,
+      `
+Examples:
+  microtask run microtask --input examples/microtask.json
+  microtask run feedback-loop --input examples/feedback-loop.json --json
+
+Inputs are checked against each pattern's schema (src/patterns.ts); examples/ has one per pattern.`,
     )
-    .action(async (pattern: string, options: { input: string; json?: boolean }) => {
-      setExit(await runMicrotask(options.input, options));
+    .action(async (pattern: string, options: { input: string; json?: boolean; out?: string; progress?: boolean }) => {
+      setExit(await runCommand(pattern, options));
+    });
+
+  program
+    .command('build')
+    .description('build a tool from a spec with the tool builder, in embedded mode, and write it')
+    .argument('<spec.json>', 'the tool spec: {name, description, modules: [{name, purpose}]}')
+    .option('--out <dir>', 'write the tool to <dir>/<name> (default: $MICROTASK_STATE_DIR/tools)')
+    .option('--json', 'print the whole output as JSON')
+    .addOption(new Option('--threshold <n>', 'quality a module must reach, 0..1 (default 0.8)').argParser(unitInterval))
+    .addOption(new Option('--max-calls <n>', 'stop before more model calls than this').argParser(positiveInt('--max-calls')))
+    .addOption(new Option('--max-tokens <n>', 'stop once this many tokens are spent').argParser(positiveInt('--max-tokens')))
+    .option('--no-progress', 'do not print state changes on stderr')
+    .addHelpText('after', '\nExample:\n  microtask build examples/api-tester.json\n  node .microtask/tools/api-tester/src/cli.js --help')
+    .action(async (specFile: string, options: Parameters<typeof buildCommand>[1]) => {
+      setExit(await buildCommand(specFile, options));
     });
 
   return program;
@@ -89,6 +180,10 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (e instanceof ConfigError || e instanceof UsageError) {
       process.stderr.write(`microtask: ${e.message}\n`);
+      return ExitCode.usage;
+    }
+    if (e instanceof z.ZodError) {
+      process.stderr.write(`microtask: invalid input:\n${describeIssues(e)}\n`);
       return ExitCode.usage;
     }
     process.stderr.write(`microtask: unexpected error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);

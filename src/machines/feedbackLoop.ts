@@ -53,7 +53,7 @@ export interface FeedbackLoopOutput extends FlowOutputBase {
   history: FeedbackAttempt[];
 }
 
-interface Context {
+export interface FeedbackLoopContext {
   input: FeedbackLoopInput;
   iteration: number;
   /** The attempt being checked and verified. */
@@ -94,7 +94,7 @@ const last = <T>(list: readonly T[]): T | undefined => list[list.length - 1];
 export const feedbackLoopMachine = setup({
   types: {
     input: {} as FeedbackLoopInput,
-    context: {} as Context,
+    context: {} as FeedbackLoopContext,
     output: {} as FeedbackLoopOutput,
   },
   actors: { microtask: microtaskNotProvided(), check: checkNotProvided() },

@@ -55,7 +55,7 @@ export interface IncrementalOutput extends FlowOutputBase {
   progress: IncrementalProgress;
 }
 
-interface Context {
+export interface IncrementalContext {
   input: IncrementalInput;
   results: ItemRecord[];
   /** The item being processed. */
@@ -109,7 +109,7 @@ const nextPending = (results: readonly ItemRecord[]): number => results.findInde
 export const incrementalMachine = setup({
   types: {
     input: {} as IncrementalInput,
-    context: {} as Context,
+    context: {} as IncrementalContext,
     output: {} as IncrementalOutput,
   },
   actors: { microtask: microtaskNotProvided() },

@@ -78,7 +78,7 @@ export interface MetacognitiveOutput extends FlowOutputBase {
   attempts: MetacognitiveAttempt[];
 }
 
-interface Context {
+export interface MetacognitiveContext {
   input: MetacognitiveInput;
   attempt: number;
   /** What the next attempt runs with. */
@@ -175,7 +175,7 @@ const shownAttempt = (a: MetacognitiveAttempt) => ({
 export const metacognitiveMachine = setup({
   types: {
     input: {} as MetacognitiveInput,
-    context: {} as Context,
+    context: {} as MetacognitiveContext,
     output: {} as MetacognitiveOutput,
   },
   actors: { microtask: microtaskNotProvided(), check: checkNotProvided() },

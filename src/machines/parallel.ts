@@ -30,7 +30,7 @@ export interface ParallelOutput extends FlowOutputBase {
   failed: number;
 }
 
-interface Context {
+export interface ParallelContext {
   input: ParallelInput;
   results: (MicrotaskResult | null)[];
   /** Indices of the tasks whose actors (`task-${index}`) are running. */
@@ -57,7 +57,7 @@ const slots = (input: ParallelInput) => Math.max(1, Math.floor(input.concurrency
  * Calls in flight are spent as far as the budget goes: their cost is only known when they
  * end, and a call that was started will be paid for.
  */
-const budgetWithInFlight = (context: Context) =>
+const budgetWithInFlight = (context: ParallelContext) =>
   budgetCheck(context.input.budget, { ...context.usage, calls: context.usage.calls + context.inFlight.length });
 
 const counts = (results: readonly (MicrotaskResult | null)[]) => ({
@@ -75,7 +75,7 @@ const counts = (results: readonly (MicrotaskResult | null)[]) => ({
 export const parallelMachine = setup({
   types: {
     input: {} as ParallelInput,
-    context: {} as Context,
+    context: {} as ParallelContext,
     output: {} as ParallelOutput,
   },
   actors: { microtask: microtaskNotProvided() },

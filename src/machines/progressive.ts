@@ -83,7 +83,7 @@ export interface ProgressiveOutput extends FlowOutputBase {
   levels: LevelReport[];
 }
 
-interface Context {
+export interface ProgressiveContext {
   input: ProgressiveInput;
   level: Level;
   /** The output of the level being checked and verified. */
@@ -128,13 +128,13 @@ export function escalationPrompt(task: TaskSpec, lower: readonly LevelReport[]):
 }
 
 /** The task of levels 2 and 3: the specialist's system prompt, and the lower levels' feedback. */
-export const specialistTask = (context: Pick<Context, 'input' | 'levels'>): TaskSpec => ({
+export const specialistTask = (context: Pick<ProgressiveContext, 'input' | 'levels'>): TaskSpec => ({
   ...context.input.task,
   system: context.input.specialist.system,
   prompt: escalationPrompt(context.input.task, context.levels),
 });
 
-const report = (context: Context, fields: Omit<LevelReport, 'level' | 'name'>): LevelReport => ({
+const report = (context: ProgressiveContext, fields: Omit<LevelReport, 'level' | 'name'>): LevelReport => ({
   level: context.level,
   name: levelNames[context.level],
   ...fields,
@@ -148,7 +148,7 @@ const report = (context: Context, fields: Omit<LevelReport, 'level' | 'name'>): 
 export const progressiveMachine = setup({
   types: {
     input: {} as ProgressiveInput,
-    context: {} as Context,
+    context: {} as ProgressiveContext,
     output: {} as ProgressiveOutput,
   },
   actors: {

@@ -57,7 +57,7 @@ export interface ReentrantOutput extends FlowOutputBase {
   revisions: Revision[];
 }
 
-interface Context {
+export interface ReentrantContext {
   input: ReentrantInput;
   pass: number;
   /** The pass being checked and reviewed. */
@@ -77,7 +77,7 @@ const lastOutput = (revisions: readonly Revision[]): Revision | undefined =>
  * What this pass works on. A pass starts only after the previous one produced an output
  * (a failed process step ends the flow), so the previous revision always has one.
  */
-const passInput = (context: Context): unknown =>
+const passInput = (context: ReentrantContext): unknown =>
   context.pass === 0 ? context.input.input : last(context.revisions)!.output;
 
 const processData = (task: TaskSpec, input: unknown) => ({
@@ -121,7 +121,7 @@ function revisingPrompt(task: TaskSpec, previous: Revision): string {
 export const reentrantMachine = setup({
   types: {
     input: {} as ReentrantInput,
-    context: {} as Context,
+    context: {} as ReentrantContext,
     output: {} as ReentrantOutput,
   },
   actors: { microtask: microtaskNotProvided(), check: checkNotProvided() },

@@ -78,7 +78,7 @@ export interface ToolBuilderOutput extends FlowOutputBase {
   integration: { approved: boolean; passes: number; recovered: boolean } | undefined;
 }
 
-interface Context {
+export interface ToolBuilderContext {
   input: ToolBuilderInput;
   spec: ToolSpec;
   analysis: Analysis | undefined;
@@ -106,9 +106,9 @@ const entryOf = (value: unknown): ToolEntry | undefined =>
     ? (value as ToolEntry)
     : undefined;
 
-const currentModule = (context: Context) => context.spec.modules[context.moduleIndex]!;
-const moduleKey = (context: Context) => `${context.input.key}/module/${currentModule(context).name}`;
-const moduleCode = (context: Context): Record<string, string> =>
+const currentModule = (context: ToolBuilderContext) => context.spec.modules[context.moduleIndex]!;
+const moduleKey = (context: ToolBuilderContext) => `${context.input.key}/module/${currentModule(context).name}`;
+const moduleCode = (context: ToolBuilderContext): Record<string, string> =>
   Object.fromEntries(context.modules.filter((m) => m.code !== undefined).map((m) => [m.name, m.code!]));
 const textOf = (value: unknown): string => (typeof value === 'string' ? value : JSON.stringify(value));
 
@@ -122,7 +122,7 @@ const textOf = (value: unknown): string => (typeof value === 'string' ? value : 
 export const toolBuilderMachine = setup({
   types: {
     input: {} as ToolBuilderInput,
-    context: {} as Context,
+    context: {} as ToolBuilderContext,
     output: {} as ToolBuilderOutput,
   },
   actors: {

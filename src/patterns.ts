@@ -1,0 +1,95 @@
+import { z } from 'zod';
+import { MicrotaskInputSchema } from './actors/microtaskTypes.js';
+import type { Flows } from './flows.js';
+import { BudgetSchema, TaskSpecSchema } from './machines/common.js';
+import { ToolSpecSchema } from './toolSpec.js';
+
+/**
+ * The patterns a user can start by name (`microtask run <pattern>`, the bus subject
+ * `microtask.flow.start.<pattern>`), each with the zod schema its input is checked
+ * against at the edge. `key` is optional there: the flow's id is used when it is absent.
+ */
+const key = z.string().min(1).max(500).optional();
+const threshold = z.number().min(0).max(1);
+const count = (max: number) => z.number().int().min(1).max(max);
+
+export const patternInputSchemas = {
+  microtask: MicrotaskInputSchema.extend({ key }),
+  incremental: z.object({
+    key,
+    items: z.array(z.unknown()).max(100_000),
+    task: TaskSpecSchema,
+    previous: z.object({ results: z.array(z.any()) }).optional(),
+    budget: BudgetSchema.optional(),
+  }),
+  'feedback-loop': z.object({
+    key,
+    task: TaskSpecSchema,
+    verify: TaskSpecSchema,
+    threshold,
+    maxIterations: count(20),
+    budget: BudgetSchema.optional(),
+  }),
+  parallel: z.object({
+    key,
+    tasks: z.array(TaskSpecSchema).min(1).max(10_000),
+    concurrency: count(256),
+    budget: BudgetSchema.optional(),
+  }),
+  metacognitive: z.object({
+    key,
+    task: TaskSpecSchema,
+    analyze: z.object({ system: z.string().optional(), prompt: z.string().optional(), timeoutMs: z.number().int().positive().optional() }).optional(),
+    maxAttempts: count(10),
+    budget: BudgetSchema.optional(),
+  }),
+  progressive: z.object({
+    key,
+    task: TaskSpecSchema,
+    verify: TaskSpecSchema,
+    threshold,
+    specialist: z.object({ system: z.string().min(1) }),
+    maxAttempts: count(10).optional(),
+    startLevel: z.union([z.literal(0), z.literal(1), z.literal(2), z.literal(3)]).optional(),
+    budget: BudgetSchema.optional(),
+  }),
+  reentrant: z.object({
+    key,
+    task: TaskSpecSchema,
+    review: TaskSpecSchema,
+    input: z.unknown(),
+    maxRevisions: z.number().int().min(0).max(20),
+    budget: BudgetSchema.optional(),
+  }),
+  // The output root is the runner's to choose (MICROTASK_STATE_DIR or --out), never a client's.
+  'tool-builder': z.object({
+    key,
+    spec: ToolSpecSchema,
+    threshold: threshold.optional(),
+    maxIterations: count(20).optional(),
+    maxRevisions: z.number().int().min(0).max(20).optional(),
+    maxAttempts: count(10).optional(),
+    timeoutMs: z.number().int().positive().max(600_000).optional(),
+    budget: BudgetSchema.optional(),
+  }),
+} as const;
+
+export type PatternName = keyof typeof patternInputSchemas;
+export const patternNames = Object.keys(patternInputSchemas) as PatternName[];
+
+export const isPatternName = (name: string): name is PatternName => Object.hasOwn(patternInputSchemas, name);
+
+/** The machine that runs a pattern, from the provided flows. */
+export function machineFor(flows: Flows, pattern: PatternName) {
+  const byPattern = {
+    microtask: flows.microtask,
+    incremental: flows.incremental,
+    'feedback-loop': flows.feedbackLoop,
+    parallel: flows.parallel,
+    metacognitive: flows.metacognitive,
+    progressive: flows.progressive,
+    reentrant: flows.reentrant,
+    'tool-builder': flows.toolBuilder,
+  } as const;
+  return byPattern[pattern];
+}

@@ -38,6 +38,16 @@ const natsUrls = z
 
 export const EnvSchema = z.object({
   NATS_URL: opt(natsUrls),
+  /** NATS auth, one of: a token; a user and password; an nkey seed; a creds file. */
+  NATS_TOKEN: opt(z.string()),
+  NATS_USER: opt(z.string()),
+  NATS_PASSWORD: opt(z.string()),
+  NATS_NKEY_SEED: opt(z.string().regex(/^SU[A-Z2-7]+$/, { error: 'an nkey user seed, starting with SU' })),
+  NATS_CREDS: opt(z.string()),
+  /** TLS to NATS: a CA to trust, and a client certificate and key when the server asks for one. */
+  NATS_TLS_CA: opt(z.string()),
+  NATS_TLS_CERT: opt(z.string()),
+  NATS_TLS_KEY: opt(z.string()),
   ANTHROPIC_API_KEY: opt(z.string()),
   ANTHROPIC_BASE_URL: opt(z.url({ error: 'an http(s) URL such as http://127.0.0.1:8080' })),
   MICROTASK_MODEL: withDefault(z.string(), 'claude-haiku-5-5'),
@@ -54,6 +64,7 @@ export const EnvSchema = z.object({
       error: 'one of fatal, error, warn, info, debug, trace, silent',
     }),
   ),
+  MICROTASK_WORKER_CONCURRENCY: withDefault(count(1, 1024, 'tasks in flight'), 8),
   MICROTASK_SUBJECT_PREFIX: withDefault(
     z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, { error: 'NATS subject tokens such as microtask or acme.microtask' }),
     'microtask',

@@ -41,6 +41,14 @@ export interface MicrotaskDeps {
  */
 const storedFailures: ReadonlySet<string> = new Set<ModelErrorKind>(['invalid_output', 'refused', 'max_tokens']);
 
+/**
+ * Whether a stored result answers the task for good: a success, or a failure the model
+ * answered. A worker also stores transient failures, so the flow waiting on the bus
+ * hears of them; those are not reused, the task runs again.
+ */
+export const isReusableResult = (result: MicrotaskResult): boolean =>
+  result.success || storedFailures.has(result.error?.kind ?? '');
+
 interface InFlight {
   promise: Promise<MicrotaskResult>;
   controller: AbortController;
@@ -110,7 +118,7 @@ export class MicrotaskRunner {
     const log = this.logger.child({ taskId: input.key, taskType: input.taskType });
 
     const stored = await this.deps.results.get(input.key);
-    if (stored) {
+    if (stored && isReusableResult(stored)) {
       log.debug('result found under its key; no model call');
       return { ...stored, cached: true, durationMs: 0 };
     }

@@ -1,0 +1,36 @@
+import { createHash } from 'node:crypto';
+import { MicrotaskResultSchema, type MicrotaskResult } from '../actors/microtaskTypes.js';
+import type { ResultsStore } from '../actors/ResultsStore.js';
+import type { KeyValueStore } from './Bus.js';
+
+/**
+ * A KV key for an idempotency key. Keys made by the flows (`<flowId>/module/auth/generate/0`)
+ * are valid KV keys as they are and stay readable; anything else is hashed.
+ */
+export function resultKey(key: string): string {
+  const readable = /^[A-Za-z0-9_=/-][A-Za-z0-9_=./-]{0,200}$/.test(key) && !key.endsWith('.') && !key.includes('..');
+  return readable ? key : `sha256.${createHash('sha256').update(key).digest('hex')}`;
+}
+
+/** Microtask results in a KV bucket, shared by the daemon and every worker. */
+export class KvResultsStore implements ResultsStore {
+  constructor(private readonly kv: KeyValueStore) {}
+
+  async get(key: string): Promise<MicrotaskResult | undefined> {
+    const entry = await this.kv.get(resultKey(key));
+    if (!entry) return undefined;
+    // A result that does not parse is as good as none: the task runs again.
+    let json: unknown;
+    try {
+      json = entry.json();
+    } catch {
+      return undefined;
+    }
+    const parsed = MicrotaskResultSchema.safeParse(json);
+    return parsed.success ? parsed.data : undefined;
+  }
+
+  async put(key: string, result: MicrotaskResult): Promise<void> {
+    await this.kv.put(resultKey(key), JSON.stringify(result));
+  }
+}

@@ -1,0 +1,26 @@
+/**
+ * Every subject, stream and bucket name of the public protocol, from one prefix
+ * (MICROTASK_SUBJECT_PREFIX, `microtask` by default). docs/protocol.md documents them.
+ */
+export function subjects(prefix = 'microtask') {
+  return {
+    toolBuildRequest: `${prefix}.toolbuild.request`,
+    flowStart: (pattern: string) => `${prefix}.flow.start.${pattern}`,
+    flowStartAll: `${prefix}.flow.start.*`,
+    flowGet: `${prefix}.flow.get`,
+    flowCancel: `${prefix}.flow.cancel`,
+    flowEvents: (flowId: string) => `${prefix}.flow.${flowId}.events`,
+    flowDone: (flowId: string) => `${prefix}.flow.${flowId}.done`,
+    /** Errors of requests that had no reply subject to answer on. */
+    errors: `${prefix}.errors`,
+    /** Tasks that failed every delivery, with their error. */
+    deadLetters: `${prefix}.tasks.dead`,
+    /** The stream holding every flow's events and done messages, replayable. */
+    flowLog: 'flows',
+    flowLogSubjects: [`${prefix}.flow.*.events`, `${prefix}.flow.*.done`],
+    taskQueue: 'tasks',
+    resultsBucket: 'results',
+    flowsBucket: 'flows',
+  };
+}
+export type Subjects = ReturnType<typeof subjects>;

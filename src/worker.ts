@@ -1,0 +1,83 @@
+import { isReusableResult, type MicrotaskRunner } from './actors/microtask.js';
+import { MicrotaskInputSchema, type MicrotaskResult } from './actors/microtaskTypes.js';
+import { describeIssues } from './actors/model/prompt.js';
+import type { QueuedTask } from './actors/remoteMicrotask.js';
+import type { Job, WorkConsumer, WorkQueue } from './bus/Bus.js';
+import type { ResultsStore } from './actors/ResultsStore.js';
+import { silentLogger, type Logger } from './log.js';
+
+export interface WorkerOptions {
+  queue: WorkQueue;
+  /** Runs each task; its results store is the shared one, so a task done before costs nothing. */
+  runner: MicrotaskRunner;
+  results: ResultsStore;
+  concurrency: number;
+  /** How often a running task tells the queue it is still at it (below the queue's ack wait). */
+  heartbeatMs?: number;
+  /** Backoff of a transient failure when the server gave no retry-after. */
+  baseRetryDelayMs?: number;
+  logger?: Logger;
+}
+
+const QueuedTaskSchema = MicrotaskInputSchema.extend({ deadlineAt: MicrotaskInputSchema.shape.deadlineAt.unwrap() });
+
+/**
+ * A worker: takes microtasks off the work queue, at most `concurrency` at once, runs
+ * each with the model port, stores its result under the task's key, then acks.
+ *
+ * In worker mode the queue owns the retries of transient failures (rate limits,
+ * overload, network): the worker's model port is built without retries, and a task that
+ * failed transiently is delivered again after a backoff (or the server's retry-after), while
+ * its deadline allows, up to the queue's max deliveries. After the last one, its failure
+ * is stored, so the waiting flow falls back, and it goes to the dead letters.
+ */
+export async function startWorker(options: WorkerOptions): Promise<WorkConsumer> {
+  const logger = options.logger ?? silentLogger;
+  const heartbeatMs = options.heartbeatMs ?? 10_000;
+  const baseDelay = options.baseRetryDelayMs ?? 1_000;
+
+  const handle = async (job: Job) => {
+    let raw: unknown;
+    try {
+      raw = job.json();
+    } catch (e) {
+      await job.deadLetter(`not a task: ${(e as Error).message}`);
+      return;
+    }
+    const parsed = QueuedTaskSchema.safeParse(raw);
+    if (!parsed.success) {
+      logger.warn({ jobId: job.id }, 'a job that is not a microtask went to the dead letters');
+      await job.deadLetter(`not a microtask:\n${describeIssues(parsed.error)}`);
+      return;
+    }
+    const task: QueuedTask = parsed.data;
+    const log = logger.child({ taskId: task.key, taskType: task.taskType, delivery: job.deliveryCount });
+    // A long model call must keep telling the queue it is alive, or it is delivered twice.
+    const heartbeat = setInterval(() => void job.working().catch(() => undefined), heartbeatMs);
+    let result: MicrotaskResult;
+    try {
+      result = await options.runner.run(task);
+    } finally {
+      clearInterval(heartbeat);
+    }
+
+    if (!result.success && result.error?.retryable) {
+      const delay = result.error.retryAfterMs ?? baseDelay * 2 ** (job.deliveryCount - 1) * (1 - Math.random() * 0.25);
+      const lastDelivery = job.deliveryCount >= job.maxDeliver;
+      if (!lastDelivery && Date.now() + delay < task.deadlineAt) {
+        log.info({ delayMs: Math.round(delay), error: result.error }, 'transient failure; the task will be delivered again');
+        await job.retry(delay);
+        return;
+      }
+      await options.results.put(task.key, result);
+      log.warn({ error: result.error }, 'the task failed on its last chance; stored for its flow and dead-lettered');
+      await job.deadLetter(`${result.error.kind}: ${result.error.message}`);
+      return;
+    }
+    // The runner stored what is worth reusing; the rest is stored for the waiting flow only.
+    if (!isReusableResult(result) && !result.cached) await options.results.put(task.key, result);
+    await job.ack();
+  };
+
+  return options.queue.consume(handle, { concurrency: options.concurrency });
+}

@@ -1,0 +1,935 @@
+import { readFile } from 'node:fs/promises';
+import {
+  connect,
+  credsAuthenticator,
+  errors,
+  headers as natsHeaders,
+  nanos,
+  nkeyAuthenticator,
+  type Authenticator,
+  type Msg,
+  type MsgHdrs,
+  type NatsConnection,
+  type NodeConnectionOptions,
+  type Status,
+  type Subscription,
+} from '@nats-io/transport-node';
+import {
+  AckPolicy,
+  DeliverPolicy,
+  JetStreamApiError,
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+  type Consumer,
+  type ConsumerConfig,
+  type ConsumerInfo,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+  type StreamConfig,
+  type StreamInfo,
+} from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import {
+  BusError,
+  parseJson,
+  toBytes,
+  toText,
+  type Bus,
+  type BusMessage,
+  type BusSubscription,
+  type EventLog,
+  type Job,
+  type KeyValueStore,
+  type KvEntry,
+  type MessageHandler,
+  type Payload,
+  type SubscribeOptions,
+  type WorkConsumer,
+  type WorkQueue,
+  type WorkQueueOptions,
+} from './Bus.js';
+import {
+  assertKvKey,
+  assertName,
+  deadLetterPayload,
+  isValidSubject,
+  subjectCovers,
+  subjectMatches,
+  subjectsCollide,
+  WORK_QUEUE_DEFAULTS,
+} from './MemoryBus.js';
+
+export interface NatsBusOptions {
+  /** `nats://host:port` URLs (or `host:port`). */
+  servers: string[];
+  /** The client name the server shows in its monitoring pages. */
+  name?: string;
+  /** Authentication: one of token, user+pass, an nkey seed, or a creds file (JWT + seed). */
+  token?: string;
+  user?: string;
+  pass?: string;
+  nkeySeed?: string;
+  credsFile?: string;
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
+  /**
+   * Stream and bucket names derive from it: work queue `tasks` is stream
+   * `MICROTASK_WQ_tasks` on subject `microtask.wq.tasks`, bucket `flows` is KV bucket
+   * `MICROTASK_flows`, event log `flows` is stream `MICROTASK_LOG_flows`.
+   */
+  subjectPrefix?: string;
+  /** Waits between reconnect attempts (plus up to 100 ms of jitter). Default 2000. */
+  reconnectTimeWaitMs?: number;
+  /** Default -1: reconnect forever. */
+  maxReconnectAttempts?: number;
+  /** Default true: keep trying until the first connection succeeds. */
+  waitOnFirstConnect?: boolean;
+  /** Handshake timeout per connection attempt, in ms. */
+  connectTimeoutMs?: number;
+  /** Delay before a job whose handler threw is delivered again. Default 500. */
+  retryAfterThrowMs?: number;
+  /** Connection events (disconnect, reconnect, errors), for the caller to log. */
+  onStatus?: (status: NatsBusStatus) => void;
+}
+
+export type NatsBusStatus =
+  | { type: 'disconnect'; server: string }
+  | { type: 'reconnecting' }
+  | { type: 'reconnect'; server: string }
+  | { type: 'ldm'; server: string }
+  | { type: 'staleConnection' }
+  | { type: 'slowConsumer'; subject: string; pending: number }
+  | { type: 'error'; error: Error }
+  | { type: 'close' };
+
+/** How long one pull request of a work consumer waits on the server (its minimum is 1 s). */
+const PULL_EXPIRES_MS = 5_000;
+const DURABLE = 'workers';
+/** How long close() lets the connection drain before it just closes it. */
+const CLOSE_DRAIN_MS = 2_000;
+const MSG_ID_HEADER = 'Nats-Msg-Id';
+/** JetStream API error codes used below. */
+const SUBJECTS_OVERLAP = 10065;
+const WRONG_LAST_SEQUENCE = 10071;
+
+/**
+ * Connects to NATS (JetStream on) and returns the bus. With `waitOnFirstConnect`
+ * (the default) it waits until a server answers; without it, a server that does not
+ * answer rejects with BusError `CONNECTION`.
+ */
+export async function connectNatsBus(options: NatsBusOptions): Promise<NatsBus> {
+  const servers = options.servers;
+  const where = servers.join(', ');
+  if (servers.length === 0) throw new BusError('CONNECTION', 'no NATS server given: set NATS_URL, e.g. nats://127.0.0.1:4222');
+  const connectionOptions: NodeConnectionOptions = {
+    servers,
+    maxReconnectAttempts: options.maxReconnectAttempts ?? -1,
+    reconnectTimeWait: options.reconnectTimeWaitMs ?? 2_000,
+    waitOnFirstConnect: options.waitOnFirstConnect ?? true,
+    ...(options.name ? { name: options.name } : {}),
+    ...(options.connectTimeoutMs ? { timeout: options.connectTimeoutMs } : {}),
+    ...(options.token ? { token: options.token } : {}),
+    ...(options.user ? { user: options.user } : {}),
+    ...(options.pass !== undefined ? { pass: options.pass } : {}),
+    ...(options.tls ? { tls: { ...options.tls } } : {}),
+  };
+  const authenticators: Authenticator[] = [];
+  if (options.nkeySeed) authenticators.push(nkeyAuthenticator(new TextEncoder().encode(options.nkeySeed)));
+  if (options.credsFile) {
+    let creds: Uint8Array;
+    try {
+      creds = await readFile(options.credsFile);
+    } catch (e) {
+      throw new BusError('CONNECTION', `cannot read the NATS creds file ${options.credsFile}: ${(e as Error).message}`, { cause: e });
+    }
+    authenticators.push(credsAuthenticator(creds));
+  }
+  if (authenticators.length > 0) connectionOptions.authenticator = authenticators;
+
+  let nc: NatsConnection;
+  try {
+    nc = await connect(connectionOptions);
+  } catch (e) {
+    throw new BusError('CONNECTION', `cannot connect to NATS at ${where}: ${(e as Error).message}`, { cause: e });
+  }
+  let jsm: JetStreamManager;
+  try {
+    jsm = await jetstreamManager(nc);
+  } catch (e) {
+    await nc.close().catch(() => {});
+    throw new BusError(
+      'CONNECTION',
+      `JetStream is not available on NATS at ${where} (${(e as Error).message}): start nats-server with JetStream on (-js)`,
+      { cause: e },
+    );
+  }
+  return new NatsBus(nc, jsm, options);
+}
+
+class NatsMessage implements BusMessage {
+  readonly headers?: Record<string, string>;
+  readonly reply?: string;
+  constructor(
+    readonly subject: string,
+    readonly data: Uint8Array,
+    reply: string | undefined,
+    hdrs: MsgHdrs | undefined,
+  ) {
+    if (reply) this.reply = reply;
+    if (hdrs) this.headers = headersToRecord(hdrs);
+  }
+  string(): string {
+    return toText(this.data);
+  }
+  json<T = unknown>(): T {
+    return parseJson<T>(this.data, `the message on ${this.subject}`);
+  }
+}
+
+function headersToRecord(hdrs: MsgHdrs): Record<string, string> {
+  const record: Record<string, string> = {};
+  for (const [key, values] of hdrs) if (values[0] !== undefined) record[key] = values[0];
+  return record;
+}
+
+class NatsKvEntry implements KvEntry {
+  constructor(
+    readonly key: string,
+    readonly value: Uint8Array,
+    readonly revision: number,
+  ) {}
+  string(): string {
+    return toText(this.value);
+  }
+  json<T = unknown>(): T {
+    return parseJson<T>(this.value, `the value of ${this.key}`);
+  }
+}
+
+const sanitize = (s: string) => s.replace(/[^A-Za-z0-9_-]/g, '_');
+
+export class NatsBus implements Bus {
+  readonly transport = 'nats' as const;
+  private readonly js: JetStreamClient;
+  private readonly kvm: Kvm;
+  private readonly prefix: string;
+  /** The prefix as it appears in stream names. */
+  private readonly streamPrefix: string;
+  private readonly retryAfterThrowMs: number;
+  private readonly statusListeners = new Set<(status: NatsBusStatus) => void>();
+  private readonly subscriptions = new Set<Subscription>();
+  private readonly handlersInFlight = new Set<Promise<void>>();
+  /** Work consumers, watches and replays: stopped on close(). */
+  private readonly stoppables = new Set<{ stop(): Promise<void> }>();
+  private closed = false;
+
+  constructor(
+    /** The underlying connection, for what the Bus contract does not cover. */
+    readonly connection: NatsConnection,
+    private readonly jsm: JetStreamManager,
+    private readonly options: NatsBusOptions,
+  ) {
+    this.js = jetstream(connection);
+    this.kvm = new Kvm(this.js);
+    this.prefix = options.subjectPrefix ?? 'microtask';
+    this.streamPrefix = sanitize(this.prefix).toUpperCase();
+    this.retryAfterThrowMs = options.retryAfterThrowMs ?? WORK_QUEUE_DEFAULTS.retryAfterThrowMs;
+    if (options.onStatus) this.statusListeners.add(options.onStatus);
+    void this.watchStatus();
+  }
+
+  /** Adds a listener of connection events; returns a function that removes it. */
+  onStatus(listener: (status: NatsBusStatus) => void): () => void {
+    this.statusListeners.add(listener);
+    return () => this.statusListeners.delete(listener);
+  }
+
+  /** The server currently connected to (`host:port`). */
+  server(): string {
+    return this.connection.getServer();
+  }
+
+  async publish(subject: string, data: Payload, options: { headers?: Record<string, string>; reply?: string } = {}): Promise<void> {
+    this.assertOpen();
+    this.assertSubject(subject, false);
+    try {
+      this.connection.publish(subject, toBytes(data), {
+        ...(options.reply ? { reply: options.reply } : {}),
+        ...(options.headers ? { headers: toNatsHeaders(options.headers) } : {}),
+      });
+    } catch (e) {
+      throw this.mapError(e, `publish to ${subject}`);
+    }
+  }
+
+  async subscribe(subject: string, handler: MessageHandler, options: SubscribeOptions = {}): Promise<BusSubscription> {
+    this.assertOpen();
+    this.assertSubject(subject, true);
+    let sub: Subscription;
+    try {
+      sub = this.connection.subscribe(subject, {
+        ...(options.queue ? { queue: options.queue } : {}),
+        callback: (err, msg) => {
+          if (err) return;
+          this.track(() => handler(new NatsMessage(msg.subject, msg.data, msg.reply, msg.headers)));
+        },
+      });
+      this.subscriptions.add(sub);
+      // Once the server has the interest, a publish from anywhere reaches it.
+      await this.connection.flush();
+    } catch (e) {
+      throw this.mapError(e, `subscribe to ${subject}`);
+    }
+    return {
+      unsubscribe: async () => {
+        this.subscriptions.delete(sub);
+        if (sub.isClosed()) return;
+        // Dropped locally at once: nothing reaches the handler from here on.
+        sub.unsubscribe();
+      },
+    };
+  }
+
+  async request(subject: string, data: Payload, options: { timeoutMs: number }): Promise<BusMessage> {
+    this.assertOpen();
+    this.assertSubject(subject, false);
+    let msg: Msg;
+    try {
+      msg = await this.connection.request(subject, toBytes(data), { timeout: options.timeoutMs });
+    } catch (e) {
+      throw this.mapError(e, `request on ${subject}`, options.timeoutMs);
+    }
+    return new NatsMessage(msg.subject, msg.data, msg.reply, msg.headers);
+  }
+
+  async respond(message: BusMessage, data: Payload): Promise<void> {
+    if (!message.reply) return;
+    await this.publish(message.reply, data);
+  }
+
+  async workQueue(name: string, options: WorkQueueOptions = {}): Promise<WorkQueue> {
+    this.assertOpen();
+    assertName('work queue', name);
+    const settings = {
+      ackWaitMs: options.ackWaitMs ?? WORK_QUEUE_DEFAULTS.ackWaitMs,
+      maxDeliver: options.maxDeliver ?? WORK_QUEUE_DEFAULTS.maxDeliver,
+      duplicateWindowMs: options.duplicateWindowMs ?? WORK_QUEUE_DEFAULTS.duplicateWindowMs,
+      deadLetterSubject: options.deadLetterSubject ?? `${this.prefix}.deadletter.${name}`,
+    };
+    this.assertSubject(settings.deadLetterSubject, false);
+    const stream = `${this.streamPrefix}_WQ_${name}`;
+    const subject = `${this.prefix}.wq.${name}`;
+    try {
+      await this.ensureStream(
+        {
+          name: stream,
+          subjects: [subject],
+          retention: RetentionPolicy.Workqueue,
+          storage: StorageType.File,
+          duplicate_window: nanos(settings.duplicateWindowMs),
+        },
+        ['duplicate_window'],
+      );
+      await this.ensureConsumer(stream, {
+        durable_name: DURABLE,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: nanos(settings.ackWaitMs),
+        max_deliver: settings.maxDeliver,
+      });
+      await this.ensureDeadLetterStream(settings.deadLetterSubject);
+    } catch (e) {
+      throw this.mapError(e, `set up work queue ${name}`);
+    }
+    return new NatsWorkQueue(this, this.js, name, stream, subject, { ...settings, retryAfterThrowMs: this.retryAfterThrowMs });
+  }
+
+  async keyValue(bucket: string): Promise<KeyValueStore> {
+    this.assertOpen();
+    assertName('KV bucket', bucket);
+    const name = `${this.streamPrefix}_${bucket}`;
+    let kv: KV;
+    try {
+      kv = await this.kvm.create(name, { history: 1 });
+    } catch (e) {
+      // Another process may have created it between our look-up and our create.
+      try {
+        kv = await this.kvm.open(name);
+        await kv.status();
+      } catch {
+        throw this.mapError(e, `open KV bucket ${bucket}`);
+      }
+    }
+    return new NatsKeyValue(this, kv);
+  }
+
+  async eventLog(name: string, options: { subjects: string[]; maxAgeMs?: number }): Promise<EventLog> {
+    this.assertOpen();
+    assertName('event log', name);
+    if (options.subjects.length === 0) throw new BusError('INVALID_NAME', `event log "${name}" needs at least one subject`);
+    for (const s of options.subjects) this.assertSubject(s, true);
+    let stream: string;
+    try {
+      stream = await this.openLogStream(name, options.subjects, options.maxAgeMs);
+    } catch (e) {
+      throw this.mapError(e, `set up event log ${name}`);
+    }
+    return {
+      append: async (subject, data) => {
+        this.assertOpen();
+        this.assertSubject(subject, false);
+        if (!options.subjects.some((p) => subjectMatches(p, subject))) {
+          throw new BusError('INVALID_NAME', `subject ${subject} is not one of event log "${name}"'s subjects (${options.subjects.join(', ')})`);
+        }
+        try {
+          return (await this.js.publish(subject, toBytes(data))).seq;
+        } catch (e) {
+          throw this.mapError(e, `append to event log ${name}`);
+        }
+      },
+      replay: async (filter, handler) => {
+        this.assertOpen();
+        this.assertSubject(filter, true);
+        return this.replay(stream, filter, handler);
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.allSettled([...this.stoppables].map((s) => s.stop()));
+    for (const sub of this.subscriptions) sub.unsubscribe();
+    this.subscriptions.clear();
+    while (this.handlersInFlight.size > 0) await Promise.allSettled([...this.handlersInFlight]);
+    if (this.connection.isClosed()) return;
+    // Drain sends what is buffered; with no server to flush to it would wait for one, so not for long.
+    let timer: NodeJS.Timeout | undefined;
+    const gaveUp = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), CLOSE_DRAIN_MS)));
+    const drained = await Promise.race([this.connection.drain().then(() => 'drained' as const, () => 'failed' as const), gaveUp]);
+    clearTimeout(timer);
+    if (drained !== 'drained' && !this.connection.isClosed()) await this.connection.close().catch(() => {});
+  }
+
+  // -- internals ----------------------------------------------------------------
+
+  /** @internal */
+  assertOpen(): void {
+    if (this.closed) throw new BusError('CLOSED', 'the bus is closed');
+  }
+
+  /** @internal */
+  register(stoppable: { stop(): Promise<void> }): () => void {
+    this.stoppables.add(stoppable);
+    return () => this.stoppables.delete(stoppable);
+  }
+
+  /** @internal Runs a handler without letting it throw at the bus, tracked for close(). */
+  track(fn: () => void | Promise<void>): void {
+    const run = (async () => {
+      try {
+        await fn();
+      } catch {
+        // A handler's failure is its own: the bus goes on.
+      }
+    })();
+    this.handlersInFlight.add(run);
+    void run.finally(() => this.handlersInFlight.delete(run));
+  }
+
+  /** @internal Turns a client error into a BusError where one fits; others pass through. */
+  mapError(e: unknown, what: string, timeoutMs?: number): Error {
+    if (e instanceof BusError) return e;
+    const err = e instanceof Error ? e : new Error(String(e));
+    const cause = (err as { cause?: unknown }).cause;
+    if (err instanceof errors.NoRespondersError || (err instanceof errors.RequestError && err.isNoResponders())) {
+      return new BusError('NO_RESPONDERS', `cannot ${what}: nobody is listening`, { cause: err });
+    }
+    if (err instanceof errors.TimeoutError || cause instanceof errors.TimeoutError) {
+      const within = timeoutMs === undefined ? 'in time' : `within ${timeoutMs} ms`;
+      return new BusError('TIMEOUT', `cannot ${what}: no answer ${within}`, { cause: err });
+    }
+    if (err instanceof errors.ClosedConnectionError || err instanceof errors.DrainingConnectionError) {
+      return new BusError(this.closed ? 'CLOSED' : 'CONNECTION', `cannot ${what}: the NATS connection is closed`, { cause: err });
+    }
+    if (err instanceof errors.InvalidSubjectError || err instanceof errors.InvalidArgumentError) {
+      return new BusError('INVALID_NAME', `cannot ${what}: ${err.message}`, { cause: err });
+    }
+    if (err instanceof errors.ConnectionError || (err instanceof errors.RequestError && /disconnect|closed/.test(err.message))) {
+      if (this.closed) return new BusError('CLOSED', `cannot ${what}: the bus was closed`, { cause: err });
+      return new BusError('CONNECTION', `cannot ${what}: lost the connection to NATS at ${this.options.servers.join(', ')} (${err.message})`, {
+        cause: err,
+      });
+    }
+    return err;
+  }
+
+  assertSubject(subject: string, wildcards: boolean): void {
+    if (!isValidSubject(subject, { wildcards })) {
+      throw new BusError(
+        'INVALID_NAME',
+        `invalid subject "${subject}": use dot-separated tokens without spaces` +
+          (wildcards ? ', with "*" for one token and ">" only at the end' : ' and without wildcards'),
+      );
+    }
+  }
+
+  private async watchStatus(): Promise<void> {
+    for await (const s of this.connection.status()) {
+      const status = toBusStatus(s);
+      if (!status) continue;
+      for (const listener of this.statusListeners) {
+        try {
+          listener(status);
+        } catch {
+          // A listener's failure is its own.
+        }
+      }
+    }
+  }
+
+  /**
+   * Creates the stream if missing and reuses it if present (updating the given
+   * fields when they differ). Two processes may race to create it: the loser looks it up.
+   */
+  private async ensureStream(config: Partial<StreamConfig> & { name: string }, updatable: (keyof StreamConfig)[] = []): Promise<StreamInfo> {
+    let info: StreamInfo;
+    try {
+      info = await this.jsm.streams.info(config.name);
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+      try {
+        return await this.jsm.streams.add(config);
+      } catch (addError) {
+        try {
+          info = await this.jsm.streams.info(config.name);
+        } catch {
+          throw addError;
+        }
+      }
+    }
+    const changes = Object.fromEntries(updatable.filter((k) => info.config[k] !== config[k]).map((k) => [k, config[k]]));
+    if (Object.keys(changes).length > 0) info = await this.jsm.streams.update(config.name, changes);
+    return info;
+  }
+
+  private async ensureConsumer(stream: string, config: Partial<ConsumerConfig> & { durable_name: string }): Promise<ConsumerInfo> {
+    let info: ConsumerInfo;
+    try {
+      info = await this.jsm.consumers.info(stream, config.durable_name);
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+      try {
+        return await this.jsm.consumers.add(stream, config);
+      } catch (addError) {
+        try {
+          info = await this.jsm.consumers.info(stream, config.durable_name);
+        } catch {
+          throw addError;
+        }
+      }
+    }
+    if (info.config.ack_wait !== config.ack_wait || info.config.max_deliver !== config.max_deliver) {
+      info = await this.jsm.consumers.update(stream, config.durable_name, { ack_wait: config.ack_wait!, max_deliver: config.max_deliver! });
+    }
+    return info;
+  }
+
+  /** Streams (names) whose subjects overlap any of `subjects`. */
+  private async overlapping(subjects: string[], except?: string): Promise<StreamInfo[]> {
+    const found: StreamInfo[] = [];
+    for await (const info of this.jsm.streams.list()) {
+      if (info.config.name === except) continue;
+      if ((info.config.subjects ?? []).some((p) => subjects.some((q) => subjectsCollide(p, q)))) found.push(info);
+    }
+    return found;
+  }
+
+  /** Dead letters are kept: in the stream that already holds their subject, or in one of their own. */
+  private async ensureDeadLetterStream(subject: string): Promise<void> {
+    const holders = await this.overlapping([subject]);
+    if (holders.length > 0) return;
+    try {
+      await this.ensureStream({
+        name: `${this.streamPrefix}_DLQ_${sanitize(subject)}`,
+        subjects: [subject],
+        retention: RetentionPolicy.Limits,
+        storage: StorageType.File,
+      });
+    } catch (e) {
+      // Raced with another process creating a stream for this subject: fine if one holds it now.
+      if ((await this.overlapping([subject])).length === 0) throw e;
+    }
+  }
+
+  /**
+   * The log's stream: its own (`<PREFIX>_LOG_<name>`) when it exists or nothing else
+   * holds its subjects; the one stream that already holds all of them otherwise (a
+   * dead-letter stream, say). JetStream never lets two streams share a subject.
+   */
+  private async openLogStream(name: string, subjects: string[], maxAgeMs: number | undefined): Promise<string> {
+    const own = `${this.streamPrefix}_LOG_${name}`;
+    const config: Partial<StreamConfig> & { name: string } = {
+      name: own,
+      subjects,
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      max_age: maxAgeMs ? nanos(maxAgeMs) : 0,
+    };
+    const others = await this.overlapping(subjects, own);
+    if (others.length === 0) {
+      try {
+        const info = await this.ensureStream(config, ['max_age']);
+        const missing = subjects.filter((s) => !info.config.subjects.includes(s));
+        if (missing.length > 0) await this.jsm.streams.update(own, { subjects: [...info.config.subjects, ...missing] });
+        return own;
+      } catch (e) {
+        if (!(e instanceof JetStreamApiError && e.code === SUBJECTS_OVERLAP)) throw e;
+        // Someone else created a stream holding these subjects meanwhile: look again.
+      }
+    }
+    const holders = others.length > 0 ? others : await this.overlapping(subjects, own);
+    const holder = holders.length === 1 ? holders[0]! : undefined;
+    if (holder && subjects.every((q) => holder.config.subjects.some((p) => subjectCovers(p, q)))) return holder.config.name;
+    throw new BusError(
+      'INVALID_NAME',
+      `event log "${name}" subjects (${subjects.join(', ')}) overlap with ${holders
+        .map((s) => `${s.config.name} (${s.config.subjects.join(', ')})`)
+        .join(', ')}`,
+    );
+  }
+
+  /** An ordered consumer from the first message: stored ones, then live ones, one handler call at a time. */
+  private async replay(stream: string, filter: string, handler: MessageHandler): Promise<BusSubscription> {
+    let messages: ConsumerMessages;
+    try {
+      const consumer = await this.js.consumers.get(stream, {
+        deliver_policy: DeliverPolicy.All,
+        ...(filter === '>' ? {} : { filter_subjects: filter }),
+      });
+      messages = await consumer.consume();
+    } catch (e) {
+      throw this.mapError(e, `replay ${filter} from ${stream}`);
+    }
+    const loop = (async () => {
+      for await (const m of messages) {
+        try {
+          await handler(new NatsMessage(m.subject, m.data, undefined, m.headers));
+        } catch {
+          // A throwing handler loses nothing but its own message.
+        }
+      }
+    })().catch(() => {});
+    const stop = async () => {
+      unregister();
+      await messages.close().catch(() => {});
+      await loop;
+    };
+    const unregister = this.register({ stop });
+    return { unsubscribe: stop };
+  }
+}
+
+function toNatsHeaders(record: Record<string, string>): MsgHdrs {
+  const h = natsHeaders();
+  for (const [k, v] of Object.entries(record)) h.set(k, v);
+  return h;
+}
+
+function isNotFound(e: unknown): boolean {
+  return e instanceof JetStreamApiError && e.status === 404;
+}
+
+function toBusStatus(s: Status): NatsBusStatus | undefined {
+  switch (s.type) {
+    case 'disconnect':
+    case 'reconnect':
+    case 'ldm':
+      return { type: s.type, server: s.server };
+    case 'reconnecting':
+    case 'staleConnection':
+    case 'close':
+      return { type: s.type };
+    case 'slowConsumer':
+      return { type: 'slowConsumer', subject: s.sub.getSubject(), pending: s.pending };
+    case 'error':
+      return { type: 'error', error: s.error };
+    default:
+      return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------
+
+interface NatsQueueSettings {
+  ackWaitMs: number;
+  maxDeliver: number;
+  duplicateWindowMs: number;
+  deadLetterSubject: string;
+  retryAfterThrowMs: number;
+}
+
+/**
+ * A work queue on a JetStream work-queue stream with one durable pull consumer shared
+ * by every process. Each consume() runs `concurrency` slots; a slot pulls one message
+ * only when it is free, so no job waits in a client buffer while its ack wait runs.
+ */
+class NatsWorkQueue implements WorkQueue {
+  constructor(
+    private readonly bus: NatsBus,
+    private readonly js: JetStreamClient,
+    readonly name: string,
+    private readonly stream: string,
+    private readonly subject: string,
+    private readonly settings: NatsQueueSettings,
+  ) {}
+
+  async enqueue(id: string, data: Payload): Promise<{ duplicate: boolean }> {
+    this.bus.assertOpen();
+    try {
+      const ack = await this.js.publish(this.subject, toBytes(data), { msgID: id });
+      return { duplicate: ack.duplicate };
+    } catch (e) {
+      throw this.bus.mapError(e, `enqueue ${id} on work queue ${this.name}`);
+    }
+  }
+
+  async consume(handler: (job: Job) => Promise<void>, options: { concurrency: number }): Promise<WorkConsumer> {
+    this.bus.assertOpen();
+    let consumer: Consumer;
+    try {
+      consumer = await this.js.consumers.get(this.stream, DURABLE);
+    } catch (e) {
+      throw this.bus.mapError(e, `consume work queue ${this.name}`);
+    }
+    let stopped = false;
+    const fetches = new Set<ConsumerMessages>();
+    const wakers = new Set<() => void>();
+
+    const slot = async () => {
+      let failures = 0;
+      while (!stopped) {
+        let msg: JsMsg | undefined;
+        let fetch: ConsumerMessages | undefined;
+        try {
+          fetch = await consumer.fetch({ max_messages: 1, expires: PULL_EXPIRES_MS });
+          fetches.add(fetch);
+          for await (const m of fetch) {
+            msg = m;
+            break;
+          }
+          failures = 0;
+        } catch {
+          // The server went away mid-pull, or JetStream is restarting: pull again after a
+          // pause (the client reconnects on its own meanwhile).
+          failures++;
+        } finally {
+          if (fetch) {
+            fetches.delete(fetch);
+            void fetch.close().catch(() => {});
+          }
+        }
+        if (msg) await this.run(msg, handler);
+        else if (failures > 0 && !stopped) await pause(Math.min(200 * 2 ** failures, 5_000), wakers);
+      }
+    };
+    const slots = Array.from({ length: Math.max(1, Math.floor(options.concurrency)) }, () => slot());
+    const stop = async () => {
+      stopped = true;
+      unregister();
+      for (const wake of wakers) wake();
+      await Promise.allSettled([...fetches].map((f) => f.close()));
+      await Promise.allSettled(slots);
+    };
+    const unregister = this.bus.register({ stop });
+    return { stop };
+  }
+
+  private async run(msg: JsMsg, handler: (job: Job) => Promise<void>): Promise<void> {
+    const id = msg.headers?.get(MSG_ID_HEADER) || String(msg.seq);
+    const deliveryCount = msg.info.deliveryCount;
+    let settled = false;
+    const settle = () => {
+      const first = !settled;
+      settled = true;
+      return first;
+    };
+    const job: Job = {
+      id,
+      data: msg.data,
+      json: <T>() => parseJson<T>(msg.data, `job ${id}`),
+      deliveryCount,
+      maxDeliver: this.settings.maxDeliver,
+      ack: async () => {
+        if (!settle()) return;
+        // Double ack: resolves once the server has it, so the job is really done.
+        try {
+          await msg.ackAck();
+        } catch (e) {
+          throw this.bus.mapError(e, `ack job ${id}`);
+        }
+      },
+      // nak, working and term are sent without waiting for the server: during an outage
+      // they would wait for the reconnect, and a lost one only means a redelivery.
+      retry: async (delayMs) => {
+        if (settle()) msg.nak(Math.max(0, delayMs));
+      },
+      working: async () => {
+        if (!settled) msg.working();
+      },
+      deadLetter: async (reason) => {
+        if (!settle()) return;
+        try {
+          await this.js.publish(this.settings.deadLetterSubject, deadLetterPayload(id, reason, deliveryCount, msg.data));
+        } catch (e) {
+          // Not stored: leave the job to its ack wait so it is not lost.
+          settled = false;
+          throw this.bus.mapError(e, `dead-letter job ${id}`);
+        }
+        // Without a reason: nats-server before 2.10 ignores "+TERM <reason>" and would redeliver.
+        msg.term();
+      },
+    };
+    try {
+      await handler(job);
+    } catch {
+      // A handler that throws has its job tried again shortly (if it did not settle it).
+      if (settle()) msg.nak(this.settings.retryAfterThrowMs);
+    }
+  }
+}
+
+/** Waits `ms` (without keeping the process alive), or less when woken by stop(). */
+function pause(ms: number, wakers: Set<() => void>): Promise<void> {
+  return new Promise((resolve) => {
+    const wake = () => {
+      clearTimeout(timer);
+      wakers.delete(wake);
+      resolve();
+    };
+    const timer = setTimeout(wake, ms);
+    timer.unref();
+    wakers.add(wake);
+  });
+}
+
+// ---------------------------------------------------------------------------------
+
+class NatsKeyValue implements KeyValueStore {
+  constructor(
+    private readonly bus: NatsBus,
+    private readonly kv: KV,
+  ) {}
+
+  async get(key: string): Promise<KvEntry | undefined> {
+    this.bus.assertOpen();
+    assertKvKey(key);
+    try {
+      const e = await this.kv.get(key);
+      return e && e.operation === 'PUT' ? new NatsKvEntry(e.key, e.value, e.revision) : undefined;
+    } catch (e) {
+      throw this.bus.mapError(e, `get ${key}`);
+    }
+  }
+
+  async put(key: string, value: Payload): Promise<number> {
+    this.bus.assertOpen();
+    assertKvKey(key);
+    try {
+      return await this.kv.put(key, value);
+    } catch (e) {
+      throw this.bus.mapError(e, `put ${key}`);
+    }
+  }
+
+  async create(key: string, value: Payload): Promise<number> {
+    this.bus.assertOpen();
+    assertKvKey(key);
+    try {
+      return await this.kv.create(key, value);
+    } catch (e) {
+      if (e instanceof JetStreamApiError && e.code === WRONG_LAST_SEQUENCE) {
+        throw new BusError('KV_EXISTS', `key ${key} already exists`, { cause: e });
+      }
+      throw this.bus.mapError(e, `create ${key}`);
+    }
+  }
+
+  async update(key: string, value: Payload, revision: number): Promise<number> {
+    this.bus.assertOpen();
+    assertKvKey(key);
+    if (!(revision > 0)) throw new BusError('KV_WRONG_REVISION', `key ${key} cannot be at revision ${revision}: use create for a new key`);
+    try {
+      return await this.kv.update(key, value, revision);
+    } catch (e) {
+      if (e instanceof JetStreamApiError && e.code === WRONG_LAST_SEQUENCE) {
+        throw new BusError('KV_WRONG_REVISION', `key ${key} is not at revision ${revision}: read it again and retry`, { cause: e });
+      }
+      throw this.bus.mapError(e, `update ${key}`);
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    this.bus.assertOpen();
+    assertKvKey(key);
+    try {
+      await this.kv.delete(key);
+    } catch (e) {
+      throw this.bus.mapError(e, `delete ${key}`);
+    }
+  }
+
+  async keys(filter = '>'): Promise<string[]> {
+    this.bus.assertOpen();
+    this.bus.assertSubject(filter, true);
+    const keys: string[] = [];
+    try {
+      for await (const k of await this.kv.keys(filter)) keys.push(k);
+    } catch (e) {
+      throw this.bus.mapError(e, `list keys ${filter}`);
+    }
+    return keys;
+  }
+
+  /**
+   * The current entry first (read after noting the bucket's last revision, so nothing
+   * falls between), then a watcher from the revision after it.
+   */
+  async watch(key: string, handler: (entry: KvEntry | undefined) => void): Promise<BusSubscription> {
+    this.bus.assertOpen();
+    assertKvKey(key);
+    let iterator: Awaited<ReturnType<KV['watch']>>;
+    let initial: KvEntry | undefined;
+    try {
+      const lastSeq = (await this.kv.status()).streamInfo.state.last_seq;
+      initial = await this.get(key);
+      iterator = await this.kv.watch({ key, resumeFromRevision: Math.max(lastSeq, initial?.revision ?? 0) + 1 });
+    } catch (e) {
+      throw this.bus.mapError(e, `watch ${key}`);
+    }
+    const loop = (async () => {
+      try {
+        handler(initial);
+      } catch {
+        // the handler's own failure
+      }
+      for await (const e of iterator) {
+        try {
+          handler(e.operation === 'PUT' ? new NatsKvEntry(e.key, e.value, e.revision) : undefined);
+        } catch {
+          // the handler's own failure
+        }
+      }
+    })().catch(() => {});
+    const stop = async () => {
+      unregister();
+      iterator.stop();
+      await loop;
+    };
+    const unregister = this.bus.register({ stop });
+    return { unsubscribe: stop };
+  }
+}

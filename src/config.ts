@@ -65,6 +65,10 @@ export const EnvSchema = z.object({
     }),
   ),
   MICROTASK_WORKER_CONCURRENCY: withDefault(count(1, 1024, 'tasks in flight'), 8),
+  /** A task not acked within this (workers send in-progress acks meanwhile) is delivered again. */
+  MICROTASK_ACK_WAIT_MS: withDefault(millis(500, 600_000), 30_000),
+  /** Deliveries of a task at most, before its failure is final and it is dead-lettered. */
+  MICROTASK_MAX_DELIVER: withDefault(count(1, 100, 'deliveries'), 5),
   MICROTASK_SUBJECT_PREFIX: withDefault(
     z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, { error: 'NATS subject tokens such as microtask or acme.microtask' }),
     'microtask',

@@ -4,7 +4,8 @@ import type { MicrotaskResult } from '../actors/microtaskTypes.js';
 import { describeIssues } from '../actors/model/prompt.js';
 import { answerSchemas } from '../machines/answers.js';
 import { ConfigError, loadConfig } from '../config.js';
-import { createLogger } from '../log.js';
+import { createLogger, type Logger } from '../log.js';
+import { connectBus, startDaemonService, startWorkerService } from '../services.js';
 import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
 import { runFlow, toolsDir } from '../runFlow.js';
 import { createRuntime } from '../runtime.js';
@@ -117,6 +118,72 @@ async function buildCommand(
   return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
 }
 
+/**
+ * Runs a service until SIGINT or SIGTERM: then `stop` (take no new work, let what is in
+ * flight finish), and exit 0. A second signal exits at once.
+ */
+async function serveUntilSignal(stop: () => Promise<void>, logger: Logger): Promise<number> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        logger.warn({ signal }, 'second signal: exiting now');
+        process.exit(ExitCode.flowFailed);
+      }
+      stopping = true;
+      logger.info({ signal }, 'stopping: no new work, finishing what is in flight (signal again to exit now)');
+      stop().then(
+        () => resolve(ExitCode.ok),
+        (e: unknown) => {
+          logger.error({ err: e }, 'could not stop cleanly');
+          resolve(ExitCode.internal);
+        },
+      );
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}
+
+async function daemonCommand(options: { worker?: boolean }) {
+  const config = loadConfig();
+  const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'info');
+  const bus = await connectBus(config, logger, 'daemon');
+  // With the in-process bus nothing else can reach the queue: the daemon runs the worker itself.
+  const withWorker = options.worker || bus.transport === 'memory';
+  const worker = withWorker ? await startWorkerService(bus, config, logger) : undefined;
+  const daemon = await startDaemonService(bus, config, logger);
+  logger.info(
+    { bus: bus.transport, prefix: config.MICROTASK_SUBJECT_PREFIX, worker: withWorker },
+    bus.transport === 'memory'
+      ? 'daemon running embedded (no NATS_URL): in-process bus, reachable only from this process'
+      : 'daemon running',
+  );
+  return serveUntilSignal(async () => {
+    await daemon.stop();
+    await worker?.stop();
+    await bus.close();
+  }, logger);
+}
+
+async function workerCommand(options: { concurrency?: number }) {
+  const config = loadConfig();
+  if (!config.NATS_URL) {
+    throw new UsageError('a worker takes tasks from NATS: set NATS_URL (an embedded `microtask daemon` runs its own worker)');
+  }
+  const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'info');
+  const bus = await connectBus(config, logger, 'worker');
+  const worker = await startWorkerService(
+    bus,
+    options.concurrency ? { ...config, MICROTASK_WORKER_CONCURRENCY: options.concurrency } : config,
+    logger,
+  );
+  return serveUntilSignal(async () => {
+    await worker.stop();
+    await bus.close();
+  }, logger);
+}
+
 export function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('microtask')
     .description('Run AI microtasks and the flows made of them: timeouts, fallbacks, structured answers, durable state.')
@@ -159,6 +226,27 @@ Inputs are checked against each pattern's schema (src/patterns.ts); examples/ ha
     .addHelpText('after', '\nExample:\n  microtask build examples/api-tester.json\n  node .microtask/tools/api-tester/src/cli.js --help')
     .action(async (specFile: string, options: Parameters<typeof buildCommand>[1]) => {
       setExit(await buildCommand(specFile, options));
+    });
+
+  program
+    .command('daemon')
+    .description('serve the bus protocol: tool builds, flows of any pattern, status, cancel (docs/protocol.md)')
+    .option('--worker', 'also run a worker in this process (always so without NATS_URL)')
+    .addHelpText(
+      'after',
+      '\nWith NATS_URL set it serves NATS clients; without it, it runs embedded (in-process bus and worker).\nSIGINT/SIGTERM: stop taking requests, finish what is in flight, exit 0.',
+    )
+    .action(async (options: { worker?: boolean }) => {
+      setExit(await daemonCommand(options));
+    });
+
+  program
+    .command('worker')
+    .description('take microtasks from the NATS work queue and run them (needs NATS_URL)')
+    .addOption(new Option('-c, --concurrency <n>', 'tasks in flight at most (default MICROTASK_WORKER_CONCURRENCY, 8)').argParser(positiveInt('--concurrency')))
+    .addHelpText('after', '\nRun as many as you like, on any machines, against the same NATS: they share the queue.')
+    .action(async (options: { concurrency?: number }) => {
+      setExit(await workerCommand(options));
     });
 
   return program;

@@ -1,0 +1,88 @@
+import { hostname } from 'node:os';
+import { MicrotaskRunner } from './actors/microtask.js';
+import { createRemoteMicrotaskLogic } from './actors/remoteMicrotask.js';
+import type { Bus, WorkQueue } from './bus/Bus.js';
+import { KvResultsStore } from './bus/KvResultsStore.js';
+import { MemoryBus } from './bus/MemoryBus.js';
+import { connectNatsBus } from './bus/NatsBus.js';
+import { subjects } from './bus/subjects.js';
+import type { Config } from './config.js';
+import { Daemon } from './daemon/Daemon.js';
+import { provideFlows } from './flows.js';
+import type { Logger } from './log.js';
+import { answerSchemas } from './machines/answers.js';
+import { toolsDir } from './runFlow.js';
+import { chooseModel } from './runtime.js';
+import { startWorker } from './worker.js';
+
+/**
+ * Builds the long-running services from the configuration: the bus (NATS when NATS_URL is
+ * set, in-process otherwise), the work queue and results bucket, the daemon and workers.
+ */
+export async function connectBus(config: Config, logger: Logger, role: string): Promise<Bus> {
+  if (!config.NATS_URL) return new MemoryBus({ subjectPrefix: config.MICROTASK_SUBJECT_PREFIX });
+  return connectNatsBus({
+    servers: config.NATS_URL,
+    name: `microtask-${role}@${hostname()}`,
+    subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
+    ...(config.NATS_TOKEN ? { token: config.NATS_TOKEN } : {}),
+    ...(config.NATS_USER ? { user: config.NATS_USER, pass: config.NATS_PASSWORD ?? '' } : {}),
+    ...(config.NATS_NKEY_SEED ? { nkeySeed: config.NATS_NKEY_SEED } : {}),
+    ...(config.NATS_CREDS ? { credsFile: config.NATS_CREDS } : {}),
+    ...(config.NATS_TLS_CA || config.NATS_TLS_CERT
+      ? { tls: { caFile: config.NATS_TLS_CA, certFile: config.NATS_TLS_CERT, keyFile: config.NATS_TLS_KEY } }
+      : {}),
+    onStatus: (status) => {
+      if (status.type === 'error') logger.error({ err: status.error }, 'NATS connection error');
+      else if (status.type === 'disconnect' || status.type === 'reconnecting') logger.warn({ nats: status }, 'NATS disconnected; reconnecting');
+      else if (status.type === 'reconnect') logger.info({ nats: status }, 'NATS reconnected');
+      else logger.debug({ nats: status }, 'NATS status');
+    },
+  });
+}
+
+export async function taskQueue(bus: Bus, config: Config): Promise<WorkQueue> {
+  const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
+  return bus.workQueue(names.taskQueue, {
+    ackWaitMs: config.MICROTASK_ACK_WAIT_MS,
+    maxDeliver: config.MICROTASK_MAX_DELIVER,
+    deadLetterSubject: names.deadLetters,
+  });
+}
+
+/** A worker on the bus: the model from the configuration, without its own retries (the queue owns them). */
+export async function startWorkerService(bus: Bus, config: Config, logger: Logger) {
+  const { model, description } = await chooseModel({ ...config, MICROTASK_MAX_RETRIES: 0 });
+  const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
+  const results = new KvResultsStore(await bus.keyValue(names.resultsBucket));
+  const runner = new MicrotaskRunner({ model, results, answers: answerSchemas, logger });
+  const consumer = await startWorker({
+    queue: await taskQueue(bus, config),
+    runner,
+    results,
+    concurrency: config.MICROTASK_WORKER_CONCURRENCY,
+    heartbeatMs: Math.max(100, Math.floor(config.MICROTASK_ACK_WAIT_MS / 3)),
+    logger,
+  });
+  logger.info({ concurrency: config.MICROTASK_WORKER_CONCURRENCY }, `worker taking tasks; model: ${description}`);
+  return consumer;
+}
+
+/** The daemon on the bus; its flows' microtasks go to the workers through the task queue. */
+export async function startDaemonService(bus: Bus, config: Config, logger: Logger) {
+  const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
+  const microtask = createRemoteMicrotaskLogic({
+    queue: await taskQueue(bus, config),
+    results: await bus.keyValue(names.resultsBucket),
+    logger,
+  });
+  const daemon = new Daemon({
+    bus,
+    flows: provideFlows({ microtask }),
+    logger,
+    outRoot: toolsDir(config.MICROTASK_STATE_DIR),
+    subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
+  });
+  await daemon.start();
+  return daemon;
+}

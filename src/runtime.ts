@@ -48,9 +48,10 @@ export async function chooseModel(config: Config): Promise<ModelChoice> {
     return { model: anthropic, description: `${config.MICROTASK_MODEL} at ${where}` };
   }
   const cassette = await loadCassette(OFFLINE_CASSETTE);
+  const recordIgnored = config.MICROTASK_RECORD ? '; MICROTASK_RECORD is ignored: there is nothing real to record without a key' : '';
   return {
     model: new CassetteReplayModel(cassette, OFFLINE_CASSETTE),
-    description: `offline: no ANTHROPIC_API_KEY, replaying the example cassette (${cassette.source}); set ANTHROPIC_API_KEY for real calls`,
+    description: `offline: no ANTHROPIC_API_KEY, replaying the example cassette (${cassette.source}); set ANTHROPIC_API_KEY for real calls${recordIgnored}`,
   };
 }
 

@@ -72,6 +72,37 @@ describe('the microtask CLI', () => {
     expect(stderr).not.toContain('model:');
   });
 
+  it('refuses, before any model call, what cannot work: another spec offline, an unwritable --out, a broken cassette', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
+    await writeFile(join(dir, 'mine.json'), JSON.stringify({ name: 'my-tool', description: 'd', modules: [{ name: 'parser', purpose: 'p' }] }));
+    const offline = await run(['build', join(dir, 'mine.json'), '--out', dir]);
+    expect(offline.code).toBe(2);
+    expect(offline.stderr).toContain('offline mode (no ANTHROPIC_API_KEY) replays hand-written answers for examples/api-tester.json only');
+
+    await writeFile(join(dir, 'a-file'), '');
+    const out = await run(['build', 'examples/api-tester.json', '--out', join(dir, 'a-file', 'x')]);
+    expect(out.code).toBe(2);
+    expect(out.stderr).toContain('cannot write tools to');
+    expect(out.stderr).not.toContain('model:');
+
+    const cassette = await run(['run', 'microtask', '--input', 'examples/microtask.json'], { MICROTASK_CASSETTE: join(dir, 'none.json') });
+    expect(cassette.code).toBe(2);
+    expect(cassette.stderr).toContain('cannot read cassette');
+  });
+
+  it('fails a build fast when the model server cannot be reached', async () => {
+    const { code, stderr } = await run(['build', 'examples/api-tester.json', '--out', await mkdtemp(join(tmpdir(), 'cli-')), '--no-progress'], {
+      ANTHROPIC_API_KEY: 'sk-test',
+      ANTHROPIC_BASE_URL: 'http://127.0.0.1:1',
+      MICROTASK_MAX_RETRIES: '0',
+    });
+    expect(code).toBe(1);
+    expect(stderr).toContain('cannot reach the model server');
+    // Only the three analyses reached for the network; every later step was answered by the
+    // circuit breaker ("not tried"), so the build ends in seconds, not after every retry wait.
+    expect(stderr).toMatch(/failed .*not tried: cannot reach the model server.*; nothing written; 3 model calls/);
+  });
+
   it('exits 2 on a wrong flag, a missing file, an invalid input and a bad variable, saying what is wrong', async () => {
     const flag = await run(['run', 'microtask', '--input', 'examples/microtask.json', '--jsno']);
     expect(flag.code).toBe(2);

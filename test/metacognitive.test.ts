@@ -179,7 +179,7 @@ describe('the metacognitive flow', () => {
     const failing: Script = (request) => (isAnalysis(request) ? analysis({}) : new ModelError('max_tokens', 'cut off', { usage: paid }));
     const beforeAnalysis = await run(failing, { budget: { maxCalls: 1 } }).output;
     expect(beforeAnalysis).toMatchObject({ status: 'budget_exceeded', result: { fallback: true }, usage: { calls: 1 } });
-    expect(beforeAnalysis.reason).toContain('1 model calls');
+    expect(beforeAnalysis.reason).toContain('1 model call is spent');
 
     const beforeRetry = await run(failing, { budget: { maxCalls: 2 } }).output;
     expect(beforeRetry).toMatchObject({ status: 'budget_exceeded', usage: { calls: 2 } });

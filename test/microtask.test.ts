@@ -1,6 +1,7 @@
 import { createActor, toPromise } from 'xstate';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
+import { CircuitBreaker } from '../src/actors/CircuitBreaker.js';
 import { createMicrotaskLogic, MicrotaskRunner, type MicrotaskDeps } from '../src/actors/microtask.js';
 import { AnthropicModel } from '../src/actors/model/AnthropicModel.js';
 import { ModelError } from '../src/actors/model/ModelError.js';
@@ -115,8 +116,24 @@ describe('the microtask actor', () => {
     expect(model2.calls).toHaveLength(2);
   });
 
+  it('fails fast once the key was refused, and while the server is known to be down', async () => {
+    const refused = runnerWith([new ModelError('auth', '401: invalid key'), 'never']);
+    expect((await refused.runner.run(task)).error?.kind).toBe('auth');
+    const second = await refused.runner.run({ ...task, key: 'other' });
+    expect(second).toMatchObject({ error: { kind: 'auth', message: 'not tried: 401: invalid key' }, usage: { calls: 0 } });
+    expect(refused.model.calls).toHaveLength(1);
+
+    let now = 1_000;
+    const down = runnerWith([new ModelError('unavailable', 'connection refused'), 'back'], { breaker: new CircuitBreaker(15_000, () => now) });
+    expect((await down.runner.run(task)).error?.kind).toBe('unavailable');
+    expect((await down.runner.run({ ...task, key: 'b' })).error?.message).toMatch(/^not tried: connection refused/);
+    now += 15_000;
+    expect(await down.runner.run({ ...task, key: 'c' })).toMatchObject({ success: true, result: 'back' });
+    expect(down.model.calls).toHaveLength(2);
+  });
+
   it('does not store a transient failure: the next run calls the model again', async () => {
-    const { runner, model } = runnerWith([new ModelError('unavailable', '503'), 'recovered']);
+    const { runner, model } = runnerWith([new ModelError('unavailable', '503'), 'recovered'], { breaker: new CircuitBreaker(0) });
     expect((await runner.run(task)).error?.kind).toBe('unavailable');
     expect(await runner.run(task)).toMatchObject({ success: true, result: 'recovered' });
     expect(model.calls).toHaveLength(2);

@@ -157,6 +157,12 @@ describe('the tool builder', () => {
     expect(output.modules.map((m: { name: string }) => m.name)).toContain('auth');
     expect(output.reason).toContain('6 model calls');
     expect(await readdir(outRoot)).toEqual([]);
+
+    // A budget spent exactly by the analysis: no child gets a call of its own.
+    const exact = await build(undefined, { budget: { maxCalls: 3 } });
+    expect(exact.output.status).toBe('budget_exceeded');
+    expect(exact.model.calls).toHaveLength(3);
+    expect(exact.output.reason).toBe('the budget of 3 model calls is spent (3 made)');
   });
 
   it('fails with a clear reason when the tool cannot be written', async () => {

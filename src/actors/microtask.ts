@@ -2,6 +2,7 @@ import { fromPromise } from 'xstate';
 import type { z } from 'zod';
 import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../usage.js';
+import { CircuitBreaker } from './CircuitBreaker.js';
 import { describeIssues } from './model/prompt.js';
 import { isModelError, type ModelErrorKind } from './model/ModelError.js';
 import type { ModelPort } from './model/ModelPort.js';
@@ -32,6 +33,8 @@ export interface MicrotaskDeps {
   answers?: AnswerSchemas;
   fallbacks?: Fallbacks;
   logger?: Logger;
+  /** Fails calls fast while the model is known to be unreachable; one per runner by default. */
+  breaker?: CircuitBreaker;
 }
 
 /**
@@ -65,9 +68,11 @@ interface InFlight {
 export class MicrotaskRunner {
   private readonly inFlight = new Map<string, InFlight>();
   private readonly logger: Logger;
+  private readonly breaker: CircuitBreaker;
 
   constructor(private readonly deps: MicrotaskDeps) {
     this.logger = deps.logger ?? silentLogger;
+    this.breaker = deps.breaker ?? new CircuitBreaker();
   }
 
   run(rawInput: MicrotaskInput, signal?: AbortSignal): Promise<MicrotaskResult> {
@@ -136,6 +141,9 @@ export class MicrotaskRunner {
     if (timeoutMs <= 0) {
       return this.failed(input, started, { kind: 'timeout', message: `microtask ${input.taskType} timed out: its deadline had passed`, retryable: false });
     }
+    const tripped = this.breaker.check();
+    if (tripped) return this.failed(input, started, tripped);
+
     const deadline = new AbortController();
     const timer = setTimeout(
       () => deadline.abort(new DOMException(`microtask ${input.taskType} timed out after ${timeoutMs} ms`, 'TimeoutError')),
@@ -167,11 +175,13 @@ export class MicrotaskRunner {
         requestId: answer.requestId,
         cached: false,
       };
+      this.breaker.reset();
       // Stored before the flow hears of it: a crash after this point costs no second call.
       await this.deps.results.put(input.key, result);
       log.info({ durationMs: Math.round(result.durationMs), usage: result.usage }, 'microtask done');
       return result;
     } catch (e) {
+      if (isModelError(e)) this.breaker.record(e);
       const error: MicrotaskError = isModelError(e)
         ? {
             kind: e.kind,

@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { builtinModules, createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import ts from 'typescript';
+import type ts from 'typescript';
 import type { CheckResult } from '../machines/common.js';
 import { ENTRY_PATH, modulePath, type ToolFiles } from '../toolFiles.js';
 import type { ToolSpec } from '../toolSpec.js';
@@ -18,23 +18,33 @@ import { writeToolFiles } from './toolWriter.js';
 const ROOT = '/__tool__';
 const require = createRequire(import.meta.url);
 const typeRoots = [dirname(dirname(require.resolve('@types/node/package.json')))];
-const compilerOptions: ts.CompilerOptions = {
-  allowJs: true,
-  checkJs: true,
-  noEmit: true,
-  target: ts.ScriptTarget.ES2022,
-  module: ts.ModuleKind.NodeNext,
-  moduleResolution: ts.ModuleResolutionKind.NodeNext,
-  types: ['node'],
-  typeRoots,
-  skipLibCheck: true,
-  strict: false,
-};
+
+// The compiler is 9 MB of CommonJS: loaded on the first check, not when the CLI starts.
+let typescript: typeof ts | undefined;
+let compilerOptions: ts.CompilerOptions;
+async function loadTypeScript(): Promise<typeof ts> {
+  if (!typescript) {
+    typescript = (await import('typescript')).default;
+    compilerOptions = {
+      allowJs: true,
+      checkJs: true,
+      noEmit: true,
+      target: typescript.ScriptTarget.ES2022,
+      module: typescript.ModuleKind.NodeNext,
+      moduleResolution: typescript.ModuleResolutionKind.NodeNext,
+      types: ['node'],
+      typeRoots,
+      skipLibCheck: true,
+      strict: false,
+    };
+  }
+  return typescript;
+}
 
 // lib.d.ts and @types/node are the same for every check: parse them once.
 const libCache = new Map<string, ts.SourceFile>();
 
-function typeCheck(files: ToolFiles): { diagnostics: string[]; program: ts.Program } {
+function typeCheck(ts: typeof import('typescript'), files: ToolFiles): { diagnostics: string[]; program: ts.Program } {
   const host = ts.createCompilerHost(compilerOptions, true);
   const virtual = new Map(Object.entries(files).map(([path, text]) => [`${ROOT}/${path}`, text]));
   const original = {
@@ -66,11 +76,11 @@ function typeCheck(files: ToolFiles): { diagnostics: string[]; program: ts.Progr
   const program = ts.createProgram(roots, compilerOptions, host);
   const diagnostics = [...program.getSyntacticDiagnostics(), ...program.getSemanticDiagnostics()]
     .filter((d) => d.file?.fileName.startsWith(ROOT))
-    .map(formatDiagnostic);
+    .map((d) => formatDiagnostic(ts, d));
   return { diagnostics, program };
 }
 
-function formatDiagnostic(d: ts.Diagnostic): string {
+function formatDiagnostic(ts: typeof import('typescript'), d: ts.Diagnostic): string {
   const message = ts.flattenDiagnosticMessageText(d.messageText, '\n');
   if (!d.file || d.start === undefined) return `TS${d.code}: ${message}`;
   const { line, character } = d.file.getLineAndCharacterOfPosition(d.start);
@@ -80,7 +90,7 @@ function formatDiagnostic(d: ts.Diagnostic): string {
 const builtins = new Set(builtinModules);
 const isBuiltin = (specifier: string) => specifier.startsWith('node:') || builtins.has(specifier);
 
-function importsOf(source: ts.SourceFile): string[] {
+function importsOf(ts: typeof import('typescript'), source: ts.SourceFile): string[] {
   const found: string[] = [];
   const visit = (node: ts.Node) => {
     if ((ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) && node.moduleSpecifier && ts.isStringLiteral(node.moduleSpecifier)) {
@@ -103,10 +113,10 @@ function exportsOf(program: ts.Program, path: string): string[] {
 }
 
 /** Imports must be Node built-ins or the tool's own modules: a generated tool has no dependencies. */
-function importDiagnostics(program: ts.Program, path: string, allowed: ReadonlySet<string>): string[] {
+function importDiagnostics(ts: typeof import('typescript'), program: ts.Program, path: string, allowed: ReadonlySet<string>): string[] {
   const source = program.getSourceFile(`${ROOT}/${path}`);
   if (!source) return [];
-  return importsOf(source)
+  return importsOf(ts, source)
     .filter((specifier) => !isBuiltin(specifier) && !allowed.has(specifier))
     .map((specifier) =>
       specifier.startsWith('.')
@@ -116,7 +126,8 @@ function importDiagnostics(program: ts.Program, path: string, allowed: ReadonlyS
 }
 
 /** One module on its own: it parses, type-checks, exports something, imports only what it may. */
-export function checkModule(spec: ToolSpec, moduleName: string, code: unknown): CheckResult {
+export async function checkModule(spec: ToolSpec, moduleName: string, code: unknown): Promise<CheckResult> {
+  const ts = await loadTypeScript();
   if (typeof code !== 'string' || code.trim() === '') {
     return { ok: false, diagnostics: [`${modulePath(moduleName)}: no source code was produced`] };
   }
@@ -126,10 +137,10 @@ export function checkModule(spec: ToolSpec, moduleName: string, code: unknown): 
   // The tool's package.json says `type: module`; without it Node (and tsc) read .js as CommonJS.
   const files: ToolFiles = { 'package.json': '{"type":"module"}', [path]: code };
   for (const sibling of siblings) files[modulePath(sibling.name)] = 'export {};\n';
-  const { diagnostics, program } = typeCheck(files);
+  const { diagnostics, program } = typeCheck(ts, files);
   const own = diagnostics.filter((d) => d.startsWith(`${path}:`) || d.startsWith('TS'));
   if (!exportsOf(program, path).length) own.push(`${path}: exports nothing; export the module's functions by name`);
-  own.push(...importDiagnostics(program, path, new Set(siblings.map((m) => `./${m.name}.js`))));
+  own.push(...importDiagnostics(ts, program, path, new Set(siblings.map((m) => `./${m.name}.js`))));
   return { ok: own.length === 0, diagnostics: own };
 }
 
@@ -174,25 +185,26 @@ export async function runHelp(spec: ToolSpec, files: ToolFiles, timeoutMs = 5_00
  * each of them, everything type-checking together, and `--help` running.
  */
 export async function checkTool(spec: ToolSpec, files: ToolFiles): Promise<CheckResult> {
+  const ts = await loadTypeScript();
   const diagnostics: string[] = [];
   for (const module of spec.modules) {
     if (files[modulePath(module.name)] === undefined) diagnostics.push(`${modulePath(module.name)}: missing (module "${module.name}" of the spec)`);
   }
-  const { diagnostics: typeErrors, program } = typeCheck(files);
+  const { diagnostics: typeErrors, program } = typeCheck(ts, files);
   diagnostics.push(...typeErrors);
   const allowed = new Set(spec.modules.map((m) => `./${m.name}.js`));
   for (const module of spec.modules) {
     const path = modulePath(module.name);
     if (files[path] !== undefined && !exportsOf(program, path).length) diagnostics.push(`${path}: exports nothing`);
-    diagnostics.push(...importDiagnostics(program, path, allowed));
+    diagnostics.push(...importDiagnostics(ts, program, path, allowed));
   }
   const entry = program.getSourceFile(`${ROOT}/${ENTRY_PATH}`);
   if (entry) {
-    const imported = new Set(importsOf(entry));
+    const imported = new Set(importsOf(ts, entry));
     for (const module of spec.modules) {
       if (!imported.has(`./${module.name}.js`)) diagnostics.push(`${ENTRY_PATH}: does not import ./${module.name}.js; the entry must wire every module`);
     }
-    diagnostics.push(...importDiagnostics(program, ENTRY_PATH, allowed));
+    diagnostics.push(...importDiagnostics(ts, program, ENTRY_PATH, allowed));
   } else diagnostics.push(`${ENTRY_PATH}: missing`);
   // Only code that type-checks is run.
   if (diagnostics.length === 0) diagnostics.push(...(await runHelp(spec, files)));

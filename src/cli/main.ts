@@ -1,6 +1,9 @@
+import { constants } from 'node:fs';
+import { access, mkdir, readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { z } from 'zod';
 import type { MicrotaskResult } from '../actors/microtaskTypes.js';
+import { CassetteError } from '../actors/model/CassetteModel.js';
 import { describeIssues } from '../actors/model/prompt.js';
 import { answerSchemas } from '../machines/answers.js';
 import { ConfigError, loadConfig } from '../config.js';
@@ -22,6 +25,8 @@ Exit codes:
   2  wrong usage: unknown command or flag, bad input file, bad environment variable
   3  an unexpected error (see the message and the logs)
 
+\`run\` and \`build\` run in this process (embedded); \`daemon\` and \`worker\` use NATS when NATS_URL is set.
+
 Environment: ANTHROPIC_API_KEY (unset: offline cassette), ANTHROPIC_BASE_URL, MICROTASK_MODEL,
 MICROTASK_STATE_DIR, MICROTASK_TIMEOUT_MS, MICROTASK_LOG_LEVEL, NATS_URL. See the README.`;
 
@@ -33,6 +38,31 @@ async function startRuntime() {
   process.stderr.write(`model: ${runtime.modelDescription}\n`);
   return runtime;
 }
+
+/** Creates the directory (and its parents) and proves it writable, before any model call is paid for. */
+async function assertWritableDirectory(dir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true });
+    await access(dir, constants.W_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UsageError(
+      `cannot write tools to ${dir} (${code ?? (e as Error).message}): choose another --out or MICROTASK_STATE_DIR`,
+      'OUT_NOT_WRITABLE',
+    );
+  }
+}
+
+async function isExampleSpec(spec: { name: string; description: string; modules: unknown[] }): Promise<boolean> {
+  const example = JSON.parse(await readFile(new URL('../../examples/api-tester.json', import.meta.url), 'utf8'));
+  return JSON.stringify({ ...spec, requestId: undefined }) === JSON.stringify({ ...example, requestId: undefined });
+}
+
+/** A flow that fell back on cassette misses: say why, in words a new user can act on. */
+const offlineHint = (output: Record<string, unknown>) =>
+  JSON.stringify(output).includes('cassette_miss')
+    ? '\nhint: the offline cassette only has answers for the examples in examples/; set ANTHROPIC_API_KEY for real model calls\n'
+    : '';
 
 const describeUsage = (usage: Usage) =>
   `${usage.calls} model call${usage.calls === 1 ? '' : 's'}, ${totalTokens(usage)} tokens (${usage.inputTokens} in, ${usage.outputTokens} out)`;
@@ -62,6 +92,8 @@ function mainResult(pattern: PatternName, output: Record<string, unknown>): unkn
 async function runCommand(patternArg: string, options: { input: string; json?: boolean; out?: string; progress?: boolean }) {
   if (!isPatternName(patternArg)) throw new UsageError(`unknown pattern "${patternArg}"; one of: ${patternNames.join(', ')}`);
   const pattern = patternArg;
+  if (options.out !== undefined && pattern !== 'tool-builder') throw new UsageError('--out is for the tool-builder pattern only');
+  if (pattern === 'tool-builder') await assertWritableDirectory(options.out ?? toolsDir(loadConfig().MICROTASK_STATE_DIR));
   const input = await readJsonFile(options.input, patternInputSchemas[pattern] as z.ZodType<Record<string, unknown>>, `${pattern} input`);
   const runtime = await startRuntime();
   const { flowId, output } = await runFlow(runtime, pattern, input, {
@@ -72,7 +104,7 @@ async function runCommand(patternArg: string, options: { input: string; json?: b
   else {
     printData(mainResult(pattern, output));
     process.stderr.write(
-      `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${describeUsage(output.usage as Usage)}\n`,
+      `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${describeUsage(output.usage as Usage)}\n${offlineHint(output)}`,
     );
   }
   return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
@@ -94,7 +126,17 @@ async function buildCommand(
   options: { out?: string; json?: boolean; threshold?: number; maxCalls?: number; maxTokens?: number; progress?: boolean },
 ) {
   const spec = await readJsonFile(specFile, ToolSpecSchema, 'tool spec');
+  const config = loadConfig();
+  const outRoot = options.out ?? toolsDir(config.MICROTASK_STATE_DIR);
+  await assertWritableDirectory(outRoot);
   const runtime = await startRuntime();
+  if (runtime.model.name === 'cassette' && !config.MICROTASK_CASSETTE && !(await isExampleSpec(spec))) {
+    throw new UsageError(
+      `offline mode (no ANTHROPIC_API_KEY) replays hand-written answers for examples/api-tester.json only; ` +
+        `to build "${spec.name}", set ANTHROPIC_API_KEY (or MICROTASK_CASSETTE to a cassette you recorded with MICROTASK_RECORD)`,
+      'OFFLINE_UNKNOWN_SPEC',
+    );
+  }
   const budget =
     options.maxCalls || options.maxTokens
       ? { ...(options.maxCalls ? { maxCalls: options.maxCalls } : {}), ...(options.maxTokens ? { maxTokens: options.maxTokens } : {}) }
@@ -103,7 +145,7 @@ async function buildCommand(
     runtime,
     'tool-builder',
     { spec, ...(options.threshold !== undefined ? { threshold: options.threshold } : {}), ...(budget ? { budget } : {}) },
-    { outRoot: options.out ?? toolsDir(runtime.config.MICROTASK_STATE_DIR), ...(options.progress === false ? {} : { inspect: progressPrinter() }) },
+    { outRoot, ...(options.progress === false ? {} : { inspect: progressPrinter() }) },
   );
   if (options.json) printData({ flowId, pattern: 'tool-builder', ...output });
   else {
@@ -112,7 +154,8 @@ async function buildCommand(
     process.stderr.write(
       `${spec.name} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ` +
         `${files ? `${files} files written` : 'nothing written'}; ${describeUsage(output.usage as Usage)}\n` +
-        (output.dir ? `try it: node ${output.dir}/src/cli.js --help\n` : ''),
+        (output.dir ? `try it: node ${output.dir}/src/cli.js --help\n` : '') +
+        offlineHint(output),
     );
   }
   return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
@@ -266,7 +309,7 @@ export async function main(argv: string[]): Promise<number> {
       // --help and --version end here with exit code 0; commander has printed what is needed.
       return e.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
     }
-    if (e instanceof ConfigError || e instanceof UsageError) {
+    if (e instanceof ConfigError || e instanceof UsageError || e instanceof CassetteError) {
       process.stderr.write(`microtask: ${e.message}\n`);
       return ExitCode.usage;
     }

@@ -62,7 +62,7 @@ export function microtaskInput(spec: TaskSpec, key: string, overrides: Partial<T
  */
 export function budgetCheck(budget: Budget | undefined, usage: Usage): { ok: true } | { ok: false; reason: string } {
   if (budget?.maxCalls !== undefined && usage.calls + 1 > budget.maxCalls) {
-    return { ok: false, reason: `the budget of ${budget.maxCalls} model calls is spent (${usage.calls} made)` };
+    return { ok: false, reason: `the budget of ${plural(budget.maxCalls, 'model call')} is spent (${usage.calls} made)` };
   }
   if (budget?.maxTokens !== undefined && totalTokens(usage) >= budget.maxTokens) {
     return {
@@ -73,12 +73,17 @@ export function budgetCheck(budget: Budget | undefined, usage: Usage): { ok: tru
   return { ok: true };
 }
 
-/** What is left of a budget after `usage`, for a child flow. */
+const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
+
+/**
+ * What is left of a budget after `usage`, for a child flow. It can be 0: the child then
+ * stops before its first call, and the parent with it.
+ */
 export function remainingBudget(budget: Budget | undefined, usage: Usage): Budget | undefined {
   if (!budget) return undefined;
   return {
-    ...(budget.maxTokens !== undefined ? { maxTokens: Math.max(1, budget.maxTokens - totalTokens(usage)) } : {}),
-    ...(budget.maxCalls !== undefined ? { maxCalls: Math.max(1, budget.maxCalls - usage.calls) } : {}),
+    ...(budget.maxTokens !== undefined ? { maxTokens: Math.max(0, budget.maxTokens - totalTokens(usage)) } : {}),
+    ...(budget.maxCalls !== undefined ? { maxCalls: Math.max(0, budget.maxCalls - usage.calls) } : {}),
   };
 }
 

@@ -1,6 +1,7 @@
 import { afterAll, expect } from 'vitest';
 import { createActor, toPromise, type AnyStateMachine, type InspectionEvent, type Snapshot } from 'xstate';
 import { getStateNodes } from 'xstate/graph';
+import { CircuitBreaker } from '../../src/actors/CircuitBreaker.js';
 import { createMicrotaskLogic, MicrotaskRunner } from '../../src/actors/microtask.js';
 import { ScriptedModel, type Script } from '../../src/actors/model/ScriptedModel.js';
 import { MemoryResultsStore } from '../../src/actors/ResultsStore.js';
@@ -10,7 +11,8 @@ import { answerSchemas } from '../../src/machines/answers.js';
 export function scripted(script: Script) {
   const model = new ScriptedModel(script);
   const results = new MemoryResultsStore();
-  const runner = new MicrotaskRunner({ model, results, answers: answerSchemas });
+  // No cooldown: scripts fail and recover from one call to the next on purpose.
+  const runner = new MicrotaskRunner({ model, results, answers: answerSchemas, breaker: new CircuitBreaker(0) });
   return { model, results, runner, microtask: createMicrotaskLogic(runner) };
 }
 

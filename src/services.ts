@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { CircuitBreaker } from './actors/CircuitBreaker.js';
 import { MicrotaskRunner } from './actors/microtask.js';
 import { createRemoteMicrotaskLogic } from './actors/remoteMicrotask.js';
 import type { Bus, WorkQueue } from './bus/Bus.js';
@@ -55,7 +56,9 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
   const { model, description } = await chooseModel({ ...config, MICROTASK_MAX_RETRIES: 0 });
   const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
   const results = new KvResultsStore(await bus.keyValue(names.resultsBucket));
-  const runner = new MicrotaskRunner({ model, results, answers: answerSchemas, logger });
+  // The queue retries a transient failure after a backoff of 1 s or more; the breaker only
+  // spares the other tasks of a burst, so it must close before the first retry comes.
+  const runner = new MicrotaskRunner({ model, results, answers: answerSchemas, logger, breaker: new CircuitBreaker(500) });
   const consumer = await startWorker({
     queue: await taskQueue(bus, config),
     runner,

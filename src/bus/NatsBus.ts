@@ -775,7 +775,8 @@ class NatsWorkQueue implements WorkQueue {
       // nak, working and term are sent without waiting for the server: during an outage
       // they would wait for the reconnect, and a lost one only means a redelivery.
       retry: async (delayMs) => {
-        if (settle()) msg.nak(Math.max(0, delayMs));
+        // A fractional delay is sent as a float of nanoseconds, which the server reads as no delay.
+        if (settle()) msg.nak(Math.max(0, Math.round(delayMs)));
       },
       working: async () => {
         if (!settled) msg.working();

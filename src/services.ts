@@ -63,6 +63,7 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
     queue: await taskQueue(bus, config),
     runner,
     results,
+    announce: (key, result) => bus.publish(names.taskResult(key), JSON.stringify(result)),
     concurrency: config.MICROTASK_WORKER_CONCURRENCY,
     heartbeatMs: Math.max(100, Math.floor(config.MICROTASK_ACK_WAIT_MS / 3)),
     logger,
@@ -75,6 +76,8 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
 export async function startDaemonService(bus: Bus, config: Config, logger: Logger) {
   const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
   const microtask = createRemoteMicrotaskLogic({
+    bus,
+    subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
     queue: await taskQueue(bus, config),
     results: await bus.keyValue(names.resultsBucket),
     logger,

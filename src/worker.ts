@@ -11,6 +11,8 @@ export interface WorkerOptions {
   /** Runs each task; its results store is the shared one, so a task done before costs nothing. */
   runner: MicrotaskRunner;
   results: ResultsStore;
+  /** Tells the flow waiting for a task its result (after it is stored). */
+  announce?: (key: string, result: MicrotaskResult) => Promise<void>;
   concurrency: number;
   /** How often a running task tells the queue it is still at it (below the queue's ack wait). */
   heartbeatMs?: number;
@@ -35,6 +37,11 @@ export async function startWorker(options: WorkerOptions): Promise<WorkConsumer>
   const logger = options.logger ?? silentLogger;
   const heartbeatMs = options.heartbeatMs ?? 10_000;
   const baseDelay = options.baseRetryDelayMs ?? 1_000;
+
+  // The result is stored first: an announcement that is missed is found by reading it.
+  const announce = async (key: string, result: MicrotaskResult) => {
+    await options.announce?.(key, result).catch((e: unknown) => logger.warn({ err: e, taskId: key }, 'could not announce a result'));
+  };
 
   const handle = async (job: Job) => {
     let raw: unknown;
@@ -70,12 +77,14 @@ export async function startWorker(options: WorkerOptions): Promise<WorkConsumer>
         return;
       }
       await options.results.put(task.key, result);
+      await announce(task.key, result);
       log.warn({ error: result.error }, 'the task failed on its last chance; stored for its flow and dead-lettered');
       await job.deadLetter(`${result.error.kind}: ${result.error.message}`);
       return;
     }
     // The runner stored what is worth reusing; the rest is stored for the waiting flow only.
     if (!isReusableResult(result) && !result.cached) await options.results.put(task.key, result);
+    await announce(task.key, result);
     await job.ack();
   };
 

@@ -10,6 +10,7 @@ import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { createRemoteMicrotaskLogic } from '../src/actors/remoteMicrotask.js';
 import type { WorkConsumer } from '../src/bus/Bus.js';
 import { KvResultsStore } from '../src/bus/KvResultsStore.js';
+import { subjects } from '../src/bus/subjects.js';
 import { connectNatsBus, type NatsBus } from '../src/bus/NatsBus.js';
 import { Daemon } from '../src/daemon/Daemon.js';
 import { provideFlows } from '../src/flows.js';
@@ -44,6 +45,7 @@ beforeAll(async () => {
     bus: daemonBus,
     flows: provideFlows({
       microtask: createRemoteMicrotaskLogic({
+        bus: daemonBus,
         queue: await daemonBus.workQueue('tasks', queueOptions),
         results: await daemonBus.keyValue('results'),
       }),
@@ -57,6 +59,7 @@ beforeAll(async () => {
     queue: await workerBus.workQueue('tasks', queueOptions),
     runner: new MicrotaskRunner({ model, results, answers: answerSchemas }),
     results,
+    announce: (key, result) => workerBus.publish(subjects().taskResult(key), JSON.stringify(result)),
     concurrency: 4,
   });
   client = await connect({ servers: server.url, reconnectTimeWait: 200, maxReconnectAttempts: -1 });

@@ -45,7 +45,7 @@ describe('workers that die', () => {
     const daemon = new Daemon({
       bus,
       flows: provideFlows({
-        microtask: createRemoteMicrotaskLogic({ queue: await bus.workQueue('tasks', queueOptions), results: await bus.keyValue('results') }),
+        microtask: createRemoteMicrotaskLogic({ bus, queue: await bus.workQueue('tasks', queueOptions), results: await bus.keyValue('results') }),
       }),
       logger: silentLogger,
       outRoot: '/nonexistent',
@@ -86,7 +86,7 @@ describe('workers that die', () => {
     const daemon = new Daemon({
       bus,
       flows: provideFlows({
-        microtask: createRemoteMicrotaskLogic({ queue: await bus.workQueue('tasks', queueOptions), results: await bus.keyValue('results') }),
+        microtask: createRemoteMicrotaskLogic({ bus, queue: await bus.workQueue('tasks', queueOptions), results: await bus.keyValue('results') }),
       }),
       logger: silentLogger,
       outRoot: '/nonexistent',

@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+
 /**
  * Every subject, stream and bucket name of the public protocol, from one prefix
  * (MICROTASK_SUBJECT_PREFIX, `microtask` by default). docs/protocol.md documents them.
@@ -13,6 +15,8 @@ export function subjects(prefix = 'microtask') {
     flowDone: (flowId: string) => `${prefix}.flow.${flowId}.done`,
     /** Errors of requests that had no reply subject to answer on. */
     errors: `${prefix}.errors`,
+    /** Where a worker announces a task's result (also stored in the results bucket). */
+    taskResult: (key: string) => `${prefix}.result.${createHash('sha256').update(key).digest('hex').slice(0, 32)}`,
     /** Tasks that failed every delivery, with their error. */
     deadLetters: `${prefix}.tasks.dead`,
     /** The stream holding every flow's events and done messages, replayable. */

@@ -29,7 +29,6 @@ export async function runFlow(runtime: Runtime, pattern: PatternName, input: Rec
   const flowInput = {
     ...input,
     key: (input.key as string | undefined) ?? flowId,
-    ...(pattern === 'microtask' && input.timeoutMs === undefined ? { timeoutMs: runtime.config.MICROTASK_TIMEOUT_MS } : {}),
     ...(pattern === 'tool-builder' ? { outRoot: options.outRoot ?? toolsDir(runtime.config.MICROTASK_STATE_DIR) } : {}),
   };
   const log = runtime.logger.child({ flowId, pattern });

@@ -73,6 +73,6 @@ export async function createRuntime(
   const { model, description } = await chooseModel(config);
   logger.info({ model: model.name }, `model: ${description}`);
   const results = new MemoryResultsStore();
-  const runner = new MicrotaskRunner({ model, results, logger, ...registry });
+  const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...registry });
   return { config, logger, model, modelDescription: description, results, runner };
 }

@@ -58,7 +58,14 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
   const results = new KvResultsStore(await bus.keyValue(names.resultsBucket));
   // The queue retries a transient failure after a backoff of 1 s or more; the breaker only
   // spares the other tasks of a burst, so it must close before the first retry comes.
-  const runner = new MicrotaskRunner({ model, results, answers: answerSchemas, logger, breaker: new CircuitBreaker(500) });
+  const runner = new MicrotaskRunner({
+    model,
+    results,
+    answers: answerSchemas,
+    logger,
+    breaker: new CircuitBreaker(500),
+    defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
+  });
   const consumer = await startWorker({
     queue: await taskQueue(bus, config),
     runner,
@@ -78,6 +85,7 @@ export async function startDaemonService(bus: Bus, config: Config, logger: Logge
   const microtask = createRemoteMicrotaskLogic({
     bus,
     subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
+    defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
     queue: await taskQueue(bus, config),
     results: await bus.keyValue(names.resultsBucket),
     logger,

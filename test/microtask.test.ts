@@ -67,6 +67,12 @@ describe('the microtask actor', () => {
     await server.waitForClosedEarly(1);
   });
 
+  it('uses the configured default timeout when the input gives none', async () => {
+    const { runner } = runnerWith([{ text: 'late', delayMs: 3_000 }], { defaultTimeoutMs: 200 });
+    const result = await runner.run(task);
+    expect(result.error).toMatchObject({ kind: 'timeout', message: 'microtask summarize timed out after 200 ms' });
+  });
+
   it('measures the duration of a call', async () => {
     const { runner } = runnerWith([{ text: 'short', delayMs: 200 }]);
     const result = await runner.run({ ...task, timeoutMs: 10_000 });

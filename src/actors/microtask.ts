@@ -35,7 +35,11 @@ export interface MicrotaskDeps {
   logger?: Logger;
   /** Fails calls fast while the model is known to be unreachable; one per runner by default. */
   breaker?: CircuitBreaker;
+  /** A microtask's timeout when its input gives none (MICROTASK_TIMEOUT_MS). */
+  defaultTimeoutMs?: number;
 }
+
+export const DEFAULT_TIMEOUT_MS = 30_000;
 
 /**
  * Failures the model answered (and was paid for) are stored under the key like a
@@ -137,7 +141,8 @@ export class MicrotaskRunner {
       });
     }
 
-    const timeoutMs = input.deadlineAt === undefined ? input.timeoutMs : input.deadlineAt - Date.now();
+    const timeoutMs =
+      input.deadlineAt === undefined ? (input.timeoutMs ?? this.deps.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS) : input.deadlineAt - Date.now();
     if (timeoutMs <= 0) {
       return this.failed(input, started, { kind: 'timeout', message: `microtask ${input.taskType} timed out: its deadline had passed`, retryable: false });
     }

@@ -18,7 +18,8 @@ export const MicrotaskInputSchema = z.object({
   data: z.unknown().optional(),
   /** Name of a registered answer schema; a text answer when unset. */
   answer: z.string().optional(),
-  timeoutMs: z.number().int().positive().default(10_000),
+  /** Unset: the runner's default (MICROTASK_TIMEOUT_MS). */
+  timeoutMs: z.number().int().positive().optional(),
   /**
    * Absolute deadline (epoch ms). When set it wins over `timeoutMs`, so a microtask that
    * runs again after a restore keeps its original deadline instead of starting over.

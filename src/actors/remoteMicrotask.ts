@@ -4,7 +4,7 @@ import { resultKey } from '../bus/KvResultsStore.js';
 import { subjects } from '../bus/subjects.js';
 import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../usage.js';
-import { defaultFallback, isReusableResult, type Fallbacks } from './microtask.js';
+import { DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, type Fallbacks } from './microtask.js';
 import { MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from './microtaskTypes.js';
 
 export interface RemoteMicrotaskOptions {
@@ -21,6 +21,8 @@ export interface RemoteMicrotaskOptions {
   pollMs?: number;
   /** The task types' fallbacks, for when no worker answers. */
   fallbacks?: Fallbacks;
+  /** A microtask's timeout when its input gives none (MICROTASK_TIMEOUT_MS). */
+  defaultTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -53,7 +55,8 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
   return fromPromise<MicrotaskResult, MicrotaskInput>(async ({ input, signal }) => {
     const started = performance.now();
     const key = resultKey(input.key);
-    const task: QueuedTask = { ...input, deadlineAt: input.deadlineAt ?? Date.now() + (input.timeoutMs ?? 10_000) };
+    const timeoutMs = input.timeoutMs ?? options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const task: QueuedTask = { ...input, deadlineAt: input.deadlineAt ?? Date.now() + timeoutMs };
     const log = logger.child({ taskId: input.key, taskType: input.taskType });
     const failure = (error: MicrotaskError): MicrotaskResult => ({
       success: false,

@@ -66,7 +66,14 @@ export async function freePort(): Promise<number> {
   });
 }
 
-export async function startNatsServer(options: { bin?: string; startTimeoutMs?: number } = {}): Promise<NatsServer> {
+export async function startNatsServer(
+  options: {
+    bin?: string;
+    startTimeoutMs?: number;
+    /** More nats-server flags, e.g. `['--auth', 'token']` or `['--user', 'u', '--pass', 'p']`. */
+    args?: string[];
+  } = {},
+): Promise<NatsServer> {
   const bin = options.bin ?? findNatsServer();
   const port = await freePort();
   const storeDir = await mkdtemp(join(tmpdir(), 'microtask-nats-'));
@@ -75,7 +82,7 @@ export async function startNatsServer(options: { bin?: string; startTimeoutMs?: 
 
   async function start(): Promise<void> {
     if (child) return;
-    const proc = spawn(bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir], {
+    const proc = spawn(bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir, ...(options.args ?? [])], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     child = proc;

@@ -1,0 +1,285 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import {
+  assertFlowId,
+  byUpdatedAt,
+  checkRecordForSave,
+  CorruptSnapshotError,
+  FINISHED_STATUSES,
+  isPrunable,
+  isValidFlowId,
+  mapLimit,
+  parseStoredJson,
+  parseStoredRecord,
+  report,
+  SnapshotConflictError,
+  statusFilter,
+  summarize,
+  type FlowSnapshotRecord,
+  type FlowStatus,
+  type FlowSummary,
+  type ListFilter,
+  type SnapshotStore,
+  type SnapshotStoreOptions,
+  type StoredSnapshot,
+} from './SnapshotStore.js';
+
+/**
+ * Snapshots as files, the embedded default: `<dir>/<flowId>.json` holds
+ * `{"revision": n, "record": {...}}`. A save writes a temp file in the same directory,
+ * fsyncs it, renames it over the flow's file and fsyncs the directory, so a reader (or a
+ * daemon restarted after a crash) sees the old record or the new one, never a torn file.
+ *
+ * Revisions are checked inside this process (saves of one flow run one after another),
+ * so one daemon owns a directory; for several daemons use KvSnapshotStore. Readers in
+ * other processes (the CLI listing flows) are fine.
+ *
+ * Corrupt entries go to `<dir>/corrupt/<flowId>.<timestamp>.json` with the reason in
+ * `<flowId>.<timestamp>.reason.txt` beside it.
+ */
+export class FileSnapshotStore implements SnapshotStore {
+  /** The tail of each flow's queue of file operations. */
+  private readonly queues = new Map<string, Promise<void>>();
+  private dirReady: Promise<void> | undefined;
+
+  constructor(
+    readonly dir: string,
+    private readonly options: SnapshotStoreOptions = {},
+  ) {}
+
+  /**
+   * A store over `dir`, created when missing, with the temp files of saves that a crash
+   * interrupted (older than a minute, so never one in flight) removed.
+   */
+  static async open(dir: string, options: SnapshotStoreOptions = {}): Promise<FileSnapshotStore> {
+    const store = new FileSnapshotStore(dir, options);
+    await store.ensureDir();
+    await store.removeLeftovers(LEFTOVER_AGE_MS);
+    return store;
+  }
+
+  async save(record: FlowSnapshotRecord, expectedRevision: number | null): Promise<number> {
+    const checked = checkRecordForSave(record);
+    const flowId = checked.flowId;
+    return this.exclusive(flowId, async () => {
+      const current = await this.read(flowId);
+      if (current.kind === 'corrupt' && current.revision === undefined) throw current.error;
+      const actual = current.kind === 'missing' ? null : current.revision!;
+      if (actual !== expectedRevision) throw new SnapshotConflictError(flowId, expectedRevision, actual);
+      const revision = (actual ?? 0) + 1;
+      await this.ensureDir();
+      await this.writeAtomically(this.file(flowId), JSON.stringify({ revision, record: checked }));
+      return revision;
+    });
+  }
+
+  async load(flowId: string): Promise<StoredSnapshot | undefined> {
+    assertFlowId(flowId);
+    const entry = await this.read(flowId);
+    if (entry.kind === 'missing') return undefined;
+    if (entry.kind === 'corrupt') throw entry.error;
+    return { record: entry.record, revision: entry.revision };
+  }
+
+  async list(filter?: ListFilter): Promise<FlowSummary[]> {
+    const wanted = statusFilter(filter);
+    const summaries: FlowSummary[] = [];
+    await mapLimit(await this.flowIds(), READ_CONCURRENCY, async (flowId) => {
+      const entry = await this.read(flowId);
+      if (entry.kind === 'corrupt') report(this.options.onCorrupt, entry.error);
+      else if (entry.kind === 'ok' && wanted(entry.record.status)) summaries.push(summarize(entry.record));
+    });
+    return summaries.sort(byUpdatedAt);
+  }
+
+  async delete(flowId: string): Promise<void> {
+    assertFlowId(flowId);
+    await this.exclusive(flowId, async () => {
+      if (await removeFile(this.file(flowId))) await syncDir(this.dir);
+    });
+  }
+
+  async moveAside(flowId: string, reason: string): Promise<void> {
+    assertFlowId(flowId);
+    await this.exclusive(flowId, async () => {
+      const asideDir = join(this.dir, CORRUPT_DIR);
+      await mkdir(asideDir, { recursive: true });
+      const stamp = new Date().toISOString().replace(/:/g, '-');
+      const base = join(asideDir, `${flowId}.${stamp}`);
+      try {
+        await rename(this.file(flowId), `${base}.json`);
+      } catch (e) {
+        if (isNotFound(e)) return;
+        throw e;
+      }
+      await this.writeAtomically(`${base}.reason.txt`, `${reason}\n`);
+      await syncDir(this.dir);
+    });
+  }
+
+  async prune(olderThan: Date, statuses: readonly FlowStatus[] = FINISHED_STATUSES): Promise<number> {
+    let pruned = 0;
+    await mapLimit(await this.flowIds(), READ_CONCURRENCY, (flowId) =>
+      this.exclusive(flowId, async () => {
+        const entry = await this.read(flowId);
+        if (entry.kind === 'corrupt') report(this.options.onCorrupt, entry.error);
+        if (entry.kind === 'ok' && isPrunable(entry.record, olderThan, statuses) && (await removeFile(this.file(flowId)))) pruned++;
+      }),
+    );
+    if (pruned > 0) await syncDir(this.dir);
+    return pruned;
+  }
+
+  /**
+   * Removes the temp files of saves that never reached their rename (the process died),
+   * if older than `olderThanMs`; resolves with how many. The flows' files are untouched.
+   */
+  async removeLeftovers(olderThanMs: number): Promise<number> {
+    const names = await this.names();
+    const cutoff = Date.now() - olderThanMs;
+    let removed = 0;
+    for (const name of names.filter(isTempFile)) {
+      const path = join(this.dir, name);
+      const info = await stat(path).catch(() => undefined);
+      if (info && info.mtimeMs <= cutoff && (await removeFile(path))) removed++;
+    }
+    return removed;
+  }
+
+  // -- internals ----------------------------------------------------------------
+
+  private file(flowId: string): string {
+    return join(this.dir, `${flowId}.json`);
+  }
+
+  private ensureDir(): Promise<void> {
+    this.dirReady ??= mkdir(this.dir, { recursive: true }).then(
+      () => undefined,
+      (e: unknown) => {
+        this.dirReady = undefined;
+        throw e;
+      },
+    );
+    return this.dirReady;
+  }
+
+  /** Runs `fn` after every operation on `flowId` queued before it has settled. */
+  private exclusive<T>(flowId: string, fn: () => Promise<T>): Promise<T> {
+    const run = (this.queues.get(flowId) ?? Promise.resolve()).then(fn);
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.queues.set(flowId, tail);
+    void tail.then(() => {
+      if (this.queues.get(flowId) === tail) this.queues.delete(flowId);
+    });
+    return run;
+  }
+
+  /** Names in the directory; none when it does not exist yet. */
+  private async names(): Promise<string[]> {
+    try {
+      return (await readdir(this.dir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name);
+    } catch (e) {
+      if (isNotFound(e)) return [];
+      throw e;
+    }
+  }
+
+  private async flowIds(): Promise<string[]> {
+    return (await this.names())
+      .filter((name) => name.endsWith('.json') && !isTempFile(name))
+      .map((name) => name.slice(0, -'.json'.length))
+      .filter(isValidFlowId);
+  }
+
+  private async read(flowId: string): Promise<FileEntry> {
+    const path = this.file(flowId);
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (e) {
+      if (isNotFound(e)) return { kind: 'missing' };
+      throw e;
+    }
+    try {
+      const json = parseStoredJson(flowId, text, path);
+      const revision = (json as { revision?: unknown } | null)?.revision;
+      if (typeof json !== 'object' || json === null || Array.isArray(json) || !Number.isSafeInteger(revision) || (revision as number) < 1) {
+        throw new CorruptSnapshotError(flowId, 'wrong shape (expected {"revision": <positive integer>, "record": {...}})', path);
+      }
+      try {
+        return { kind: 'ok', record: parseStoredRecord(flowId, (json as { record?: unknown }).record, path), revision: revision as number };
+      } catch (e) {
+        // The revision is readable: a save that expects it may overwrite the bad record.
+        if (e instanceof CorruptSnapshotError) return { kind: 'corrupt', error: e, revision: revision as number };
+        throw e;
+      }
+    } catch (e) {
+      if (e instanceof CorruptSnapshotError) return { kind: 'corrupt', error: e };
+      throw e;
+    }
+  }
+
+  /** Temp file in the same directory, fsync, rename over `path`, fsync the directory. */
+  private async writeAtomically(path: string, data: string): Promise<void> {
+    const dir = dirname(path);
+    const temp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}${TEMP_SUFFIX}`);
+    try {
+      const handle = await open(temp, 'wx', 0o600);
+      try {
+        await handle.writeFile(data, 'utf8');
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temp, path);
+    } catch (e) {
+      await removeFile(temp).catch(() => {});
+      throw e;
+    }
+    await syncDir(dir);
+  }
+}
+
+type FileEntry =
+  | { kind: 'missing' }
+  | { kind: 'ok'; record: FlowSnapshotRecord; revision: number }
+  | { kind: 'corrupt'; error: CorruptSnapshotError; revision?: number };
+
+const CORRUPT_DIR = 'corrupt';
+const TEMP_SUFFIX = '.tmp';
+/** A temp file older than this cannot belong to a save in flight. */
+const LEFTOVER_AGE_MS = 60_000;
+/** Files read at once by list and prune (a thousand flows must not exhaust file handles). */
+const READ_CONCURRENCY = 32;
+
+const isTempFile = (name: string) => name.startsWith('.') && name.endsWith(TEMP_SUFFIX);
+
+function isNotFound(e: unknown): boolean {
+  return (e as NodeJS.ErrnoException | null)?.code === 'ENOENT';
+}
+
+/** Whether it removed the file (false when there was none). */
+async function removeFile(path: string): Promise<boolean> {
+  try {
+    await unlink(path);
+    return true;
+  } catch (e) {
+    if (isNotFound(e)) return false;
+    throw e;
+  }
+}
+
+/** Makes a rename or unlink in `dir` durable. Windows cannot open a directory to fsync it. */
+async function syncDir(dir: string): Promise<void> {
+  if (process.platform === 'win32') return;
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

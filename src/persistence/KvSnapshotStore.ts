@@ -1,0 +1,136 @@
+import { BusError, type KeyValueStore } from '../bus/Bus.js';
+import {
+  assertFlowId,
+  byUpdatedAt,
+  checkRecordForSave,
+  CorruptSnapshotError,
+  FINISHED_STATUSES,
+  isPrunable,
+  isValidFlowId,
+  mapLimit,
+  parseStoredJson,
+  parseStoredRecord,
+  report,
+  SnapshotConflictError,
+  statusFilter,
+  summarize,
+  type FlowSnapshotRecord,
+  type FlowStatus,
+  type FlowSummary,
+  type ListFilter,
+  type SnapshotStore,
+  type SnapshotStoreOptions,
+  type StoredSnapshot,
+} from './SnapshotStore.js';
+
+const SNAPSHOT_PREFIX = 'snapshot.';
+const CORRUPT_PREFIX = 'corrupt.';
+/** Entries read at once by list and prune. */
+const READ_CONCURRENCY = 32;
+
+/**
+ * Snapshots in a KV bucket of the bus (NATS JetStream KV, or the in-memory bus): the
+ * record as JSON under `snapshot.<flowId>`, the revision is the KV's. A save is a
+ * compare-and-set on the server (`create` for a new flow, `update` at the expected
+ * revision), so two daemons sharing the bucket never both own a flow: the one whose
+ * save is refused gets SnapshotConflictError and must stop driving the flow.
+ *
+ * Entries moved aside go to `corrupt.<flowId>` as `{flowId, reason, movedAt, revision,
+ * raw}` (a later one for the same flow replaces it).
+ */
+export class KvSnapshotStore implements SnapshotStore {
+  constructor(
+    private readonly kv: KeyValueStore,
+    private readonly options: SnapshotStoreOptions = {},
+  ) {}
+
+  /** Where a flow's snapshot lives in the bucket. */
+  static key(flowId: string): string {
+    assertFlowId(flowId);
+    return `${SNAPSHOT_PREFIX}${flowId}`;
+  }
+
+  /** Where a flow's entry goes when moved aside. */
+  static corruptKey(flowId: string): string {
+    assertFlowId(flowId);
+    return `${CORRUPT_PREFIX}${flowId}`;
+  }
+
+  async save(record: FlowSnapshotRecord, expectedRevision: number | null): Promise<number> {
+    const checked = checkRecordForSave(record);
+    const key = KvSnapshotStore.key(checked.flowId);
+    const value = JSON.stringify(checked);
+    try {
+      return expectedRevision === null ? await this.kv.create(key, value) : await this.kv.update(key, value, expectedRevision);
+    } catch (e) {
+      if (e instanceof BusError && (e.code === 'KV_EXISTS' || e.code === 'KV_WRONG_REVISION')) {
+        // Read only to say what the store holds: the conflict stands whatever this finds.
+        const actual = await this.kv.get(key).then(
+          (entry) => entry?.revision ?? null,
+          () => undefined,
+        );
+        throw new SnapshotConflictError(checked.flowId, expectedRevision, actual, { cause: e });
+      }
+      throw e;
+    }
+  }
+
+  async load(flowId: string): Promise<StoredSnapshot | undefined> {
+    const key = KvSnapshotStore.key(flowId);
+    const entry = await this.kv.get(key);
+    if (!entry) return undefined;
+    const location = `KV key ${key}`;
+    const json = parseStoredJson(flowId, entry.string(), location);
+    return { record: parseStoredRecord(flowId, json, location, ''), revision: entry.revision };
+  }
+
+  async list(filter?: ListFilter): Promise<FlowSummary[]> {
+    const wanted = statusFilter(filter);
+    const summaries: FlowSummary[] = [];
+    await mapLimit(await this.flowIds(), READ_CONCURRENCY, async (flowId) => {
+      const found = await this.loadForScan(flowId);
+      if (found && wanted(found.record.status)) summaries.push(summarize(found.record));
+    });
+    return summaries.sort(byUpdatedAt);
+  }
+
+  async delete(flowId: string): Promise<void> {
+    await this.kv.delete(KvSnapshotStore.key(flowId));
+  }
+
+  async moveAside(flowId: string, reason: string): Promise<void> {
+    const key = KvSnapshotStore.key(flowId);
+    const entry = await this.kv.get(key);
+    if (!entry) return;
+    const aside = { flowId, reason, movedAt: new Date().toISOString(), revision: entry.revision, raw: entry.string() };
+    await this.kv.put(KvSnapshotStore.corruptKey(flowId), JSON.stringify(aside));
+    await this.kv.delete(key);
+  }
+
+  async prune(olderThan: Date, statuses: readonly FlowStatus[] = FINISHED_STATUSES): Promise<number> {
+    let pruned = 0;
+    await mapLimit(await this.flowIds(), READ_CONCURRENCY, async (flowId) => {
+      const found = await this.loadForScan(flowId);
+      if (found && isPrunable(found.record, olderThan, statuses)) {
+        await this.kv.delete(KvSnapshotStore.key(flowId));
+        pruned++;
+      }
+    });
+    return pruned;
+  }
+
+  private async flowIds(): Promise<string[]> {
+    return (await this.kv.keys(`${SNAPSHOT_PREFIX}*`)).map((key) => key.slice(SNAPSHOT_PREFIX.length)).filter(isValidFlowId);
+  }
+
+  /** load() for list and prune: a corrupt entry is reported and skipped. */
+  private async loadForScan(flowId: string): Promise<StoredSnapshot | undefined> {
+    try {
+      return await this.load(flowId);
+    } catch (e) {
+      if (!(e instanceof CorruptSnapshotError)) throw e;
+      report(this.options.onCorrupt, e);
+      return undefined;
+    }
+  }
+}

@@ -93,3 +93,19 @@ export function machineFor(flows: Flows, pattern: PatternName) {
   } as const;
   return byPattern[pattern];
 }
+
+/**
+ * The version of each pattern's machine, saved with every snapshot. Bump it when a change
+ * to a machine (its states, context or input) makes older snapshots unsafe to resume:
+ * those flows are then marked failed with INCOMPATIBLE_SNAPSHOT instead of resumed wrongly.
+ */
+export const machineVersions: Record<PatternName, number> = {
+  microtask: 1,
+  incremental: 1,
+  'feedback-loop': 1,
+  parallel: 1,
+  metacognitive: 1,
+  progressive: 1,
+  reentrant: 1,
+  'tool-builder': 1,
+};

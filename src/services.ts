@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { CircuitBreaker } from './actors/CircuitBreaker.js';
-import { MicrotaskRunner } from './actors/microtask.js';
+import { createMicrotaskLogic, MicrotaskRunner } from './actors/microtask.js';
 import { createRemoteMicrotaskLogic } from './actors/remoteMicrotask.js';
 import type { Bus, WorkQueue } from './bus/Bus.js';
 import { KvResultsStore } from './bus/KvResultsStore.js';
@@ -10,6 +11,10 @@ import { subjects } from './bus/subjects.js';
 import type { Config } from './config.js';
 import { Daemon } from './daemon/Daemon.js';
 import { provideFlows } from './flows.js';
+import { FileResultsStore } from './persistence/FileResultsStore.js';
+import { FileSnapshotStore } from './persistence/FileSnapshotStore.js';
+import { KvSnapshotStore } from './persistence/KvSnapshotStore.js';
+import type { CorruptSnapshotError, SnapshotStore } from './persistence/SnapshotStore.js';
 import type { Logger } from './log.js';
 import { answerSchemas } from './machines/answers.js';
 import { toolsDir } from './runFlow.js';
@@ -79,20 +84,65 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
   return consumer;
 }
 
-/** The daemon on the bus; its flows' microtasks go to the workers through the task queue. */
+/** Where embedded mode keeps what must survive a crash. */
+export const stateDirs = (stateDir: string) => ({
+  flows: join(stateDir, 'flows'),
+  results: join(stateDir, 'results'),
+  tools: toolsDir(stateDir),
+});
+
+/** The snapshot store of the mode: NATS KV when the bus is NATS (shared by daemons), files otherwise. */
+export async function snapshotStore(bus: Bus, config: Config, logger: Logger): Promise<SnapshotStore> {
+  const options = {
+    onCorrupt: (error: CorruptSnapshotError) => {
+      logger.error({ flowId: error.flowId, reason: error.reason }, 'corrupt snapshot: moved aside');
+      void store.moveAside(error.flowId, error.reason).catch(() => undefined);
+    },
+  };
+  const store: SnapshotStore =
+    bus.transport === 'nats'
+      ? new KvSnapshotStore(await bus.keyValue(subjects(config.MICROTASK_SUBJECT_PREFIX).snapshotsBucket), options)
+      : await FileSnapshotStore.open(stateDirs(config.MICROTASK_STATE_DIR).flows, options);
+  return store;
+}
+
+/**
+ * Microtasks run in this process, their results kept on disk: embedded mode's
+ * microtask actor, so a flow resumed after a crash does not pay twice.
+ */
+export async function localMicrotasks(config: Config, logger: Logger) {
+  const { model, description } = await chooseModel(config);
+  const runner = new MicrotaskRunner({
+    model,
+    results: new FileResultsStore(stateDirs(config.MICROTASK_STATE_DIR).results),
+    answers: answerSchemas,
+    logger,
+    defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
+  });
+  return { microtask: createMicrotaskLogic(runner), description };
+}
+
+/**
+ * The daemon on the bus. With NATS its flows' microtasks go to the workers through the
+ * task queue; embedded, they run in this process.
+ */
 export async function startDaemonService(bus: Bus, config: Config, logger: Logger) {
   const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
-  const microtask = createRemoteMicrotaskLogic({
-    bus,
-    subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
-    defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
-    queue: await taskQueue(bus, config),
-    results: await bus.keyValue(names.resultsBucket),
-    logger,
-  });
+  const microtask =
+    bus.transport === 'nats'
+      ? createRemoteMicrotaskLogic({
+          bus,
+          subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
+          defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
+          queue: await taskQueue(bus, config),
+          results: await bus.keyValue(names.resultsBucket),
+          logger,
+        })
+      : (await localMicrotasks(config, logger)).microtask;
   const daemon = new Daemon({
     bus,
     flows: provideFlows({ microtask }),
+    store: await snapshotStore(bus, config, logger),
     logger,
     outRoot: toolsDir(config.MICROTASK_STATE_DIR),
     subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,

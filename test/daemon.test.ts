@@ -13,6 +13,7 @@ import { KvResultsStore } from '../src/bus/KvResultsStore.js';
 import { subjects } from '../src/bus/subjects.js';
 import { connectNatsBus, type NatsBus } from '../src/bus/NatsBus.js';
 import { Daemon } from '../src/daemon/Daemon.js';
+import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
 import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/machines/answers.js';
@@ -50,6 +51,7 @@ beforeAll(async () => {
         results: await daemonBus.keyValue('results'),
       }),
     }),
+    store: new KvSnapshotStore(await daemonBus.keyValue('snapshots')),
     logger: silentLogger,
     outRoot,
   });

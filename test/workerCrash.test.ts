@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createRemoteMicrotaskLogic } from '../src/actors/remoteMicrotask.js';
 import { connectNatsBus } from '../src/bus/NatsBus.js';
 import { Daemon } from '../src/daemon/Daemon.js';
+import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
 import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
 import { reply, startFakeAnthropic } from '../src/testing/fakeAnthropic.js';
@@ -47,6 +48,7 @@ describe('workers that die', () => {
       flows: provideFlows({
         microtask: createRemoteMicrotaskLogic({ bus, queue: await bus.workQueue('tasks', queueOptions), results: await bus.keyValue('results') }),
       }),
+      store: new KvSnapshotStore(await bus.keyValue('snapshots')),
       logger: silentLogger,
       outRoot: '/nonexistent',
     });
@@ -88,6 +90,7 @@ describe('workers that die', () => {
       flows: provideFlows({
         microtask: createRemoteMicrotaskLogic({ bus, queue: await bus.workQueue('tasks', queueOptions), results: await bus.keyValue('results') }),
       }),
+      store: new KvSnapshotStore(await bus.keyValue('snapshots')),
       logger: silentLogger,
       outRoot: '/nonexistent',
     });

@@ -25,6 +25,7 @@ export function subjects(prefix = 'microtask') {
     taskQueue: 'tasks',
     resultsBucket: 'results',
     flowsBucket: 'flows',
+    snapshotsBucket: 'snapshots',
   };
 }
 export type Subjects = ReturnType<typeof subjects>;

@@ -192,8 +192,8 @@ async function daemonCommand(options: { worker?: boolean }) {
   const config = loadConfig();
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'info');
   const bus = await connectBus(config, logger, 'daemon');
-  // With the in-process bus nothing else can reach the queue: the daemon runs the worker itself.
-  const withWorker = options.worker || bus.transport === 'memory';
+  // Embedded, microtasks run in the daemon itself; with NATS, on workers (or here with --worker).
+  const withWorker = options.worker === true && bus.transport === 'nats';
   const worker = withWorker ? await startWorkerService(bus, config, logger) : undefined;
   const daemon = await startDaemonService(bus, config, logger);
   logger.info(
@@ -274,10 +274,10 @@ Inputs are checked against each pattern's schema (src/patterns.ts); examples/ ha
   program
     .command('daemon')
     .description('serve the bus protocol: tool builds, flows of any pattern, status, cancel (docs/protocol.md)')
-    .option('--worker', 'also run a worker in this process (always so without NATS_URL)')
+    .option('--worker', 'with NATS_URL: also run a worker in this process')
     .addHelpText(
       'after',
-      '\nWith NATS_URL set it serves NATS clients; without it, it runs embedded (in-process bus and worker).\nSIGINT/SIGTERM: stop taking requests, finish what is in flight, exit 0.',
+      '\nWith NATS_URL set it serves NATS clients and keeps snapshots in NATS KV; without it, it runs embedded\n(in-process bus, microtasks in this process, snapshots under MICROTASK_STATE_DIR). On start it resumes\nevery unfinished flow. SIGINT/SIGTERM: stop taking requests, save, exit 0.',
     )
     .action(async (options: { worker?: boolean }) => {
       setExit(await daemonCommand(options));

@@ -45,6 +45,8 @@ export const FlowSnapshotRecordSchema = z.object({
   /** `actor.getPersistedSnapshot()`, JSON. */
   snapshot: present(),
   requestId: z.string().optional(),
+  /** The seq of the flow's last announced event: a resumed flow goes on from it, without gaps. */
+  seq: z.number().int().nonnegative().optional(),
   output: z.unknown().optional(),
   error: z.object({ code: z.string(), message: z.string() }).optional(),
 });

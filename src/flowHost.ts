@@ -1,0 +1,298 @@
+import { createActor, type AnyActorRef, type AnyStateMachine, type InspectionEvent, type Snapshot } from 'xstate';
+import type { FlowDone, FlowEvent } from './daemon/protocol.js';
+import type { Flows } from './flows.js';
+import type { Logger } from './log.js';
+import { errorInfo } from './machines/common.js';
+import { isPatternName, machineFor, machineVersions, type PatternName } from './patterns.js';
+import { newFlowId } from './runFlow.js';
+import {
+  CorruptSnapshotError,
+  SnapshotConflictError,
+  type FlowSnapshotRecord,
+  type FlowStatus,
+  type SnapshotStore,
+} from './persistence/SnapshotStore.js';
+
+export interface FlowHostOptions {
+  flows: Flows;
+  store: SnapshotStore;
+  logger: Logger;
+  /** Where the tool builder writes tools. */
+  outRoot: string;
+  /** Told of each transition of a flow's root machine, after its snapshot is on disk. */
+  onEvent?: (event: FlowEvent) => Promise<void>;
+  /** Told once when a flow ends, after its final record is on disk. */
+  onDone?: (done: FlowDone) => Promise<void>;
+}
+
+interface HostedFlow {
+  flowId: string;
+  actor: AnyActorRef;
+  record: FlowSnapshotRecord;
+  revision: number;
+  seq: number;
+  /** Saves and announcements of one flow, in order; flows never wait on each other. */
+  chain: Promise<void>;
+  lastSaved: string;
+  finished: Promise<FlowSnapshotRecord>;
+  resolveFinished: (record: FlowSnapshotRecord) => void;
+  /** Set when another owner took the flow over, or this host stopped: nothing more is saved. */
+  lost: boolean;
+  /** Set once the flow's end is being saved. */
+  ending: boolean;
+}
+
+const lifecycleStatus = (output: unknown): Exclude<FlowStatus, 'running'> =>
+  (output as { status?: string } | undefined)?.status === 'failed' ? 'failed' : 'done';
+
+/**
+ * Runs flows durably: a flow's snapshot (with its children's) is saved after every
+ * transition, before the transition is announced; saves of one flow are serialized; a
+ * flow restored from its last snapshot carries on where it stood (a microtask that was in
+ * flight runs again with the same idempotency key, so a stored result costs nothing).
+ */
+export class FlowHost {
+  private readonly flows = new Map<string, HostedFlow>();
+
+  constructor(private readonly options: FlowHostOptions) {}
+
+  /** Starts a flow; resolves once its first snapshot is saved. */
+  async start(pattern: PatternName, input: Record<string, unknown>, meta: { flowId?: string; requestId?: string } = {}): Promise<string> {
+    const flowId = meta.flowId ?? newFlowId(pattern);
+    const machine = machineFor(this.options.flows, pattern) as AnyStateMachine;
+    const flowInput = {
+      ...input,
+      key: (input.key as string | undefined) ?? flowId,
+      ...(pattern === 'tool-builder' ? { outRoot: this.options.outRoot } : {}),
+    };
+    const hosted = this.host(flowId, pattern, machine, { input: flowInput }, undefined, meta.requestId);
+    hosted.revision = await this.options.store.save(hosted.record, null);
+    hosted.lastSaved = JSON.stringify(hosted.record.snapshot);
+    hosted.actor.start();
+    return flowId;
+  }
+
+  /**
+   * Resumes a flow from its last snapshot. `finished` when it had already ended,
+   * `running` when this host runs it already; rejects with a clear error when it is
+   * unknown, corrupt (moved aside) or of an incompatible machine version (marked failed).
+   */
+  async resume(flowId: string): Promise<'resumed' | 'running' | 'finished'> {
+    if (this.flows.has(flowId)) return 'running';
+    let stored;
+    try {
+      stored = await this.options.store.load(flowId);
+    } catch (e) {
+      if (e instanceof CorruptSnapshotError) {
+        await this.options.store.moveAside(flowId, e.reason);
+        this.options.logger.error({ flowId, reason: e.reason }, 'corrupt snapshot moved aside; the flow cannot be resumed');
+      }
+      throw e;
+    }
+    if (!stored) throw new FlowHostError('FLOW_NOT_FOUND', `no flow ${flowId} in the snapshot store`);
+    const { record, revision } = stored;
+    if (record.status !== 'running') return 'finished';
+    const pattern = record.pattern;
+    if (!isPatternName(pattern) || record.machineVersion !== machineVersions[pattern]) {
+      const message = isPatternName(pattern)
+        ? `its snapshot is of ${record.machineId} version ${record.machineVersion}; this build runs version ${machineVersions[pattern]}`
+        : `its pattern "${pattern}" is unknown to this build`;
+      await this.options.store.save(
+        { ...record, status: 'failed', updatedAt: new Date().toISOString(), error: { code: 'INCOMPATIBLE_SNAPSHOT', message } },
+        revision,
+      );
+      throw new FlowHostError('INCOMPATIBLE_SNAPSHOT', `flow ${flowId} cannot be resumed: ${message}`);
+    }
+    const machine = machineFor(this.options.flows, pattern) as AnyStateMachine;
+    const hosted = this.host(flowId, pattern, machine, { snapshot: record.snapshot as Snapshot<unknown> }, record, record.requestId);
+    hosted.revision = revision;
+    hosted.seq = record.seq ?? 0;
+    hosted.lastSaved = JSON.stringify(record.snapshot);
+    this.options.logger.info({ flowId, state: record.state }, 'flow resumed from its last snapshot');
+    hosted.actor.start();
+    return 'resumed';
+  }
+
+  /** Resumes every unfinished flow in the store; one that cannot be resumed never stops the others. */
+  async resumeAll(): Promise<{ resumed: string[]; failed: Array<{ flowId: string; error: string }> }> {
+    const resumed: string[] = [];
+    const failed: Array<{ flowId: string; error: string }> = [];
+    for (const { flowId } of await this.options.store.list({ status: 'running' })) {
+      try {
+        if ((await this.resume(flowId)) === 'resumed') resumed.push(flowId);
+      } catch (e) {
+        failed.push({ flowId, error: (e as Error).message });
+        this.options.logger.error({ flowId, err: e }, 'flow not resumed');
+      }
+    }
+    return { resumed, failed };
+  }
+
+  /** Resolves with the flow's final record when it ends (here). */
+  finished(flowId: string): Promise<FlowSnapshotRecord> | undefined {
+    return this.flows.get(flowId)?.finished;
+  }
+
+  running(flowId: string): FlowSnapshotRecord | undefined {
+    return this.flows.get(flowId)?.record;
+  }
+
+  /** Cancels a flow this host runs; false when it runs elsewhere or not at all. */
+  async cancel(flowId: string): Promise<boolean> {
+    const hosted = this.flows.get(flowId);
+    if (!hosted) return false;
+    hosted.actor.stop();
+    this.finish(hosted, 'cancelled', undefined, { code: 'CANCELLED', message: 'cancelled by request' });
+    await hosted.chain;
+    return true;
+  }
+
+  /** Stops every flow here without ending it (its snapshot stays `running`, to be resumed). */
+  async stop(): Promise<void> {
+    for (const hosted of this.flows.values()) {
+      hosted.lost = true;
+      hosted.actor.stop();
+    }
+    await Promise.all([...this.flows.values()].map((f) => f.chain));
+    this.flows.clear();
+  }
+
+  private host(
+    flowId: string,
+    pattern: PatternName,
+    machine: AnyStateMachine,
+    origin: { input: unknown } | { snapshot: Snapshot<unknown> },
+    previous: FlowSnapshotRecord | undefined,
+    requestId: string | undefined,
+  ): HostedFlow {
+    let resolveFinished!: (record: FlowSnapshotRecord) => void;
+    const hosted: HostedFlow = {
+      flowId,
+      actor: undefined as unknown as AnyActorRef,
+      record: previous ?? {
+        flowId,
+        pattern,
+        machineId: machine.id,
+        machineVersion: machineVersions[pattern],
+        status: 'running',
+        state: null,
+        updatedAt: new Date().toISOString(),
+        snapshot: null,
+        seq: 0,
+        ...(requestId ? { requestId } : {}),
+      },
+      revision: 0,
+      seq: 0,
+      chain: Promise.resolve(),
+      lastSaved: '',
+      finished: new Promise((resolve) => (resolveFinished = resolve)),
+      resolveFinished,
+      lost: false,
+      ending: false,
+    };
+    const inspect = (event: InspectionEvent) => {
+      // Any actor of this flow's system moved (the root or a child): save. Only the
+      // root's transitions are announced.
+      if (event.type !== '@xstate.snapshot') return;
+      const isRoot = event.actorRef === hosted.actor;
+      const snapshot = event.snapshot as { status?: string; value?: unknown; output?: unknown };
+      if (isRoot && snapshot.status === 'done') {
+        this.finish(hosted, lifecycleStatus(snapshot.output), snapshot.output);
+        return;
+      }
+      // An error is handled by the error listener; a stop is a cancel or a shutdown.
+      if (isRoot && (snapshot.status === 'error' || snapshot.status === 'stopped')) return;
+      this.persist(hosted, isRoot ? snapshot.value : undefined);
+    };
+    hosted.actor = createActor(machine, { ...origin, inspect } as never) as AnyActorRef;
+    hosted.actor.subscribe({
+      error: (error: unknown) => {
+        this.options.logger.error({ flowId, err: error }, 'flow crashed');
+        this.finish(hosted, 'failed', undefined, { code: 'FLOW_CRASHED', message: (error as Error)?.message ?? String(error) });
+      },
+    });
+    hosted.record = { ...hosted.record, snapshot: hosted.actor.getPersistedSnapshot(), state: (hosted.actor.getSnapshot() as { value?: unknown }).value ?? null };
+    this.flows.set(flowId, hosted);
+    return hosted;
+  }
+
+  /** Queues a save of the flow's current snapshot and, for a root transition, its event. */
+  private persist(hosted: HostedFlow, rootState: unknown) {
+    // Children are stopped after the root ends; their last snapshots change nothing.
+    if (hosted.ending || hosted.lost) return;
+    const announce = rootState !== undefined;
+    const seq = announce ? ++hosted.seq : hosted.seq;
+    hosted.chain = hosted.chain
+      .then(async () => {
+        if (hosted.lost || hosted.ending) return;
+        await this.save(hosted, 'running');
+        if (announce && this.options.onEvent) {
+          await this.options.onEvent({ flowId: hosted.flowId, seq, state: rootState, status: 'running', at: hosted.record.updatedAt });
+        }
+      })
+      .catch((e: unknown) => this.failed(hosted, e));
+  }
+
+  /** Saves the current snapshot (once per change), as the flow's new record. */
+  private async save(hosted: HostedFlow, status: FlowStatus, extra: Partial<FlowSnapshotRecord> = {}) {
+    const persisted = hosted.actor.getPersistedSnapshot() as { status?: string; error?: unknown };
+    // A crashed machine's snapshot holds an Error object; records hold JSON only.
+    const snapshot = persisted.status === 'error' ? { ...persisted, error: errorInfo(persisted.error) } : persisted;
+    const json = JSON.stringify(snapshot);
+    if (json === hosted.lastSaved && status === hosted.record.status && !extra.output && !extra.error) return;
+    const record: FlowSnapshotRecord = {
+      ...hosted.record,
+      ...extra,
+      status,
+      state: (snapshot as { value?: unknown }).value ?? hosted.record.state,
+      snapshot,
+      seq: hosted.seq,
+      updatedAt: new Date().toISOString(),
+    };
+    hosted.revision = await this.options.store.save(record, hosted.revision);
+    hosted.record = record;
+    hosted.lastSaved = json;
+  }
+
+  private finish(hosted: HostedFlow, status: Exclude<FlowStatus, 'running'>, output?: unknown, error?: { code: string; message: string }) {
+    if (hosted.ending || hosted.lost) return;
+    hosted.ending = true;
+    const seq = ++hosted.seq;
+    hosted.chain = hosted.chain
+      .then(async () => {
+        await this.save(hosted, status, { ...(output !== undefined ? { output } : {}), ...(error ? { error } : {}) });
+        const { flowId, state, updatedAt } = hosted.record;
+        await this.options.onEvent?.({ flowId, seq, state, status, at: updatedAt });
+        await this.options.onDone?.({ flowId, status, ...(output !== undefined ? { output } : {}), ...(error ? { error } : {}) });
+      })
+      .catch((e: unknown) => this.failed(hosted, e))
+      .finally(() => {
+        this.flows.delete(hosted.flowId);
+        hosted.resolveFinished(hosted.record);
+      });
+    this.options.logger.info({ flowId: hosted.flowId, status }, 'flow finished');
+  }
+
+  private failed(hosted: HostedFlow, e: unknown) {
+    if (e instanceof SnapshotConflictError) {
+      // Another daemon owns the flow now: stop here, say why, and let it carry on there.
+      hosted.lost = true;
+      hosted.actor.stop();
+      this.flows.delete(hosted.flowId);
+      this.options.logger.warn({ flowId: hosted.flowId, reason: e.message }, 'flow taken over by another owner; stopped here');
+      hosted.resolveFinished(hosted.record);
+      return;
+    }
+    this.options.logger.error({ flowId: hosted.flowId, err: e }, 'could not save or announce a flow transition');
+  }
+}
+
+export class FlowHostError extends Error {
+  override readonly name = 'FlowHostError';
+  constructor(
+    readonly code: 'FLOW_NOT_FOUND' | 'INCOMPATIBLE_SNAPSHOT',
+    message: string,
+  ) {
+    super(message);
+  }
+}

@@ -64,6 +64,8 @@ export const EnvSchema = z.object({
       error: 'one of fatal, error, warn, info, debug, trace, silent',
     }),
   ),
+  /** Finished flows older than this are pruned from the snapshot store (at start of the CLI and daemon). */
+  MICROTASK_RETENTION_HOURS: withDefault(count(1, 100_000, 'hours'), 168),
   MICROTASK_WORKER_CONCURRENCY: withDefault(count(1, 1024, 'tasks in flight'), 8),
   /** A task not acked within this (workers send in-progress acks meanwhile) is delivered again. */
   MICROTASK_ACK_WAIT_MS: withDefault(millis(500, 600_000), 30_000),

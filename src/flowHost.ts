@@ -1,10 +1,10 @@
+import { randomBytes } from 'node:crypto';
 import { createActor, type AnyActorRef, type AnyStateMachine, type InspectionEvent, type Snapshot } from 'xstate';
 import type { FlowDone, FlowEvent } from './daemon/protocol.js';
 import type { Flows } from './flows.js';
 import type { Logger } from './log.js';
 import { errorInfo } from './machines/common.js';
 import { isPatternName, machineFor, machineVersions, type PatternName } from './patterns.js';
-import { newFlowId } from './runFlow.js';
 import {
   CorruptSnapshotError,
   SnapshotConflictError,
@@ -23,6 +23,8 @@ export interface FlowHostOptions {
   onEvent?: (event: FlowEvent) => Promise<void>;
   /** Told once when a flow ends, after its final record is on disk. */
   onDone?: (done: FlowDone) => Promise<void>;
+  /** Sees every inspection event of every flow (progress display, the inspector). */
+  inspect?: (event: InspectionEvent) => void;
 }
 
 interface HostedFlow {
@@ -41,6 +43,8 @@ interface HostedFlow {
   /** Set once the flow's end is being saved. */
   ending: boolean;
 }
+
+export const newFlowId = (pattern: string) => `${pattern}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
 
 const lifecycleStatus = (output: unknown): Exclude<FlowStatus, 'running'> =>
   (output as { status?: string } | undefined)?.status === 'failed' ? 'failed' : 'done';
@@ -191,6 +195,7 @@ export class FlowHost {
       ending: false,
     };
     const inspect = (event: InspectionEvent) => {
+      this.options.inspect?.(event);
       // Any actor of this flow's system moved (the root or a child): save. Only the
       // root's transitions are announced.
       if (event.type !== '@xstate.snapshot') return;

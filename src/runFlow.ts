@@ -1,15 +1,23 @@
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { createActor, toPromise, type AnyStateMachine, type InspectionEvent } from 'xstate';
+import type { InspectionEvent } from 'xstate';
 import { createMicrotaskLogic } from './actors/microtask.js';
+import { FlowHost } from './flowHost.js';
 import { provideFlows } from './flows.js';
-import { machineFor, type PatternName } from './patterns.js';
+import type { PatternName } from './patterns.js';
+import type { FlowSnapshotRecord } from './persistence/SnapshotStore.js';
 import type { Runtime } from './runtime.js';
 
-export const newFlowId = (pattern: string) => `${pattern}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+export { newFlowId } from './flowHost.js';
 
 /** Where built tools go when no --out is given. */
 export const toolsDir = (stateDir: string) => join(stateDir, 'tools');
+
+/** Where embedded mode keeps what must survive a crash, under MICROTASK_STATE_DIR. */
+export const stateDirs = (stateDir: string) => ({
+  flows: join(stateDir, 'flows'),
+  results: join(stateDir, 'results'),
+  tools: toolsDir(stateDir),
+});
 
 export interface RunFlowOptions {
   flowId?: string;
@@ -18,25 +26,40 @@ export interface RunFlowOptions {
   inspect?: (event: InspectionEvent) => void;
 }
 
+export type FlowOutput = Record<string, unknown> & { status: string };
+
+function hostFor(runtime: Runtime, options: RunFlowOptions) {
+  return new FlowHost({
+    flows: provideFlows({ microtask: createMicrotaskLogic(runtime.runner) }),
+    store: runtime.store,
+    logger: runtime.logger,
+    outRoot: options.outRoot ?? toolsDir(runtime.config.MICROTASK_STATE_DIR),
+    ...(options.inspect ? { inspect: options.inspect } : {}),
+  });
+}
+
+function outputOf(record: FlowSnapshotRecord): FlowOutput {
+  if (record.output !== undefined) return record.output as FlowOutput;
+  // Cancelled or crashed: no machine output, so say what the record says.
+  return { status: 'failed', reason: record.error?.message ?? record.status, usage: undefined };
+}
+
 /**
- * Runs one pattern to its end in this process (embedded mode) and returns its output.
- * The input has been checked against the pattern's schema; its `key` defaults to the flow id.
+ * Runs one pattern to its end in this process (embedded mode), durably: its snapshot is
+ * saved after every transition, so `resumeFlow` carries on after a crash. The input has
+ * been checked against the pattern's schema; its `key` defaults to the flow id.
  */
 export async function runFlow(runtime: Runtime, pattern: PatternName, input: Record<string, unknown>, options: RunFlowOptions = {}) {
-  const flowId = options.flowId ?? newFlowId(pattern);
-  const flows = provideFlows({ microtask: createMicrotaskLogic(runtime.runner) });
-  const machine = machineFor(flows, pattern);
-  const flowInput = {
-    ...input,
-    key: (input.key as string | undefined) ?? flowId,
-    ...(pattern === 'tool-builder' ? { outRoot: options.outRoot ?? toolsDir(runtime.config.MICROTASK_STATE_DIR) } : {}),
-  };
-  const log = runtime.logger.child({ flowId, pattern });
-  log.info('flow started');
-  // Each pattern's machine has its own input type; the schema check at the edge vouched for it.
-  const actor = createActor(machine as AnyStateMachine, { input: flowInput, ...(options.inspect ? { inspect: options.inspect } : {}) });
-  actor.start();
-  const output = (await toPromise(actor)) as Record<string, unknown> & { status: string };
-  log.info({ status: output.status, usage: output.usage }, 'flow finished');
-  return { flowId, output };
+  const host = hostFor(runtime, options);
+  const flowId = await host.start(pattern, input, options.flowId ? { flowId: options.flowId } : {});
+  const record = await host.finished(flowId)!;
+  return { flowId, output: outputOf(record), record };
+}
+
+/** Resumes an unfinished flow from its last snapshot and runs it to its end. */
+export async function resumeFlow(runtime: Runtime, flowId: string, options: RunFlowOptions = {}) {
+  const host = hostFor(runtime, options);
+  const outcome = await host.resume(flowId);
+  const record = outcome === 'finished' ? (await runtime.store.load(flowId))!.record : await host.finished(flowId)!;
+  return { flowId, outcome, output: outputOf(record), record };
 }

@@ -3,7 +3,11 @@ import { MicrotaskRunner, type AnswerSchemas, type Fallbacks } from './actors/mi
 import { AnthropicModel } from './actors/model/AnthropicModel.js';
 import { CassetteRecorder, CassetteReplayModel, loadCassette } from './actors/model/CassetteModel.js';
 import type { ModelPort } from './actors/model/ModelPort.js';
-import { MemoryResultsStore, type ResultsStore } from './actors/ResultsStore.js';
+import type { ResultsStore } from './actors/ResultsStore.js';
+import { FileResultsStore } from './persistence/FileResultsStore.js';
+import { FileSnapshotStore } from './persistence/FileSnapshotStore.js';
+import type { SnapshotStore } from './persistence/SnapshotStore.js';
+import { stateDirs } from './runFlow.js';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
 
@@ -58,6 +62,8 @@ export async function chooseModel(config: Config): Promise<ModelChoice> {
 export interface Runtime {
   config: Config;
   logger: Logger;
+  /** Where flows' snapshots are saved (under MICROTASK_STATE_DIR in embedded mode). */
+  store: SnapshotStore;
   model: ModelPort;
   /** Which model answers, in words: worth telling a person at start. */
   modelDescription: string;
@@ -72,7 +78,16 @@ export async function createRuntime(
 ): Promise<Runtime> {
   const { model, description } = await chooseModel(config);
   logger.info({ model: model.name }, `model: ${description}`);
-  const results = new MemoryResultsStore();
+  // Embedded mode keeps results and snapshots on disk: a flow killed mid-way resumes
+  // (`microtask resume`) without paying again for the calls it had made.
+  const dirs = stateDirs(config.MICROTASK_STATE_DIR);
+  const results = new FileResultsStore(dirs.results);
+  const store = await FileSnapshotStore.open(dirs.flows, {
+    onCorrupt: (error) => {
+      logger.error({ flowId: error.flowId, reason: error.reason }, 'corrupt snapshot: moved aside');
+      void store.moveAside(error.flowId, error.reason).catch(() => undefined);
+    },
+  });
   const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...registry });
-  return { config, logger, model, modelDescription: description, results, runner };
+  return { config, logger, store, model, modelDescription: description, results, runner };
 }

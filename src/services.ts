@@ -1,5 +1,4 @@
 import { hostname } from 'node:os';
-import { join } from 'node:path';
 import { CircuitBreaker } from './actors/CircuitBreaker.js';
 import { createMicrotaskLogic, MicrotaskRunner } from './actors/microtask.js';
 import { createRemoteMicrotaskLogic } from './actors/remoteMicrotask.js';
@@ -17,7 +16,7 @@ import { KvSnapshotStore } from './persistence/KvSnapshotStore.js';
 import type { CorruptSnapshotError, SnapshotStore } from './persistence/SnapshotStore.js';
 import type { Logger } from './log.js';
 import { answerSchemas } from './machines/answers.js';
-import { toolsDir } from './runFlow.js';
+import { stateDirs, toolsDir } from './runFlow.js';
 import { chooseModel } from './runtime.js';
 import { startWorker } from './worker.js';
 
@@ -84,13 +83,6 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
   return consumer;
 }
 
-/** Where embedded mode keeps what must survive a crash. */
-export const stateDirs = (stateDir: string) => ({
-  flows: join(stateDir, 'flows'),
-  results: join(stateDir, 'results'),
-  tools: toolsDir(stateDir),
-});
-
 /** The snapshot store of the mode: NATS KV when the bus is NATS (shared by daemons), files otherwise. */
 export async function snapshotStore(bus: Bus, config: Config, logger: Logger): Promise<SnapshotStore> {
   const options = {
@@ -139,10 +131,13 @@ export async function startDaemonService(bus: Bus, config: Config, logger: Logge
           logger,
         })
       : (await localMicrotasks(config, logger)).microtask;
+  const store = await snapshotStore(bus, config, logger);
+  const pruned = await store.prune(new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000));
+  if (pruned) logger.info({ pruned }, 'old finished flows pruned');
   const daemon = new Daemon({
     bus,
     flows: provideFlows({ microtask }),
-    store: await snapshotStore(bus, config, logger),
+    store,
     logger,
     outRoot: toolsDir(config.MICROTASK_STATE_DIR),
     subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,

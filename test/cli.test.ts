@@ -98,9 +98,9 @@ describe('the microtask CLI', () => {
     });
     expect(code).toBe(1);
     expect(stderr).toContain('cannot reach the model server');
-    // Only the three analyses reached for the network; every later step was answered by the
+    // At most the three parallel analyses reached for the network; every later step was answered by the
     // circuit breaker ("not tried"), so the build ends in seconds, not after every retry wait.
-    expect(stderr).toMatch(/failed .*not tried: cannot reach the model server.*; nothing written; 3 model calls/);
+    expect(stderr).toMatch(/failed .*not tried: cannot reach the model server.*; nothing written; [123] model calls?,/);
   });
 
   it('exits 2 on a wrong flag, a missing file, an invalid input and a bad variable, saying what is wrong', async () => {

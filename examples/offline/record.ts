@@ -11,6 +11,8 @@ import { MicrotaskRunner } from '../../src/actors/microtask.js';
 import { CassetteRecorder } from '../../src/actors/model/CassetteModel.js';
 import { ScriptedModel } from '../../src/actors/model/ScriptedModel.js';
 import { MemoryResultsStore } from '../../src/actors/ResultsStore.js';
+import { MemoryBus } from '../../src/bus/MemoryBus.js';
+import { KvSnapshotStore } from '../../src/persistence/KvSnapshotStore.js';
 import { loadConfig } from '../../src/config.js';
 import { silentLogger } from '../../src/log.js';
 import { answerSchemas } from '../../src/machines/answers.js';
@@ -29,6 +31,8 @@ const results = new MemoryResultsStore();
 const runtime: Runtime = {
   config: loadConfig({}),
   logger: silentLogger,
+  // Nothing of a recording needs to outlive it.
+  store: new KvSnapshotStore(await new MemoryBus().keyValue('snapshots')),
   model,
   modelDescription: 'recording hand-written answers',
   results,

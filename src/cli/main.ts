@@ -6,11 +6,13 @@ import type { MicrotaskResult } from '../actors/microtaskTypes.js';
 import { CassetteError } from '../actors/model/CassetteModel.js';
 import { describeIssues } from '../actors/model/prompt.js';
 import { answerSchemas } from '../machines/answers.js';
-import { ConfigError, loadConfig } from '../config.js';
+import { ConfigError, loadConfig, type Config } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
-import { connectBus, startDaemonService, startWorkerService } from '../services.js';
+import { connectBus, snapshotStore, startDaemonService, startWorkerService } from '../services.js';
 import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
-import { runFlow, toolsDir } from '../runFlow.js';
+import { FlowHostError } from '../flowHost.js';
+import { SnapshotStoreError, type FlowSummary, type SnapshotStore } from '../persistence/SnapshotStore.js';
+import { resumeFlow, runFlow, stateDirs, toolsDir, type FlowOutput } from '../runFlow.js';
 import { createRuntime } from '../runtime.js';
 import { ToolSpecSchema } from '../toolSpec.js';
 import { totalTokens, type Usage } from '../usage.js';
@@ -89,6 +91,63 @@ function mainResult(pattern: PatternName, output: Record<string, unknown>): unkn
   }
 }
 
+/** Finished flows older than the retention go: snapshot stores must not grow without bound. */
+async function prune(store: SnapshotStore, config: Config, logger: Logger) {
+  const pruned = await store.prune(new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000));
+  if (pruned) logger.info({ pruned }, 'old finished flows pruned');
+}
+
+function printFlowResult(pattern: string, flowId: string, output: FlowOutput, json: boolean) {
+  if (json) printData({ flowId, pattern, ...output });
+  else {
+    if (isPatternName(pattern)) printData(mainResult(pattern, output));
+    process.stderr.write(
+      `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${output.usage ? describeUsage(output.usage as Usage) : ''}\n${offlineHint(output)}`,
+    );
+  }
+  return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
+}
+
+async function flowsCommand(options: { json?: boolean; status?: string }) {
+  const config = loadConfig();
+  const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
+  const bus = await connectBus(config, logger, 'cli');
+  try {
+    const store = await snapshotStore(bus, config, logger);
+    await prune(store, config, logger);
+    const statuses = options.status ? (options.status.split(',') as FlowSummary['status'][]) : undefined;
+    const flows = await store.list(statuses ? { status: statuses } : {});
+    if (options.json) printData(flows);
+    else if (!flows.length) process.stderr.write(`no flows${statuses ? ` with status ${statuses.join(' or ')}` : ''} in ${bus.transport === 'nats' ? 'NATS KV' : stateDirs(config.MICROTASK_STATE_DIR).flows}\n`);
+    else {
+      const rows = flows.map((f) => [f.flowId, f.pattern, f.status, typeof f.state === 'string' ? f.state : JSON.stringify(f.state), f.updatedAt]);
+      const widths = [0, 1, 2, 3].map((i) => Math.max(...rows.map((r) => r[i]!.length), ['FLOW', 'PATTERN', 'STATUS', 'STATE'][i]!.length));
+      const line = (r: string[]) => r.map((c, i) => (i < 4 ? c.padEnd(widths[i]!) : c)).join('  ');
+      process.stdout.write(`${line(['FLOW', 'PATTERN', 'STATUS', 'STATE', 'UPDATED'])}\n${rows.map(line).join('\n')}\n`);
+    }
+    return ExitCode.ok;
+  } finally {
+    await bus.close();
+  }
+}
+
+async function resumeCommand(flowId: string, options: { json?: boolean; progress?: boolean }) {
+  const config = loadConfig();
+  if (config.NATS_URL) {
+    throw new UsageError('with NATS_URL set, the daemon resumes unfinished flows when it starts; `microtask resume` resumes embedded flows (unset NATS_URL)');
+  }
+  const runtime = await startRuntime();
+  let result;
+  try {
+    result = await resumeFlow(runtime, flowId, options.progress === false ? {} : { inspect: progressPrinter() });
+  } catch (e) {
+    if (e instanceof FlowHostError || e instanceof SnapshotStoreError) throw new UsageError(e.message, e.code);
+    throw e;
+  }
+  if (result.outcome === 'finished') process.stderr.write(`flow ${flowId} had already ended (${result.record.status}); its output:\n`);
+  return printFlowResult(result.record.pattern, flowId, result.output, options.json ?? false);
+}
+
 async function runCommand(patternArg: string, options: { input: string; json?: boolean; out?: string; progress?: boolean }) {
   if (!isPatternName(patternArg)) throw new UsageError(`unknown pattern "${patternArg}"; one of: ${patternNames.join(', ')}`);
   const pattern = patternArg;
@@ -96,18 +155,12 @@ async function runCommand(patternArg: string, options: { input: string; json?: b
   if (pattern === 'tool-builder') await assertWritableDirectory(options.out ?? toolsDir(loadConfig().MICROTASK_STATE_DIR));
   const input = await readJsonFile(options.input, patternInputSchemas[pattern] as z.ZodType<Record<string, unknown>>, `${pattern} input`);
   const runtime = await startRuntime();
+  await prune(runtime.store, runtime.config, runtime.logger);
   const { flowId, output } = await runFlow(runtime, pattern, input, {
     outRoot: options.out,
     ...(options.progress === false ? {} : { inspect: progressPrinter() }),
   });
-  if (options.json) printData({ flowId, pattern, ...output });
-  else {
-    printData(mainResult(pattern, output));
-    process.stderr.write(
-      `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${describeUsage(output.usage as Usage)}\n${offlineHint(output)}`,
-    );
-  }
-  return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
+  return printFlowResult(pattern, flowId, output, options.json ?? false);
 }
 
 const positiveInt = (what: string) => (value: string) => {
@@ -141,6 +194,7 @@ async function buildCommand(
     options.maxCalls || options.maxTokens
       ? { ...(options.maxCalls ? { maxCalls: options.maxCalls } : {}), ...(options.maxTokens ? { maxTokens: options.maxTokens } : {}) }
       : undefined;
+  await prune(runtime.store, runtime.config, runtime.logger);
   const { flowId, output } = await runFlow(
     runtime,
     'tool-builder',
@@ -269,6 +323,26 @@ Inputs are checked against each pattern's schema (src/patterns.ts); examples/ ha
     .addHelpText('after', '\nExample:\n  microtask build examples/api-tester.json\n  node .microtask/tools/api-tester/src/cli.js --help')
     .action(async (specFile: string, options: Parameters<typeof buildCommand>[1]) => {
       setExit(await buildCommand(specFile, options));
+    });
+
+  program
+    .command('flows')
+    .description('list flows with their status, state and last update (embedded: MICROTASK_STATE_DIR; NATS: KV)')
+    .option('--status <list>', 'only these statuses, comma-separated: running,done,failed,cancelled')
+    .option('--json', 'print the list as JSON')
+    .action(async (options: { json?: boolean; status?: string }) => {
+      setExit(await flowsCommand(options));
+    });
+
+  program
+    .command('resume')
+    .description('resume an unfinished embedded flow from its last snapshot and run it to its end')
+    .argument('<flowId>', 'the flow, as `microtask flows` lists it')
+    .option('--json', 'print the whole output as JSON')
+    .option('--no-progress', 'do not print state changes on stderr')
+    .addHelpText('after', '\nA microtask that was in flight runs again with the same key: a result stored before the\ncrash costs nothing, otherwise it is called once.')
+    .action(async (flowId: string, options: { json?: boolean; progress?: boolean }) => {
+      setExit(await resumeCommand(flowId, options));
     });
 
   program

@@ -6,9 +6,8 @@ import { subjects, type Subjects } from '../bus/subjects.js';
 import type { Flows } from '../flows.js';
 import type { Logger } from '../log.js';
 import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
-import { FlowHost } from '../flowHost.js';
+import { FlowHost, newFlowId } from '../flowHost.js';
 import type { SnapshotStore } from '../persistence/SnapshotStore.js';
-import { newFlowId } from '../runFlow.js';
 import {
   FlowIdRequestSchema,
   FlowStartRequestSchema,

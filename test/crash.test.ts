@@ -1,0 +1,104 @@
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { handWrittenAnswer } from '../examples/offline/answers.js';
+import type { ModelRequest } from '../src/actors/model/ModelPort.js';
+import { ModelError } from '../src/actors/model/ModelError.js';
+import { reply, startFakeAnthropic, type FakeRequest } from '../src/testing/fakeAnthropic.js';
+
+// `microtask build` as a user runs it (the built CLI, embedded mode, snapshots and results
+// under MICROTASK_STATE_DIR), killed with SIGKILL at random points and resumed each time.
+const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
+const ROOT = new URL('..', import.meta.url).pathname;
+const KILLS = Number(process.env.CRASH_KILLS ?? 20);
+const SEED = Number(process.env.CRASH_SEED ?? Date.now() % 100_000);
+
+/** Answers as the offline cassette does, over HTTP, each after a little time. */
+function answer(request: FakeRequest) {
+  const user = request.lastUserText;
+  const at = user.indexOf('\n\n<data>\n');
+  const modelRequest: ModelRequest<unknown> = {
+    system: String(request.body.system ?? ''),
+    prompt: at < 0 ? user : user.slice(0, at),
+    ...(at < 0 ? {} : { data: JSON.parse(user.slice(at + 9, user.lastIndexOf('\n</data>'))) }),
+    ...(request.body.tools?.[0] ? { schemaName: request.body.tools[0].name } : {}),
+  };
+  const answered = handWrittenAnswer(modelRequest);
+  if (typeof answered === 'string') return reply.text(answered, { delayMs: 60 });
+  if (answered instanceof ModelError || 'error' in answered) throw new Error('the hand-written answers have no errors');
+  if ('value' in answered) return reply.tool(modelRequest.schemaName ?? 'answer', answered.value, { delayMs: 60 });
+  return reply.text(answered.text, { delayMs: 60 });
+}
+
+function cli(args: string[], env: Record<string, string>) {
+  return spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '', ...env }, cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** A small seeded generator, so a failing run can be replayed with CRASH_SEED. */
+function random(seed: number) {
+  let state = seed >>> 0 || 1;
+  return () => {
+    state = (Math.imul(state, 1_664_525) + 1_013_904_223) >>> 0;
+    return state / 2 ** 32;
+  };
+}
+
+// Only where the tool went and the flow id may differ.
+const comparable = (output: Record<string, unknown>) => ({ ...output, dir: undefined, flowId: undefined });
+
+describe(`a build killed ${KILLS} times (seed ${SEED}; replay with CRASH_SEED=${SEED})`, () => {
+  it('finishes with the output of an uninterrupted run, paying only for the calls in flight at each kill', async () => {
+    await using server = await startFakeAnthropic({ replies: answer });
+    const base = { ANTHROPIC_API_KEY: 'sk-test', ANTHROPIC_BASE_URL: server.url, MICROTASK_LOG_LEVEL: 'silent' };
+
+    const clean = await promisify(execFile)(
+      process.execPath,
+      [CLI, 'build', 'examples/api-tester.json', '--json', '--no-progress', '--out', await mkdtemp(join(tmpdir(), 'crash-out-'))],
+      { env: { PATH: process.env.PATH ?? '', ...base, MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'crash-clean-')) }, cwd: ROOT },
+    );
+    const expected = JSON.parse(clean.stdout);
+    expect(expected.status).toBe('done');
+    const cleanCalls = server.requests.length;
+
+    const env = { ...base, MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'crash-state-')) };
+    const out = await mkdtemp(join(tmpdir(), 'crash-out-'));
+    const next = random(SEED);
+    const before = server.requests.length;
+    let flowId: string | undefined;
+    const kills: number[] = [];
+    for (let kill = 0; kill < KILLS; kill++) {
+      const child = flowId
+        ? cli(['resume', flowId, '--json', '--no-progress'], env)
+        : cli(['build', 'examples/api-tester.json', '--json', '--no-progress', '--out', out], env);
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      // From start-up (~0.5 s) to well into the flow.
+      const delay = 300 + Math.floor(next() * 1_500);
+      const finishedFirst = await Promise.race([exited.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), delay))]);
+      if (finishedFirst) break;
+      child.kill('SIGKILL');
+      await exited;
+      kills.push(delay);
+      if (!flowId) {
+        const flows = await promisify(execFile)(process.execPath, [CLI, 'flows', '--json'], { env: { PATH: process.env.PATH ?? '', ...env }, cwd: ROOT });
+        flowId = (JSON.parse(flows.stdout) as Array<{ flowId: string }>)[0]?.flowId;
+      }
+    }
+    const final = flowId
+      ? await promisify(execFile)(process.execPath, [CLI, 'resume', flowId, '--json', '--no-progress'], { env: { PATH: process.env.PATH ?? '', ...env }, cwd: ROOT })
+      : await promisify(execFile)(process.execPath, [CLI, 'build', 'examples/api-tester.json', '--json', '--no-progress', '--out', out], {
+          env: { PATH: process.env.PATH ?? '', ...env },
+          cwd: ROOT,
+        });
+    const output = JSON.parse(final.stdout);
+    const context = `seed ${SEED}, kills after ${kills.join(', ')} ms`;
+    expect(comparable(output), context).toEqual(comparable(expected));
+
+    const requests = server.requests.slice(before);
+    const inFlightAtKills = requests.filter((r) => r.closedEarly).length;
+    expect(requests.length, context).toBeLessThanOrEqual(cleanCalls + inFlightAtKills);
+    expect(kills.length, context).toBeGreaterThan(0);
+  }, 240_000);
+});

@@ -1,0 +1,127 @@
+import { mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { handWrittenAnswer } from '../examples/offline/answers.js';
+import { FlowHost } from '../src/flowHost.js';
+import { provideFlows } from '../src/flows.js';
+import { silentLogger } from '../src/log.js';
+import type { FlowEvent, FlowDone } from '../src/daemon/protocol.js';
+import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
+import type { CorruptSnapshotError } from '../src/persistence/SnapshotStore.js';
+import { scripted } from './support/flows.js';
+
+const feedbackInput = JSON.parse(
+  await (await import('node:fs/promises')).readFile(new URL('../examples/feedback-loop.json', import.meta.url), 'utf8'),
+);
+
+/** The hand-written answers, each after `ms`. */
+const slow = (ms: number) => (request: Parameters<typeof handWrittenAnswer>[0]) => {
+  const answer = handWrittenAnswer(request);
+  return typeof answer === 'string' ? { text: answer, delayMs: ms } : { ...(answer as { value: unknown }), delayMs: ms };
+};
+
+async function setup(script: Parameters<typeof scripted>[0] = (request) => handWrittenAnswer(request)) {
+  const dir = await mkdtemp(join(tmpdir(), 'host-'));
+  const corrupt: CorruptSnapshotError[] = [];
+  // As the daemon and the CLI wire it: a corrupt entry is reported and moved aside.
+  const moved: Promise<void>[] = [];
+  const store: FileSnapshotStore = await FileSnapshotStore.open(dir, {
+    onCorrupt: (e) => {
+      corrupt.push(e);
+      moved.push(store.moveAside(e.flowId, e.reason));
+    },
+  });
+  const runtime = scripted(script);
+  const events: FlowEvent[] = [];
+  const done: FlowDone[] = [];
+  const host = () =>
+    new FlowHost({
+      flows: provideFlows({ microtask: runtime.microtask }),
+      store,
+      logger: silentLogger,
+      outRoot: dir,
+      onEvent: async (e) => void events.push(e),
+      onDone: async (d) => void done.push(d),
+    });
+  return { dir, store, runtime, host, events, done, corrupt, moved };
+}
+
+describe('the flow host', () => {
+  it('saves before it announces, and a flow stopped mid-way resumes from its last snapshot with the same output', async () => {
+    const uninterrupted = await setup();
+    const first = uninterrupted.host();
+    const id = await first.start('feedback-loop', feedbackInput);
+    const expected = (await first.finished(id))!;
+    expect(expected.status).toBe('done');
+
+    // Slow answers, so the flow is caught mid-way.
+    const s = await setup(slow(30));
+    const a = s.host();
+    const flowId = await a.start('feedback-loop', feedbackInput);
+    while (s.events.length < 2) await new Promise((r) => setTimeout(r, 5));
+    // Every announced event was on disk first.
+    const saved = (await s.store.load(flowId))!.record;
+    expect(saved.seq).toBeGreaterThanOrEqual(s.events.length);
+    await a.stop();
+    expect((await s.store.load(flowId))!.record.status).toBe('running');
+
+    const b = s.host();
+    expect(await b.resume(flowId)).toBe('resumed');
+    const record = (await b.finished(flowId))!;
+    expect(record.output).toEqual(expected.output);
+    // Events go on from where they stopped, without gaps.
+    expect(s.events.map((e) => e.seq)).toEqual(s.events.map((_, i) => i + 1));
+    expect(s.done).toEqual([{ flowId, status: 'done', output: record.output }]);
+  });
+
+  it('moves a corrupt snapshot aside with its reason, and resumes the other flows', async () => {
+    const s = await setup(slow(30));
+    const a = s.host();
+    const good = await a.start('feedback-loop', feedbackInput);
+    const bad = await a.start('feedback-loop', feedbackInput);
+    await a.stop();
+    await writeFile(join(s.dir, `${bad}.json`), '{"revision": 3, "record": {"flowId": ');
+
+    const b = s.host();
+    const { resumed, failed } = await b.resumeAll();
+    expect(resumed).toEqual([good]);
+    expect(s.corrupt.map((e) => e.flowId)).toEqual([bad]);
+    expect((await b.finished(good))!.status).toBe('done');
+    await Promise.all(s.moved);
+    expect(await s.store.load(bad)).toBeUndefined();
+    expect(failed).toEqual([]);
+    expect((await readdir(join(s.dir, 'corrupt'))).some((f) => f.startsWith(bad))).toBe(true);
+  });
+
+  it('marks a flow of an incompatible machine version failed, with a clear error, and resumes the others', async () => {
+    const s = await setup(slow(30));
+    const a = s.host();
+    const old = await a.start('feedback-loop', feedbackInput);
+    const current = await a.start('feedback-loop', feedbackInput);
+    await a.stop();
+    const stored = (await s.store.load(old))!;
+    await s.store.save({ ...stored.record, machineVersion: 0 }, stored.revision);
+
+    const b = s.host();
+    const { resumed, failed } = await b.resumeAll();
+    expect(resumed).toEqual([current]);
+    expect(failed).toEqual([{ flowId: old, error: expect.stringContaining('version 0; this build runs version 1') }]);
+    expect((await s.store.load(old))!.record).toMatchObject({ status: 'failed', error: { code: 'INCOMPATIBLE_SNAPSHOT' } });
+    expect((await b.finished(current))!.status).toBe('done');
+  });
+
+  it('stops a flow whose snapshot another owner wrote, and announces nothing more', async () => {
+    const s = await setup(slow(50));
+    const a = s.host();
+    const flowId = await a.start('feedback-loop', feedbackInput);
+    while (s.events.length < 1) await new Promise((r) => setTimeout(r, 5));
+    // Another daemon takes the flow over: it saves a new revision.
+    const stored = (await s.store.load(flowId))!;
+    await s.store.save({ ...stored.record, updatedAt: new Date().toISOString() }, stored.revision);
+    const record = await a.finished(flowId);
+    expect(record?.status).toBe('running');
+    expect(a.running(flowId)).toBeUndefined();
+    expect(s.done).toEqual([]);
+  });
+});

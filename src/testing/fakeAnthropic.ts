@@ -24,6 +24,9 @@ export interface FakeRequest {
   headers: IncomingHttpHeaders;
   /** True when the client closed the connection before the answer was written. */
   closedEarly: boolean;
+  /** When the request arrived and when its answer was written (Date.now()). */
+  receivedAt: number;
+  answeredAt?: number;
   /** The user text of the last message, for responders that match on the prompt. */
   lastUserText: string;
 }
@@ -147,6 +150,7 @@ export async function startFakeAnthropic(options: FakeAnthropicOptions = {}): Pr
       body,
       headers,
       closedEarly: false,
+      receivedAt: Date.now(),
       lastUserText: lastUserText(body.messages),
     };
     requests.push(request);
@@ -165,6 +169,7 @@ export async function startFakeAnthropic(options: FakeAnthropicOptions = {}): Pr
     if (answer.delayMs) await new Promise((r) => setTimeout(r, answer.delayMs));
     if (res.destroyed || request.closedEarly) return;
     send(res, answer, request);
+    request.answeredAt = Date.now();
   }
 
   function send(res: ServerResponse, answer: FakeReply, request?: FakeRequest) {

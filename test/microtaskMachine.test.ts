@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { createActor, toPromise } from 'xstate';
 import { ModelError } from '../src/actors/model/ModelError.js';
 import { microtaskMachine } from '../src/machines/microtaskMachine.js';
 import { roundTrip, runToEnd, scripted, stateCoverage } from './support/flows.js';
@@ -30,6 +31,21 @@ describe('the microtask machine', () => {
     const output = await runToEnd(microtaskMachine, input, coverage.inspect);
     expect(output.status).toBe('failed');
     expect(output.reason).toContain('was not provided');
+  });
+
+  it('keeps the deadline of a microtask across a restore: the timeout goes on, not from zero', async () => {
+    const { microtask } = scripted(() => ({ text: 'too late', delayMs: 10_000 }));
+    const machine = microtaskMachine.provide({ actors: { microtask } });
+    const first = createActor(machine, { input: { ...input, timeoutMs: 3_000 }, inspect: coverage.inspect }).start();
+    await new Promise((r) => setTimeout(r, 2_000));
+    const persisted = JSON.parse(JSON.stringify(first.getPersistedSnapshot()));
+    first.stop();
+    const restoredAt = performance.now();
+    const restored = createActor(machine, { snapshot: persisted, input, inspect: coverage.inspect }).start();
+    const output = await toPromise(restored);
+    expect(output).toMatchObject({ status: 'failed', timedOut: true });
+    // About 1 s was left of the 3 s; starting over would take 3 s.
+    expect(performance.now() - restoredAt).toBeLessThan(2_500);
   });
 
   it('survives a JSON round trip of its snapshot mid-call and finishes with the same output', async () => {

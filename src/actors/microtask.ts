@@ -1,4 +1,4 @@
-import { fromPromise } from 'xstate';
+import { fromPromise, type PromiseActorLogic } from 'xstate';
 import type { z } from 'zod';
 import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../usage.js';
@@ -77,6 +77,10 @@ export class MicrotaskRunner {
   constructor(private readonly deps: MicrotaskDeps) {
     this.logger = deps.logger ?? silentLogger;
     this.breaker = deps.breaker ?? new CircuitBreaker();
+  }
+
+  get defaultTimeoutMs(): number {
+    return this.deps.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
   }
 
   run(rawInput: MicrotaskInput, signal?: AbortSignal): Promise<MicrotaskResult> {
@@ -225,9 +229,29 @@ export class MicrotaskRunner {
 }
 
 /**
+ * Gives a microtask actor its absolute deadline when it is created, in its input. The
+ * input is part of the flow's persisted snapshot, so a microtask run again after a
+ * restore keeps the deadline it had (an `after` delay, or a timer started in the
+ * promise, would start from zero).
+ */
+export function withDeadline<L extends PromiseActorLogic<MicrotaskResult, MicrotaskInput>>(logic: L, defaultTimeoutMs: number): L {
+  return {
+    ...logic,
+    getInitialSnapshot: (scope, input) =>
+      logic.getInitialSnapshot(
+        scope,
+        input.deadlineAt === undefined ? { ...input, deadlineAt: Date.now() + (input.timeoutMs ?? defaultTimeoutMs) } : input,
+      ),
+  };
+}
+
+/**
  * The microtask as XState actor logic. The actor's own signal (aborted when the actor is
  * stopped, e.g. its flow is cancelled) cancels the model call too.
  */
 export function createMicrotaskLogic(runner: MicrotaskRunner) {
-  return fromPromise<MicrotaskResult, MicrotaskInput>(({ input, signal }) => runner.run(input, signal));
+  return withDeadline(
+    fromPromise<MicrotaskResult, MicrotaskInput>(({ input, signal }) => runner.run(input, signal)),
+    runner.defaultTimeoutMs,
+  );
 }

@@ -4,7 +4,7 @@ import { resultKey } from '../bus/KvResultsStore.js';
 import { subjects } from '../bus/subjects.js';
 import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../usage.js';
-import { DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, type Fallbacks } from './microtask.js';
+import { DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, withDeadline, type Fallbacks } from './microtask.js';
 import { MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from './microtaskTypes.js';
 
 export interface RemoteMicrotaskOptions {
@@ -52,7 +52,7 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
   const logger = options.logger ?? silentLogger;
   const names = subjects(options.subjectPrefix);
 
-  return fromPromise<MicrotaskResult, MicrotaskInput>(async ({ input, signal }) => {
+  return withDeadline(fromPromise<MicrotaskResult, MicrotaskInput>(async ({ input, signal }) => {
     const started = performance.now();
     const key = resultKey(input.key);
     const timeoutMs = input.timeoutMs ?? options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -139,5 +139,5 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
       for (const timer of timers) clearTimeout(timer);
       await subscription?.unsubscribe().catch(() => undefined);
     }
-  });
+  }), options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS);
 }

@@ -66,6 +66,10 @@ export const EnvSchema = z.object({
   ),
   /** Finished flows older than this are pruned from the snapshot store (at start of the CLI and daemon). */
   MICROTASK_RETENTION_HOURS: withDefault(count(1, 100_000, 'hours'), 168),
+  /** With NATS: how long a daemon's claim on a flow lasts unrenewed; then another daemon takes it over. */
+  MICROTASK_LEASE_MS: withDefault(millis(1_000, 3_600_000), 30_000),
+  /** This daemon's name in leases; unset: host name, process id and a random part. */
+  MICROTASK_DAEMON_ID: opt(z.string().regex(/^[A-Za-z0-9_.:@-]{1,100}$/, { error: 'letters, digits and _ . : @ - (at most 100)' })),
   MICROTASK_WORKER_CONCURRENCY: withDefault(count(1, 1024, 'tasks in flight'), 8),
   /** A task not acked within this (workers send in-progress acks meanwhile) is delivered again. */
   MICROTASK_ACK_WAIT_MS: withDefault(millis(500, 600_000), 30_000),

@@ -25,6 +25,12 @@ export interface FlowHostOptions {
   onDone?: (done: FlowDone) => Promise<void>;
   /** Sees every inspection event of every flow (progress display, the inspector). */
   inspect?: (event: InspectionEvent) => void;
+  /**
+   * With several daemons on one store: this host's name and how long its claim on a flow
+   * lasts without renewal. A flow whose owner's lease ran out is taken over by another
+   * host (`takeOverExpired`). Unset: one owner, no leases (embedded mode).
+   */
+  lease?: { owner: string; durationMs: number };
 }
 
 interface HostedFlow {
@@ -57,6 +63,7 @@ const lifecycleStatus = (output: unknown): Exclude<FlowStatus, 'running'> =>
  */
 export class FlowHost {
   private readonly flows = new Map<string, HostedFlow>();
+  private leaseTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: FlowHostOptions) {}
 
@@ -78,10 +85,11 @@ export class FlowHost {
 
   /**
    * Resumes a flow from its last snapshot. `finished` when it had already ended,
-   * `running` when this host runs it already; rejects with a clear error when it is
+   * `running` when this host runs it already, `owned` when another host holds a live lease
+   * on it (or claimed it first); rejects with a clear error when it is
    * unknown, corrupt (moved aside) or of an incompatible machine version (marked failed).
    */
-  async resume(flowId: string): Promise<'resumed' | 'running' | 'finished'> {
+  async resume(flowId: string): Promise<'resumed' | 'running' | 'finished' | 'owned'> {
     if (this.flows.has(flowId)) return 'running';
     let stored;
     try {
@@ -94,8 +102,12 @@ export class FlowHost {
       throw e;
     }
     if (!stored) throw new FlowHostError('FLOW_NOT_FOUND', `no flow ${flowId} in the snapshot store`);
-    const { record, revision } = stored;
+    let { record, revision } = stored;
     if (record.status !== 'running') return 'finished';
+    const lease = this.options.lease;
+    if (lease && record.owner && record.owner !== lease.owner && record.leaseUntil && Date.parse(record.leaseUntil) > Date.now()) {
+      return 'owned';
+    }
     const pattern = record.pattern;
     if (!isPatternName(pattern) || record.machineVersion !== machineVersions[pattern]) {
       const message = isPatternName(pattern)
@@ -107,12 +119,28 @@ export class FlowHost {
       );
       throw new FlowHostError('INCOMPATIBLE_SNAPSHOT', `flow ${flowId} cannot be resumed: ${message}`);
     }
+    if (lease) {
+      // Claim it first (compare-and-set): of two hosts taking it over, one wins, the other leaves it.
+      record = { ...record, owner: lease.owner, leaseUntil: new Date(Date.now() + lease.durationMs).toISOString() };
+      try {
+        revision = await this.options.store.save(record, revision);
+      } catch (e) {
+        if (e instanceof SnapshotConflictError) return 'owned';
+        throw e;
+      }
+    }
     const machine = machineFor(this.options.flows, pattern) as AnyStateMachine;
     const hosted = this.host(flowId, pattern, machine, { snapshot: record.snapshot as Snapshot<unknown> }, record, record.requestId);
     hosted.revision = revision;
     hosted.seq = record.seq ?? 0;
     hosted.lastSaved = JSON.stringify(record.snapshot);
     this.options.logger.info({ flowId, state: record.state }, 'flow resumed from its last snapshot');
+    // The last saved transition may not have been announced (a crash between the save and
+    // the publish): announce it again, so no seq is missing; a subscriber may see it twice.
+    if (hosted.seq > 0 && this.options.onEvent) {
+      const event = { flowId, seq: hosted.seq, state: record.state, status: 'running' as const, at: record.updatedAt };
+      hosted.chain = hosted.chain.then(() => this.options.onEvent!(event)).catch((e: unknown) => this.failed(hosted, e));
+    }
     hosted.actor.start();
     return 'resumed';
   }
@@ -130,6 +158,42 @@ export class FlowHost {
       }
     }
     return { resumed, failed };
+  }
+
+  /**
+   * Takes over the unfinished flows whose owner's lease ran out (a daemon that died), and
+   * renews this host's leases. Called on a timer by `startLeases`.
+   */
+  async takeOverExpired(): Promise<string[]> {
+    const taken: string[] = [];
+    for (const { flowId } of await this.options.store.list({ status: 'running' })) {
+      if (this.flows.has(flowId)) continue;
+      try {
+        if ((await this.resume(flowId)) === 'resumed') {
+          taken.push(flowId);
+          this.options.logger.warn({ flowId }, 'took over a flow whose owner stopped renewing its lease');
+        }
+      } catch (e) {
+        this.options.logger.error({ flowId, err: e }, 'could not take over a flow');
+      }
+    }
+    return taken;
+  }
+
+  /** Renews this host's leases and takes over expired ones, until `stop`. */
+  startLeases(): void {
+    const lease = this.options.lease;
+    if (!lease || this.leaseTimer) return;
+    this.leaseTimer = setInterval(() => {
+      for (const hosted of this.flows.values()) this.renew(hosted);
+      void this.takeOverExpired().catch((e: unknown) => this.options.logger.error({ err: e }, 'lease scan failed'));
+    }, Math.max(50, Math.floor(lease.durationMs / 3)));
+    this.leaseTimer.unref();
+  }
+
+  private renew(hosted: HostedFlow) {
+    if (hosted.ending || hosted.lost) return;
+    hosted.chain = hosted.chain.then(() => this.save(hosted, 'running', {}, true)).catch((e: unknown) => this.failed(hosted, e));
   }
 
   /** Resolves with the flow's final record when it ends (here). */
@@ -153,6 +217,8 @@ export class FlowHost {
 
   /** Stops every flow here without ending it (its snapshot stays `running`, to be resumed). */
   async stop(): Promise<void> {
+    if (this.leaseTimer) clearInterval(this.leaseTimer);
+    this.leaseTimer = undefined;
     for (const hosted of this.flows.values()) {
       hosted.lost = true;
       hosted.actor.stop();
@@ -184,6 +250,9 @@ export class FlowHost {
         snapshot: null,
         seq: 0,
         ...(requestId ? { requestId } : {}),
+        ...(this.options.lease
+          ? { owner: this.options.lease.owner, leaseUntil: new Date(Date.now() + this.options.lease.durationMs).toISOString() }
+          : {}),
       },
       revision: 0,
       seq: 0,
@@ -239,15 +308,17 @@ export class FlowHost {
   }
 
   /** Saves the current snapshot (once per change), as the flow's new record. */
-  private async save(hosted: HostedFlow, status: FlowStatus, extra: Partial<FlowSnapshotRecord> = {}) {
+  private async save(hosted: HostedFlow, status: FlowStatus, extra: Partial<FlowSnapshotRecord> = {}, force = false) {
     const persisted = hosted.actor.getPersistedSnapshot() as { status?: string; error?: unknown };
     // A crashed machine's snapshot holds an Error object; records hold JSON only.
     const snapshot = persisted.status === 'error' ? { ...persisted, error: errorInfo(persisted.error) } : persisted;
     const json = JSON.stringify(snapshot);
-    if (json === hosted.lastSaved && status === hosted.record.status && !extra.output && !extra.error) return;
+    if (!force && json === hosted.lastSaved && status === hosted.record.status && !extra.output && !extra.error) return;
+    const lease = this.options.lease;
     const record: FlowSnapshotRecord = {
       ...hosted.record,
       ...extra,
+      ...(lease ? { owner: lease.owner, leaseUntil: new Date(Date.now() + lease.durationMs).toISOString() } : {}),
       status,
       state: (snapshot as { value?: unknown }).value ?? hosted.record.state,
       snapshot,

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { CircuitBreaker } from './actors/CircuitBreaker.js';
 import { createMicrotaskLogic, MicrotaskRunner } from './actors/microtask.js';
@@ -141,6 +142,15 @@ export async function startDaemonService(bus: Bus, config: Config, logger: Logge
     logger,
     outRoot: toolsDir(config.MICROTASK_STATE_DIR),
     subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
+    // Daemons sharing NATS KV hold leases, so one takes over the flows of another that died.
+    ...(bus.transport === 'nats'
+      ? {
+          lease: {
+            owner: config.MICROTASK_DAEMON_ID ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`,
+            durationMs: config.MICROTASK_LEASE_MS,
+          },
+        }
+      : {}),
   });
   await daemon.start();
   return daemon;

@@ -4,10 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { handWrittenAnswer } from '../examples/offline/answers.js';
-import type { ModelRequest } from '../src/actors/model/ModelPort.js';
-import { ModelError } from '../src/actors/model/ModelError.js';
-import { reply, startFakeAnthropic, type FakeRequest } from '../src/testing/fakeAnthropic.js';
+import { startFakeAnthropic } from '../src/testing/fakeAnthropic.js';
+import { handWrittenReplies } from './support/handWrittenModel.js';
 
 // `microtask build` as a user runs it (the built CLI, embedded mode, snapshots and results
 // under MICROTASK_STATE_DIR), killed with SIGKILL at random points and resumed each time.
@@ -16,23 +14,6 @@ const ROOT = new URL('..', import.meta.url).pathname;
 const KILLS = Number(process.env.CRASH_KILLS ?? 20);
 const STORE_WINDOW_MS = 100;
 const SEED = Number(process.env.CRASH_SEED ?? Date.now() % 100_000);
-
-/** Answers as the offline cassette does, over HTTP, each after a little time. */
-function answer(request: FakeRequest) {
-  const user = request.lastUserText;
-  const at = user.indexOf('\n\n<data>\n');
-  const modelRequest: ModelRequest<unknown> = {
-    system: String(request.body.system ?? ''),
-    prompt: at < 0 ? user : user.slice(0, at),
-    ...(at < 0 ? {} : { data: JSON.parse(user.slice(at + 9, user.lastIndexOf('\n</data>'))) }),
-    ...(request.body.tools?.[0] ? { schemaName: request.body.tools[0].name } : {}),
-  };
-  const answered = handWrittenAnswer(modelRequest);
-  if (typeof answered === 'string') return reply.text(answered, { delayMs: 60 });
-  if (answered instanceof ModelError || 'error' in answered) throw new Error('the hand-written answers have no errors');
-  if ('value' in answered) return reply.tool(modelRequest.schemaName ?? 'answer', answered.value, { delayMs: 60 });
-  return reply.text(answered.text, { delayMs: 60 });
-}
 
 function cli(args: string[], env: Record<string, string>) {
   return spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '', ...env }, cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -52,7 +33,7 @@ const comparable = (output: Record<string, unknown>) => ({ ...output, dir: undef
 
 describe(`a build killed ${KILLS} times (seed ${SEED}; replay with CRASH_SEED=${SEED})`, () => {
   it('finishes with the output of an uninterrupted run, paying only for the calls in flight at each kill', async () => {
-    await using server = await startFakeAnthropic({ replies: answer });
+    await using server = await startFakeAnthropic({ replies: handWrittenReplies(60) });
     const base = { ANTHROPIC_API_KEY: 'sk-test', ANTHROPIC_BASE_URL: server.url, MICROTASK_LOG_LEVEL: 'silent' };
 
     const clean = await promisify(execFile)(

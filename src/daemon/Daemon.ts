@@ -28,6 +28,8 @@ export interface DaemonOptions {
   subjectPrefix?: string;
   /** Requests above this many bytes are refused with TOO_LARGE. */
   maxRequestBytes?: number;
+  /** With several daemons on one store (NATS): this daemon's name and its lease on a flow. */
+  lease?: { owner: string; durationMs: number };
 }
 
 const requestKey = (requestId: string) => `request.${createHash('sha256').update(requestId).digest('hex').slice(0, 40)}`;
@@ -56,6 +58,7 @@ export class Daemon {
       store: options.store,
       logger: options.logger,
       outRoot: options.outRoot,
+      ...(options.lease ? { lease: options.lease } : {}),
       onEvent: async (event) => {
         await this.log.append(this.subjects.flowEvents(event.flowId), JSON.stringify(event));
       },
@@ -71,6 +74,7 @@ export class Daemon {
     this.requests = await bus.keyValue(this.subjects.flowsBucket);
     const { resumed, failed } = await this.host.resumeAll();
     if (resumed.length || failed.length) this.options.logger.info({ resumed: resumed.length, failed: failed.length }, 'unfinished flows resumed');
+    this.host.startLeases();
     // Daemons share requests (a queue group); cancel goes to all, and the one running the flow acts.
     const queue = { queue: 'microtask-daemons' };
     this.subscriptions.push(

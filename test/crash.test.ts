@@ -1,10 +1,12 @@
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { connect } from '@nats-io/transport-node';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { startFakeAnthropic } from '../src/testing/fakeAnthropic.js';
+import { startNatsServer } from '../src/testing/natsServer.js';
 import { handWrittenReplies } from './support/handWrittenModel.js';
 
 // `microtask build` as a user runs it (the built CLI, embedded mode, snapshots and results
@@ -89,4 +91,89 @@ describe(`a build killed ${KILLS} times (seed ${SEED}; replay with CRASH_SEED=${
     expect(requests.length, context).toBeLessThanOrEqual(cleanCalls + inFlightAtKills);
     expect(kills.length, context).toBeGreaterThan(0);
   }, 240_000);
+});
+
+describe(`a daemon over NATS killed ${KILLS} times during a tool build (seed ${SEED}; replay with CRASH_SEED=${SEED})`, () => {
+  it('resumes the flow on each restart; it finishes with the uninterrupted output, paying only for calls in flight', async () => {
+    await using nats = await startNatsServer();
+    await using server = await startFakeAnthropic({ replies: handWrittenReplies(60) });
+    const spec = JSON.parse(await readFile(join(ROOT, 'examples/api-tester.json'), 'utf8'));
+    const client = await connect({ servers: nats.url });
+    const env = (prefix: string, state: string) => ({
+      ANTHROPIC_API_KEY: 'sk-test',
+      ANTHROPIC_BASE_URL: server.url,
+      MICROTASK_LOG_LEVEL: 'silent',
+      NATS_URL: nats.url,
+      // One name across restarts: the restarted daemon's leases are its own.
+      MICROTASK_DAEMON_ID: `crash-${prefix}`,
+      MICROTASK_ACK_WAIT_MS: '1000',
+      MICROTASK_SUBJECT_PREFIX: prefix,
+      MICROTASK_STATE_DIR: state,
+    });
+    /** Starts a daemon and (re)sends the build request: the same requestId is the same flow. */
+    const startAndRequest = async (prefix: string, state: string) => {
+      const child = cli(['daemon', '--worker'], env(prefix, state));
+      let answer: any;
+      for (let i = 0; i < 200 && !answer?.ok; i++) {
+        answer = await client
+          .request(`${prefix}.toolbuild.request`, JSON.stringify({ ...spec, requestId: `build-${prefix}` }), { timeout: 2_000 })
+          .then((m) => m.json<any>())
+          .catch(() => undefined);
+        if (!answer?.ok) await new Promise((r) => setTimeout(r, 50));
+      }
+      return { child, flowId: answer?.flowId as string };
+    };
+    const statusOf = (prefix: string, flowId: string) =>
+      client
+        .request(`${prefix}.flow.get`, JSON.stringify({ flowId }), { timeout: 2_000 })
+        .then((m) => m.json<any>())
+        .catch(() => undefined);
+    const untilDone = async (prefix: string, flowId: string) => {
+      for (let i = 0; i < 1_200; i++) {
+        const status = await statusOf(prefix, flowId);
+        if (status?.status && status.status !== 'running') return status;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error(`flow ${flowId} did not finish`);
+    };
+
+    const clean = await startAndRequest('clean', await mkdtemp(join(tmpdir(), 'dcrash-clean-')));
+    const expected = await untilDone('clean', clean.flowId);
+    clean.child.kill('SIGKILL');
+    expect(expected.output.status).toBe('done');
+    const cleanCalls = server.requests.length;
+
+    const state = await mkdtemp(join(tmpdir(), 'dcrash-'));
+    const next = random(SEED + 1);
+    const before = server.requests.length;
+    const killedAt: number[] = [];
+    const kills: number[] = [];
+    let flowId = '';
+    for (let kill = 0; kill < KILLS; kill++) {
+      const started = await startAndRequest('crash', state);
+      flowId = started.flowId;
+      const exited = new Promise<void>((resolve) => started.child.once('exit', () => resolve()));
+      const delay = 100 + Math.floor(next() * 1_200);
+      await new Promise((r) => setTimeout(r, delay));
+      const status = await statusOf('crash', flowId);
+      started.child.kill('SIGKILL');
+      killedAt.push(Date.now());
+      kills.push(delay);
+      await exited;
+      if (status?.status === 'done') break;
+    }
+    const last = await startAndRequest('crash', state);
+    const output = await untilDone('crash', last.flowId);
+    last.child.kill('SIGKILL');
+    await client.close();
+
+    const context = `seed ${SEED + 1}, kills ${kills.join(', ')} ms after the request`;
+    expect(last.flowId, context).toBe(flowId);
+    expect(comparable(output.output), context).toEqual(comparable(expected.output));
+    const requests = server.requests.slice(before);
+    const inFlightAtKills = requests.filter((r) =>
+      killedAt.some((at) => r.receivedAt <= at && (r.answeredAt === undefined || r.answeredAt > at - STORE_WINDOW_MS)),
+    ).length;
+    expect(requests.length, context).toBeLessThanOrEqual(cleanCalls + inFlightAtKills);
+  }, 300_000);
 });

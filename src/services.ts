@@ -8,6 +8,7 @@ import { KvResultsStore } from './bus/KvResultsStore.js';
 import { MemoryBus } from './bus/MemoryBus.js';
 import { connectNatsBus } from './bus/NatsBus.js';
 import { subjects } from './bus/subjects.js';
+import { UsageError } from './cli/exitCodes.js';
 import type { Config } from './config.js';
 import { Daemon } from './daemon/Daemon.js';
 import { provideFlows } from './flows.js';
@@ -27,8 +28,27 @@ import { startWorker } from './worker.js';
  */
 export async function connectBus(config: Config, logger: Logger, role: string): Promise<Bus> {
   if (!config.NATS_URL) return new MemoryBus({ subjectPrefix: config.MICROTASK_SUBJECT_PREFIX });
+  const servers = config.NATS_URL.join(', ');
+  // A one-shot command fails fast on an unreachable server; a service waits for it, saying so.
+  const oneShot = role === 'cli';
+  logger.info({ servers }, 'connecting to NATS');
+  const waiting = oneShot
+    ? undefined
+    : setInterval(() => logger.warn({ servers }, `still waiting for NATS at ${servers}: is it running and reachable?`), 5_000);
+  try {
+    return await connectNats(config, logger, role, oneShot);
+  } catch (e) {
+    if (oneShot) throw new UsageError(`cannot reach NATS at ${servers} (${(e as Error).message}); check NATS_URL`, 'NATS_UNREACHABLE');
+    throw e;
+  } finally {
+    if (waiting) clearInterval(waiting);
+  }
+}
+
+function connectNats(config: Config, logger: Logger, role: string, oneShot: boolean) {
   return connectNatsBus({
-    servers: config.NATS_URL,
+    ...(oneShot ? { waitOnFirstConnect: false, maxReconnectAttempts: 0, connectTimeoutMs: 3_000 } : {}),
+    servers: config.NATS_URL!,
     name: `microtask-${role}@${hostname()}`,
     subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
     ...(config.NATS_TOKEN ? { token: config.NATS_TOKEN } : {}),

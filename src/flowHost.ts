@@ -77,7 +77,12 @@ export class FlowHost {
       ...(pattern === 'tool-builder' ? { outRoot: this.options.outRoot } : {}),
     };
     const hosted = this.host(flowId, pattern, machine, { input: flowInput }, undefined, meta.requestId);
-    hosted.revision = await this.options.store.save(hosted.record, null);
+    try {
+      hosted.revision = await this.options.store.save(hosted.record, null);
+    } catch (e) {
+      this.flows.delete(flowId);
+      throw e;
+    }
     hosted.lastSaved = JSON.stringify(hosted.record.snapshot);
     hosted.actor.start();
     return flowId;

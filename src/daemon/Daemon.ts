@@ -106,7 +106,13 @@ export class Daemon {
         throw e;
       }
     }
-    await this.host.start(pattern, input, { flowId, ...(requestId ? { requestId } : {}) });
+    try {
+      await this.host.start(pattern, input, { flowId, ...(requestId ? { requestId } : {}) });
+    } catch (e) {
+      // A retry of the request must start the flow, not find one that never began.
+      if (requestId) await this.requests.delete(requestKey(requestId)).catch(() => undefined);
+      throw e;
+    }
     this.options.logger.info({ flowId, pattern, requestId }, 'flow started');
     return flowId;
   }

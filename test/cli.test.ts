@@ -103,6 +103,26 @@ describe('the microtask CLI', () => {
     expect(stderr).toMatch(/failed .*not tried: cannot reach the model server.*; nothing written; [123] model calls?,/);
   });
 
+  it('lists flows, resumes a finished one by printing its output, and refuses an unknown one', async () => {
+    const state = await mkdtemp(join(tmpdir(), 'cli-flows-'));
+    const env = { MICROTASK_STATE_DIR: state };
+    const ran = await run(['run', 'feedback-loop', '--input', 'examples/feedback-loop.json', '--json', '--no-progress'], env);
+    const { flowId } = JSON.parse(ran.stdout);
+    const listed = await run(['flows', '--json'], env);
+    expect(JSON.parse(listed.stdout)).toEqual([expect.objectContaining({ flowId, pattern: 'feedback-loop', status: 'done', state: 'done' })]);
+    const table = await run(['flows'], env);
+    expect(table.stdout).toMatch(new RegExp(`^FLOW +PATTERN +STATUS +STATE +UPDATED\\n${flowId} +feedback-loop +done +done `));
+
+    const again = await run(['resume', flowId, '--no-progress'], env);
+    expect(again.code).toBe(0);
+    expect(again.stderr).toContain('had already ended (done)');
+    expect(again.stdout).toContain('Fix pagination skipping the last page');
+
+    const unknown = await run(['resume', 'no-such-flow'], env);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('no flow no-such-flow');
+  });
+
   it('exits 2 on a wrong flag, a missing file, an invalid input and a bad variable, saying what is wrong', async () => {
     const flag = await run(['run', 'microtask', '--input', 'examples/microtask.json', '--jsno']);
     expect(flag.code).toBe(2);

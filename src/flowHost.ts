@@ -224,11 +224,25 @@ export class FlowHost {
   async stop(): Promise<void> {
     if (this.leaseTimer) clearInterval(this.leaseTimer);
     this.leaseTimer = undefined;
-    for (const hosted of this.flows.values()) {
+    const flows = [...this.flows.values()];
+    for (const hosted of flows) {
       hosted.lost = true;
       hosted.actor.stop();
     }
-    await Promise.all([...this.flows.values()].map((f) => f.chain));
+    await Promise.all(flows.map((f) => f.chain));
+    // Give up the leases: a restart, or another daemon, resumes these flows at once
+    // instead of waiting for the leases to run out (and the microtasks' deadlines with them).
+    if (this.options.lease) {
+      await Promise.all(
+        flows
+          .filter((f) => !f.ending)
+          .map((f) =>
+            this.options.store
+              .save({ ...f.record, leaseUntil: new Date().toISOString() }, f.revision)
+              .catch((e: unknown) => this.options.logger.warn({ flowId: f.flowId, err: e }, 'could not release the lease')),
+          ),
+      );
+    }
     this.flows.clear();
   }
 

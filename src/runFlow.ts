@@ -24,6 +24,8 @@ export interface RunFlowOptions {
   /** For the tool builder: where to write the tool. */
   outRoot?: string;
   inspect?: (event: InspectionEvent) => void;
+  /** Told the flow's id once its first snapshot is saved. */
+  onStarted?: (flowId: string) => void;
 }
 
 export type FlowOutput = Record<string, unknown> & { status: string };
@@ -52,6 +54,7 @@ function outputOf(record: FlowSnapshotRecord): FlowOutput {
 export async function runFlow(runtime: Runtime, pattern: PatternName, input: Record<string, unknown>, options: RunFlowOptions = {}) {
   const host = hostFor(runtime, options);
   const flowId = await host.start(pattern, input, options.flowId ? { flowId: options.flowId } : {});
+  options.onStarted?.(flowId);
   const record = await host.finished(flowId)!;
   return { flowId, output: outputOf(record), record };
 }

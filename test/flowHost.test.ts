@@ -35,8 +35,9 @@ async function setup(script: Parameters<typeof scripted>[0] = (request) => handW
   const runtime = scripted(script);
   const events: FlowEvent[] = [];
   const done: FlowDone[] = [];
-  const host = () =>
+  const host = (lease?: { owner: string; durationMs: number }) =>
     new FlowHost({
+      ...(lease ? { lease } : {}),
       flows: provideFlows({ microtask: runtime.microtask }),
       store,
       logger: silentLogger,
@@ -126,5 +127,17 @@ describe('the flow host', () => {
     expect(record?.status).toBe('running');
     expect(a.running(flowId)).toBeUndefined();
     expect(s.done).toEqual([]);
+  });
+
+  it('with leases: another host leaves a live lease alone, and a host that stops gives its leases up', async () => {
+    const s = await setup(slow(40));
+    const a = s.host({ owner: 'a', durationMs: 60_000 });
+    const flowId = await a.start('feedback-loop', feedbackInput);
+    const b = s.host({ owner: 'b', durationMs: 60_000 });
+    expect(await b.resume(flowId)).toBe('owned');
+    await a.stop();
+    expect(await b.resume(flowId)).toBe('resumed');
+    const record = (await b.finished(flowId))!;
+    expect(record).toMatchObject({ status: 'done', owner: 'b' });
   });
 });

@@ -69,14 +69,17 @@ const offlineHint = (output: Record<string, unknown>) =>
 const describeUsage = (usage: Usage) =>
   `${usage.calls} model call${usage.calls === 1 ? '' : 's'}, ${totalTokens(usage)} tokens (${usage.inputTokens} in, ${usage.outputTokens} out)`;
 
-const printData = (value: unknown) =>
-  process.stdout.write(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
+const printData = (value: unknown) => {
+  if (value !== undefined) process.stdout.write(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
+};
 
 /** The part of a pattern's output a person wants on stdout. */
 function mainResult(pattern: PatternName, output: Record<string, unknown>): unknown {
   switch (pattern) {
     case 'reentrant':
       return output.output;
+    case 'tool-builder':
+      return output.dir;
     case 'parallel':
       // Each task's answer, in input order; a failed one shows its fallback and why.
       return (output.results as Array<MicrotaskResult | null>).map((r) =>
@@ -157,6 +160,7 @@ async function runCommand(patternArg: string, options: { input: string; json?: b
   const runtime = await startRuntime();
   await prune(runtime.store, runtime.config, runtime.logger);
   const { flowId, output } = await runFlow(runtime, pattern, input, {
+    onStarted: hintResumeOnInterrupt,
     outRoot: options.out,
     ...(options.progress === false ? {} : { inspect: progressPrinter() }),
   });
@@ -199,7 +203,7 @@ async function buildCommand(
     runtime,
     'tool-builder',
     { spec, ...(options.threshold !== undefined ? { threshold: options.threshold } : {}), ...(budget ? { budget } : {}) },
-    { outRoot, ...(options.progress === false ? {} : { inspect: progressPrinter() }) },
+    { outRoot, onStarted: hintResumeOnInterrupt, ...(options.progress === false ? {} : { inspect: progressPrinter() }) },
   );
   if (options.json) printData({ flowId, pattern: 'tool-builder', ...output });
   else {
@@ -220,7 +224,9 @@ async function buildCommand(
  * flight finish), and exit 0. A second signal exits at once.
  */
 async function serveUntilSignal(stop: () => Promise<void>, logger: Logger): Promise<number> {
-  return new Promise((resolve) => {
+  // An embedded daemon has no socket open: without this, Node would find nothing to wait for and exit.
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+  return new Promise<number>((resolve) => {
     let stopping = false;
     const onSignal = (signal: NodeJS.Signals) => {
       if (stopping) {
@@ -239,6 +245,14 @@ async function serveUntilSignal(stop: () => Promise<void>, logger: Logger): Prom
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
+  }).finally(() => clearInterval(keepAlive));
+}
+
+/** Ctrl-C during a one-shot flow: its snapshot is saved, so say how to finish it. */
+function hintResumeOnInterrupt(flowId: string) {
+  process.once('SIGINT', () => {
+    process.stderr.write(`\ninterrupted; the flow is saved: finish it with \`microtask resume ${flowId}\`\n`);
+    process.exit(130);
   });
 }
 

@@ -129,6 +129,9 @@ export interface CheckResult {
 }
 export const checkNotProvided = () => notProvided<CheckResult, CheckInput>('check');
 
+/** The diagnostic of a check that could not run: a failed check, never a pass. */
+export const checkCrashed = (error: unknown): string => `the check itself failed: ${errorInfo(error).message}`;
+
 /** An error as context can hold it: JSON-safe, unlike an Error object. */
 export const errorInfo = (error: unknown): { name: string; message: string } =>
   error instanceof Error ? { name: error.name, message: error.message } : { name: 'Error', message: String(error) };

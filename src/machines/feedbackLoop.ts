@@ -4,6 +4,7 @@ import { addUsage, zeroUsage, type Usage } from '../usage.js';
 import type { Verdict } from './answers.js';
 import {
   budgetCheck,
+  checkCrashed,
   checkNotProvided,
   describeFailure,
   microtaskInput,
@@ -136,7 +137,7 @@ export const feedbackLoopMachine = setup({
     recordCheckError: assign(({ context }, params: { error: unknown }) => ({
       current: {
         ...context.current!,
-        diagnostics: [`the check itself failed: ${params.error instanceof Error ? params.error.message : String(params.error)}`],
+        diagnostics: [checkCrashed(params.error)],
         checkOk: false,
       },
     })),

@@ -4,9 +4,9 @@ import { addUsage, zeroUsage, type Usage } from '../usage.js';
 import type { FailureAnalysis } from './answers.js';
 import {
   budgetCheck,
+  checkCrashed,
   checkNotProvided,
   describeFailure,
-  errorInfo,
   microtaskInput,
   microtaskNotProvided,
   type Budget,
@@ -210,7 +210,7 @@ export const metacognitiveMachine = setup({
     recordCheckError: assign(({ context }, params: { error: unknown }) => ({
       attempts: updateLast(context.attempts, {
         checkOk: false,
-        diagnostics: [`the check itself failed: ${errorInfo(params.error).message}`],
+        diagnostics: [checkCrashed(params.error)],
       }),
     })),
     recordAnalysis: assign(({ context }, params: { result: MicrotaskResult }) => ({

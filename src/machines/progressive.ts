@@ -4,6 +4,7 @@ import { addUsage, zeroUsage, type Usage } from '../usage.js';
 import type { Verdict } from './answers.js';
 import {
   budgetCheck,
+  checkCrashed,
   checkNotProvided,
   describeFailure,
   errorInfo,
@@ -429,7 +430,7 @@ export const progressiveMachine = setup({
           target: 'nextLevel',
           actions: {
             type: 'recordCheckFailure',
-            params: ({ event }) => ({ diagnostics: [`the check itself failed: ${errorInfo(event.error).message}`] }),
+            params: ({ event }) => ({ diagnostics: [checkCrashed(event.error)] }),
           },
         },
       },

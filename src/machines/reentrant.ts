@@ -4,6 +4,7 @@ import { addUsage, zeroUsage, type Usage } from '../usage.js';
 import type { Review } from './answers.js';
 import {
   budgetCheck,
+  checkCrashed,
   checkNotProvided,
   describeFailure,
   microtaskInput,
@@ -164,7 +165,7 @@ export const reentrantMachine = setup({
     recordCheckError: assign(({ context }, params: { error: unknown }) => ({
       current: {
         ...context.current!,
-        diagnostics: [`the check itself failed: ${params.error instanceof Error ? params.error.message : String(params.error)}`],
+        diagnostics: [checkCrashed(params.error)],
         checkOk: false,
       },
     })),

@@ -6,7 +6,7 @@ import type { ModelPort } from './actors/model/ModelPort.js';
 import type { ResultsStore } from './actors/ResultsStore.js';
 import { FileResultsStore } from './persistence/FileResultsStore.js';
 import { FileSnapshotStore } from './persistence/FileSnapshotStore.js';
-import type { SnapshotStore } from './persistence/SnapshotStore.js';
+import type { SnapshotStore, SnapshotStoreOptions } from './persistence/SnapshotStore.js';
 import { stateDirs } from './runFlow.js';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
@@ -59,6 +59,16 @@ export async function chooseModel(config: Config): Promise<ModelChoice> {
   };
 }
 
+/** Logs a corrupt snapshot and moves it aside (with its reason), so it never blocks the other flows. */
+export function moveAsideOnCorrupt(logger: Logger, store: () => SnapshotStore): SnapshotStoreOptions {
+  return {
+    onCorrupt: (error) => {
+      logger.error({ flowId: error.flowId, reason: error.reason }, 'corrupt snapshot: moved aside');
+      void store().moveAside(error.flowId, error.reason).catch(() => undefined);
+    },
+  };
+}
+
 export interface Runtime {
   config: Config;
   logger: Logger;
@@ -82,12 +92,7 @@ export async function createRuntime(
   // (`microtask resume`) without paying again for the calls it had made.
   const dirs = stateDirs(config.MICROTASK_STATE_DIR);
   const results = new FileResultsStore(dirs.results);
-  const store = await FileSnapshotStore.open(dirs.flows, {
-    onCorrupt: (error) => {
-      logger.error({ flowId: error.flowId, reason: error.reason }, 'corrupt snapshot: moved aside');
-      void store.moveAside(error.flowId, error.reason).catch(() => undefined);
-    },
-  });
+  const store: SnapshotStore = await FileSnapshotStore.open(dirs.flows, moveAsideOnCorrupt(logger, () => store));
   const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...registry });
   return { config, logger, store, model, modelDescription: description, results, runner };
 }

@@ -12,14 +12,13 @@ import { UsageError } from './cli/exitCodes.js';
 import type { Config } from './config.js';
 import { Daemon } from './daemon/Daemon.js';
 import { provideFlows } from './flows.js';
-import { FileResultsStore } from './persistence/FileResultsStore.js';
 import { FileSnapshotStore } from './persistence/FileSnapshotStore.js';
 import { KvSnapshotStore } from './persistence/KvSnapshotStore.js';
-import type { CorruptSnapshotError, SnapshotStore } from './persistence/SnapshotStore.js';
+import type { SnapshotStore } from './persistence/SnapshotStore.js';
 import type { Logger } from './log.js';
 import { answerSchemas } from './machines/answers.js';
 import { stateDirs, toolsDir } from './runFlow.js';
-import { chooseModel } from './runtime.js';
+import { chooseModel, createRuntime, moveAsideOnCorrupt } from './runtime.js';
 import { startWorker } from './worker.js';
 
 /**
@@ -106,33 +105,12 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
 
 /** The snapshot store of the mode: NATS KV when the bus is NATS (shared by daemons), files otherwise. */
 export async function snapshotStore(bus: Bus, config: Config, logger: Logger): Promise<SnapshotStore> {
-  const options = {
-    onCorrupt: (error: CorruptSnapshotError) => {
-      logger.error({ flowId: error.flowId, reason: error.reason }, 'corrupt snapshot: moved aside');
-      void store.moveAside(error.flowId, error.reason).catch(() => undefined);
-    },
-  };
+  const options = moveAsideOnCorrupt(logger, () => store);
   const store: SnapshotStore =
     bus.transport === 'nats'
       ? new KvSnapshotStore(await bus.keyValue(subjects(config.MICROTASK_SUBJECT_PREFIX).snapshotsBucket), options)
       : await FileSnapshotStore.open(stateDirs(config.MICROTASK_STATE_DIR).flows, options);
   return store;
-}
-
-/**
- * Microtasks run in this process, their results kept on disk: embedded mode's
- * microtask actor, so a flow resumed after a crash does not pay twice.
- */
-export async function localMicrotasks(config: Config, logger: Logger) {
-  const { model, description } = await chooseModel(config);
-  const runner = new MicrotaskRunner({
-    model,
-    results: new FileResultsStore(stateDirs(config.MICROTASK_STATE_DIR).results),
-    answers: answerSchemas,
-    logger,
-    defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
-  });
-  return { microtask: createMicrotaskLogic(runner), description };
 }
 
 /**
@@ -151,7 +129,8 @@ export async function startDaemonService(bus: Bus, config: Config, logger: Logge
           results: await bus.keyValue(names.resultsBucket),
           logger,
         })
-      : (await localMicrotasks(config, logger)).microtask;
+      : // Embedded: microtasks run in this process, their results kept on disk (the CLI's runtime).
+        createMicrotaskLogic((await createRuntime(config, logger, { answers: answerSchemas })).runner);
   const store = await snapshotStore(bus, config, logger);
   const pruned = await store.prune(new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000));
   if (pruned) logger.info({ pruned }, 'old finished flows pruned');

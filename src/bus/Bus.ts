@@ -105,6 +105,10 @@ export interface EventLog {
   append(subject: string, data: Payload): Promise<number>;
   /** Every stored message on subjects matching `filter`, oldest first, then the live ones. */
   replay(filter: string, handler: MessageHandler): Promise<BusSubscription>;
+  /** The stored messages on subjects matching `filter`, oldest first (none of the live ones after). */
+  read(filter: string): Promise<BusMessage[]>;
+  /** Deletes the stored messages on subjects matching `filter`. */
+  purge(filter: string): Promise<void>;
 }
 
 export interface Bus {

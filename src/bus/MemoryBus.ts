@@ -377,6 +377,19 @@ export class MemoryBus implements Bus {
           },
         };
       },
+      read: async (filter) => {
+        this.assertOpen();
+        assertSubject(filter, true, 'filter');
+        this.prune(stream);
+        return stream.messages
+          .filter((m) => subjectMatches(filter, m.subject))
+          .map((m) => new MemoryMessage(m.subject, m.data, undefined, m.headers));
+      },
+      purge: async (filter) => {
+        this.assertOpen();
+        assertSubject(filter, true, 'filter');
+        stream.messages = stream.messages.filter((m) => !subjectMatches(filter, m.subject));
+      },
     };
   }
 

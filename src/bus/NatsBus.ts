@@ -395,6 +395,20 @@ export class NatsBus implements Bus {
         this.assertSubject(filter, true);
         return this.replay(stream, filter, handler);
       },
+      read: async (filter) => {
+        this.assertOpen();
+        this.assertSubject(filter, true);
+        return this.readStored(stream, filter);
+      },
+      purge: async (filter) => {
+        this.assertOpen();
+        this.assertSubject(filter, true);
+        try {
+          await this.jsm.streams.purge(stream, { filter });
+        } catch (e) {
+          throw this.mapError(e, `purge ${filter} from ${stream}`);
+        }
+      },
     };
   }
 
@@ -600,6 +614,33 @@ export class NatsBus implements Bus {
         .map((s) => `${s.config.name} (${s.config.subjects.join(', ')})`)
         .join(', ')}`,
     );
+  }
+
+  /** The stored messages matching `filter`: counted first, so an empty read does not wait for a fetch to expire. */
+  private async readStored(stream: string, filter: string): Promise<BusMessage[]> {
+    try {
+      const info = await this.jsm.streams.info(stream, { subjects_filter: filter });
+      const stored = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
+      if (stored === 0) return [];
+      const consumer = await this.js.consumers.get(stream, {
+        deliver_policy: DeliverPolicy.All,
+        ...(filter === '>' ? {} : { filter_subjects: filter }),
+      });
+      const out: BusMessage[] = [];
+      // Messages may be appended while we read: stop at the first one with nothing pending after it.
+      for (;;) {
+        const batch = await consumer.fetch({ max_messages: 1000, expires: 2_000 });
+        let pending = -1;
+        for await (const m of batch) {
+          out.push(new NatsMessage(m.subject, m.data, undefined, m.headers));
+          pending = m.info.pending;
+          if (pending === 0) break;
+        }
+        if (pending <= 0) return out;
+      }
+    } catch (e) {
+      throw this.mapError(e, `read ${filter} from ${stream}`);
+    }
   }
 
   /** An ordered consumer from the first message: stored ones, then live ones, one handler call at a time. */

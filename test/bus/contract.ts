@@ -503,6 +503,20 @@ export function runBusContract(name: string, makeBus: () => Promise<BusUnderTest
         await sub.unsubscribe();
       });
 
+      it('reads the stored messages of a filter, and purges them', async () => {
+        const name = unique('read');
+        const root = unique('ev');
+        const log = await bus.eventLog(name, { subjects: [`${root}.*.h`] });
+        expect(await log.read(`${root}.x.h`)).toEqual([]);
+        for (let i = 1; i <= 3; i++) await log.append(`${root}.x.h`, String(i));
+        await log.append(`${root}.y.h`, 'other');
+        const late = await other.eventLog(name, { subjects: [`${root}.*.h`] });
+        expect((await late.read(`${root}.x.h`)).map((m) => m.string())).toEqual(['1', '2', '3']);
+        await late.purge(`${root}.x.h`);
+        expect(await log.read(`${root}.x.h`)).toEqual([]);
+        expect((await log.read(`${root}.y.h`)).map((m) => m.string())).toEqual(['other']);
+      });
+
       it('refuses to append on a subject outside the log', async () => {
         const root = unique('ev');
         const log = await bus.eventLog(unique('strict'), { subjects: [`${root}.in.>`] });

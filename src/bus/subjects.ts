@@ -13,6 +13,8 @@ export function subjects(prefix = 'microtask') {
     flowCancel: `${prefix}.flow.cancel`,
     flowEvents: (flowId: string) => `${prefix}.flow.${flowId}.events`,
     flowDone: (flowId: string) => `${prefix}.flow.${flowId}.done`,
+    /** A flow's journal: its steps (with snapshots), microtasks and lifecycle, for people. */
+    flowHistory: (flowId: string) => `${prefix}.flow.${flowId}.history`,
     /** Errors of requests that had no reply subject to answer on. */
     errors: `${prefix}.errors`,
     /** Where a worker announces a task's result (also stored in the results bucket). */
@@ -22,6 +24,9 @@ export function subjects(prefix = 'microtask') {
     /** The stream holding every flow's events and done messages, replayable. */
     flowLog: 'flows',
     flowLogSubjects: [`${prefix}.flow.*.events`, `${prefix}.flow.*.done`],
+    /** The stream holding every flow's journal (`microtask show`, the inspector). */
+    historyLog: 'history',
+    historyLogSubjects: [`${prefix}.flow.*.history`],
     taskQueue: 'tasks',
     resultsBucket: 'results',
     flowsBucket: 'flows',

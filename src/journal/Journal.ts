@@ -89,8 +89,10 @@ export interface Journal {
    * until `stop`. The handler is called in order, never concurrently.
    */
   follow(flowId: string, handler: (entry: JournalEntry) => void): Promise<JournalFollow>;
-  /** Deletes the journals of these flows (pruning finished flows). */
+  /** Deletes the journals of these flows. */
   remove(flowIds: readonly string[]): Promise<void>;
+  /** Deletes the journals not written to since `olderThan` (retention); how many went. */
+  prune(olderThan: Date): Promise<number>;
   close(): Promise<void>;
 }
 

@@ -2,7 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { createActor, type AnyActorRef, type AnyStateMachine, type InspectionEvent, type Snapshot } from 'xstate';
 import type { FlowDone, FlowEvent } from './daemon/protocol.js';
 import type { Flows } from './flows.js';
+import type { Journal } from './journal/Journal.js';
 import type { Logger } from './log.js';
+import { MicrotaskResultSchema } from './actors/microtaskTypes.js';
+import type { JournalEntry } from './journal/Journal.js';
 import { errorInfo } from './machines/common.js';
 import { isPatternName, machineFor, machineVersions, type PatternName } from './patterns.js';
 import {
@@ -31,6 +34,20 @@ export interface FlowHostOptions {
    * host (`takeOverExpired`). Unset: one owner, no leases (embedded mode).
    */
   lease?: { owner: string; durationMs: number };
+  /**
+   * Where each flow's history goes: every saved snapshot (a step), every microtask with
+   * its prompt and result, the flow's start, resumes and end. For `microtask show`, the
+   * inspector and live progress; the flow never waits on it.
+   */
+  journal?: Journal;
+}
+
+/** What made a flow take a step: the actor that moved, where it went, and on which event. */
+interface StepCause {
+  actor: string;
+  machine: string;
+  state: unknown;
+  event: string;
 }
 
 interface HostedFlow {
@@ -48,6 +65,12 @@ interface HostedFlow {
   lost: boolean;
   /** Set once the flow's end is being saved. */
   ending: boolean;
+  /** Snapshots saved so far (the journal's step number). */
+  steps: number;
+  /** The latest transition not yet saved, for the journal. */
+  cause: StepCause | undefined;
+  /** Microtask actors in flight whose start is journaled. */
+  microtasks: Map<AnyActorRef, { kind: 'microtask'; actor: string; key: string; taskType: string }>;
 }
 
 export const newFlowId = (pattern: string) => `${pattern}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
@@ -84,6 +107,7 @@ export class FlowHost {
       throw e;
     }
     hosted.lastSaved = JSON.stringify(hosted.record.snapshot);
+    this.journal(hosted, { kind: 'flow', phase: 'started', pattern, status: 'running', input: flowInput });
     hosted.actor.start();
     return flowId;
   }
@@ -138,7 +162,9 @@ export class FlowHost {
     const hosted = this.host(flowId, pattern, machine, { snapshot: record.snapshot as Snapshot<unknown> }, record, record.requestId);
     hosted.revision = revision;
     hosted.seq = record.seq ?? 0;
+    hosted.steps = record.steps ?? 0;
     hosted.lastSaved = JSON.stringify(record.snapshot);
+    this.journal(hosted, { kind: 'flow', phase: 'resumed', pattern, status: 'running' });
     this.options.logger.info({ flowId, state: record.state }, 'flow resumed from its last snapshot');
     // The last saved transition may not have been announced (a crash between the save and
     // the publish): announce it again, so no seq is missing; a subscriber may see it twice.
@@ -281,6 +307,9 @@ export class FlowHost {
       resolveFinished,
       lost: false,
       ending: false,
+      steps: 0,
+      cause: undefined,
+      microtasks: new Map(),
     };
     const inspect = (event: InspectionEvent) => {
       this.options.inspect?.(event);
@@ -289,6 +318,7 @@ export class FlowHost {
       if (event.type !== '@xstate.snapshot') return;
       const isRoot = event.actorRef === hosted.actor;
       const snapshot = event.snapshot as { status?: string; value?: unknown; output?: unknown };
+      if (this.options.journal) this.note(hosted, event.actorRef as AnyActorRef, snapshot as Record<string, unknown>, event.event.type);
       if (isRoot && snapshot.status === 'done') {
         this.finish(hosted, lifecycleStatus(snapshot.output), snapshot.output);
         return;
@@ -326,13 +356,52 @@ export class FlowHost {
       .catch((e: unknown) => this.failed(hosted, e));
   }
 
+  /**
+   * For the journal: remembers the transition a save will record, and writes a
+   * microtask's start (its first snapshot) and end (its output, the result envelope).
+   */
+  private note(hosted: HostedFlow, ref: AnyActorRef, snapshot: Record<string, unknown>, eventType: string) {
+    const machine = (ref as { logic?: { id?: unknown } }).logic?.id;
+    if (typeof machine === 'string') {
+      hosted.cause = { actor: actorPath(ref, hosted.actor), machine, state: snapshot.value, event: eventType };
+      return;
+    }
+    // A promise actor drops its input when done: its start is remembered by reference.
+    const started = hosted.microtasks.get(ref);
+    if (started) {
+      if (snapshot.status === 'done') {
+        hosted.microtasks.delete(ref);
+        const result = MicrotaskResultSchema.safeParse(snapshot.output);
+        this.journal(hosted, { ...started, phase: 'finished', ...(result.success ? { result: result.data } : {}) });
+      }
+      return;
+    }
+    const input = snapshot.input as { taskType?: unknown; key?: unknown; prompt?: unknown; system?: unknown; data?: unknown } | undefined;
+    if (typeof input?.taskType !== 'string' || typeof input.key !== 'string' || typeof input.prompt !== 'string') return;
+    const base = { kind: 'microtask' as const, actor: actorPath(ref, hosted.actor), key: input.key, taskType: input.taskType };
+    hosted.microtasks.set(ref, base);
+    this.journal(hosted, {
+      ...base,
+      phase: 'started',
+      prompt: input.prompt,
+      ...(typeof input.system === 'string' ? { system: input.system } : {}),
+      ...(input.data !== undefined ? { data: input.data } : {}),
+    });
+  }
+
+  private journal(hosted: HostedFlow, entry: DistributiveOmit<JournalEntry, 'flowId' | 'at'>, snapshotJson?: string) {
+    this.options.journal?.append({ ...entry, flowId: hosted.flowId, at: new Date().toISOString() } as JournalEntry, snapshotJson);
+  }
+
   /** Saves the current snapshot (once per change), as the flow's new record. */
   private async save(hosted: HostedFlow, status: FlowStatus, extra: Partial<FlowSnapshotRecord> = {}, force = false) {
     const persisted = hosted.actor.getPersistedSnapshot() as { status?: string; error?: unknown };
     // A crashed machine's snapshot holds an Error object; records hold JSON only.
     const snapshot = persisted.status === 'error' ? { ...persisted, error: errorInfo(persisted.error) } : persisted;
     const json = JSON.stringify(snapshot);
-    if (!force && json === hosted.lastSaved && status === hosted.record.status && !extra.output && !extra.error) return;
+    const changed = json !== hosted.lastSaved;
+    if (!force && !changed && status === hosted.record.status && !extra.output && !extra.error) return;
+    const steps = hosted.steps + (changed ? 1 : 0);
     const lease = this.options.lease;
     const record: FlowSnapshotRecord = {
       ...hosted.record,
@@ -342,11 +411,19 @@ export class FlowHost {
       state: (snapshot as { value?: unknown }).value ?? hosted.record.state,
       snapshot,
       seq: hosted.seq,
+      steps,
       updatedAt: new Date().toISOString(),
     };
     hosted.revision = await this.options.store.save(record, hosted.revision);
     hosted.record = record;
     hosted.lastSaved = json;
+    hosted.steps = steps;
+    if (changed && this.options.journal) {
+      const rootState = record.state;
+      const cause = hosted.cause ?? { actor: 'root', machine: record.machineId, state: rootState, event: 'xstate.init' };
+      hosted.cause = undefined;
+      this.journal(hosted, { kind: 'step', step: steps, ...cause, rootState, snapshot: undefined }, json);
+    }
   }
 
   private finish(hosted: HostedFlow, status: Exclude<FlowStatus, 'running'>, output?: unknown, error?: { code: string; message: string }) {
@@ -356,6 +433,14 @@ export class FlowHost {
     hosted.chain = hosted.chain
       .then(async () => {
         await this.save(hosted, status, { ...(output !== undefined ? { output } : {}), ...(error ? { error } : {}) });
+        this.journal(hosted, {
+          kind: 'flow',
+          phase: 'ended',
+          pattern: hosted.record.pattern,
+          status,
+          ...(output !== undefined ? { output } : {}),
+          ...(error ? { error } : {}),
+        });
         const { flowId, state, updatedAt } = hosted.record;
         await this.options.onEvent?.({ flowId, seq, state, status, at: updatedAt });
         await this.options.onDone?.({ flowId, status, ...(output !== undefined ? { output } : {}), ...(error ? { error } : {}) });
@@ -380,6 +465,17 @@ export class FlowHost {
     }
     this.options.logger.error({ flowId: hosted.flowId, err: e }, 'could not save or announce a flow transition');
   }
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/** `root`, or the ids of the actors from the root's child down to this one: `module-auth/generate`. */
+function actorPath(ref: AnyActorRef, root: AnyActorRef): string {
+  const ids: string[] = [];
+  for (let current: AnyActorRef | undefined = ref; current && current !== root; current = current._parent as AnyActorRef | undefined) {
+    ids.unshift(current.id);
+  }
+  return ids.length > 0 ? ids.join('/') : 'root';
 }
 
 export class FlowHostError extends Error {

@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { handWrittenAnswer } from '../examples/offline/answers.js';
 import { FlowHost } from '../src/flowHost.js';
+import { FileJournal } from '../src/journal/FileJournal.js';
+import type { JournalEntry } from '../src/journal/Journal.js';
 import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
 import type { FlowEvent, FlowDone } from '../src/daemon/protocol.js';
@@ -35,9 +37,11 @@ async function setup(script: Parameters<typeof scripted>[0] = (request) => handW
   const runtime = scripted(script);
   const events: FlowEvent[] = [];
   const done: FlowDone[] = [];
+  const journal = new FileJournal({ dir: join(dir, 'journal') });
   const host = (lease?: { owner: string; durationMs: number }) =>
     new FlowHost({
       ...(lease ? { lease } : {}),
+      journal,
       flows: provideFlows({ microtask: runtime.microtask }),
       store,
       logger: silentLogger,
@@ -45,7 +49,7 @@ async function setup(script: Parameters<typeof scripted>[0] = (request) => handW
       onEvent: async (e) => void events.push(e),
       onDone: async (d) => void done.push(d),
     });
-  return { dir, store, runtime, host, events, done, corrupt, moved };
+  return { dir, store, runtime, host, events, done, corrupt, moved, journal };
 }
 
 describe('the flow host', () => {
@@ -139,5 +143,45 @@ describe('the flow host', () => {
     expect(await b.resume(flowId)).toBe('resumed');
     const record = (await b.finished(flowId))!;
     expect(record).toMatchObject({ status: 'done', owner: 'b' });
+  });
+
+  it('journals every saved step with its snapshot, each microtask with prompt and result, and the lifecycle, numbering steps on across a resume', async () => {
+    const s = await setup(slow(30));
+    const a = s.host();
+    const flowId = await a.start('feedback-loop', feedbackInput);
+    while (s.events.length < 3) await new Promise((r) => setTimeout(r, 5));
+    await a.stop();
+    const b = s.host();
+    await b.resume(flowId);
+    const record = (await b.finished(flowId))!;
+    await s.journal.flush();
+    const entries = await s.journal.read(flowId);
+
+    const lifecycle = entries.filter((e) => e.kind === 'flow').map((e) => `${e.phase}:${e.status}`);
+    expect(lifecycle).toEqual(['started:running', 'resumed:running', 'ended:done']);
+    expect(entries[0]).toMatchObject({ kind: 'flow', pattern: 'feedback-loop', input: { ...feedbackInput, key: flowId } });
+    expect(entries.at(-1)).toMatchObject({ kind: 'flow', phase: 'ended', output: record.output });
+
+    const steps = entries.filter((e): e is Extract<JournalEntry, { kind: 'step' }> => e.kind === 'step');
+    // One step per saved snapshot, numbered 1.. with no gap across the resume; the last
+    // one is the snapshot the store holds.
+    expect(steps.map((e) => e.step)).toEqual(steps.map((_, i) => i + 1));
+    expect(record.steps).toBe(steps.length);
+    expect(steps.at(-1)!.snapshot).toEqual(record.snapshot);
+    expect(steps.some((e) => e.actor === 'root' && e.machine === 'feedbackLoop' && e.event.startsWith('xstate.done.actor'))).toBe(true);
+    for (const e of steps) expect(e.rootState).toEqual((e.snapshot as { value: unknown }).value);
+
+    const microtasks = entries.filter((e): e is Extract<JournalEntry, { kind: 'microtask' }> => e.kind === 'microtask');
+    const started = microtasks.filter((e) => e.phase === 'started');
+    const finished = microtasks.filter((e) => e.phase === 'finished');
+    expect(started.length).toBeGreaterThanOrEqual(2);
+    expect(started[0]).toMatchObject({ taskType: feedbackInput.task.taskType, prompt: expect.any(String), system: expect.any(String) });
+    expect(started[0]!.actor).not.toBe('root');
+    // Each finished microtask started first, under the same key, with its result envelope.
+    for (const f of finished) {
+      expect(started.some((st) => st.key === f.key && st.actor === f.actor)).toBe(true);
+      expect(f.result).toMatchObject({ key: f.key, success: true, usage: expect.any(Object) });
+    }
+    expect(finished.length).toBeGreaterThanOrEqual(2);
   });
 });

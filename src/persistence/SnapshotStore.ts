@@ -47,6 +47,8 @@ export const FlowSnapshotRecordSchema = z.object({
   requestId: z.string().optional(),
   /** The seq of the flow's last announced event: a resumed flow goes on from it, without gaps. */
   seq: z.number().int().nonnegative().optional(),
+  /** How many snapshots of the flow were saved: its journal's step number, which a resumed flow goes on from. */
+  steps: z.number().int().nonnegative().optional(),
   /** The daemon driving the flow, and until when (ISO): after that, another may take it over. */
   owner: z.string().optional(),
   leaseUntil: z.iso.datetime({ offset: true }).optional(),

@@ -75,6 +75,15 @@ export const EnvSchema = z.object({
   MICROTASK_ACK_WAIT_MS: withDefault(millis(500, 600_000), 30_000),
   /** Deliveries of a task at most, before its failure is final and it is dead-lettered. */
   MICROTASK_MAX_DELIVER: withDefault(count(1, 100, 'deliveries'), 5),
+  /**
+   * On SIGINT/SIGTERM, how long the daemon and workers let the microtasks in flight finish
+   * (their results saved, so they are not paid for again) before stopping the rest.
+   */
+  MICROTASK_SHUTDOWN_GRACE_MS: withDefault(millis(0, 600_000), 20_000),
+  /** Where the daemon serves its inspector page: localhost by default (0.0.0.0 in a container). */
+  MICROTASK_INSPECTOR_HOST: withDefault(z.string().min(1), '127.0.0.1'),
+  /** The inspector page's port; 0 picks a free one. */
+  MICROTASK_INSPECTOR_PORT: withDefault(count(0, 65_535, 'port number'), 7420),
   MICROTASK_SUBJECT_PREFIX: withDefault(
     z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, { error: 'NATS subject tokens such as microtask or acme.microtask' }),
     'microtask',

@@ -69,8 +69,10 @@ interface HostedFlow {
   steps: number;
   /** The latest transition not yet saved, for the journal. */
   cause: StepCause | undefined;
-  /** Microtask actors in flight whose start is journaled. */
+  /** Microtask actors in flight (journaled at their start). */
   microtasks: Map<AnyActorRef, { kind: 'microtask'; actor: string; key: string; taskType: string }>;
+  /** While draining: the microtasks that were in flight when it began, not yet finished. */
+  awaiting: Set<AnyActorRef> | undefined;
 }
 
 export const newFlowId = (pattern: string) => `${pattern}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
@@ -246,6 +248,41 @@ export class FlowHost {
     return true;
   }
 
+  /**
+   * Stops taking work gracefully: each flow goes on until the microtasks it has in flight
+   * are done (their results saved, so a restart does not pay for them again), then stops
+   * with its last snapshot saved; after `graceMs`, whatever is left is stopped as `stop`
+   * does. The snapshots stay `running`, to be resumed.
+   */
+  async drain(graceMs: number): Promise<void> {
+    const deadline = Date.now() + graceMs;
+    for (const hosted of this.flows.values()) {
+      hosted.awaiting = new Set(hosted.microtasks.keys());
+      if (hosted.awaiting.size === 0) this.park(hosted);
+    }
+    const inFlight = () => [...this.flows.values()].reduce((n, f) => n + (f.awaiting?.size ?? 0), 0);
+    if (inFlight() > 0) this.options.logger.info({ microtasks: inFlight(), graceMs }, 'letting the microtasks in flight finish');
+    while ([...this.flows.values()].some((f) => !f.lost && !f.ending) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const left = inFlight();
+    if (left > 0) this.options.logger.warn({ microtasks: left }, 'grace period over: stopping microtasks still in flight (they run again on resume)');
+    await this.stop();
+  }
+
+  /**
+   * Stops one flow now, without ending it, and saves the snapshot it had (a microtask it
+   * had just started is in it, to run again on resume).
+   */
+  private park(hosted: HostedFlow) {
+    if (hosted.lost || hosted.ending) return;
+    const snapshot = hosted.actor.getPersistedSnapshot();
+    // Saves queued before this one see `lost` and skip: this one holds the latest state.
+    hosted.lost = true;
+    hosted.actor.stop();
+    hosted.chain = hosted.chain.then(() => this.save(hosted, 'running', {}, false, snapshot)).catch((e: unknown) => this.failed(hosted, e));
+  }
+
   /** Stops every flow here without ending it (its snapshot stays `running`, to be resumed). */
   async stop(): Promise<void> {
     if (this.leaseTimer) clearInterval(this.leaseTimer);
@@ -310,6 +347,7 @@ export class FlowHost {
       steps: 0,
       cause: undefined,
       microtasks: new Map(),
+      awaiting: undefined,
     };
     const inspect = (event: InspectionEvent) => {
       this.options.inspect?.(event);
@@ -318,7 +356,7 @@ export class FlowHost {
       if (event.type !== '@xstate.snapshot') return;
       const isRoot = event.actorRef === hosted.actor;
       const snapshot = event.snapshot as { status?: string; value?: unknown; output?: unknown };
-      if (this.options.journal) this.note(hosted, event.actorRef as AnyActorRef, snapshot as Record<string, unknown>, event.event.type);
+      this.note(hosted, event.actorRef as AnyActorRef, snapshot as Record<string, unknown>, event.event.type);
       if (isRoot && snapshot.status === 'done') {
         this.finish(hosted, lifecycleStatus(snapshot.output), snapshot.output);
         return;
@@ -371,8 +409,14 @@ export class FlowHost {
     if (started) {
       if (snapshot.status === 'done') {
         hosted.microtasks.delete(ref);
-        const result = MicrotaskResultSchema.safeParse(snapshot.output);
-        this.journal(hosted, { ...started, phase: 'finished', ...(result.success ? { result: result.data } : {}) });
+        if (this.options.journal) {
+          const result = MicrotaskResultSchema.safeParse(snapshot.output);
+          this.journal(hosted, { ...started, phase: 'finished', ...(result.success ? { result: result.data } : {}) });
+        }
+        // Draining: the flow stops once what it had in flight is done. A microtask its
+        // machine started on this result has not called its model yet (its runner is still
+        // awaiting the results store), so stopping now aborts it before it costs anything.
+        if (hosted.awaiting?.delete(ref) && hosted.awaiting.size === 0) this.park(hosted);
       }
       return;
     }
@@ -394,8 +438,8 @@ export class FlowHost {
   }
 
   /** Saves the current snapshot (once per change), as the flow's new record. */
-  private async save(hosted: HostedFlow, status: FlowStatus, extra: Partial<FlowSnapshotRecord> = {}, force = false) {
-    const persisted = hosted.actor.getPersistedSnapshot() as { status?: string; error?: unknown };
+  private async save(hosted: HostedFlow, status: FlowStatus, extra: Partial<FlowSnapshotRecord> = {}, force = false, taken?: unknown) {
+    const persisted = (taken ?? hosted.actor.getPersistedSnapshot()) as { status?: string; error?: unknown };
     // A crashed machine's snapshot holds an Error object; records hold JSON only.
     const snapshot = persisted.status === 'error' ? { ...persisted, error: errorInfo(persisted.error) } : persisted;
     const json = JSON.stringify(snapshot);

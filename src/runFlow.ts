@@ -17,6 +17,7 @@ export const stateDirs = (stateDir: string) => ({
   flows: join(stateDir, 'flows'),
   results: join(stateDir, 'results'),
   tools: toolsDir(stateDir),
+  journal: join(stateDir, 'journal'),
 });
 
 export interface RunFlowOptions {
@@ -36,6 +37,7 @@ function hostFor(runtime: Runtime, options: RunFlowOptions) {
     store: runtime.store,
     logger: runtime.logger,
     outRoot: options.outRoot ?? toolsDir(runtime.config.MICROTASK_STATE_DIR),
+    journal: runtime.journal,
     ...(options.inspect ? { inspect: options.inspect } : {}),
   });
 }

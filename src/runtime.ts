@@ -5,6 +5,8 @@ import { CassetteRecorder, CassetteReplayModel, loadCassette } from './actors/mo
 import type { ModelPort } from './actors/model/ModelPort.js';
 import type { ResultsStore } from './actors/ResultsStore.js';
 import { FileResultsStore } from './persistence/FileResultsStore.js';
+import { FileJournal } from './journal/FileJournal.js';
+import type { Journal, JournalError } from './journal/Journal.js';
 import { FileSnapshotStore } from './persistence/FileSnapshotStore.js';
 import type { SnapshotStore, SnapshotStoreOptions } from './persistence/SnapshotStore.js';
 import { stateDirs } from './runFlow.js';
@@ -79,7 +81,13 @@ export interface Runtime {
   modelDescription: string;
   results: ResultsStore;
   runner: MicrotaskRunner;
+  /** Each flow's history (steps, microtasks), for `microtask show` and the inspector. */
+  journal: Journal;
 }
+
+/** A journal write that failed costs the flow nothing; say so in the logs. */
+export const logJournalError = (logger: Logger) => (error: JournalError) =>
+  logger.warn({ code: error.code, err: error.cause }, error.message);
 
 export async function createRuntime(
   config: Config,
@@ -94,5 +102,6 @@ export async function createRuntime(
   const results = new FileResultsStore(dirs.results);
   const store: SnapshotStore = await FileSnapshotStore.open(dirs.flows, moveAsideOnCorrupt(logger, () => store));
   const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...registry });
-  return { config, logger, store, model, modelDescription: description, results, runner };
+  const journal = new FileJournal({ dir: dirs.journal, onError: logJournalError(logger) });
+  return { config, logger, store, model, modelDescription: description, results, runner, journal };
 }

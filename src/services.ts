@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import type { InspectionEvent } from 'xstate';
 import { CircuitBreaker } from './actors/CircuitBreaker.js';
 import { createMicrotaskLogic, MicrotaskRunner } from './actors/microtask.js';
 import { createRemoteMicrotaskLogic } from './actors/remoteMicrotask.js';
@@ -12,13 +13,16 @@ import { UsageError } from './cli/exitCodes.js';
 import type { Config } from './config.js';
 import { Daemon } from './daemon/Daemon.js';
 import { provideFlows } from './flows.js';
+import { BusJournal } from './journal/BusJournal.js';
+import { FileJournal } from './journal/FileJournal.js';
+import type { Journal } from './journal/Journal.js';
 import { FileSnapshotStore } from './persistence/FileSnapshotStore.js';
 import { KvSnapshotStore } from './persistence/KvSnapshotStore.js';
 import type { SnapshotStore } from './persistence/SnapshotStore.js';
 import type { Logger } from './log.js';
 import { answerSchemas } from './machines/answers.js';
 import { stateDirs, toolsDir } from './runFlow.js';
-import { chooseModel, createRuntime, moveAsideOnCorrupt } from './runtime.js';
+import { chooseModel, createRuntime, logJournalError, moveAsideOnCorrupt } from './runtime.js';
 import { startWorker } from './worker.js';
 
 /**
@@ -113,11 +117,25 @@ export async function snapshotStore(bus: Bus, config: Config, logger: Logger): P
   return store;
 }
 
+/** The journal of the mode: a JetStream stream with NATS (any machine reads it), files otherwise. */
+export async function journalFor(bus: Bus, config: Config, logger: Logger): Promise<Journal> {
+  const retentionMs = config.MICROTASK_RETENTION_HOURS * 3_600_000;
+  const onError = logJournalError(logger);
+  return bus.transport === 'nats'
+    ? BusJournal.open(bus, { subjectPrefix: config.MICROTASK_SUBJECT_PREFIX, retentionMs, onError })
+    : new FileJournal({ dir: stateDirs(config.MICROTASK_STATE_DIR).journal, onError });
+}
+
 /**
  * The daemon on the bus. With NATS its flows' microtasks go to the workers through the
  * task queue; embedded, they run in this process.
  */
-export async function startDaemonService(bus: Bus, config: Config, logger: Logger) {
+export async function startDaemonService(
+  bus: Bus,
+  config: Config,
+  logger: Logger,
+  extra: { inspect?: (event: InspectionEvent) => void; journal?: boolean } = {},
+) {
   const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
   const microtask =
     bus.transport === 'nats'
@@ -140,6 +158,8 @@ export async function startDaemonService(bus: Bus, config: Config, logger: Logge
     store,
     logger,
     outRoot: toolsDir(config.MICROTASK_STATE_DIR),
+    ...(extra.journal === false ? {} : { journal: await journalFor(bus, config, logger) }),
+    ...(extra.inspect ? { inspect: extra.inspect } : {}),
     subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
     // Daemons sharing NATS KV hold leases, so one takes over the flows of another that died.
     ...(bus.transport === 'nats'

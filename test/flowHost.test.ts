@@ -184,4 +184,41 @@ describe('the flow host', () => {
     }
     expect(finished.length).toBeGreaterThanOrEqual(2);
   });
+
+  it('drains: the microtask in flight finishes and is saved, the next one never calls the model, and the resumed flow pays for nothing twice', async () => {
+    const uninterrupted = await setup(slow(5));
+    const reference = uninterrupted.host();
+    const refId = await reference.start('feedback-loop', feedbackInput);
+    await reference.finished(refId);
+    const callsUninterrupted = uninterrupted.runtime.model.calls.length;
+
+    const s = await setup(slow(150));
+    const a = s.host();
+    const flowId = await a.start('feedback-loop', feedbackInput);
+    while (s.runtime.model.calls.length < 1) await new Promise((r) => setTimeout(r, 5));
+    const drainStarted = Date.now();
+    await a.drain(10_000);
+    // It waited for the call in flight (150 ms), not the grace period.
+    expect(Date.now() - drainStarted).toBeLessThan(5_000);
+    expect(s.runtime.model.calls).toHaveLength(1);
+    const saved = (await s.store.load(flowId))!.record;
+    expect(saved.status).toBe('running');
+
+    const b = s.host();
+    expect(await b.resume(flowId)).toBe('resumed');
+    expect((await b.finished(flowId))!.status).toBe('done');
+    expect(s.runtime.model.calls).toHaveLength(callsUninterrupted);
+  });
+
+  it('drains within the grace period: a microtask still in flight then is stopped, and runs again on resume', async () => {
+    const s = await setup(slow(2_000));
+    const a = s.host();
+    const flowId = await a.start('feedback-loop', feedbackInput);
+    while (s.runtime.model.calls.length < 1) await new Promise((r) => setTimeout(r, 5));
+    const drainStarted = Date.now();
+    await a.drain(100);
+    expect(Date.now() - drainStarted).toBeLessThan(1_500);
+    expect((await s.store.load(flowId))!.record.status).toBe('running');
+  });
 });
+

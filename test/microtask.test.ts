@@ -115,11 +115,21 @@ describe('the microtask actor', () => {
     const { runner: runner2, model: model2 } = runnerWith([{ text: 'abandoned', delayMs: 150 }, { text: 'fresh', delayMs: 10 }]);
     const lone = new AbortController();
     const abandoned = runner2.run({ ...task, key: 'k2' }, lone.signal);
+    while (model2.calls.length === 0) await new Promise((r) => setTimeout(r, 2));
     lone.abort();
     const fresh = await runner2.run({ ...task, key: 'k2' });
     expect(fresh.result).toBe('fresh');
     expect((await abandoned).error?.kind).toBe('cancelled');
     expect(model2.calls).toHaveLength(2);
+  });
+
+  it('never calls the model for a run cancelled before its call began (a daemon stopping)', async () => {
+    const { runner, model } = runnerWith([{ text: 'unused', delayMs: 10 }]);
+    const stopped = new AbortController();
+    const run = runner.run(task, stopped.signal);
+    stopped.abort();
+    expect((await run).error?.kind).toBe('cancelled');
+    expect(model.calls).toHaveLength(0);
   });
 
   it('fails fast once the key was refused, and while the server is known to be down', async () => {

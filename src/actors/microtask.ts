@@ -135,6 +135,10 @@ export class MicrotaskRunner {
       log.debug('result found under its key; no model call');
       return { ...stored, cached: true, durationMs: 0 };
     }
+    // Stopped while looking (a daemon shutting down): do not start a call nobody waits for.
+    if (signal.aborted) {
+      return this.failed(input, started, { kind: 'cancelled', message: `microtask ${input.taskType} cancelled before its model call`, retryable: false });
+    }
 
     const schema = input.answer === undefined ? undefined : this.deps.answers?.[input.answer];
     if (input.answer !== undefined && !schema) {

@@ -8,6 +8,8 @@ import type { Logger } from '../log.js';
 import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
 import { FlowHost, newFlowId } from '../flowHost.js';
 import type { SnapshotStore } from '../persistence/SnapshotStore.js';
+import type { Journal } from '../journal/Journal.js';
+import type { InspectionEvent } from 'xstate';
 import {
   FlowIdRequestSchema,
   FlowStartRequestSchema,
@@ -30,6 +32,10 @@ export interface DaemonOptions {
   maxRequestBytes?: number;
   /** With several daemons on one store (NATS): this daemon's name and its lease on a flow. */
   lease?: { owner: string; durationMs: number };
+  /** Where each flow's history goes (`microtask show`, the inspector). */
+  journal?: Journal;
+  /** Sees every inspection event of every flow (Stately's inspector). */
+  inspect?: (event: InspectionEvent) => void;
 }
 
 const requestKey = (requestId: string) => `request.${createHash('sha256').update(requestId).digest('hex').slice(0, 40)}`;
@@ -59,6 +65,8 @@ export class Daemon {
       logger: options.logger,
       outRoot: options.outRoot,
       ...(options.lease ? { lease: options.lease } : {}),
+      ...(options.journal ? { journal: options.journal } : {}),
+      ...(options.inspect ? { inspect: options.inspect } : {}),
       onEvent: async (event) => {
         await this.log.append(this.subjects.flowEvents(event.flowId), JSON.stringify(event));
       },
@@ -86,10 +94,20 @@ export class Daemon {
     this.options.logger.info({ patterns: patternNames }, 'daemon serving');
   }
 
-  /** Stops serving and stops the flows here; their snapshots stay, to be resumed on the next start. */
-  async stop(): Promise<void> {
+  /**
+   * Stops serving and stops the flows here; their snapshots stay, to be resumed on the next
+   * start. With `graceMs`, the microtasks in flight first get that long to finish.
+   */
+  async stop(graceMs?: number): Promise<void> {
     await Promise.all(this.subscriptions.splice(0).map((s) => s.unsubscribe()));
-    await this.host.stop();
+    await (graceMs ? this.host.drain(graceMs) : this.host.stop());
+    await this.options.journal?.flush();
+  }
+
+  /** What the inspector reads: the snapshot store, the journal and the machines. */
+  get parts() {
+    const { store, journal, flows } = this.options;
+    return { store, journal, flows };
   }
 
   /** Starts a flow (or finds the one started for the same requestId). */

@@ -1,0 +1,196 @@
+/**
+ * The setups the benchmark compares, each able to run one flow and say when it is done:
+ *
+ * - bare: the same XState machine and microtask actor, no bus, no persistence (the floor);
+ * - embedded: the daemon over the in-process bus, snapshots and results as fsync'd files;
+ * - nats: the daemon over NATS (JetStream work queue, KV snapshots with leases), one
+ *   worker process, a nats-server of its own.
+ *
+ * A flow is started the way a user starts one (a request on the bus) and is done when
+ * its done message arrives.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createActor, toPromise } from 'xstate';
+import { createMicrotaskLogic, MicrotaskRunner } from '../src/actors/microtask.js';
+import { AnthropicModel } from '../src/actors/model/AnthropicModel.js';
+import type { ModelPort } from '../src/actors/model/ModelPort.js';
+import { MemoryResultsStore } from '../src/actors/ResultsStore.js';
+import type { Bus } from '../src/bus/Bus.js';
+import { MemoryBus } from '../src/bus/MemoryBus.js';
+import { connectNatsBus } from '../src/bus/NatsBus.js';
+import { subjects } from '../src/bus/subjects.js';
+import { loadConfig } from '../src/config.js';
+import { Daemon } from '../src/daemon/Daemon.js';
+import { provideFlows } from '../src/flows.js';
+import { FileJournal } from '../src/journal/FileJournal.js';
+import { silentLogger } from '../src/log.js';
+import { answerSchemas } from '../src/machines/answers.js';
+import { FileResultsStore } from '../src/persistence/FileResultsStore.js';
+import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
+import { startDaemonService } from '../src/services.js';
+import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
+import { benchModel } from './lib.js';
+
+export type Pattern = 'microtask' | 'feedback-loop';
+
+export interface Setup {
+  name: string;
+  /** Runs one flow to its end; false when it did not end `done`. */
+  run(pattern: Pattern, input: Record<string, unknown>): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/** Which model answers: the instant scripted one, or the real SDK against a local server. */
+export type ModelChoice = { kind: 'scripted' } | { kind: 'sdk'; baseURL: string };
+
+const sdkModel = (baseURL: string) =>
+  new AnthropicModel({ apiKey: 'bench-key', baseURL, model: 'claude-bench', maxRetries: 0 });
+const modelOf = (choice: ModelChoice): ModelPort => (choice.kind === 'sdk' ? sdkModel(choice.baseURL) : benchModel());
+
+const machineOf = (flows: ReturnType<typeof provideFlows>, pattern: Pattern) =>
+  pattern === 'microtask' ? flows.microtask : flows.feedbackLoop;
+
+let bareKeys = 0;
+
+/** The floor: the machine and its microtask actor, in memory, nothing saved or sent. */
+export function bareSetup(choice: ModelChoice = { kind: 'scripted' }): Setup {
+  const runner = new MicrotaskRunner({ model: modelOf(choice), results: new MemoryResultsStore(), answers: answerSchemas });
+  const flows = provideFlows({ microtask: createMicrotaskLogic(runner) });
+  return {
+    name: 'bare XState (floor)',
+    async run(pattern, input) {
+      const actor = createActor(machineOf(flows, pattern), { input: { ...input, key: `bare-${++bareKeys}` } as never });
+      actor.start();
+      const output = (await toPromise(actor)) as { status?: string };
+      return output.status === 'done';
+    },
+    close: async () => undefined,
+  };
+}
+
+/**
+ * A client of the daemon's protocol on `bus`: starts a flow by request, resolves when its
+ * done message comes (one subscription for all flows).
+ */
+async function protocolClient(bus: Bus) {
+  const names = subjects();
+  const waiting = new Map<string, (ok: boolean) => void>();
+  const early = new Map<string, boolean>();
+  const subscription = await bus.subscribe(names.flowDone('*'), (message) => {
+    const done = message.json() as { flowId: string; status: string; output?: { status?: string } };
+    const ok = done.status === 'done' && done.output?.status === 'done';
+    const resolve = waiting.get(done.flowId);
+    if (resolve) {
+      waiting.delete(done.flowId);
+      resolve(ok);
+    } else early.set(done.flowId, ok);
+  });
+  return {
+    async run(pattern: Pattern, input: Record<string, unknown>): Promise<boolean> {
+      const answer = (await bus.request(names.flowStart(pattern), JSON.stringify({ input }), { timeoutMs: 60_000 })).json() as {
+        ok: boolean;
+        flowId?: string;
+        error?: unknown;
+      };
+      if (!answer.ok || !answer.flowId) throw new Error(`flow not started: ${JSON.stringify(answer.error)}`);
+      const flowId = answer.flowId;
+      if (early.has(flowId)) {
+        const ok = early.get(flowId)!;
+        early.delete(flowId);
+        return ok;
+      }
+      return new Promise<boolean>((resolve) => waiting.set(flowId, resolve));
+    },
+    close: () => subscription.unsubscribe(),
+  };
+}
+
+/**
+ * Embedded mode: the daemon over the in-process bus, its flows' snapshots in fsync'd
+ * files, microtask results in files (as `microtask daemon` without NATS_URL), with an
+ * optional file journal.
+ */
+export async function embeddedSetup(options: { model?: ModelChoice; journal?: boolean; name?: string } = {}): Promise<Setup> {
+  const dir = await mkdtemp(join(tmpdir(), 'bench-embedded-'));
+  const bus = new MemoryBus();
+  const runner = new MicrotaskRunner({
+    model: modelOf(options.model ?? { kind: 'scripted' }),
+    results: new FileResultsStore(join(dir, 'results')),
+    answers: answerSchemas,
+  });
+  const journal = options.journal ? new FileJournal({ dir: join(dir, 'journal') }) : undefined;
+  const daemon = new Daemon({
+    bus,
+    flows: provideFlows({ microtask: createMicrotaskLogic(runner) }),
+    store: await FileSnapshotStore.open(join(dir, 'flows')),
+    logger: silentLogger,
+    outRoot: join(dir, 'tools'),
+    ...(journal ? { journal } : {}),
+  });
+  await daemon.start();
+  const client = await protocolClient(bus);
+  return {
+    name: options.name ?? 'embedded (in-process bus, fsync’d files)',
+    run: client.run,
+    async close() {
+      await client.close();
+      await daemon.stop();
+      await bus.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Starts `bench/worker.ts` as its own process; resolves when it takes tasks. */
+export async function startWorkerProcess(env: Record<string, string>): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', new URL('./worker.ts', import.meta.url).pathname], {
+    env: { PATH: process.env.PATH ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      if (out.includes('ready')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`bench worker exited with ${code}`)));
+  });
+  return child;
+}
+
+/**
+ * NATS mode: a nats-server of its own, the daemon (this process) over it with KV
+ * snapshots and leases, and one worker process taking the microtasks off the work queue.
+ */
+export async function natsSetup(options: { model?: ModelChoice; inFlight?: number; name?: string; nats?: NatsServer } = {}): Promise<Setup> {
+  const nats = options.nats ?? (await startNatsServer());
+  const env: Record<string, string> = {
+    NATS_URL: nats.url,
+    MICROTASK_LOG_LEVEL: 'silent',
+    MICROTASK_WORKER_CONCURRENCY: String(options.inFlight ?? 64),
+    MICROTASK_SUBJECT_PREFIX: 'microtask',
+    ...(options.model?.kind === 'sdk' ? { BENCH_MODEL: 'sdk', ANTHROPIC_API_KEY: 'bench-key', ANTHROPIC_BASE_URL: options.model.baseURL } : {}),
+  };
+  const config = loadConfig(env);
+  const bus = await connectNatsBus({ servers: [nats.url] });
+  const daemon = await startDaemonService(bus, config, silentLogger);
+  const worker = await startWorkerProcess(env);
+  const clientBus = await connectNatsBus({ servers: [nats.url] });
+  const client = await protocolClient(clientBus);
+  return {
+    name: options.name ?? 'NATS (JetStream queue, KV snapshots, 1 worker process)',
+    run: client.run,
+    async close() {
+      worker.kill('SIGTERM');
+      await new Promise((resolve) => worker.once('exit', resolve));
+      await client.close();
+      await clientBus.close();
+      await daemon.stop();
+      await bus.close();
+      if (!options.nats) await nats.close();
+    },
+  };
+}

@@ -1,14 +1,21 @@
 /**
- * The cost of durable flows: per-transition persistence for each snapshot store, and the
- * time to resume 1,000 unfinished flows. Instant scripted model; one process.
+ * Part 4: the cost of persistence per transition, for each snapshot store, and how it grows
+ * with the snapshot's size (1 KB, 10 KB, 100 KB of context).
  *
- *   npx tsx bench/persistence.ts [flows=300] [unfinished=1000]
+ * - store.save alone: one flow saving revision after revision (the latency of a
+ *   transition's save), and 64 flows saving at once (saves per second);
+ * - in situ: feedback-loop flows (6 microtasks, instant model, 16 in flight) run by a
+ *   FlowHost whose snapshot carries that much context; time per saved transition.
+ *
+ * The in-memory KV store (no durability) is the floor.
+ *
+ *   npx tsx bench/persistence.ts [--quick] [--runs N]
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { createMicrotaskLogic, MicrotaskRunner } from '../src/actors/microtask.js';
-import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { MemoryResultsStore } from '../src/actors/ResultsStore.js';
 import { MemoryBus } from '../src/bus/MemoryBus.js';
 import { connectNatsBus } from '../src/bus/NatsBus.js';
@@ -18,92 +25,169 @@ import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/machines/answers.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
-import type { SnapshotStore } from '../src/persistence/SnapshotStore.js';
+import type { FlowSnapshotRecord, SnapshotStore } from '../src/persistence/SnapshotStore.js';
 import { startNatsServer } from '../src/testing/natsServer.js';
+import { benchModel, feedbackInput, fmt, median, note, quick, ratio, runs, table } from './lib.js';
 
-const flows = Number(process.argv[2] ?? 300);
-const unfinished = Number(process.argv[3] ?? 1000);
-const input = {
-  task: { taskType: 'write', system: 'w', prompt: 'Write.' },
-  verify: { taskType: 'judge', system: 'j', prompt: 'Judge.' },
-  threshold: 0.8,
-  maxIterations: 3,
-};
+const SIZES = [1_024, 10_240, 102_400];
+const sizeName = (bytes: number) => `${bytes / 1024} KB`;
 
-function hostWith(store: SnapshotStore, delayMs = 0) {
-  // Three rounds: two verdicts below the threshold, then one above.
-  let verdicts = 0;
-  const model = new ScriptedModel((request) =>
-    request.schemaName === 'verdict'
-      ? { value: { score: ++verdicts % 3 === 0 ? 0.9 : 0.5, feedback: 'more' }, delayMs }
-      : { text: 'draft', delayMs },
-  );
-  const runner = new MicrotaskRunner({ model, results: new MemoryResultsStore(), answers: answerSchemas });
-  let saves = 0;
-  const counting: SnapshotStore = { ...bind(store), save: (r, rev) => (saves++, store.save(r, rev)) };
-  const host = new FlowHost({ flows: provideFlows({ microtask: createMicrotaskLogic(runner) }), store: counting, logger: silentLogger, outRoot: tmpdir() });
-  return { host, saves: () => saves };
-}
-const bind = (store: SnapshotStore): SnapshotStore => ({
-  save: store.save.bind(store),
-  load: store.load.bind(store),
-  list: store.list.bind(store),
-  delete: store.delete.bind(store),
-  moveAside: store.moveAside.bind(store),
-  prune: store.prune.bind(store),
-});
-
-async function perTransition(name: string, store: SnapshotStore) {
-  const { host, saves } = hostWith(store);
-  const started = performance.now();
-  // 16 flows at a time, as a daemon would run them side by side.
-  for (let i = 0; i < flows; i += 16) {
-    const ids = await Promise.all(Array.from({ length: Math.min(16, flows - i) }, () => host.start('feedback-loop', input)));
-    await Promise.all(ids.map((id) => host.finished(id)));
+/** JSON-typical context of about `bytes`: an array of small records. */
+function context(bytes: number) {
+  const items = [];
+  for (let i = 0, size = 2; size < bytes; i++) {
+    const item = { id: `item-${i}`, text: 'lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod', score: i % 10 / 10 };
+    items.push(item);
+    size += JSON.stringify(item).length + 1;
   }
-  const ms = performance.now() - started;
-  return { name, ms, saves: saves(), perFlow: ms / flows, perSave: ms / saves() };
+  return items;
 }
 
-async function resumeTime(name: string, store: SnapshotStore) {
-  const a = hostWith(store, 600_000).host;
-  for (let i = 0; i < unfinished; i++) await a.start('feedback-loop', input);
-  await new Promise((r) => setTimeout(r, 200));
-  await a.stop();
-  const b = hostWith(store, 600_000).host;
-  const started = performance.now();
-  const { resumed } = await b.resumeAll();
-  const ms = performance.now() - started;
-  await b.stop();
-  return { name, resumed: resumed.length, ms };
+function record(flowId: string, bytes: number): FlowSnapshotRecord {
+  return {
+    flowId,
+    pattern: 'feedback-loop',
+    machineId: 'feedbackLoop',
+    machineVersion: 1,
+    status: 'running',
+    state: 'verifying',
+    updatedAt: new Date().toISOString(),
+    snapshot: { status: 'active', value: 'verifying', context: { notes: context(bytes) }, children: {} },
+    seq: 0,
+  };
 }
 
-const nats = await startNatsServer();
-const bus = await connectNatsBus({ servers: [nats.url] });
-const dir = await mkdtemp(join(tmpdir(), 'bench-persist-'));
-const stores: Array<[string, () => Promise<SnapshotStore>]> = [
-  ['memory KV (no durability: the floor)', async () => new KvSnapshotStore(await new MemoryBus().keyValue(`s${Math.random()}`.replace('.', '')))],
-  ['file (fsync + rename + dir fsync)', async () => FileSnapshotStore.open(await mkdtemp(join(dir, 'f-')))],
-  ['NATS KV (JetStream, CAS)', async () => new KvSnapshotStore(await bus.keyValue(`s${Date.now()}${Math.floor(Math.random() * 1e6)}`))],
-];
+let ids = 0;
+const flowId = () => `bench-${process.pid}-${++ids}`;
 
-console.log(`\n${flows} feedback-loop flows (3 rounds, 6 microtasks each), instant model, 16 at a time\n`);
-console.log('| store | saves | ms per flow | ms per save (transition) | ratio to floor |');
-console.log('|---|---|---|---|---|');
-let floor = 0;
-for (const [name, make] of stores) {
-  const r = await perTransition(name, await make());
-  floor ||= r.perSave;
-  console.log(`| ${name} | ${r.saves} | ${r.perFlow.toFixed(2)} | ${r.perSave.toFixed(3)} | ${(r.perSave / floor).toFixed(1)}x |`);
+/** One flow, `n` saves in a row: ms per save. */
+async function sequentialSaves(store: SnapshotStore, bytes: number, n: number): Promise<number> {
+  const base = record(flowId(), bytes);
+  let revision = await store.save(base, null);
+  const began = performance.now();
+  for (let i = 0; i < n; i++) revision = await store.save({ ...base, seq: i + 1, updatedAt: new Date().toISOString() }, revision);
+  return (performance.now() - began) / n;
 }
-console.log(`\nResume ${unfinished} unfinished flows (each waiting on a model call) after a stop\n`);
-console.log('| store | resumed | ms | ms per flow |');
-console.log('|---|---|---|---|');
-for (const [name, make] of stores.slice(1)) {
-  const r = await resumeTime(name, await make());
-  console.log(`| ${name} | ${r.resumed} | ${r.ms.toFixed(0)} | ${(r.ms / r.resumed).toFixed(2)} |`);
+
+/** 64 flows saving at once, `each` saves per flow: saves per second. */
+async function concurrentSaves(store: SnapshotStore, bytes: number, each: number): Promise<number> {
+  const began = performance.now();
+  await Promise.all(
+    Array.from({ length: 64 }, async () => {
+      const base = record(flowId(), bytes);
+      let revision = await store.save(base, null);
+      for (let i = 0; i < each; i++) revision = await store.save({ ...base, seq: i + 1 }, revision);
+    }),
+  );
+  return (64 * (each + 1)) / ((performance.now() - began) / 1000);
 }
-await bus.close();
-await nats.close();
-await rm(dir, { recursive: true, force: true });
-process.exit(0);
+
+/** Feedback-loop flows through a FlowHost on `store`, the context carrying `bytes`: ms per saved transition. */
+async function inSitu(store: SnapshotStore, bytes: number, flows: number): Promise<{ perSave: number; savesPerFlow: number }> {
+  const runner = new MicrotaskRunner({ model: benchModel(), results: new MemoryResultsStore(), answers: answerSchemas });
+  let saves = 0;
+  const counting: SnapshotStore = {
+    save: (r, rev) => (saves++, store.save(r, rev)),
+    load: (id) => store.load(id),
+    list: (f) => store.list(f),
+    delete: (id) => store.delete(id),
+    moveAside: (id, reason) => store.moveAside(id, reason),
+    prune: (older, statuses) => store.prune(older, statuses),
+  };
+  const host = new FlowHost({ flows: provideFlows({ microtask: createMicrotaskLogic(runner) }), store: counting, logger: silentLogger, outRoot: tmpdir() });
+  const input = { ...feedbackInput, notes: context(bytes) };
+  const began = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      while (next++ < flows) await host.finished(await host.start('feedback-loop', input));
+    }),
+  );
+  const ms = performance.now() - began;
+  return { perSave: ms / saves, savesPerFlow: saves / flows };
+}
+
+export interface PersistenceRow {
+  store: string;
+  size: number;
+  saveMs: number;
+  savesPerSecond64: number;
+  inSituMsPerSave: number;
+  savesPerFlow: number;
+}
+
+export async function runPersistence(): Promise<{ rows: PersistenceRow[]; markdown: string }> {
+  const nats = await startNatsServer();
+  const bus = await connectNatsBus({ servers: [nats.url] });
+  const dir = await mkdtemp(join(tmpdir(), 'bench-persist-'));
+  let buckets = 0;
+  const stores: Array<[string, () => Promise<SnapshotStore>]> = [
+    ['in-memory KV (not durable: the floor)', async () => new KvSnapshotStore(await new MemoryBus().keyValue(`m${++buckets}`))],
+    ['file (temp, fsync, rename, dir fsync)', async () => FileSnapshotStore.open(await mkdtemp(join(dir, 'f-')))],
+    ['NATS KV (JetStream, compare-and-set)', async () => new KvSnapshotStore(await bus.keyValue(`bench${process.pid}x${++buckets}`))],
+  ];
+  const n = quick ? 50 : 200;
+  const flows = quick ? 30 : 100;
+  const samples = new Map<string, { save: number[]; conc: number[]; situ: number[]; perFlow: number[] }>();
+  try {
+    for (let r = 0; r < runs; r++) {
+      for (const bytes of SIZES) {
+        for (const [name, make] of stores) {
+          const store = await make();
+          const key = `${name}|${bytes}`;
+          const s = samples.get(key) ?? { save: [], conc: [], situ: [], perFlow: [] };
+          await sequentialSaves(store, bytes, 10); // warm
+          s.save.push(await sequentialSaves(store, bytes, n));
+          s.conc.push(await concurrentSaves(store, bytes, quick ? 3 : 8));
+          const situ = await inSitu(store, bytes, flows);
+          s.situ.push(situ.perSave);
+          s.perFlow.push(situ.savesPerFlow);
+          samples.set(key, s);
+          note(`run ${r + 1}/${runs} ${name} ${sizeName(bytes)}: ${fmt(s.save.at(-1)!, 3)} ms/save, ${fmt(s.conc.at(-1)!, 0)} saves/s at 64, ${fmt(situ.perSave, 3)} ms/transition in situ`);
+        }
+      }
+    }
+  } finally {
+    await bus.close();
+    await nats.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+  const rows: PersistenceRow[] = [];
+  for (const bytes of SIZES) {
+    for (const [name] of stores) {
+      const s = samples.get(`${name}|${bytes}`)!;
+      rows.push({
+        store: name,
+        size: bytes,
+        saveMs: median(s.save),
+        savesPerSecond64: median(s.conc),
+        inSituMsPerSave: median(s.situ),
+        savesPerFlow: median(s.perFlow),
+      });
+    }
+  }
+  const floorOf = (row: PersistenceRow) => rows.find((r) => r.size === row.size && r.store.startsWith('in-memory'))!;
+  const markdown = table(
+    ['store', 'context', 'ms per save (1 flow, in a row)', 'ratio to floor', 'saves/s (64 flows at once)', 'ms per transition in a feedback loop (16 flows)', 'ratio to floor', 'saves per flow'],
+    rows.map((row) => {
+      const floor = floorOf(row);
+      return [
+        row.store,
+        sizeName(row.size),
+        fmt(row.saveMs, 3),
+        ratio(row.saveMs, floor.saveMs),
+        fmt(row.savesPerSecond64, 0),
+        fmt(row.inSituMsPerSave, 3),
+        ratio(row.inSituMsPerSave, floor.inSituMsPerSave),
+        fmt(row.savesPerFlow, 0),
+      ];
+    }),
+  );
+  return { rows, markdown };
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]!).href) {
+  const { markdown } = await runPersistence();
+  console.log(`\n## 4. Persistence per transition, by snapshot size (median of ${runs} runs)\n\n${markdown}`);
+  process.exit(0);
+}

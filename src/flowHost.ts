@@ -42,6 +42,8 @@ export interface FlowHostOptions {
   journal?: Journal;
 }
 
+type MicrotaskStart = { kind: 'microtask'; actor: string; key: string; taskType: string };
+
 /** What made a flow take a step: the actor that moved, where it went, and on which event. */
 interface StepCause {
   actor: string;
@@ -70,7 +72,7 @@ interface HostedFlow {
   /** The latest transition not yet saved, for the journal. */
   cause: StepCause | undefined;
   /** Microtask actors in flight (journaled at their start). */
-  microtasks: Map<AnyActorRef, { kind: 'microtask'; actor: string; key: string; taskType: string }>;
+  microtasks: Map<AnyActorRef, MicrotaskStart>;
   /** While draining: the microtasks that were in flight when it began, not yet finished. */
   awaiting: Set<AnyActorRef> | undefined;
 }
@@ -401,23 +403,23 @@ export class FlowHost {
   private note(hosted: HostedFlow, ref: AnyActorRef, snapshot: Record<string, unknown>, eventType: string) {
     const machine = (ref as { logic?: { id?: unknown } }).logic?.id;
     if (typeof machine === 'string') {
+      // XState hands a child's result to its parent before it reports the child done: say
+      // the microtask finished before the transition its result caused.
+      if (eventType.startsWith('xstate.done.actor.')) {
+        for (const [child, started] of hosted.microtasks) {
+          const childSnapshot = child.getSnapshot() as { status?: string; output?: unknown };
+          if (childSnapshot.status === 'done') this.microtaskFinished(hosted, child, started, childSnapshot.output);
+        }
+      }
       hosted.cause = { actor: actorPath(ref, hosted.actor), machine, state: snapshot.value, event: eventType };
+      // A child that ends or is stopped with its parent moved nowhere new.
+      if (snapshot.status === 'active' || snapshot.status === 'done') this.journal(hosted, { kind: 'transition', ...hosted.cause });
       return;
     }
     // A promise actor drops its input when done: its start is remembered by reference.
     const started = hosted.microtasks.get(ref);
     if (started) {
-      if (snapshot.status === 'done') {
-        hosted.microtasks.delete(ref);
-        if (this.options.journal) {
-          const result = MicrotaskResultSchema.safeParse(snapshot.output);
-          this.journal(hosted, { ...started, phase: 'finished', ...(result.success ? { result: result.data } : {}) });
-        }
-        // Draining: the flow stops once what it had in flight is done. A microtask its
-        // machine started on this result has not called its model yet (its runner is still
-        // awaiting the results store), so stopping now aborts it before it costs anything.
-        if (hosted.awaiting?.delete(ref) && hosted.awaiting.size === 0) this.park(hosted);
-      }
+      if (snapshot.status === 'done') this.microtaskFinished(hosted, ref, started, snapshot.output);
       return;
     }
     const input = snapshot.input as { taskType?: unknown; key?: unknown; prompt?: unknown; system?: unknown; data?: unknown } | undefined;
@@ -431,6 +433,18 @@ export class FlowHost {
       ...(typeof input.system === 'string' ? { system: input.system } : {}),
       ...(input.data !== undefined ? { data: input.data } : {}),
     });
+  }
+
+  private microtaskFinished(hosted: HostedFlow, ref: AnyActorRef, started: MicrotaskStart, output: unknown) {
+    hosted.microtasks.delete(ref);
+    if (this.options.journal) {
+      const result = MicrotaskResultSchema.safeParse(output);
+      this.journal(hosted, { ...started, phase: 'finished', ...(result.success ? { result: result.data } : {}) });
+    }
+    // Draining: the flow stops once what it had in flight is done. A microtask its machine
+    // started on this result has not called its model yet (its runner is still awaiting
+    // the results store), so stopping now aborts it before it costs anything.
+    if (hosted.awaiting?.delete(ref) && hosted.awaiting.size === 0) this.park(hosted);
   }
 
   private journal(hosted: HostedFlow, entry: DistributiveOmit<JournalEntry, 'flowId' | 'at'>, snapshotJson?: string) {
@@ -499,12 +513,23 @@ export class FlowHost {
 
   private failed(hosted: HostedFlow, e: unknown) {
     if (e instanceof SnapshotConflictError) {
-      // Another daemon owns the flow now: stop here, say why, and let it carry on there.
+      // Someone else wrote the record: another daemon took the flow over (it carries on
+      // there), or `microtask cancel` ended it. Stop here either way, and say which.
       hosted.lost = true;
       hosted.actor.stop();
       this.flows.delete(hosted.flowId);
-      this.options.logger.warn({ flowId: hosted.flowId, reason: e.message }, 'flow taken over by another owner; stopped here');
-      hosted.resolveFinished(hosted.record);
+      void this.options.store
+        .load(hosted.flowId)
+        .catch(() => undefined)
+        .then((stored) => {
+          if (stored && stored.record.status !== 'running') {
+            this.options.logger.info({ flowId: hosted.flowId, status: stored.record.status }, 'flow ended elsewhere (cancelled); stopped here');
+            hosted.resolveFinished(stored.record);
+          } else {
+            this.options.logger.warn({ flowId: hosted.flowId, reason: e.message }, 'flow taken over by another owner; stopped here');
+            hosted.resolveFinished(hosted.record);
+          }
+        });
       return;
     }
     this.options.logger.error({ flowId: hosted.flowId, err: e }, 'could not save or announce a flow transition');

@@ -6,6 +6,7 @@ import { provideFlows } from './flows.js';
 import type { PatternName } from './patterns.js';
 import type { FlowSnapshotRecord } from './persistence/SnapshotStore.js';
 import type { Runtime } from './runtime.js';
+import type { Journal } from './journal/Journal.js';
 
 export { newFlowId } from './flowHost.js';
 
@@ -25,6 +26,8 @@ export interface RunFlowOptions {
   /** For the tool builder: where to write the tool. */
   outRoot?: string;
   inspect?: (event: InspectionEvent) => void;
+  /** Instead of the runtime's journal (a tee for live progress). */
+  journal?: Journal;
   /** Told the flow's id once its first snapshot is saved. */
   onStarted?: (flowId: string) => void;
 }
@@ -37,7 +40,7 @@ function hostFor(runtime: Runtime, options: RunFlowOptions) {
     store: runtime.store,
     logger: runtime.logger,
     outRoot: options.outRoot ?? toolsDir(runtime.config.MICROTASK_STATE_DIR),
-    journal: runtime.journal,
+    journal: options.journal ?? runtime.journal,
     ...(options.inspect ? { inspect: options.inspect } : {}),
   });
 }
@@ -67,4 +70,16 @@ export async function resumeFlow(runtime: Runtime, flowId: string, options: RunF
   const outcome = await host.resume(flowId);
   const record = outcome === 'finished' ? (await runtime.store.load(flowId))!.record : await host.finished(flowId)!;
   return { flowId, outcome, output: outputOf(record), record };
+}
+
+/**
+ * Starts a flow and leaves it saved, not running: another process (`microtask resume`)
+ * runs it. A microtask the start set off is stopped before its model call.
+ */
+export async function startDetached(runtime: Runtime, pattern: PatternName, input: Record<string, unknown>, options: RunFlowOptions = {}) {
+  const host = hostFor(runtime, options);
+  const flowId = await host.start(pattern, input, options.flowId ? { flowId: options.flowId } : {});
+  await host.stop();
+  await runtime.journal.flush();
+  return flowId;
 }

@@ -171,6 +171,14 @@ describe('the flow host', () => {
     expect(steps.some((e) => e.actor === 'root' && e.machine === 'feedbackLoop' && e.event.startsWith('xstate.done.actor'))).toBe(true);
     for (const e of steps) expect(e.rootState).toEqual((e.snapshot as { value: unknown }).value);
 
+    // Every transition as it happened, the root's included, before any save.
+    const transitions = entries.filter((e): e is Extract<JournalEntry, { kind: 'transition' }> => e.kind === 'transition');
+    const rootStates = transitions.filter((e) => e.actor === 'root').map((e) => e.state);
+    expect(rootStates).toContain('generating');
+    expect(rootStates).toContain('verifying');
+    expect(rootStates.at(-1)).toBe('done');
+    expect(transitions.length).toBeGreaterThanOrEqual(steps.length);
+
     const microtasks = entries.filter((e): e is Extract<JournalEntry, { kind: 'microtask' }> => e.kind === 'microtask');
     const started = microtasks.filter((e) => e.phase === 'started');
     const finished = microtasks.filter((e) => e.phase === 'finished');

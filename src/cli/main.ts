@@ -2,23 +2,45 @@ import { constants } from 'node:fs';
 import { access, mkdir, readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { z } from 'zod';
-import type { MicrotaskResult } from '../actors/microtaskTypes.js';
+import type { MicrotaskInput, MicrotaskResult } from '../actors/microtaskTypes.js';
 import { CassetteError } from '../actors/model/CassetteModel.js';
 import { describeIssues } from '../actors/model/prompt.js';
 import { answerSchemas } from '../machines/answers.js';
 import { ConfigError, loadConfig, type Config } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
-import { connectBus, snapshotStore, startDaemonService, startWorkerService } from '../services.js';
+import { connectBus, journalFor, snapshotStore, startDaemonService, startWorkerService } from '../services.js';
 import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
 import { FlowHostError } from '../flowHost.js';
-import { SnapshotStoreError, type FlowSummary, type SnapshotStore } from '../persistence/SnapshotStore.js';
-import { resumeFlow, runFlow, stateDirs, toolsDir, type FlowOutput } from '../runFlow.js';
+import {
+  SnapshotConflictError,
+  SnapshotStoreError,
+  type FlowSnapshotRecord,
+  type FlowSummary,
+  type SnapshotStore,
+} from '../persistence/SnapshotStore.js';
+import { resumeFlow, runFlow, startDetached, stateDirs, toolsDir, type FlowOutput } from '../runFlow.js';
 import { createRuntime } from '../runtime.js';
 import { ToolSpecSchema } from '../toolSpec.js';
 import { totalTokens, type Usage } from '../usage.js';
 import { ExitCode, UsageError } from './exitCodes.js';
-import { progressPrinter } from './progress.js';
 import { readJsonFile } from './readJson.js';
+import { spawn } from 'node:child_process';
+import { openSync } from 'node:fs';
+import { join } from 'node:path';
+import pc from 'picocolors';
+import { fromPromise, type InspectionEvent } from 'xstate';
+import { writeToolFiles } from '../actors/toolWriter.js';
+import type { FlowDone } from '../daemon/protocol.js';
+import { provideFlows } from '../flows.js';
+import { startInspectorServer } from '../inspector/server.js';
+import type { Journal, JournalEntry } from '../journal/Journal.js';
+import { teeJournal } from '../journal/tee.js';
+import type { ModuleRecord, ToolBuilderOutput } from '../machines/toolBuilder.js';
+import { renderToolFiles } from '../toolFiles.js';
+import type { ToolSpec } from '../toolSpec.js';
+import { DaemonClient } from './busClient.js';
+import { colorWanted, progressDisplay, type Progress } from './liveProgress.js';
+import { renderHistory } from './show.js';
 
 const EXIT_CODES_HELP = `
 Exit codes:
@@ -27,10 +49,17 @@ Exit codes:
   2  wrong usage: unknown command or flag, bad input file, bad environment variable
   3  an unexpected error (see the message and the logs)
 
-\`run\` and \`build\` run in this process (embedded); \`daemon\` and \`worker\` use NATS when NATS_URL is set.
+Without NATS_URL everything runs in this process (embedded) with state under MICROTASK_STATE_DIR;
+with NATS_URL, \`build\`, \`cancel\`, \`show\` and \`flows\` talk to the daemons on NATS.
 
 Environment: ANTHROPIC_API_KEY (unset: offline cassette), ANTHROPIC_BASE_URL, MICROTASK_MODEL,
-MICROTASK_STATE_DIR, MICROTASK_TIMEOUT_MS, MICROTASK_LOG_LEVEL, NATS_URL. See the README.`;
+MICROTASK_STATE_DIR, MICROTASK_TIMEOUT_MS, MICROTASK_LOG_LEVEL, NATS_URL, NO_COLOR. See the README.`;
+
+/** Progress of a one-shot flow on stderr, unless --no-progress: live on a terminal, lines otherwise. */
+const progressFor = (options: { progress?: boolean }): Progress | undefined => (options.progress === false ? undefined : progressDisplay());
+
+/** The runtime's journal, also feeding the live progress. */
+const journalWith = (journal: Journal, progress: Progress | undefined) => (progress ? teeJournal(journal, (e) => progress.onEntry(e)) : journal);
 
 async function startRuntime() {
   const config = loadConfig();
@@ -95,9 +124,11 @@ function mainResult(pattern: PatternName, output: Record<string, unknown>): unkn
 }
 
 /** Finished flows older than the retention go: snapshot stores must not grow without bound. */
-async function prune(store: SnapshotStore, config: Config, logger: Logger) {
-  const pruned = await store.prune(new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000));
-  if (pruned) logger.info({ pruned }, 'old finished flows pruned');
+async function prune(store: SnapshotStore, config: Config, logger: Logger, journal?: Journal) {
+  const before = new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000);
+  const pruned = await store.prune(before);
+  const journals = (await journal?.prune(before)) ?? 0;
+  if (pruned || journals) logger.info({ pruned, journals }, 'old finished flows pruned');
 }
 
 function printFlowResult(pattern: string, flowId: string, output: FlowOutput, json: boolean) {
@@ -134,6 +165,93 @@ async function flowsCommand(options: { json?: boolean; status?: string }) {
   }
 }
 
+async function showCommand(flowId: string, options: { json?: boolean; verbose?: boolean; snapshots?: boolean; follow?: boolean }) {
+  const config = loadConfig();
+  const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
+  const bus = await connectBus(config, logger, 'cli');
+  try {
+    const store = await snapshotStore(bus, config, logger);
+    const journal = await journalFor(bus, config, logger);
+    const record = (await store.load(flowId).catch((e: unknown) => {
+      if (e instanceof SnapshotStoreError) throw new UsageError(e.message, e.code);
+      throw e;
+    }))?.record;
+    if (options.follow) return await followFlow(flowId, record, journal, store);
+    const entries = await journal.read(flowId);
+    if (!record && entries.length === 0) throw new UsageError(`no flow ${flowId}: \`microtask flows\` lists them`, 'FLOW_NOT_FOUND');
+    if (options.json) {
+      // Snapshots are the bulk of a journal: only with --snapshots.
+      const strip = (e: JournalEntry) => (e.kind === 'step' && !options.snapshots ? { ...e, snapshot: undefined } : e);
+      printData({ record: record && !options.snapshots ? { ...record, snapshot: undefined } : (record ?? null), entries: entries.map(strip) });
+    } else {
+      process.stdout.write(`${renderHistory(record, entries, pc.createColors(colorWanted(process.stdout)), options.verbose ?? false)}\n`);
+    }
+    return ExitCode.ok;
+  } finally {
+    await bus.close();
+  }
+}
+
+/** `show --follow`: the live progress of a flow until it ends (or Ctrl-C), from any process. */
+async function followFlow(flowId: string, record: FlowSnapshotRecord | undefined, journal: Journal, store: SnapshotStore) {
+  if (!record) throw new UsageError(`no flow ${flowId}: \`microtask flows\` lists them`, 'FLOW_NOT_FOUND');
+  const progress = progressDisplay();
+  let ended: (status: string) => void;
+  const end = new Promise<string>((resolve) => (ended = resolve));
+  const follow = await journal.follow(flowId, (e) => {
+    progress.onEntry(e);
+    if (e.kind === 'flow' && e.phase === 'ended') ended(e.status);
+  });
+  // A flow that ended before the journal saw it (or whose end was not journaled) ends the follow too.
+  const poll = setInterval(() => {
+    void store.load(flowId).then((s) => s && s.record.status !== 'running' && ended(s.record.status), () => undefined);
+  }, 1_000);
+  process.once('SIGINT', () => ended('interrupted'));
+  const status = await end;
+  clearInterval(poll);
+  await follow.stop();
+  progress.done();
+  return status === 'done' ? ExitCode.ok : status === 'interrupted' ? ExitCode.ok : ExitCode.flowFailed;
+}
+
+async function cancelCommand(flowId: string) {
+  const config = loadConfig();
+  const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
+  const bus = await connectBus(config, logger, 'cli');
+  try {
+    if (bus.transport === 'nats') {
+      await new DaemonClient(bus, config.MICROTASK_SUBJECT_PREFIX).cancel(flowId);
+      process.stderr.write(`cancelled ${flowId}\n`);
+      return ExitCode.ok;
+    }
+    // Embedded: the record says cancelled (compare-and-set). A process running the flow
+    // finds its next save refused and stops it there; a resume finds it ended.
+    const store = await snapshotStore(bus, config, logger);
+    for (;;) {
+      const stored = await store.load(flowId).catch((e: unknown) => {
+        if (e instanceof SnapshotStoreError) throw new UsageError(e.message, e.code);
+        throw e;
+      });
+      if (!stored) throw new UsageError(`no flow ${flowId}: \`microtask flows\` lists them`, 'FLOW_NOT_FOUND');
+      if (stored.record.status !== 'running') throw new UsageError(`flow ${flowId} already ended: ${stored.record.status}`, 'FLOW_FINISHED');
+      const error = { code: 'CANCELLED', message: 'cancelled by `microtask cancel`' };
+      try {
+        await store.save({ ...stored.record, status: 'cancelled', error, updatedAt: new Date().toISOString() }, stored.revision);
+      } catch (e) {
+        if (e instanceof SnapshotConflictError) continue;
+        throw e;
+      }
+      const journal = await journalFor(bus, config, logger);
+      journal.append({ kind: 'flow', flowId, at: new Date().toISOString(), phase: 'ended', pattern: stored.record.pattern, status: 'cancelled', error });
+      await journal.close();
+      process.stderr.write(`cancelled ${flowId}\n`);
+      return ExitCode.ok;
+    }
+  } finally {
+    await bus.close();
+  }
+}
+
 async function resumeCommand(flowId: string, options: { json?: boolean; progress?: boolean }) {
   const config = loadConfig();
   if (config.NATS_URL) {
@@ -142,7 +260,9 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
   const runtime = await startRuntime();
   let result;
   try {
-    result = await resumeFlow(runtime, flowId, options.progress === false ? {} : { inspect: progressPrinter() });
+    const progress = progressFor(options);
+    result = await resumeFlow(runtime, flowId, { journal: journalWith(runtime.journal, progress) }).finally(() => progress?.done());
+    await runtime.journal.flush();
   } catch (e) {
     if (e instanceof FlowHostError || e instanceof SnapshotStoreError) throw new UsageError(e.message, e.code);
     throw e;
@@ -151,22 +271,35 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
   return printFlowResult(result.record.pattern, flowId, result.output, options.json ?? false);
 }
 
-async function runCommand(patternArg: string, options: { input: string; json?: boolean; out?: string; progress?: boolean }) {
+async function runCommand(patternArg: string, options: { input: string; json?: boolean; out?: string; progress?: boolean; inspect?: boolean }) {
   if (!isPatternName(patternArg)) throw new UsageError(`unknown pattern "${patternArg}"; one of: ${patternNames.join(', ')}`);
   const pattern = patternArg;
   if (options.out !== undefined && pattern !== 'tool-builder') throw new UsageError('--out is for the tool-builder pattern only');
   if (pattern === 'tool-builder') await assertWritableDirectory(options.out ?? toolsDir(loadConfig().MICROTASK_STATE_DIR));
   const input = await readJsonFile(options.input, patternInputSchemas[pattern] as z.ZodType<Record<string, unknown>>, `${pattern} input`);
   const runtime = await startRuntime();
-  await prune(runtime.store, runtime.config, runtime.logger);
-  const { flowId, output } = await runFlow(runtime, pattern, input, {
-    onStarted: hintResumeOnInterrupt,
-    outRoot: options.out,
-    ...(options.progress === false ? {} : { inspect: progressPrinter() }),
-  });
-  return printFlowResult(pattern, flowId, output, options.json ?? false);
+  await prune(runtime.store, runtime.config, runtime.logger, runtime.journal);
+  const stately = options.inspect ? await statelyFor(runtime.logger) : undefined;
+  const progress = progressFor(options);
+  try {
+    const { flowId, output } = await runFlow(runtime, pattern, input, {
+      onStarted: hintResumeOnInterrupt,
+      outRoot: options.out,
+      journal: journalWith(runtime.journal, progress),
+      ...(stately ? { inspect: stately.inspect } : {}),
+    }).finally(() => progress?.done());
+    await runtime.journal.flush();
+    return printFlowResult(pattern, flowId, output, options.json ?? false);
+  } finally {
+    stately?.stop();
+  }
 }
 
+const port = (value: string) => {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65_535) throw new InvalidArgumentError('a port is a whole number from 0 to 65535');
+  return n;
+};
 const positiveInt = (what: string) => (value: string) => {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${what} must be a whole number of at least 1`);
@@ -178,14 +311,28 @@ const unitInterval = (value: string) => {
   return n;
 };
 
-async function buildCommand(
-  specFile: string,
-  options: { out?: string; json?: boolean; threshold?: number; maxCalls?: number; maxTokens?: number; progress?: boolean },
-) {
+interface BuildOptions {
+  out?: string;
+  json?: boolean;
+  threshold?: number;
+  maxCalls?: number;
+  maxTokens?: number;
+  progress?: boolean;
+  detach?: boolean;
+}
+
+async function buildCommand(specFile: string, options: BuildOptions) {
   const spec = await readJsonFile(specFile, ToolSpecSchema, 'tool spec');
   const config = loadConfig();
   const outRoot = options.out ?? toolsDir(config.MICROTASK_STATE_DIR);
-  await assertWritableDirectory(outRoot);
+  if (!options.detach) await assertWritableDirectory(outRoot);
+  const budget =
+    options.maxCalls || options.maxTokens
+      ? { ...(options.maxCalls ? { maxCalls: options.maxCalls } : {}), ...(options.maxTokens ? { maxTokens: options.maxTokens } : {}) }
+      : undefined;
+  const extra = { ...(options.threshold !== undefined ? { threshold: options.threshold } : {}), ...(budget ? { budget } : {}) };
+  if (config.NATS_URL) return buildOverBus(spec, extra, outRoot, config, options);
+
   const runtime = await startRuntime();
   if (runtime.model.name === 'cassette' && !config.MICROTASK_CASSETTE && !(await isExampleSpec(spec))) {
     throw new UsageError(
@@ -194,29 +341,86 @@ async function buildCommand(
       'OFFLINE_UNKNOWN_SPEC',
     );
   }
-  const budget =
-    options.maxCalls || options.maxTokens
-      ? { ...(options.maxCalls ? { maxCalls: options.maxCalls } : {}), ...(options.maxTokens ? { maxTokens: options.maxTokens } : {}) }
-      : undefined;
-  await prune(runtime.store, runtime.config, runtime.logger);
-  const { flowId, output } = await runFlow(
-    runtime,
-    'tool-builder',
-    { spec, ...(options.threshold !== undefined ? { threshold: options.threshold } : {}), ...(budget ? { budget } : {}) },
-    { outRoot, onStarted: hintResumeOnInterrupt, ...(options.progress === false ? {} : { inspect: progressPrinter() }) },
-  );
-  if (options.json) printData({ flowId, pattern: 'tool-builder', ...output });
+  await prune(runtime.store, runtime.config, runtime.logger, runtime.journal);
+  if (options.detach) {
+    // Saved, then run to its end by a process of its own: this one returns the id at once.
+    const flowId = await startDetached(runtime, 'tool-builder', { spec, ...extra }, { outRoot });
+    const log = join(config.MICROTASK_STATE_DIR, 'logs', `${flowId}.log`);
+    await mkdir(join(config.MICROTASK_STATE_DIR, 'logs'), { recursive: true });
+    const fd = openSync(log, 'a');
+    spawn(process.execPath, [process.argv[1]!, 'resume', flowId, '--no-progress', '--json'], {
+      detached: true,
+      stdio: ['ignore', fd, fd],
+      env: process.env,
+    }).unref();
+    printData(flowId);
+    process.stderr.write(`started ${flowId} in the background (log: ${log}); follow it with \`microtask show ${flowId}\`\n`);
+    return ExitCode.ok;
+  }
+  const progress = progressFor(options);
+  const { flowId, output } = await runFlow(runtime, 'tool-builder', { spec, ...extra }, {
+    outRoot,
+    onStarted: hintResumeOnInterrupt,
+    journal: journalWith(runtime.journal, progress),
+  }).finally(() => progress?.done());
+  await runtime.journal.flush();
+  return printBuildResult(spec.name, flowId, output, options.json ?? false);
+}
+
+function printBuildResult(name: string, flowId: string, output: Record<string, unknown>, json: boolean) {
+  if (json) printData({ flowId, pattern: 'tool-builder', ...output });
   else {
     if (output.dir) printData(output.dir);
-    const files = (output.files as string[]).length;
+    const files = ((output.files as string[] | undefined) ?? []).length;
     process.stderr.write(
-      `${spec.name} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ` +
-        `${files ? `${files} files written` : 'nothing written'}; ${describeUsage(output.usage as Usage)}\n` +
+      `${name} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ` +
+        `${files ? `${files} files written` : 'nothing written'}; ${output.usage ? describeUsage(output.usage as Usage) : ''}\n` +
         (output.dir ? `try it: node ${output.dir}/src/cli.js --help\n` : '') +
         offlineHint(output),
     );
   }
   return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
+}
+
+/**
+ * \`build\` with NATS: publishes the request, follows the flow's journal for progress and
+ * its done message for the output, and writes the tool here (the daemon may run on
+ * another machine: its disk is not ours).
+ */
+async function buildOverBus(spec: ToolSpec, extra: { threshold?: number; budget?: unknown }, outRoot: string, config: Config, options: BuildOptions) {
+  const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
+  const bus = await connectBus(config, logger, 'cli');
+  try {
+    const client = new DaemonClient(bus, config.MICROTASK_SUBJECT_PREFIX);
+    const flowId = await client.build(spec, extra);
+    if (options.detach) {
+      printData(flowId);
+      process.stderr.write(`started ${flowId} on the daemon; follow it with \`microtask show ${flowId} --follow\`\n`);
+      return ExitCode.ok;
+    }
+    process.stderr.write(`started ${flowId} on the daemon (Ctrl-C stops following; the flow goes on)\n`);
+    const progress = progressFor(options);
+    const journal = progress ? await journalFor(bus, config, logger) : undefined;
+    const follow = progress && journal ? await journal.follow(flowId, (e) => progress.onEntry(e)) : undefined;
+    let done: FlowDone;
+    try {
+      done = await client.done(flowId);
+    } finally {
+      await follow?.stop();
+      progress?.done();
+    }
+    const output = (done.output ?? { status: 'failed', reason: done.error?.message ?? done.status }) as ToolBuilderOutput & Record<string, unknown>;
+    // Written here, from the modules in the output: the same files the daemon wrote on its side.
+    if (output.entry && output.modules?.length) {
+      const modules = Object.fromEntries(output.modules.filter((m: ModuleRecord) => m.code !== undefined).map((m: ModuleRecord) => [m.name, m.code!]));
+      await assertWritableDirectory(outRoot);
+      const { dir, written } = await writeToolFiles(outRoot, spec.name, renderToolFiles(spec, modules, output.entry));
+      Object.assign(output, { dir, files: written });
+    }
+    return printBuildResult(spec.name, flowId, output, options.json ?? false);
+  } finally {
+    await bus.close();
+  }
 }
 
 /**
@@ -230,8 +434,8 @@ async function serveUntilSignal(stop: () => Promise<void>, logger: Logger): Prom
     let stopping = false;
     const onSignal = (signal: NodeJS.Signals) => {
       if (stopping) {
-        logger.warn({ signal }, 'second signal: exiting now');
-        process.exit(ExitCode.flowFailed);
+        logger.warn({ signal }, 'second signal: exiting now (the snapshots are saved; a restart resumes the flows)');
+        process.exit(130);
       }
       stopping = true;
       logger.info({ signal }, 'stopping: no new work, finishing what is in flight (signal again to exit now)');
@@ -256,25 +460,63 @@ function hintResumeOnInterrupt(flowId: string) {
   });
 }
 
-async function daemonCommand(options: { worker?: boolean }) {
+interface DaemonOptions {
+  worker?: boolean;
+  inspect?: boolean;
+  inspector?: boolean;
+  inspectorPort?: number;
+}
+
+/** Stately's inspector (@statelyai/inspect) for `--inspect`. */
+async function statelyFor(logger: Logger): Promise<{ inspect: (event: InspectionEvent) => void; stop(): void }> {
+  const { startStatelyInspector } = await import('../inspector/stately.js');
+  return startStatelyInspector({ logger });
+}
+
+async function daemonCommand(options: DaemonOptions) {
   const config = loadConfig();
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'info');
   const bus = await connectBus(config, logger, 'daemon');
+  const stately = options.inspect ? await statelyFor(logger) : undefined;
   // Embedded, microtasks run in the daemon itself; with NATS, on workers (or here with --worker).
   const withWorker = options.worker === true && bus.transport === 'nats';
   const worker = withWorker ? await startWorkerService(bus, config, logger) : undefined;
-  const daemon = await startDaemonService(bus, config, logger);
-  logger.info(
-    { bus: bus.transport, prefix: config.MICROTASK_SUBJECT_PREFIX, worker: withWorker },
-    bus.transport === 'memory'
-      ? 'daemon running embedded (no NATS_URL): in-process bus, reachable only from this process'
-      : 'daemon running',
-  );
+  const daemon = await startDaemonService(bus, config, logger, stately ? { inspect: stately.inspect } : {});
+  const inspector =
+    options.inspector === false
+      ? undefined
+      : await serveInspector(daemon.parts, config, logger, options.inspectorPort ?? config.MICROTASK_INSPECTOR_PORT).catch((e: unknown) => {
+          // The daemon is worth running without its page: say why there is none.
+          logger.error({ err: e }, `inspector page not served: ${(e as Error).message}`);
+          return undefined;
+        });
+  const where = bus.transport === 'nats' ? `NATS ${config.NATS_URL!.join(', ')}` : 'embedded (no NATS_URL): requests from this process only';
+  logger.info({ transport: bus.transport, worker: withWorker, inspector: inspector?.url }, `daemon ready: ${where}`);
+  const grace = config.MICROTASK_SHUTDOWN_GRACE_MS;
   return serveUntilSignal(async () => {
-    await daemon.stop();
-    await worker?.stop();
+    await inspector?.close();
+    // Workers and the daemon drain side by side: the daemon's flows wait on the workers' tasks.
+    await Promise.all([daemon.stop(grace), worker ? stopWithin(worker.stop(), grace, logger) : undefined]);
+    stately?.stop();
     await bus.close();
   }, logger);
+}
+
+/** The inspector page of the daemon (or of `microtask inspect`), where the config says. */
+async function serveInspector(parts: { store: SnapshotStore; journal?: Journal | undefined; flows: ReturnType<typeof provideFlows> }, config: Config, logger: Logger, port: number) {
+  if (!parts.journal) throw new Error('no journal to show');
+  const server = await startInspectorServer({ journal: parts.journal, store: parts.store, flows: parts.flows, logger, host: config.MICROTASK_INSPECTOR_HOST, port });
+  logger.info({ url: server.url }, `inspector: ${server.url}`);
+  return server;
+}
+
+/** Waits for `stopping` at most `graceMs`; what is still in flight then is left to the queue's redelivery. */
+async function stopWithin(stopping: Promise<void>, graceMs: number, logger: Logger) {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), graceMs)));
+  const outcome = await Promise.race([stopping.then(() => 'stopped' as const), late]);
+  clearTimeout(timer);
+  if (outcome === 'late') logger.warn({ graceMs }, 'grace period over: tasks still running are left to the queue (delivered again)');
 }
 
 async function workerCommand(options: { concurrency?: number }) {
@@ -290,10 +532,44 @@ async function workerCommand(options: { concurrency?: number }) {
     logger,
   );
   return serveUntilSignal(async () => {
-    await worker.stop();
+    await stopWithin(worker.stop(), config.MICROTASK_SHUTDOWN_GRACE_MS, logger);
     await bus.close();
   }, logger);
 }
+
+/** `microtask inspect`: the inspector page over the flows of this mode, without running a daemon. */
+async function inspectCommand(flowId: string | undefined, options: { port?: number }) {
+  const config = loadConfig();
+  const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'warn');
+  const bus = await connectBus(config, logger, inspectorRole(config));
+  const store = await snapshotStore(bus, config, logger);
+  const journal = await journalFor(bus, config, logger);
+  // The machines' definitions only: nothing here runs a microtask.
+  const flows = provideFlows({ microtask: fromPromise<MicrotaskResult, MicrotaskInput>(() => Promise.reject(new Error('the inspector runs no microtask'))) });
+  const server = await startInspectorServer({
+    journal,
+    store,
+    flows,
+    logger,
+    host: config.MICROTASK_INSPECTOR_HOST,
+    port: options.port ?? config.MICROTASK_INSPECTOR_PORT,
+  }).catch((e: unknown) => {
+    if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new UsageError(`port ${options.port ?? config.MICROTASK_INSPECTOR_PORT} is taken (a daemon serves its inspector there already?): choose another with --port`, 'PORT_IN_USE');
+    }
+    throw e;
+  });
+  const url = flowId ? `${server.url}#/flows/${encodeURIComponent(flowId)}` : server.url;
+  printData(url);
+  process.stderr.write(`inspector serving ${bus.transport === 'nats' ? 'the flows on NATS' : `the flows under ${config.MICROTASK_STATE_DIR}`}; Ctrl-C to stop\n`);
+  return serveUntilSignal(async () => {
+    await server.close();
+    await bus.close();
+  }, logger);
+}
+
+/** The inspector is a long-running reader: it waits for NATS like a service. */
+const inspectorRole = (config: Config) => (config.NATS_URL ? 'inspector' : 'cli');
 
 export function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('microtask')
@@ -310,7 +586,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .requiredOption('-i, --input <file>', "JSON file with the pattern's input")
     .option('--json', 'print the whole output as JSON')
     .option('--out <dir>', 'tool-builder only: write the tool under this directory')
-    .option('--no-progress', 'do not print state changes on stderr')
+    .option('--no-progress', 'do not print progress on stderr')
+    .option('--inspect', "send this flow's actors to Stately's inspector (@statelyai/inspect)")
     .addHelpText(
       'after',
       `
@@ -320,21 +597,33 @@ Examples:
 
 Inputs are checked against each pattern's schema (src/patterns.ts); examples/ has one per pattern.`,
     )
-    .action(async (pattern: string, options: { input: string; json?: boolean; out?: string; progress?: boolean }) => {
+    .action(async (pattern: string, options: Parameters<typeof runCommand>[1]) => {
       setExit(await runCommand(pattern, options));
     });
 
   program
     .command('build')
-    .description('build a tool from a spec with the tool builder, in embedded mode, and write it')
+    .description('build a tool from a spec with the tool builder and write it (embedded; with NATS_URL, by a daemon)')
     .argument('<spec.json>', 'the tool spec: {name, description, modules: [{name, purpose}]}')
     .option('--out <dir>', 'write the tool to <dir>/<name> (default: $MICROTASK_STATE_DIR/tools)')
     .option('--json', 'print the whole output as JSON')
     .addOption(new Option('--threshold <n>', 'quality a module must reach, 0..1 (default 0.8)').argParser(unitInterval))
     .addOption(new Option('--max-calls <n>', 'stop before more model calls than this').argParser(positiveInt('--max-calls')))
     .addOption(new Option('--max-tokens <n>', 'stop once this many tokens are spent').argParser(positiveInt('--max-tokens')))
-    .option('--no-progress', 'do not print state changes on stderr')
-    .addHelpText('after', '\nExample:\n  microtask build examples/api-tester.json\n  node .microtask/tools/api-tester/src/cli.js --help')
+    .option('--no-progress', 'do not print progress on stderr')
+    .option('--detach', 'start the build and print its flow id at once; it runs on (a daemon, or a background process)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  microtask build examples/api-tester.json
+  node .microtask/tools/api-tester/src/cli.js --help
+  NATS_URL=nats://127.0.0.1:4222 microtask build examples/api-tester.json --detach
+
+With NATS_URL set, the request goes to the daemons on NATS (docs/protocol.md); the tool is
+written here, from the modules in the flow's output. On a terminal the progress is one live
+block; piped, a line per change. Stdout gets the tool's directory (or the output with --json).`,
+    )
     .action(async (specFile: string, options: Parameters<typeof buildCommand>[1]) => {
       setExit(await buildCommand(specFile, options));
     });
@@ -346,6 +635,40 @@ Inputs are checked against each pattern's schema (src/patterns.ts); examples/ ha
     .option('--json', 'print the list as JSON')
     .action(async (options: { json?: boolean; status?: string }) => {
       setExit(await flowsCommand(options));
+    });
+
+  program
+    .command('show')
+    .description("a flow's history: each transition and microtask, with tokens and durations")
+    .argument('<flowId>', 'the flow, as `microtask flows` lists it')
+    .option('--json', 'print the record and the journal entries as JSON')
+    .option('-v, --verbose', "also print each microtask's prompt and answer")
+    .option('--snapshots', 'with --json: include the snapshot saved at each step')
+    .option('-f, --follow', 'follow the flow live until it ends (Ctrl-C stops following, not the flow)')
+    .action(async (flowId: string, options: Parameters<typeof showCommand>[1]) => {
+      setExit(await showCommand(flowId, options));
+    });
+
+  program
+    .command('cancel')
+    .description('cancel a running flow (with NATS_URL: the daemon running it stops it)')
+    .argument('<flowId>', 'the flow, as `microtask flows` lists it')
+    .addHelpText('after', '\nA cancelled flow ends with status `cancelled` and cannot be resumed. Exit 2 when it is unknown or has ended.')
+    .action(async (flowId: string) => {
+      setExit(await cancelCommand(flowId));
+    });
+
+  program
+    .command('inspect')
+    .description('serve the inspector page on localhost over the flows of this mode, and print its URL')
+    .argument('[flowId]', 'print the URL of this flow')
+    .addOption(new Option('--port <n>', 'listen on this port (default MICROTASK_INSPECTOR_PORT, 7420; 0 = any free)').argParser(port))
+    .addHelpText(
+      'after',
+      '\nThe daemon serves the same page (on MICROTASK_INSPECTOR_PORT); this is for flows run with `microtask run`\nor `build`, or to look at NATS flows from another machine. It needs no internet.',
+    )
+    .action(async (flowId: string | undefined, options: { port?: number }) => {
+      setExit(await inspectCommand(flowId, options));
     });
 
   program
@@ -363,11 +686,21 @@ Inputs are checked against each pattern's schema (src/patterns.ts); examples/ ha
     .command('daemon')
     .description('serve the bus protocol: tool builds, flows of any pattern, status, cancel (docs/protocol.md)')
     .option('--worker', 'with NATS_URL: also run a worker in this process')
+    .option('--inspect', "send every flow's actors to Stately's inspector (@statelyai/inspect)")
+    .addOption(new Option('--inspector-port <n>', 'serve the inspector page on this port (default MICROTASK_INSPECTOR_PORT, 7420)').argParser(port))
+    .option('--no-inspector', 'do not serve the inspector page')
     .addHelpText(
       'after',
-      '\nWith NATS_URL set it serves NATS clients and keeps snapshots in NATS KV; without it, it runs embedded\n(in-process bus, microtasks in this process, snapshots under MICROTASK_STATE_DIR). On start it resumes\nevery unfinished flow. SIGINT/SIGTERM: stop taking requests, save, exit 0.',
+      `
+With NATS_URL set it serves NATS clients and keeps snapshots in NATS KV; without it, it runs embedded
+(in-process bus, microtasks in this process, snapshots under MICROTASK_STATE_DIR). On start it resumes
+every unfinished flow. It serves the inspector page on http://MICROTASK_INSPECTOR_HOST:PORT (127.0.0.1:7420).
+
+SIGINT/SIGTERM: stop taking requests, let the microtasks in flight finish (MICROTASK_SHUTDOWN_GRACE_MS,
+20 s), save every flow, close the connection, exit 0. A second signal exits at once (exit 130): the
+snapshots make that safe, and a restart resumes the flows.`,
     )
-    .action(async (options: { worker?: boolean }) => {
+    .action(async (options: DaemonOptions) => {
       setExit(await daemonCommand(options));
     });
 
@@ -375,7 +708,10 @@ Inputs are checked against each pattern's schema (src/patterns.ts); examples/ ha
     .command('worker')
     .description('take microtasks from the NATS work queue and run them (needs NATS_URL)')
     .addOption(new Option('-c, --concurrency <n>', 'tasks in flight at most (default MICROTASK_WORKER_CONCURRENCY, 8)').argParser(positiveInt('--concurrency')))
-    .addHelpText('after', '\nRun as many as you like, on any machines, against the same NATS: they share the queue.')
+    .addHelpText(
+      'after',
+      '\nRun as many as you like, on any machines, against the same NATS: they share the queue.\nSIGINT/SIGTERM: take no new task, finish those in flight (MICROTASK_SHUTDOWN_GRACE_MS), exit 0.',
+    )
     .action(async (options: { concurrency?: number }) => {
       setExit(await workerCommand(options));
     });

@@ -5,8 +5,9 @@ import { MicrotaskResultSchema } from '../actors/microtaskTypes.js';
  * The flow journal: what happened in a flow, in order, for people (`microtask show`, the
  * inspector's log and time travel, the live progress of `microtask build`). Where the
  * snapshot store keeps only a flow's latest snapshot (to resume it), the journal keeps
- * every step: each saved snapshot, each microtask with its prompt, answer, tokens and
- * duration, and the flow's start, resumes and end.
+ * the history: each transition of each machine as it happens, each saved snapshot (a
+ * step: several transitions in quick succession share one save), each microtask with
+ * its prompt, answer, tokens and duration, and the flow's start, resumes and end.
  *
  * It is a diagnostic record, not the source of truth: entries are written after the
  * snapshot they describe is saved, in order per flow, without holding the flow up; a
@@ -33,7 +34,16 @@ export const JournalEntrySchema = z.discriminatedUnion('kind', [
   }),
   z.object({
     ...base,
-    /** A snapshot of the flow was saved: some machine in it took a transition. */
+    /** A machine of the flow (the root, or a child flow) took a transition: as it happened, before it is saved. */
+    kind: z.literal('transition'),
+    actor,
+    machine: z.string(),
+    state: z.unknown(),
+    event: z.string(),
+  }),
+  z.object({
+    ...base,
+    /** A snapshot of the flow was saved (after one or more transitions): a point to travel back to. */
     kind: z.literal('step'),
     /** 1, 2, … per flow across resumes: the position for time travel. */
     step: z.number().int().positive(),

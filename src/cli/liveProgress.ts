@@ -1,0 +1,119 @@
+import { createLogUpdate } from 'log-update';
+import pc from 'picocolors';
+import type { JournalEntry } from '../journal/Journal.js';
+import { formatState, formatTokens } from './format.js';
+
+/** Child machines in the live block: the latest ones that moved (a tool build has dozens). */
+const MAX_CHILDREN_SHOWN = 6;
+
+type MicrotaskEntry = Extract<JournalEntry, { kind: 'microtask' }>;
+
+export interface ProgressOptions {
+  /** Where it goes: stderr (stdout is for data). */
+  stream?: NodeJS.WriteStream;
+  /** Redraw one live block (a terminal) or print a line per change (a pipe, a log file). */
+  live?: boolean;
+  color?: boolean;
+}
+
+export interface Progress {
+  /** Takes the flow's journal entries, in order. */
+  onEntry(entry: JournalEntry): void;
+  /** Leaves the last picture (live) and stops redrawing. */
+  done(): void;
+}
+
+/** Colors on a terminal unless NO_COLOR is set (https://no-color.org). */
+export const colorWanted = (stream: NodeJS.WriteStream = process.stderr) =>
+  Boolean(stream.isTTY) && !('NO_COLOR' in process.env && process.env.NO_COLOR !== '') && process.env.TERM !== 'dumb';
+
+/**
+ * The progress of one flow, from its journal: each machine's state, the microtasks in
+ * flight with their time so far, and the finished ones with tokens and durations. On a
+ * terminal it is one block redrawn in place; elsewhere a line per change, which a script
+ * or a log file can read.
+ */
+export function progressDisplay(options: ProgressOptions = {}): Progress {
+  const stream = options.stream ?? process.stderr;
+  const live = options.live ?? Boolean(stream.isTTY);
+  const c = pc.createColors(options.color ?? colorWanted(stream));
+  const write = (line: string) => stream.write(`${line}\n`);
+
+  const machines = new Map<string, { machine: string; state: string }>();
+  const inFlight = new Map<string, { entry: MicrotaskEntry; since: number }>();
+  const totals = { done: 0, failed: 0, cached: 0, inputTokens: 0, outputTokens: 0 };
+  let header = '';
+  let status = 'running';
+  const started = Date.now();
+
+  const depth = (actor: string) => (actor === 'root' ? 0 : actor.split('/').length);
+  const actorName = (actor: string) => (actor === 'root' ? '' : ` ${c.dim(actor)}`);
+
+  const render = () => {
+    const lines = [`${c.bold(header)} ${status === 'running' ? c.cyan(status) : status === 'done' ? c.green(status) : c.red(status)} ${c.dim(`${((Date.now() - started) / 1000).toFixed(1)}s`)}`];
+    const shown = [...machines].filter(([actor], i, all) => actor === 'root' || i >= all.length - MAX_CHILDREN_SHOWN);
+    for (const [actor, { machine, state }] of shown) lines.push(`${'  '.repeat(depth(actor) + 1)}${machine}${actorName(actor)}: ${c.yellow(state)}`);
+    const frame = '⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏'[Math.floor(Date.now() / 100) % 10];
+    for (const { entry, since } of inFlight.values()) {
+      lines.push(`  ${c.cyan(frame ?? '*')} ${entry.taskType} ${c.dim(entry.key)} ${c.dim(`${((Date.now() - since) / 1000).toFixed(1)}s`)}`);
+    }
+    lines.push(
+      `  ${c.green(`${totals.done} microtasks done`)}${totals.failed ? `, ${c.red(`${totals.failed} failed`)}` : ''}${totals.cached ? `, ${totals.cached} from stored results` : ''}; ${formatTokens(totals.inputTokens, totals.outputTokens)}`,
+    );
+    return lines.join('\n');
+  };
+
+  const logUpdate = live ? createLogUpdate(stream, { showCursor: true }) : undefined;
+  const timer = live ? setInterval(() => logUpdate!(render()), 100) : undefined;
+  timer?.unref();
+
+  return {
+    onEntry(entry) {
+      switch (entry.kind) {
+        case 'flow':
+          header = `${entry.pattern} ${entry.flowId}`;
+          status = entry.status;
+          if (!live) write(`${header}: ${entry.phase}${entry.phase === 'ended' ? ` (${entry.status}${entry.error ? `: ${entry.error.message}` : ''})` : ''}`);
+          break;
+        case 'step':
+          break;
+        case 'transition': {
+          const state = formatState(entry.state);
+          if (machines.get(entry.actor)?.state === state) break;
+          // The most recently moved last: the live block shows the root and the latest few.
+          machines.delete(entry.actor);
+          machines.set(entry.actor, { machine: entry.machine, state });
+          if (!live) write(`${'  '.repeat(depth(entry.actor) + 1)}${entry.machine}${entry.actor === 'root' ? '' : ` ${entry.actor}`}: ${state}`);
+          break;
+        }
+        case 'microtask': {
+          const id = `${entry.actor}|${entry.key}`;
+          if (entry.phase === 'started') {
+            inFlight.set(id, { entry, since: Date.parse(entry.at) || Date.now() });
+            break;
+          }
+          inFlight.delete(id);
+          const r = entry.result;
+          if (!r) break;
+          if (r.success) totals.done++;
+          else totals.failed++;
+          if (r.cached) totals.cached++;
+          totals.inputTokens += r.usage.inputTokens;
+          totals.outputTokens += r.usage.outputTokens;
+          if (!live) {
+            const outcome = r.success ? 'done' : `failed (${r.error?.kind ?? 'error'}: ${r.error?.message ?? ''})${r.fallback !== undefined ? ', fallback used' : ''}`;
+            write(`    microtask ${entry.taskType} ${entry.key}: ${outcome}, ${Math.round(r.durationMs)} ms, ${r.cached ? 'stored result, no call' : formatTokens(r.usage.inputTokens, r.usage.outputTokens)}`);
+          }
+          break;
+        }
+      }
+    },
+    done() {
+      if (timer) clearInterval(timer);
+      if (logUpdate) {
+        logUpdate(render());
+        logUpdate.done();
+      }
+    },
+  };
+}

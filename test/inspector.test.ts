@@ -1,0 +1,405 @@
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createWebSocketReceiver, type StatelyInspectionEvent } from '@statelyai/inspect';
+import { chromium } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createActor, toPromise } from 'xstate';
+import { getStateNodes } from 'xstate/graph';
+import { handWrittenAnswer } from '../examples/offline/answers.js';
+import { FlowHost } from '../src/flowHost.js';
+import { provideFlows, type Flows } from '../src/flows.js';
+import { startInspectorServer, type InspectorServer } from '../src/inspector/server.js';
+import { describeMachine, layoutStatechart, machinesOf, type StatechartModel, type StatechartNode } from '../src/inspector/statechart.js';
+import { startStatelyInspector } from '../src/inspector/stately.js';
+import { FileJournal } from '../src/journal/FileJournal.js';
+import type { JournalEntry } from '../src/journal/Journal.js';
+import { silentLogger } from '../src/log.js';
+import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
+import { scripted } from './support/flows.js';
+
+const feedbackInput = JSON.parse(await readFile(new URL('../examples/feedback-loop.json', import.meta.url), 'utf8'));
+
+/** The hand-written offline answers, each after `ms` (so a flow can be watched while it runs). */
+const slow = (ms: number) => (request: Parameters<typeof handWrittenAnswer>[0]) => {
+  const answer = handWrittenAnswer(request);
+  return typeof answer === 'string' ? { text: answer, delayMs: ms } : { ...(answer as { value: unknown }), delayMs: ms };
+};
+
+/** A flow host as the embedded daemon has it: file snapshots, a file journal, a scripted model. */
+async function setup(delayMs: number) {
+  const dir = await mkdtemp(join(tmpdir(), 'inspector-'));
+  const store = await FileSnapshotStore.open(join(dir, 'flows'));
+  const journal = new FileJournal({ dir: join(dir, 'journal'), pollMs: 50 });
+  const runtime = scripted(slow(delayMs));
+  const flows = provideFlows({ microtask: runtime.microtask });
+  const host = () => new FlowHost({ flows, store, journal, logger: silentLogger, outRoot: join(dir, 'out') });
+  return { dir, store, journal, flows, host };
+}
+
+async function getJson(url: string, headers: Record<string, string> = {}) {
+  const response = await fetch(url, { headers });
+  return { status: response.status, body: (await response.json()) as any };
+}
+
+/** Reads Server-Sent Events until `until` holds for the entries read (or the time runs out). */
+async function readStream(url: string, until: (entries: Array<{ id: number; entry: JournalEntry }>) => boolean, headers: Record<string, string> = {}) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), 15_000);
+  const response = await fetch(url, { headers, signal: controller.signal });
+  expect(response.headers.get('content-type')).toMatch(/^text\/event-stream/);
+  const events: Array<{ id: number; entry: JournalEntry }> = [];
+  const decoder = new TextDecoder();
+  let buffer = '';
+  try {
+    for await (const chunk of response.body!) {
+      buffer += decoder.decode(chunk as Uint8Array, { stream: true });
+      let end: number;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const id = /^id: (\d+)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (id !== undefined && data !== undefined) events.push({ id: Number(id), entry: JSON.parse(data) });
+      }
+      if (until(events)) break;
+    }
+  } finally {
+    clearTimeout(timer);
+    controller.abort();
+  }
+  return events;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const ended = (entries: Array<{ entry: JournalEntry }>) => entries.some(({ entry }) => entry.kind === 'flow' && entry.phase === 'ended');
+
+describe('the statechart of a machine', () => {
+  const flows: Flows = provideFlows({ microtask: scripted([]).microtask });
+
+  it('has every state node of the definition, transitions with readable labels, and the child machines it invokes', async () => {
+    const machines = machinesOf(flows);
+    expect([...machines.keys()].sort()).toEqual(
+      ['feedbackLoop', 'incremental', 'metacognitive', 'microtask', 'parallel', 'progressive', 'reentrant', 'toolBuilder'].sort(),
+    );
+    const model = describeMachine(flows.feedbackLoop);
+    const ids = (node: StatechartNode): string[] => [node.id, ...node.children.flatMap(ids)];
+    expect(ids(model.root).sort()).toEqual(getStateNodes(flows.feedbackLoop.root).map((node) => node.id).concat('feedbackLoop').sort());
+    const labels = model.edges.map((edge) => `${edge.source.split('.').pop()} -${edge.label}-> ${edge.target.split('.').pop()}`);
+    expect(labels).toContain('generating -done: microtask [generated]-> generated');
+    expect(labels).toContain('judged -always [passed]-> done');
+    expect(labels).toContain('checking -error: check-> verifyGate');
+    expect(model.root.children.find((node) => node.key === 'done')?.type).toBe('final');
+    expect(model.root.children.find((node) => node.key === 'generating')?.invokes).toEqual([{ id: '0.feedbackLoop.generating', src: 'microtask' }]);
+
+    // The tool builder composes the other patterns: its model says which machine each child runs.
+    const toolBuilder = describeMachine(flows.toolBuilder);
+    expect(toolBuilder.actors.feedbackLoop).toEqual({ kind: 'machine', machineId: 'feedbackLoop' });
+    expect(toolBuilder.actors.writeTool).toEqual({ kind: 'logic' });
+  });
+
+  it('is laid out without overlaps: every state inside its parent, siblings apart, every edge routed', async () => {
+    for (const machine of machinesOf(flows).values()) {
+      const laid: StatechartModel = await layoutStatechart(describeMachine(machine));
+      expect(laid.width).toBeGreaterThan(0);
+      const check = (node: StatechartNode) => {
+        for (const child of node.children) {
+          expect(child.width, child.id).toBeGreaterThan(0);
+          if (node.path.length > 0) {
+            expect(child.x).toBeGreaterThanOrEqual(node.x);
+            expect(child.y).toBeGreaterThanOrEqual(node.y);
+            expect(child.x + child.width).toBeLessThanOrEqual(node.x + node.width);
+          }
+          check(child);
+        }
+        for (const [i, a] of node.children.entries()) {
+          for (const b of node.children.slice(i + 1)) {
+            const apart = a.x + a.width <= b.x || b.x + b.width <= a.x || a.y + a.height <= b.y || b.y + b.height <= a.y;
+            expect(apart, `${a.id} overlaps ${b.id}`).toBe(true);
+          }
+        }
+      };
+      check(laid.root);
+      for (const edge of laid.edges) expect(edge.points.length, edge.id).toBeGreaterThanOrEqual(2);
+    }
+  });
+});
+
+describe('the inspector server (real HTTP)', () => {
+  let s: Awaited<ReturnType<typeof setup>>;
+  let server: InspectorServer;
+  let flowId: string;
+
+  beforeAll(async () => {
+    s = await setup(20);
+    server = await startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port: 0 });
+    const host = s.host();
+    flowId = await host.start('feedback-loop', feedbackInput);
+    await host.finished(flowId);
+    await s.journal.flush();
+  });
+  afterAll(async () => {
+    await server?.close();
+    await rm(s.dir, { recursive: true, force: true });
+  });
+
+  it('listens on 127.0.0.1 and serves the page and its assets, all from itself', async () => {
+    expect(server.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
+    const page = await fetch(server.url);
+    expect(page.headers.get('content-type')).toMatch(/^text\/html/);
+    expect(page.headers.get('content-security-policy')).toContain("default-src 'self'");
+    const html = await page.text();
+    // Offline: nothing is loaded from another origin.
+    expect(html).not.toMatch(/(src|href)="(https?:)?\/\//);
+    for (const asset of ['app.js', 'statechart.js', 'style.css']) {
+      const response = await fetch(new URL(`/assets/${asset}`, server.url));
+      expect(response.status, asset).toBe(200);
+      expect(await response.text()).not.toMatch(/https?:\/\/(?!www\.w3\.org)/);
+    }
+    expect((await getJson(new URL('/assets/..%2Fserver.ts', server.url).href)).body.error.code).toBe('NOT_FOUND');
+  });
+
+  it('lists flows, and gives a flow its record and its journal', async () => {
+    const list = await getJson(new URL('/api/flows', server.url).href);
+    expect(list.status).toBe(200);
+    expect(list.body.flows).toEqual([expect.objectContaining({ flowId, pattern: 'feedback-loop', status: 'done' })]);
+    expect((await getJson(new URL('/api/flows?status=running', server.url).href)).body.flows).toEqual([]);
+
+    const flow = await getJson(new URL(`/api/flows/${flowId}`, server.url).href);
+    expect(flow.status).toBe(200);
+    expect(flow.body.record).toMatchObject({ flowId, machineId: 'feedbackLoop', status: 'done' });
+    const entries = flow.body.entries as JournalEntry[];
+    expect(entries[0]).toMatchObject({ kind: 'flow', phase: 'started' });
+    expect(entries.at(-1)).toMatchObject({ kind: 'flow', phase: 'ended', status: 'done' });
+    const steps = entries.filter((entry) => entry.kind === 'step');
+    expect(steps.map((step) => step.step)).toEqual(steps.map((_, i) => i + 1));
+    expect(steps.every((step) => typeof (step.snapshot as { value?: unknown }).value === 'string')).toBe(true);
+    const finished = entries.filter((entry) => entry.kind === 'microtask' && entry.phase === 'finished');
+    expect(finished.length).toBe(4);
+  });
+
+  it('serves a machine\'s laid-out statechart', async () => {
+    const { status, body } = await getJson(new URL('/api/machines/feedbackLoop', server.url).href);
+    expect(status).toBe(200);
+    expect(body.machineId).toBe('feedbackLoop');
+    expect(body.root.children.map((node: StatechartNode) => node.key)).toContain('verifying');
+    expect((await getJson(new URL('/api/machines', server.url).href)).body.machines).toContain('toolBuilder');
+  });
+
+  it('answers mistakes with a status, a code and a message', async () => {
+    const cases: Array<[string, number, string]> = [
+      ['/api/flows/no-such-flow', 404, 'FLOW_NOT_FOUND'],
+      ['/api/flows/a%2F..%2Fb', 400, 'INVALID_FLOW_ID'],
+      ['/api/flows/a%2F..%2Fb/stream', 400, 'INVALID_FLOW_ID'],
+      ['/api/flows?status=finished', 400, 'INVALID_QUERY'],
+      [`/api/flows/${flowId}/stream?since=-1`, 400, 'INVALID_QUERY'],
+      ['/api/machines/nope', 404, 'MACHINE_NOT_FOUND'],
+      ['/api/nothing', 404, 'NOT_FOUND'],
+      ['/elsewhere', 404, 'NOT_FOUND'],
+    ];
+    for (const [path, status, code] of cases) {
+      const response = await getJson(new URL(path, server.url).href);
+      expect([path, response.status, response.body.error.code]).toEqual([path, status, code]);
+      expect(response.body.error.message.length).toBeGreaterThan(10);
+    }
+    const post = await fetch(new URL('/api/flows', server.url), { method: 'POST', body: '{}' });
+    expect(post.status).toBe(405);
+    expect(((await post.json()) as any).error.code).toBe('METHOD_NOT_ALLOWED');
+  });
+
+  it('refuses a request addressed to another host name (DNS rebinding)', async () => {
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const url = new URL('/api/flows', server.url);
+      const request = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, headers: { host: 'attacker.example:80' } }, (response) => {
+        let body = '';
+        response.on('data', (chunk) => (body += chunk));
+        response.on('end', () => resolve({ status: response.statusCode!, body }));
+      });
+      request.on('error', reject);
+      request.end();
+    });
+    expect(answer.status).toBe(403);
+    expect(JSON.parse(answer.body).error.code).toBe('FORBIDDEN_HOST');
+    expect((await getJson(new URL('/api/flows', server.url).href, {})).status).toBe(200);
+  });
+
+  it('streams the journal: stored entries, from `since` or after Last-Event-ID', async () => {
+    const all = (await getJson(new URL(`/api/flows/${flowId}`, server.url).href)).body.entries as JournalEntry[];
+    const streamed = await readStream(new URL(`/api/flows/${flowId}/stream`, server.url).href, ended);
+    expect(streamed.map((e) => e.entry)).toEqual(all);
+    expect(streamed.map((e) => e.id)).toEqual(all.map((_, i) => i));
+    const since = await readStream(new URL(`/api/flows/${flowId}/stream?since=3`, server.url).href, ended);
+    expect(since[0]!.id).toBe(3);
+    const resumed = await readStream(new URL(`/api/flows/${flowId}/stream`, server.url).href, ended, { 'last-event-id': '4' });
+    expect(resumed[0]!.id).toBe(5);
+  });
+
+  it('streams a running flow live, and a resumed one goes on with the same step numbers', async () => {
+    const live = await setup(60);
+    const liveServer = await startInspectorServer({ journal: live.journal, store: live.store, flows: live.flows, logger: silentLogger, port: 0 });
+    try {
+      const first = live.host();
+      const id = await first.start('feedback-loop', feedbackInput);
+      const url = new URL(`/api/flows/${id}/stream`, liveServer.url).href;
+      // Caught mid-way: the host stops (as a daemon that is shut down), another resumes the flow.
+      const early = await readStream(url, (entries) => entries.filter((e) => e.entry.kind === 'step').length >= 2);
+      await first.stop();
+      const second = live.host();
+      expect(await second.resume(id)).toBe('resumed');
+      const streamed = await readStream(url, ended);
+      expect(streamed.slice(0, early.length)).toEqual(early);
+      const kinds = streamed.map(({ entry }) => (entry.kind === 'flow' ? `flow:${entry.phase}` : entry.kind));
+      expect(kinds).toContain('flow:resumed');
+      const stepNumbers = streamed.flatMap(({ entry }) => (entry.kind === 'step' ? [entry.step] : []));
+      expect(stepNumbers).toEqual(stepNumbers.map((_, i) => i + 1));
+      const flow = await getJson(new URL(`/api/flows/${id}`, liveServer.url).href);
+      expect(flow.body.record.status).toBe('done');
+    } finally {
+      await liveServer.close();
+      await rm(live.dir, { recursive: true, force: true });
+    }
+  });
+
+  it('ends open streams on close, and says when its port is taken', async () => {
+    const other = await startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port: 0 });
+    const response = await fetch(new URL(`/api/flows/${flowId}/stream`, other.url));
+    const reading = (async () => {
+      for await (const _ of response.body!) void _;
+    })();
+    await other.close();
+    await reading; // the stream ended: close did not hang on it
+
+    const port = Number(new URL(server.url).port);
+    await expect(startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port })).rejects.toMatchObject({
+      code: 'INSPECTOR_PORT_IN_USE',
+      message: expect.stringContaining('port is in use'),
+    });
+  });
+});
+
+describe("the bridge to Stately's inspector", () => {
+  it('serves the page that embeds Stately\'s inspector and relays every inspection event of a flow to it', async () => {
+    const port = await freePort();
+    const stately = await startStatelyInspector({ logger: silentLogger, port });
+    try {
+      expect(stately.url).toBe(`http://localhost:${port}`);
+      const page = await (await fetch(`http://127.0.0.1:${port}/`)).text();
+      expect(page).toContain('<iframe id="inspector" src="https://stately.ai/inspect">');
+      expect(page).toContain(`new WebSocket('ws://localhost:${port}')`);
+
+      // What the browser page would receive, over the same WebSocket.
+      const received: StatelyInspectionEvent[] = [];
+      const receiver = createWebSocketReceiver({ server: `ws://127.0.0.1:${port}` });
+      receiver.subscribe((event) => received.push(event));
+      const flows = provideFlows({ microtask: scripted((request) => handWrittenAnswer(request)).microtask });
+      const actor = createActor(flows.feedbackLoop, { input: { ...feedbackInput, key: 'stately-test' }, inspect: stately.inspect });
+      actor.start();
+      await toPromise(actor);
+      const deadline = Date.now() + 10_000;
+      const sawEnd = () => received.some((e) => e.type === '@xstate.snapshot' && (e.snapshot as { status?: string }).status === 'done' && e.rootId === actor.sessionId);
+      while (!sawEnd() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(sawEnd()).toBe(true);
+      const registered = received.filter((e) => e.type === '@xstate.actor');
+      expect(registered.some((e) => e.type === '@xstate.actor' && e.sessionId === actor.sessionId && typeof e.definition === 'string')).toBe(true);
+    } finally {
+      stately.stop();
+    }
+  });
+
+  it('refuses a port in use with a clear error, instead of crashing the process', async () => {
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, resolve));
+    const { port } = blocker.address() as { port: number };
+    try {
+      await expect(startStatelyInspector({ logger: silentLogger, port })).rejects.toMatchObject({ code: 'STATELY_PORT_IN_USE' });
+    } finally {
+      blocker.close();
+    }
+  });
+});
+
+describe('the inspector page in a real browser (headless Chromium)', () => {
+  const executablePath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+
+  it('shows a running flow, its state changing live, steps back in time, and is screenshotted', async () => {
+    if (!existsSync(executablePath)) {
+      throw new Error(`no Chromium at ${executablePath}: install it: apt-get install -y chromium (or set CHROMIUM_PATH)`);
+    }
+    const s = await setup(400);
+    const server = await startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port: 0 });
+    const browser = await chromium.launch({
+      executablePath,
+      args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    try {
+      const page = await browser.newPage({ viewport: { width: 1500, height: 900 } });
+      const problems: string[] = [];
+      page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+      page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
+      // Offline: a request to anywhere but the inspector fails the test.
+      const origin = new URL(server.url).origin;
+      await page.route('**/*', (route) => (route.request().url().startsWith(origin) ? route.continue() : (problems.push(`left the inspector: ${route.request().url()}`), route.abort())));
+
+      const host = s.host();
+      const flowId = await host.start('feedback-loop', feedbackInput);
+      await page.goto(server.url);
+      await page.locator(`#flow-list li[data-flow-id="${flowId}"]`).click();
+      await page.locator('#chart svg[data-machine="feedbackLoop"]').waitFor();
+      const currentState = page.locator('#current-state');
+      await expect.poll(() => currentState.textContent(), { timeout: 10_000 }).toMatch(/^(generating|verifying)/);
+      const seen = new Set<string>([(await currentState.textContent())!]);
+      // Live: the highlighted state follows the flow with no reload.
+      while (!(await page.locator('#flow-status').textContent())?.includes('done')) {
+        seen.add((await currentState.textContent())!);
+        await page.waitForTimeout(50);
+      }
+      seen.add((await currentState.textContent())!);
+      expect(seen.size).toBeGreaterThanOrEqual(3);
+      expect(seen).toContain('done (done)');
+      await expect.poll(() => page.locator('#chart g.state.active').getAttribute('data-state-path')).toBe('done');
+      expect(await page.locator('#live').getAttribute('class')).toContain('on');
+
+      // Time travel: one step back shows the state before the last transition, highlighted.
+      const steps = (await s.journal.read(flowId)).filter((entry) => entry.kind === 'step');
+      const before = steps.at(-2)!;
+      await page.locator('#step-back').click();
+      await expect.poll(() => currentState.textContent()).toBe(before.rootState);
+      expect(await page.locator('#position-label').textContent()).toContain(`step ${before.step} of ${steps.at(-1)!.step}`);
+      expect(await page.locator('#chart g.state.active').getAttribute('data-state-path')).toBe(before.rootState);
+      expect(await page.locator('#live').getAttribute('class')).not.toContain('on');
+      await page.locator('#step-forward').click();
+      await expect.poll(() => currentState.textContent()).toBe('done (done)');
+      await page.locator('#step-back').click();
+
+      // The microtask log: prompt, answer, tokens, duration.
+      await page.locator('.tabs button[data-tab="microtasks"]').click();
+      const first = page.locator('#tab-microtasks details').first();
+      await first.locator('summary').click();
+      await expect.poll(() => first.textContent()).toContain('Write the subject line for this change.');
+      expect(await first.textContent()).toMatch(/\d+→\d+ tok · \d+ ms/);
+
+      const screenshot = process.env.INSPECTOR_SCREENSHOT ?? join(tmpdir(), 'microtask-inspector-test.png');
+      await mkdir(join(screenshot, '..'), { recursive: true });
+      await page.screenshot({ path: screenshot });
+      expect((await stat(screenshot)).size).toBeGreaterThan(20_000);
+      expect(problems).toEqual([]);
+    } finally {
+      await browser.close();
+      await server.close();
+      await rm(s.dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});

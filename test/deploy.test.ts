@@ -1,0 +1,364 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { jetstream } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import { afterAll, describe, expect, it } from 'vitest';
+import { EnvSchema } from '../src/config.js';
+import { findNatsServer, freePort, startNatsServer } from '../src/testing/natsServer.js';
+
+// The deployment (docker-compose.yml, Dockerfile, deploy/nats.conf, .env.example) as
+// processes on this machine: there is no Docker here, so the test runs what the compose
+// file would run (the image's entrypoint with each service's command and environment)
+// against a nats-server started with deploy/nats.conf, and drives it with a plain NATS
+// client. It also keeps the compose file from drifting away from src/config.ts.
+
+const ROOT = new URL('..', import.meta.url).pathname;
+const read = (path: string) => readFile(join(ROOT, path), 'utf8');
+const children: ChildProcess[] = [];
+afterAll(() => children.forEach((c) => c.exitCode === null && c.signalCode === null && c.kill('SIGKILL')));
+
+// ---- a strict reader for the YAML subset the compose file uses --------------------------
+// Block mappings and sequences, plain and quoted scalars, JSON-style flow sequences,
+// anchors, aliases and `<<` merges. Anything else (block strings, flow mappings, tabs)
+// throws, so the compose file cannot grow a construct this test would misread.
+
+type Yaml = string | number | boolean | null | Yaml[] | { [key: string]: Yaml };
+interface Line {
+  no: number;
+  indent: number;
+  text: string;
+}
+const MAP_ENTRY = /^("[^"]*"|'[^']*'|[^\s"'#[\]{}&*!|>%@`-][^:]*?|-[^\s:][^:]*?):(?:\s+(.*))?$/;
+
+function stripComment(raw: string): string {
+  let quote: string | undefined;
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw[i]!;
+    if (quote) {
+      if (c === '\\' && quote === '"') i++;
+      else if (c === quote) quote = undefined;
+    } else if ((c === '"' || c === "'") && (i === 0 || ' [,'.includes(raw[i - 1]!))) quote = c;
+    else if (c === '#' && (i === 0 || raw[i - 1] === ' ')) return raw.slice(0, i).trimEnd();
+  }
+  return raw.trimEnd();
+}
+
+function parseYaml(source: string): Yaml {
+  const lines: Line[] = [];
+  source.split('\n').forEach((raw, index) => {
+    if (raw.includes('\t')) throw new Error(`line ${index + 1}: tabs are not YAML indentation`);
+    const text = stripComment(raw);
+    if (text.trim()) lines.push({ no: index + 1, indent: text.length - text.trimStart().length, text: text.trim() });
+  });
+  const anchors = new Map<string, Yaml>();
+  let i = 0;
+  const fail = (line: Line, why: string): never => {
+    throw new Error(`line ${line.no}: ${why}: ${line.text}`);
+  };
+  const isItem = (line: Line | undefined, indent: number) => line?.indent === indent && (line.text === '-' || line.text.startsWith('- '));
+
+  function scalar(text: string, line: Line): Yaml {
+    if (text.startsWith('*')) {
+      if (!anchors.has(text.slice(1))) fail(line, 'unknown alias');
+      return structuredClone(anchors.get(text.slice(1))!);
+    }
+    if (text.startsWith('"')) return text.endsWith('"') && text.length > 1 ? (JSON.parse(text) as string) : fail(line, 'unclosed string');
+    if (text.startsWith("'")) return text.endsWith("'") && text.length > 1 ? text.slice(1, -1).replaceAll("''", "'") : fail(line, 'unclosed string');
+    if (text.startsWith('[')) {
+      try {
+        return JSON.parse(text) as Yaml[];
+      } catch {
+        return fail(line, 'a flow sequence this reader takes must be JSON');
+      }
+    }
+    if (/^[{|>&!%@`]/.test(text)) return fail(line, 'not in the YAML subset this test reads');
+    if (/^-?\d+$/.test(text)) return Number(text);
+    if (text === 'true' || text === 'false') return text === 'true';
+    if (text === 'null' || text === '~') return null;
+    return text;
+  }
+
+  function node(parentIndent: number): Yaml {
+    const line = lines[i];
+    if (!line || line.indent < parentIndent) return null;
+    return isItem(line, line.indent) ? sequence(line.indent) : mapping(line.indent);
+  }
+
+  function sequence(indent: number): Yaml[] {
+    const items: Yaml[] = [];
+    while (isItem(lines[i], indent)) {
+      const line = lines[i]!;
+      const rest = line.text.slice(1).trim();
+      if (rest === '') {
+        i++;
+        items.push(node(indent + 1));
+      } else if (MAP_ENTRY.test(rest)) {
+        // `- key: value`: a mapping whose keys line up with `key`.
+        lines[i] = { no: line.no, indent: indent + 2, text: rest };
+        items.push(mapping(indent + 2));
+      } else {
+        i++;
+        items.push(scalar(rest, line));
+      }
+    }
+    return items;
+  }
+
+  function mapping(indent: number): { [key: string]: Yaml } {
+    const explicit: { [key: string]: Yaml } = {};
+    const merged: { [key: string]: Yaml } = {};
+    while (i < lines.length && lines[i]!.indent === indent && !isItem(lines[i], indent)) {
+      const line = lines[i]!;
+      const entry = MAP_ENTRY.exec(line.text) ?? fail(line, 'expected `key: value`');
+      const key = /^["']/.test(entry[1]!) ? (scalar(entry[1]!, line) as string) : entry[1]!;
+      let rest = entry[2] ?? '';
+      let anchor: string | undefined;
+      if (rest.startsWith('&')) {
+        [, anchor, rest = ''] = /^&(\S+)\s*(.*)$/.exec(rest)!;
+      }
+      i++;
+      const nested = lines[i] && (lines[i]!.indent > indent || isItem(lines[i], indent));
+      const value = rest !== '' ? scalar(rest, line) : nested ? node(indent) : null;
+      if (anchor) anchors.set(anchor, value);
+      if (key === '<<') {
+        if (!value || typeof value !== 'object' || Array.isArray(value)) fail(line, 'a merge takes a mapping');
+        Object.assign(merged, value);
+      } else if (key in explicit) fail(line, 'duplicate key');
+      else explicit[key] = value;
+    }
+    const next = lines[i];
+    if (next && next.indent > indent) fail(next, 'unexpected indentation');
+    return { ...merged, ...explicit };
+  }
+
+  const root = node(0);
+  if (i < lines.length) fail(lines[i]!, 'unexpected content');
+  return root;
+}
+
+/** Compose's interpolation: `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `$$`. */
+function interpolate(value: string, env: Record<string, string>): string {
+  return value.replace(/\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}/g, (match, name?: string, op?: string, fallback?: string) => {
+    if (match === '$$') return '$';
+    const set = env[name!];
+    if (op === ':-') return set ? set : (fallback ?? '');
+    if (op === '-') return set !== undefined ? set : (fallback ?? '');
+    return set ?? '';
+  });
+}
+
+/** KEY=value lines of a dotenv file (comments and blanks skipped). */
+function parseDotenv(text: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
+    if (m) env[m[1]!] = m[2]!;
+  }
+  return env;
+}
+
+type Service = { command?: string[]; environment?: Record<string, string>; deploy?: { replicas?: number }; stop_grace_period?: string; [k: string]: Yaml | undefined };
+async function composeFile() {
+  return parseYaml(await read('docker-compose.yml')) as { services: Record<string, Service>; volumes?: Record<string, Yaml> };
+}
+
+const seconds = (duration: string) => {
+  const m = /^(?:(\d+)m)?(?:(\d+)s)?$/.exec(duration);
+  if (!m || (!m[1] && !m[2])) throw new Error(`not a duration this test reads: ${duration}`);
+  return Number(m[1] ?? 0) * 60 + Number(m[2] ?? 0);
+};
+
+/** The nats-server version, e.g. [2, 9, 10]. */
+function natsServerVersion(): number[] {
+  const out = execFileSync(findNatsServer(), ['--version'], { encoding: 'utf8' });
+  const m = /v(\d+)\.(\d+)\.(\d+)/.exec(out) ?? [];
+  return [Number(m[1]), Number(m[2]), Number(m[3])];
+}
+
+/** The `jetstream { ... }` block of a nats-server config. */
+function jetstreamBlock(conf: string): string {
+  const start = /^\s*jetstream\s*[:=]?\s*\{/m.exec(conf);
+  if (!start) return '';
+  const from = start.index + start[0].length;
+  return conf.slice(from, conf.indexOf('}', from));
+}
+
+describe('the deployment files', () => {
+  it('the compose file sets only variables src/config.ts knows, and .env.example only ones the compose file passes on', async () => {
+    const compose = await composeFile();
+    const known = new Set(Object.keys(EnvSchema.shape));
+    for (const name of ['daemon', 'worker']) {
+      const keys = Object.keys(compose.services[name]?.environment ?? {});
+      expect(keys.length, name).toBeGreaterThan(0);
+      expect(keys.filter((k) => !known.has(k)), `${name}: variables src/config.ts does not know`).toEqual([]);
+    }
+    const example = parseDotenv(await read('.env.example'));
+    expect(Object.keys(example).filter((k) => !known.has(k)), '.env.example: variables src/config.ts does not know').toEqual([]);
+    // A variable in .env.example that the compose file never interpolates would be set in vain.
+    const composeText = await read('docker-compose.yml');
+    expect(Object.keys(example).filter((k) => !composeText.includes(`\${${k}:-`))).toEqual([]);
+    expect(Object.values(example).filter(Boolean), '.env.example holds no values, let alone secrets').toEqual([]);
+  });
+
+  it('deploy/nats.conf turns JetStream on with an fsync on every write', async () => {
+    const block = jetstreamBlock(await read('deploy/nats.conf'));
+    expect(block).toMatch(/^\s*store_dir\s*[:=]\s*\/data\s*$/m);
+    expect(block).toMatch(/^\s*sync_interval\s*[:=]\s*always\s*$/m);
+  });
+
+  it('the image runs dist/cli.js as a non-root user, with the state in /data, and ships the offline cassette', async () => {
+    const dockerfile = await read('Dockerfile');
+    const entrypoint = /^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(dockerfile);
+    expect(JSON.parse(entrypoint![1]!)).toEqual(['node', 'dist/cli.js']);
+    const runtime = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
+    expect(runtime).toMatch(/^USER node$/m);
+    expect(runtime).toMatch(/MICROTASK_STATE_DIR=\/data/);
+    expect(runtime).toMatch(/^RUN npm ci --omit=dev/m);
+    expect(runtime).toMatch(/^COPY --from=build \/app\/dist \.\/dist$/m);
+    expect(runtime).toMatch(/^COPY examples \.\/examples$/m);
+    const dockerignore = (await read('.dockerignore')).split('\n');
+    expect(dockerignore).toEqual(expect.arrayContaining(['node_modules', 'dist', '.env', '.microtask']));
+  });
+});
+
+describe('the compose topology as processes: nats-server, a daemon, two workers', () => {
+  it('builds a tool requested by a plain NATS client; both workers take tasks; all stop cleanly on SIGTERM', async () => {
+    const compose = await composeFile();
+    const { daemon: daemonService, worker: workerService, nats: natsService } = compose.services;
+    expect(daemonService && workerService && natsService).toBeTruthy();
+
+    // nats-server with deploy/nats.conf. Debian's 2.9.10 rejects sync_interval (2.10
+    // added it), so an older server gets a copy without that line. The store is a
+    // temporary directory given on the command line (nats-server refuses store_dir in both
+    // places), as are the ports (flags override the file): no collision with a server on
+    // 4222/8222. The other keys are the file's.
+    const conf = await read('deploy/nats.conf');
+    const [major, minor] = natsServerVersion();
+    const syncIntervalKnown = major! > 2 || (major === 2 && minor! >= 10);
+    const confDir = await mkdtemp(join(tmpdir(), 'deploy-conf-'));
+    const confPath = join(confDir, 'nats.conf');
+    let testConf = conf.replace(/^\s*store_dir\s*[:=].*$/m, '');
+    if (!syncIntervalKnown) testConf = testConf.replace(/^\s*sync_interval\s*[:=].*$/m, '');
+    await writeFile(confPath, testConf);
+    const monitorPort = await freePort();
+    await using nats = await startNatsServer({ args: ['-c', confPath, '-m', String(monitorPort)] });
+    // The compose health check's URL, on this server's monitoring port.
+    const healthcheck = (natsService!.healthcheck as { test: string[] }).test;
+    const healthUrl = new URL(healthcheck[healthcheck.length - 1]!);
+    healthUrl.port = String(monitorPort);
+    const health = await fetch(healthUrl);
+    expect(health.status).toBe(200);
+    expect(await health.json()).toMatchObject({ status: 'ok' });
+    const jsz = (await (await fetch(`http://127.0.0.1:${monitorPort}/jsz`)).json()) as { config: { store_dir: string } };
+    expect(jsz.config.store_dir.startsWith(nats.storeDir)).toBe(true);
+
+    // Each service's environment as compose gives it with the committed .env.example
+    // (every value empty: the defaults); only what names this host's resources differs:
+    // the NATS URL, the state directory (/data in the container) and the inspector's port.
+    const dotenv = parseDotenv(await read('.env.example'));
+    const state = await mkdtemp(join(tmpdir(), 'deploy-state-'));
+    const envOf = (service: Service) => ({
+      ...Object.fromEntries(Object.entries(service.environment ?? {}).map(([k, v]) => [k, interpolate(String(v), dotenv)])),
+      PATH: process.env.PATH ?? '',
+      NATS_URL: nats.url,
+    });
+    const daemonEnv = { ...envOf(daemonService!), MICROTASK_STATE_DIR: state, MICROTASK_INSPECTOR_HOST: '127.0.0.1', MICROTASK_INSPECTOR_PORT: String(await freePort()) };
+    expect(envOf(workerService!).NATS_URL).toBe(nats.url);
+    expect(interpolate(String(daemonService!.environment!.NATS_URL), dotenv)).toBe('nats://nats:4222');
+
+    // The image's entrypoint and each service's command, run from the repository (dist/ is built by npm test).
+    const entrypoint = JSON.parse(/^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(await read('Dockerfile'))![1]!) as string[];
+    expect(entrypoint[0]).toBe('node');
+    const logs = new Map<ChildProcess, string>();
+    const start = (name: string, command: string[], env: Record<string, string>) => {
+      const child = spawn(process.execPath, [...entrypoint.slice(1), ...command], { cwd: ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
+      children.push(child);
+      logs.set(child, '');
+      child.stderr!.on('data', (chunk: Buffer) => logs.set(child, logs.get(child)! + chunk.toString()));
+      return Object.assign(child, { serviceName: name });
+    };
+    const entries = (child: ChildProcess) =>
+      logs
+        .get(child)!
+        .split('\n')
+        .flatMap((line) => {
+          try {
+            return [JSON.parse(line) as { level: number; msg: string; taskId?: string }];
+          } catch {
+            return [];
+          }
+        });
+    const waitForLog = async (child: ChildProcess, msg: RegExp, timeoutMs = 20_000) => {
+      const until = Date.now() + timeoutMs;
+      while (!entries(child).some((e) => msg.test(e.msg))) {
+        if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode} before logging ${msg}:\n${logs.get(child)}`);
+        if (Date.now() > until) throw new Error(`no log matching ${msg} within ${timeoutMs} ms:\n${logs.get(child)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+
+    const replicas = workerService!.deploy?.replicas ?? 1;
+    expect(replicas).toBe(2);
+    const daemon = start('daemon', daemonService!.command!, daemonEnv);
+    const workers = Array.from({ length: replicas }, (_, n) => start(`worker-${n + 1}`, workerService!.command!, envOf(workerService!)));
+    await waitForLog(daemon, /^daemon serving$/);
+    for (const worker of workers) await waitForLog(worker, /^worker taking tasks/);
+
+    // A client that knows nothing of this project but docs/protocol.md.
+    const client = await connect({ servers: nats.url });
+    try {
+      const spec = JSON.parse(await read('examples/api-tester.json')) as Record<string, unknown>;
+      const answer = (await client.request('microtask.toolbuild.request', JSON.stringify({ ...spec, requestId: 'deploy-test-1' }), { timeout: 10_000 })).json<{
+        ok: boolean;
+        flowId: string;
+      }>();
+      expect(answer).toMatchObject({ ok: true });
+      const js = jetstream(client);
+      const consumer = await js.consumers.get('MICROTASK_LOG_flows', { filter_subjects: `microtask.flow.${answer.flowId}.done` });
+      const message = await consumer.next({ expires: 60_000 });
+      expect(message, 'the done message within 60 s').toBeTruthy();
+      const done = message!.json<{ flowId: string; status: string; output: { status: string; name: string; dir: string; files: string[]; modules: Array<{ name: string; code?: string }> } }>();
+      expect(done).toMatchObject({ flowId: answer.flowId, status: 'done', output: { status: 'done', name: 'api-tester' } });
+      // The tool's files are on the daemon's disk (its /data volume in compose); a client
+      // on another machine gets every module's code in the done message itself.
+      expect(done.output.dir).toBe(join(state, 'tools', 'api-tester'));
+      expect((await readdir(join(done.output.dir, 'src'))).sort()).toEqual(done.output.files.filter((f) => f.startsWith('src/')).map((f) => f.slice(4)).sort());
+      for (const module of done.output.modules) expect(module.code, module.name).toEqual(expect.stringContaining('export'));
+    } finally {
+      await client.close();
+    }
+
+    // Both workers ran microtasks (each logs `microtask done` with the task's key).
+    const tasksOf = (worker: ChildProcess) => entries(worker).filter((e) => e.msg === 'microtask done' && e.taskId).map((e) => e.taskId!);
+    const perWorker = workers.map(tasksOf);
+    for (const [n, tasks] of perWorker.entries()) expect(tasks.length, `tasks run by worker ${n + 1}`).toBeGreaterThan(0);
+    // ...and no task twice: the queue gave each to one worker.
+    const all = perWorker.flat();
+    expect(new Set(all).size).toBe(all.length);
+    // The daemon ran none itself: with NATS every microtask goes to the workers.
+    expect(entries(daemon).filter((e) => e.msg === 'microtask done')).toEqual([]);
+
+    // stop_grace_period leaves the configured grace (MICROTASK_SHUTDOWN_GRACE_MS) and time to save and close.
+    for (const service of [daemonService!, workerService!]) {
+      const { MICROTASK_SHUTDOWN_GRACE_MS: graceMs } = EnvSchema.parse(envOf(service));
+      expect(seconds(service.stop_grace_period!) * 1000).toBeGreaterThanOrEqual(graceMs + 10_000);
+    }
+    // `docker compose stop`: SIGTERM, then SIGKILL after stop_grace_period. Each stops by itself, well within it.
+    const stopped = [daemon, ...workers].map(async (child) => {
+      const grace = seconds((child.serviceName === 'daemon' ? daemonService : workerService)!.stop_grace_period ?? '10s');
+      const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      child.kill('SIGTERM');
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), grace * 1000)));
+      const code = await Promise.race([exit, late]);
+      clearTimeout(timer);
+      if (code === 'late') child.kill('SIGKILL');
+      return { service: child.serviceName, code, withinGrace: code !== 'late', log: code === 0 ? '' : logs.get(child)!.slice(-2_000) };
+    });
+    for (const result of await Promise.all(stopped)) expect(result, result.log).toMatchObject({ code: 0, withinGrace: true });
+    await rm(state, { recursive: true, force: true });
+    await rm(confDir, { recursive: true, force: true });
+  }, 120_000);
+});

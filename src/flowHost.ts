@@ -277,7 +277,8 @@ export class FlowHost {
    * had just started is in it, to run again on resume).
    */
   private park(hosted: HostedFlow) {
-    if (hosted.lost || hosted.ending) return;
+    // A flow whose last microtask took it to its end is ending, not parked.
+    if (hosted.lost || hosted.ending || (hosted.actor.getSnapshot() as { status?: string }).status !== 'active') return;
     const snapshot = hosted.actor.getPersistedSnapshot();
     // Saves queued before this one see `lost` and skip: this one holds the latest state.
     hosted.lost = true;

@@ -506,7 +506,6 @@ async function daemonCommand(options: DaemonOptions) {
 async function serveInspector(parts: { store: SnapshotStore; journal?: Journal | undefined; flows: ReturnType<typeof provideFlows> }, config: Config, logger: Logger, port: number) {
   if (!parts.journal) throw new Error('no journal to show');
   const server = await startInspectorServer({ journal: parts.journal, store: parts.store, flows: parts.flows, logger, host: config.MICROTASK_INSPECTOR_HOST, port });
-  logger.info({ url: server.url }, `inspector: ${server.url}`);
   return server;
 }
 

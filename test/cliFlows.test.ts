@@ -1,0 +1,189 @@
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { access, mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterEach, describe, expect, it } from 'vitest';
+import { reply, startFakeAnthropic, type FakeAnthropic } from '../src/testing/fakeAnthropic.js';
+
+// The CLI as a user runs it: the built bin (npm test builds it first), in child processes.
+const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
+const cwd = new URL('..', import.meta.url).pathname;
+const baseEnv = () => ({ PATH: process.env.PATH ?? '', NO_COLOR: '1' });
+const run = (args: string[], env: Record<string, string> = {}) =>
+  promisify(execFile)(process.execPath, [CLI, ...args], { env: { ...baseEnv(), ...env }, cwd }).then(
+    ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
+    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+  );
+
+interface Running {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<number | null>;
+}
+const children: ChildProcess[] = [];
+function start(args: string[], env: Record<string, string>): Running {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...baseEnv(), ...env }, cwd });
+  children.push(child);
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 : null))));
+  return { child, stdout: () => out, stderr: () => err, exited };
+}
+afterEach(() => {
+  for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
+});
+
+async function until<T>(check: () => Promise<T | undefined> | T | undefined, what: string, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+let fake: FakeAnthropic | undefined;
+afterEach(async () => {
+  await fake?.close();
+  fake = undefined;
+});
+/** A model server that answers every call with `text` after `delayMs` (a number, or what the function says then). */
+async function slowModel(delayMs: number | (() => number), text = 'A slow but fine answer.') {
+  fake = await startFakeAnthropic({ replies: () => reply.text(text, { delayMs: typeof delayMs === 'number' ? delayMs : delayMs() }) });
+  return { ANTHROPIC_API_KEY: 'sk-test', ANTHROPIC_BASE_URL: fake.url, MICROTASK_MAX_RETRIES: '0' };
+}
+
+describe('the CLI a person drives', () => {
+  it("shows a flow's transitions and microtasks with tokens and durations, as text and JSON; an unknown flow exits 2", async () => {
+    const env = { MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-show-')) };
+    const ran = await run(['run', 'feedback-loop', '--input', 'examples/feedback-loop.json', '--json', '--no-progress'], env);
+    const { flowId } = JSON.parse(ran.stdout);
+
+    const shown = await run(['show', flowId], env);
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).toContain(`${flowId}  feedback-loop`);
+    expect(shown.stdout).toMatch(/microtasks 4 started, 4 done, 0 failed; 557 tokens \(510 in, 47 out\)/);
+    expect(shown.stdout).toMatch(/feedbackLoop → verifying {2}on xstate\.done\.actor/);
+    expect(shown.stdout).toMatch(/✓ commit-message \S+\/generate\/0 {2}\d+ ms, 72 tokens \(70 in, 2 out\)/);
+    expect(shown.stdout).toMatch(/flow ended done/);
+    expect(shown.stdout).not.toMatch(/\u001b\[/); // NO_COLOR
+
+    const verbose = await run(['show', flowId, '--verbose'], env);
+    expect(verbose.stdout).toContain('prompt: Write the subject line for this change.');
+    expect(verbose.stdout).toContain('answer: Fix pagination skipping the last page');
+
+    const json = JSON.parse((await run(['show', flowId, '--json'], env)).stdout);
+    expect(json.record).toMatchObject({ flowId, status: 'done' });
+    expect(json.record.snapshot).toBeUndefined();
+    const kinds = new Set(json.entries.map((e: { kind: string }) => e.kind));
+    expect([...kinds].sort()).toEqual(['flow', 'microtask', 'step', 'transition']);
+    expect(json.entries.find((e: { kind: string }) => e.kind === 'step').snapshot).toBeUndefined();
+    const withSnapshots = JSON.parse((await run(['show', flowId, '--json', '--snapshots'], env)).stdout);
+    expect(withSnapshots.entries.find((e: { kind: string }) => e.kind === 'step').snapshot).toMatchObject({ status: 'active' });
+
+    const unknown = await run(['show', 'no-such-flow'], env);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('no flow no-such-flow');
+  });
+
+  it('cancels an embedded flow another process is running: that run stops with `cancelled`, and it cannot be resumed', async () => {
+    const env = { MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-cancel-')), ...(await slowModel(1_500)) };
+    const running = start(['run', 'feedback-loop', '--input', 'examples/feedback-loop.json', '--no-progress'], env);
+    const flowId = await until(async () => {
+      const listed = JSON.parse((await run(['flows', '--json', '--status', 'running'], env)).stdout || '[]');
+      return listed[0]?.flowId as string | undefined;
+    }, 'the flow to be listed as running');
+
+    const cancelled = await run(['cancel', flowId], env);
+    expect(cancelled.code, cancelled.stderr).toBe(0);
+    expect(cancelled.stderr).toContain(`cancelled ${flowId}`);
+    expect(await running.exited).toBe(1);
+    expect(running.stderr()).toContain('cancelled');
+
+    const again = await run(['cancel', flowId], env);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain('already ended: cancelled');
+    const resumed = await run(['resume', flowId, '--no-progress'], env);
+    expect(resumed.stderr).toContain('had already ended (cancelled)');
+    expect((await run(['show', flowId], env)).stdout).toMatch(/flow ended cancelled: cancelled by `microtask cancel`/);
+  });
+
+  it('build --detach prints the flow id at once; the build runs on in the background and `show --follow` sees it end', async () => {
+    const state = await mkdtemp(join(tmpdir(), 'cli-detach-'));
+    const out = await mkdtemp(join(tmpdir(), 'cli-detach-out-'));
+    const env = { MICROTASK_STATE_DIR: state };
+    const detached = await run(['build', 'examples/api-tester.json', '--out', out, '--detach'], env);
+    expect(detached.code, detached.stderr).toBe(0);
+    const flowId = detached.stdout.trim();
+    expect(flowId).toMatch(/^tool-builder-/);
+    expect(detached.stderr).toContain(`microtask show ${flowId}`);
+
+    const followed = await run(['show', flowId, '--follow'], env);
+    expect(followed.code, followed.stderr).toBe(0);
+    expect(followed.stderr).toContain(`tool-builder ${flowId}: ended (done)`);
+    await access(join(out, 'api-tester', 'src', 'cli.js'));
+  });
+
+  it('inspect serves the inspector page and its API on the port asked, and stops on SIGTERM with exit 0', async () => {
+    const env = { MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-inspect-')) };
+    const { flowId } = JSON.parse((await run(['run', 'microtask', '--input', 'examples/microtask.json', '--json', '--no-progress'], env)).stdout);
+    const inspector = start(['inspect', flowId, '--port', '0'], env);
+    const url = await until(() => inspector.stdout().match(/^(http:\/\/127\.0\.0\.1:\d+\/)\S*/m)?.[1], 'the inspector URL');
+    expect(inspector.stdout()).toContain(flowId);
+    const page = await fetch(url);
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-type')).toContain('text/html');
+    const flows = (await (await fetch(`${url}api/flows`)).json()) as { flows: Array<{ flowId: string }> };
+    expect(flows.flows.map((f) => f.flowId)).toContain(flowId);
+    inspector.child.kill('SIGTERM');
+    expect(await inspector.exited).toBe(0);
+
+    const badPort = await run(['inspect', '--port', '70000'], env);
+    expect(badPort.code).toBe(2);
+    expect(badPort.stderr).toContain('a port is a whole number from 0 to 65535');
+  });
+
+  it('the embedded daemon stops on SIGTERM with exit 0 after letting the microtask in flight finish; a second signal exits at once', async () => {
+    const state = await mkdtemp(join(tmpdir(), 'cli-daemon-'));
+    let delay = 800;
+    const env = { MICROTASK_STATE_DIR: state, MICROTASK_INSPECTOR_PORT: '0', MICROTASK_SHUTDOWN_GRACE_MS: '20000', ...(await slowModel(() => delay)) };
+    // An unfinished flow for the daemon to resume: a run killed while its first call is in flight.
+    const killed = start(['run', 'microtask', '--input', 'examples/microtask.json', '--no-progress'], env);
+    await until(() => fake!.requests.length >= 1 || undefined, 'the first model call');
+    killed.child.kill('SIGKILL');
+    await killed.exited;
+
+    const daemon = start(['daemon'], { ...env, MICROTASK_LOG_LEVEL: 'info' });
+    await until(() => fake!.requests.length >= 2 || undefined, 'the resumed flow to call the model again');
+    daemon.child.kill('SIGTERM');
+    const code = await daemon.exited;
+    expect(code, daemon.stderr()).toBe(0);
+    expect(daemon.stderr()).toContain('letting the microtasks in flight finish');
+    // The call in flight finished and its result was saved: the flow ended, nothing left to resume.
+    const listed = JSON.parse((await run(['flows', '--json'], env)).stdout);
+    expect(listed).toEqual([expect.objectContaining({ status: 'done' })]);
+
+    // A call that would outlast the patience of the person at the terminal: the second signal ends it now.
+    delay = 60_000;
+    const slowRun = start(['run', 'microtask', '--input', 'examples/microtask.json', '--no-progress'], env);
+    await until(() => fake!.requests.length >= 3 || undefined, 'the slow call');
+    slowRun.child.kill('SIGKILL');
+    await slowRun.exited;
+    const again = start(['daemon'], { ...env, MICROTASK_SHUTDOWN_GRACE_MS: '60000', MICROTASK_LOG_LEVEL: 'info' });
+    await until(() => fake!.requests.length >= 4 || undefined, 'the resumed slow call');
+    again.child.kill('SIGTERM');
+    await until(() => again.stderr().includes('letting the microtasks in flight finish') || undefined, 'the drain to begin');
+    const signalledAt = Date.now();
+    again.child.kill('SIGTERM');
+    expect(await again.exited).toBe(130);
+    expect(Date.now() - signalledAt).toBeLessThan(5_000);
+    expect(again.stderr()).toContain('second signal: exiting now');
+    // The flow is still there to be resumed.
+    expect(JSON.parse((await run(['flows', '--json', '--status', 'running'], env)).stdout)).toHaveLength(1);
+  });
+});

@@ -136,6 +136,13 @@ function follow(flowId, since) {
         ...(entry.error ? { error: entry.error } : {}),
       };
     }
+    // The list polls every 2 s; the flow on show is told at once.
+    const listed = state.flows.find((flow) => flow.flowId === flowId);
+    if (listed && (entry.kind === 'step' || entry.kind === 'flow')) {
+      if (entry.kind === 'step') Object.assign(listed, { state: entry.rootState, updatedAt: entry.at });
+      else Object.assign(listed, { status: entry.status, updatedAt: entry.at });
+      renderFlows();
+    }
     scheduleRender();
   });
 }
@@ -161,6 +168,13 @@ function snapshotAt() {
 /** The step on show (undefined: live with no steps, or before any). */
 function stepAt() {
   return state.position === 'live' ? state.steps.at(-1) : state.steps[state.position];
+}
+
+/** The snapshot of the child actor at `path` (ids from the root), if it runs at that moment. */
+function childSnapshot(snapshot, path) {
+  let current = snapshot;
+  for (const id of path) current = current?.children?.[id]?.snapshot;
+  return current;
 }
 
 /** Walks down the snapshot to the actor on show; learns which machine each child runs. */
@@ -233,7 +247,10 @@ async function render() {
       const laid = await model(actor.machineId);
       drawn = { machineId: actor.machineId, chart: renderStatechart(chart, laid) };
     }
-    const activeG = drawn.chart.highlight(value, event);
+    // The transition taken starts from a state active at the step before.
+    const index = state.position === 'live' ? state.steps.length - 1 : state.position;
+    const previous = index > 0 ? childSnapshot(state.steps[index - 1].snapshot, state.actorPath)?.value : undefined;
+    const activeG = drawn.chart.highlight(value, event, previous);
     applyZoom();
     chart.querySelector('.notice')?.remove();
     if (!actor.snapshot) {
@@ -269,9 +286,15 @@ function keepInView(container, g) {
   const scale = Number(container.querySelector('svg')?.dataset.scale ?? 1);
   const raw = g.getBBox();
   const box = { x: raw.x * scale, y: raw.y * scale, width: raw.width * scale, height: raw.height * scale };
+  const margin = 60;
   const view = { left: container.scrollLeft, top: container.scrollTop, width: container.clientWidth, height: container.clientHeight };
-  if (box.x < view.left || box.x + box.width > view.left + view.width) container.scrollLeft = Math.max(0, box.x - 40);
-  if (box.y < view.top || box.y + box.height > view.top + view.height) container.scrollTop = Math.max(0, box.y - 40);
+  // Out of view or at its very edge: bring it to the middle, with what led to it above.
+  if (box.x < view.left + margin || box.x + box.width > view.left + view.width - margin) {
+    container.scrollLeft = Math.max(0, box.x + box.width / 2 - view.width / 2);
+  }
+  if (box.y < view.top + margin || box.y + box.height > view.top + view.height - margin) {
+    container.scrollTop = Math.max(0, box.y + box.height / 2 - view.height / 2);
+  }
 }
 
 function renderTravel() {
@@ -362,8 +385,11 @@ function renderMicrotasks() {
   // A microtask's start and end, paired by key (a resumed flow may run one key again).
   const rows = [];
   const open = new Map();
+  // On a child actor: its microtasks and those of the actors below it.
+  const prefix = state.actorPath.join('/');
+  const mine = (entry) => prefix === '' || entry.actor === prefix || entry.actor.startsWith(`${prefix}/`);
   for (const entry of state.entries) {
-    if (entry.kind !== 'microtask') continue;
+    if (entry.kind !== 'microtask' || !mine(entry)) continue;
     if (entry.phase === 'started') {
       const row = { started: entry, finished: undefined };
       rows.push(row);
@@ -436,7 +462,8 @@ function renderMicrotasks() {
   }
   const head = document.createElement('p');
   head.className = 'muted';
-  head.textContent = rows.length === 0 ? 'No microtasks yet.' : `${rows.length} microtasks · ${totals.calls} calls · ${totals.input} tokens in, ${totals.output} out`;
+  const of = prefix ? ` of ${prefix}` : '';
+  head.textContent = rows.length === 0 ? `No microtasks${of} yet.` : `${rows.length} microtasks${of} · ${totals.calls} calls · ${totals.input} tokens in, ${totals.output} out`;
   $('tab-microtasks').replaceChildren(head, container);
 }
 

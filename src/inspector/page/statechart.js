@@ -119,14 +119,42 @@ export function renderStatechart(container, model) {
 
   return {
     svg,
-    highlight(value, takenEvent) {
+    /**
+     * Marks the states of `value` active, and the transitions `takenEvent` can have taken:
+     * from a state active before (`previousValue`) or into one active now.
+     */
+    highlight(value, takenEvent, previousValue) {
       const active = new Set(activePaths(value));
+      const before = new Set(activePaths(previousValue));
       for (const [path, g] of states) g.classList.toggle('active', path === '' ? false : active.has(path));
       const pathOf = (id) => nodesById.get(id)?.path.join('.');
-      for (const { edge, g, path } of edges) {
-        const taken = Boolean(takenEvent) && edge.event === takenEvent && active.has(pathOf(edge.target));
-        g.classList.toggle('taken', taken);
-        path.setAttribute('marker-end', taken ? 'url(#arrow-taken)' : 'url(#arrow)');
+      const taken = new Set();
+      if (takenEvent) {
+        const candidates = edges.filter(({ edge }) => edge.event === takenEvent && (before.size === 0 || before.has(pathOf(edge.source))));
+        // Follow eventless (`always`) transitions from each candidate's target: the route
+        // that ends in a state active now is the one taken, guards and all.
+        for (const candidate of candidates) {
+          const route = new Map([[candidate.edge.target, [candidate]]]);
+          const queue = [candidate.edge.target];
+          while (queue.length > 0) {
+            const at = queue.shift();
+            if (active.has(pathOf(at))) {
+              for (const step of route.get(at)) taken.add(step);
+              break;
+            }
+            for (const next of edges) {
+              if (next.edge.kind !== 'always' || next.edge.source !== at || route.has(next.edge.target)) continue;
+              route.set(next.edge.target, [...route.get(at), next]);
+              queue.push(next.edge.target);
+            }
+          }
+        }
+        if (taken.size === 0) for (const candidate of candidates) taken.add(candidate);
+      }
+      for (const item of edges) {
+        const on = taken.has(item);
+        item.g.classList.toggle('taken', on);
+        item.path.setAttribute('marker-end', on ? 'url(#arrow-taken)' : 'url(#arrow)');
       }
       // Keep the active state in view.
       const first = [...active].pop();

@@ -35,7 +35,8 @@ export const colorWanted = (stream: NodeJS.WriteStream = process.stderr) =>
  */
 export function progressDisplay(options: ProgressOptions = {}): Progress {
   const stream = options.stream ?? process.stderr;
-  const live = options.live ?? Boolean(stream.isTTY);
+  // A terminal that reports no size (some CI ptys) gets lines: a redrawn block would not fit.
+  const live = options.live ?? (Boolean(stream.isTTY) && (stream.rows ?? 0) > 0);
   const c = pc.createColors(options.color ?? colorWanted(stream));
   const write = (line: string) => stream.write(`${line}\n`);
 
@@ -51,7 +52,9 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
 
   const render = () => {
     const lines = [`${c.bold(header)} ${status === 'running' ? c.cyan(status) : status === 'done' ? c.green(status) : c.red(status)} ${c.dim(`${((Date.now() - started) / 1000).toFixed(1)}s`)}`];
-    const shown = [...machines].filter(([actor], i, all) => actor === 'root' || i >= all.length - MAX_CHILDREN_SHOWN);
+    const children = [...machines].filter(([actor]) => actor !== 'root');
+    const root = machines.get('root');
+    const shown = [...(root ? [['root', root] as const] : []), ...children.slice(-MAX_CHILDREN_SHOWN)];
     for (const [actor, { machine, state }] of shown) lines.push(`${'  '.repeat(depth(actor) + 1)}${machine}${actorName(actor)}: ${c.yellow(state)}`);
     const frame = '⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏'[Math.floor(Date.now() / 100) % 10];
     for (const { entry, since } of inFlight.values()) {

@@ -28,11 +28,12 @@ import { spawn } from 'node:child_process';
 import { openSync } from 'node:fs';
 import { join } from 'node:path';
 import pc from 'picocolors';
-import { fromPromise, type InspectionEvent } from 'xstate';
+import { fromPromise } from 'xstate';
 import { writeToolFiles } from '../actors/toolWriter.js';
 import type { FlowDone } from '../daemon/protocol.js';
 import { provideFlows } from '../flows.js';
 import { startInspectorServer } from '../inspector/server.js';
+import { startStatelyInspector } from '../inspector/stately.js';
 import type { Journal, JournalEntry } from '../journal/Journal.js';
 import { teeJournal } from '../journal/tee.js';
 import type { ModuleRecord, ToolBuilderOutput } from '../machines/toolBuilder.js';
@@ -468,9 +469,12 @@ interface DaemonOptions {
 }
 
 /** Stately's inspector (@statelyai/inspect) for `--inspect`. */
-async function statelyFor(logger: Logger): Promise<{ inspect: (event: InspectionEvent) => void; stop(): void }> {
-  const { startStatelyInspector } = await import('../inspector/stately.js');
-  return startStatelyInspector({ logger });
+async function statelyFor(logger: Logger) {
+  const stately = await startStatelyInspector({ logger }).catch((e: unknown) => {
+    throw new UsageError(`--inspect: ${(e as Error).message}`, 'STATELY_INSPECTOR');
+  });
+  process.stderr.write(`Stately inspector: open ${stately.url} in a browser (it loads Stately's UI from the internet)\n`);
+  return stately;
 }
 
 async function daemonCommand(options: DaemonOptions) {

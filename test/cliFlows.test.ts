@@ -3,8 +3,9 @@ import { access, mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { reply, startFakeAnthropic, type FakeAnthropic } from '../src/testing/fakeAnthropic.js';
+import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
 
 // The CLI as a user runs it: the built bin (npm test builds it first), in child processes.
 const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
@@ -187,3 +188,56 @@ describe('the CLI a person drives', () => {
     expect(JSON.parse((await run(['flows', '--json', '--status', 'running'], env)).stdout)).toHaveLength(1);
   });
 });
+
+describe('the CLI against daemons on NATS', () => {
+  let nats: NatsServer;
+  beforeAll(async () => {
+    nats = await startNatsServer();
+  });
+  afterAll(async () => {
+    await nats?.close();
+  });
+
+  it('build publishes the request, shows progress from the journal, writes the tool here; show and cancel go through NATS', async () => {
+    const daemonState = await mkdtemp(join(tmpdir(), 'cli-nats-daemon-'));
+    const clientState = await mkdtemp(join(tmpdir(), 'cli-nats-client-'));
+    const out = await mkdtemp(join(tmpdir(), 'cli-nats-out-'));
+    const common = { NATS_URL: nats.url, MICROTASK_SUBJECT_PREFIX: 'clitest', MICROTASK_INSPECTOR_PORT: '0' };
+    // The client shares nothing with the daemon but NATS: not its state directory, not its disk.
+    const client = { ...common, MICROTASK_STATE_DIR: clientState };
+
+    const noDaemon = await run(['build', 'examples/api-tester.json', '--out', out], client);
+    expect(noDaemon.code).toBe(2);
+    expect(noDaemon.stderr).toContain('no daemon answered');
+
+    const daemon = start(['daemon', '--worker'], { ...common, MICROTASK_STATE_DIR: daemonState, MICROTASK_LOG_LEVEL: 'info' });
+    await until(() => daemon.stderr().includes('daemon ready') || undefined, 'the daemon to be ready');
+
+    const built = await run(['build', 'examples/api-tester.json', '--out', out], client);
+    expect(built.code, built.stderr).toBe(0);
+    expect(built.stdout.trim()).toBe(join(out, 'api-tester'));
+    const flowId = built.stderr.match(/started (tool-builder-\S+) on the daemon/)?.[1];
+    expect(flowId).toBeDefined();
+    // Progress lines from the journal the daemon wrote to JetStream.
+    expect(built.stderr).toMatch(/toolBuilder: integrating/);
+    expect(built.stderr).toMatch(/microtask integrate-tool \S+: done, \d+ ms, [\d,]+ tokens/);
+    await access(join(out, 'api-tester', 'src', 'cli.js'));
+
+    const shown = await run(['show', flowId!], client);
+    expect(shown.code, shown.stderr).toBe(0);
+    expect(shown.stdout).toMatch(/status +done/);
+    expect(shown.stdout).toMatch(/microtasks 11 started, 11 done, 0 failed/);
+
+    const cancelDone = await run(['cancel', flowId!], client);
+    expect(cancelDone.code).toBe(2);
+    expect(cancelDone.stderr).toContain('FLOW_FINISHED');
+
+    const detached = await run(['build', 'examples/api-tester.json', '--out', out, '--detach'], client);
+    expect(detached.code, detached.stderr).toBe(0);
+    expect(detached.stdout.trim()).toMatch(/^tool-builder-/);
+
+    daemon.child.kill('SIGTERM');
+    expect(await daemon.exited).toBe(0);
+  });
+});
+

@@ -499,8 +499,11 @@ async function daemonCommand(options: DaemonOptions) {
   const grace = config.MICROTASK_SHUTDOWN_GRACE_MS;
   return serveUntilSignal(async () => {
     await inspector?.close();
-    // Workers and the daemon drain side by side: the daemon's flows wait on the workers' tasks.
-    await Promise.all([daemon.stop(grace), worker ? stopWithin(worker.stop(), grace, logger) : undefined]);
+    // Embedded, the microtasks run here: they get the grace period to finish. With NATS they
+    // run on workers, which store each result for the flow whatever the daemon does: its
+    // flows stop at once (resumed on the next start, or by another daemon), and a worker in
+    // this process drains like any other.
+    await Promise.all([daemon.stop(bus.transport === 'nats' ? 0 : grace), worker ? stopWithin(worker.stop(), grace, logger) : undefined]);
     stately?.stop();
     await bus.close();
   }, logger);

@@ -42,6 +42,15 @@ export class FileSnapshotStore implements SnapshotStore {
   /** The tail of each flow's queue of file operations. */
   private readonly queues = new Map<string, Promise<void>>();
   private dirReady: Promise<void> | undefined;
+  /**
+   * What this store last wrote for each flow: its revision and the file's identity. A save
+   * whose file is still that one (same inode, size and mtime) knows the stored revision
+   * without reading and parsing the record again; any other file is read.
+   */
+  private readonly written = new Map<string, WrittenFile>();
+  /** The directory fsync in progress, and the one queued behind it (group commit). */
+  private dirSync: Promise<void> | undefined;
+  private nextDirSync: Promise<void> | undefined;
 
   constructor(
     readonly dir: string,
@@ -63,13 +72,18 @@ export class FileSnapshotStore implements SnapshotStore {
     const checked = checkRecordForSave(record);
     const flowId = checked.flowId;
     return this.exclusive(flowId, async () => {
-      const current = await this.read(flowId);
-      if (current.kind === 'corrupt' && current.revision === undefined) throw current.error;
-      const actual = current.kind === 'missing' ? null : current.revision!;
+      let actual: number | null | undefined = await this.revisionWritten(flowId);
+      if (actual === undefined) {
+        const current = await this.read(flowId);
+        if (current.kind === 'corrupt' && current.revision === undefined) throw current.error;
+        actual = current.kind === 'missing' ? null : current.revision!;
+      }
       if (actual !== expectedRevision) throw new SnapshotConflictError(flowId, expectedRevision, actual);
       const revision = (actual ?? 0) + 1;
       await this.ensureDir();
-      await this.writeAtomically(this.file(flowId), JSON.stringify({ revision, record: checked }));
+      this.written.delete(flowId);
+      const file = await this.writeAtomically(this.file(flowId), JSON.stringify({ revision, record: checked }));
+      this.written.set(flowId, { revision, ...file });
       return revision;
     });
   }
@@ -96,13 +110,15 @@ export class FileSnapshotStore implements SnapshotStore {
   async delete(flowId: string): Promise<void> {
     assertFlowId(flowId);
     await this.exclusive(flowId, async () => {
-      if (await removeFile(this.file(flowId))) await syncDir(this.dir);
+      this.written.delete(flowId);
+      if (await removeFile(this.file(flowId))) await this.syncOwnDir();
     });
   }
 
   async moveAside(flowId: string, reason: string): Promise<void> {
     assertFlowId(flowId);
     await this.exclusive(flowId, async () => {
+      this.written.delete(flowId);
       const asideDir = join(this.dir, CORRUPT_DIR);
       await mkdir(asideDir, { recursive: true });
       const stamp = new Date().toISOString().replace(/:/g, '-');
@@ -124,7 +140,10 @@ export class FileSnapshotStore implements SnapshotStore {
       this.exclusive(flowId, async () => {
         const entry = await this.read(flowId);
         if (entry.kind === 'corrupt') report(this.options.onCorrupt, entry.error);
-        if (entry.kind === 'ok' && isPrunable(entry.record, olderThan, statuses) && (await removeFile(this.file(flowId)))) pruned++;
+        if (entry.kind === 'ok' && isPrunable(entry.record, olderThan, statuses) && (await removeFile(this.file(flowId)))) {
+          this.written.delete(flowId);
+          pruned++;
+        }
       }),
     );
     if (pruned > 0) await syncDir(this.dir);
@@ -223,15 +242,30 @@ export class FileSnapshotStore implements SnapshotStore {
     }
   }
 
-  /** Temp file in the same directory, fsync, rename over `path`, fsync the directory. */
-  private async writeAtomically(path: string, data: string): Promise<void> {
+  /**
+   * The revision this store wrote for the flow when its file is still the one written
+   * (a rename always makes a new inode; an edit in place changes the mtime); undefined
+   * when that is not known, and the file must be read.
+   */
+  private async revisionWritten(flowId: string): Promise<number | undefined> {
+    const known = this.written.get(flowId);
+    if (!known) return undefined;
+    const info = await stat(this.file(flowId), { bigint: true }).catch(() => undefined);
+    return info && info.ino === known.ino && info.size === known.size && info.mtimeNs === known.mtimeNs ? known.revision : undefined;
+  }
+
+  /** Temp file in the same directory, fsync, rename over `path`, fsync the directory; the file's identity. */
+  private async writeAtomically(path: string, data: string): Promise<Omit<WrittenFile, 'revision'>> {
     const dir = dirname(path);
     const temp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}${TEMP_SUFFIX}`);
+    let file: Omit<WrittenFile, 'revision'>;
     try {
       const handle = await open(temp, 'wx', 0o600);
       try {
         await handle.writeFile(data, 'utf8');
         await handle.sync();
+        const info = await handle.stat({ bigint: true });
+        file = { ino: info.ino, size: info.size, mtimeNs: info.mtimeNs };
       } finally {
         await handle.close();
       }
@@ -240,8 +274,38 @@ export class FileSnapshotStore implements SnapshotStore {
       await removeFile(temp).catch(() => {});
       throw e;
     }
-    await syncDir(dir);
+    await (dir === this.dir ? this.syncOwnDir() : syncDir(dir));
+    return file;
   }
+
+  /**
+   * Makes the renames done so far in the store's directory durable. Saves of many flows
+   * share one directory fsync (group commit): a caller joins the next fsync to start, never
+   * one already running (it might have begun before the caller's rename).
+   */
+  private syncOwnDir(): Promise<void> {
+    if (!this.dirSync) {
+      const running = syncDir(this.dir).finally(() => {
+        if (this.dirSync === running) this.dirSync = undefined;
+      });
+      this.dirSync = running;
+      return running;
+    }
+    this.nextDirSync ??= this.dirSync
+      .catch(() => undefined)
+      .then(() => {
+        this.nextDirSync = undefined;
+        return this.syncOwnDir();
+      });
+    return this.nextDirSync;
+  }
+}
+
+interface WrittenFile {
+  revision: number;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
 }
 
 type FileEntry =

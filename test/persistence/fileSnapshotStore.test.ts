@@ -110,4 +110,35 @@ describe('FileSnapshotStore on disk', () => {
     expect(await Promise.all(saves)).toEqual(Array.from({ length: 10 }, (_, i) => first + i + 1));
     expect((await store.load('flow-1'))?.record.state).toBe('s9');
   });
+
+  it('knows the revision it wrote without reading it back, yet sees a file another writer put in its place', async () => {
+    const dir = await tempDir();
+    const mine = new FileSnapshotStore(dir);
+    const theirs = new FileSnapshotStore(dir);
+    expect(await mine.save(flowRecord('flow-1'), null)).toBe(1);
+    expect(await mine.save(flowRecord('flow-1', { state: 'a' }), 1)).toBe(2);
+    expect(await theirs.save(flowRecord('flow-1', { state: 'b' }), 2)).toBe(3);
+    await expect(mine.save(flowRecord('flow-1', { state: 'c' }), 2)).rejects.toMatchObject({ code: 'SNAPSHOT_CONFLICT', actualRevision: 3 });
+    expect(await mine.save(flowRecord('flow-1', { state: 'd' }), 3)).toBe(4);
+    // Rewritten in place, same inode and length: the mtime tells.
+    const text = await readFile(join(dir, 'flow-1.json'), 'utf8');
+    await writeFile(join(dir, 'flow-1.json'), text.replace('"revision":4', '"revision":9'));
+    await utimes(join(dir, 'flow-1.json'), new Date(), new Date(Date.now() - 60_000));
+    await expect(mine.save(flowRecord('flow-1'), 4)).rejects.toMatchObject({ code: 'SNAPSHOT_CONFLICT', actualRevision: 9 });
+  });
+
+  it('saves of many flows at once share directory fsyncs, and every one lands', async () => {
+    const dir = await tempDir();
+    const store = new FileSnapshotStore(dir);
+    const revisions = await Promise.all(
+      Array.from({ length: 50 }, async (_, i) => {
+        let revision = await store.save(flowRecord(`flow-${i}`), null);
+        for (let k = 0; k < 3; k++) revision = await store.save(flowRecord(`flow-${i}`, { state: `s${k}` }), revision);
+        return revision;
+      }),
+    );
+    expect(revisions).toEqual(Array.from({ length: 50 }, () => 4));
+    const reread = new FileSnapshotStore(dir);
+    for (let i = 0; i < 50; i++) expect(await reread.load(`flow-${i}`)).toMatchObject({ revision: 4, record: { state: 's2' } });
+  });
 });

@@ -60,7 +60,13 @@ export async function runOverhead(options: { sdk?: boolean } = {}): Promise<{ ro
   ];
   const rows: OverheadRow[] = [];
   {
-    const setups = [bareSetup(), await embeddedSetup(), await embeddedSetup({ journal: true, name: 'embedded + file journal' }), await natsSetup()];
+    const setups = [
+      bareSetup(),
+      await embeddedSetup(),
+      await embeddedSetup({ journal: true, name: 'embedded + file journal' }),
+      await natsSetup(),
+      await natsSetup({ journal: true, name: 'NATS + JetStream journal' }),
+    ];
     try {
       rows.push(...(await measureAll(setups, modes, 'instant (scripted)')));
     } finally {

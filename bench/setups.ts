@@ -165,7 +165,9 @@ export async function startWorkerProcess(env: Record<string, string>): Promise<C
  * NATS mode: a nats-server of its own, the daemon (this process) over it with KV
  * snapshots and leases, and one worker process taking the microtasks off the work queue.
  */
-export async function natsSetup(options: { model?: ModelChoice; inFlight?: number; name?: string; nats?: NatsServer } = {}): Promise<Setup> {
+export async function natsSetup(
+  options: { model?: ModelChoice; inFlight?: number; name?: string; nats?: NatsServer; journal?: boolean } = {},
+): Promise<Setup> {
   const nats = options.nats ?? (await startNatsServer());
   const env: Record<string, string> = {
     NATS_URL: nats.url,
@@ -176,7 +178,7 @@ export async function natsSetup(options: { model?: ModelChoice; inFlight?: numbe
   };
   const config = loadConfig(env);
   const bus = await connectNatsBus({ servers: [nats.url] });
-  const daemon = await startDaemonService(bus, config, silentLogger);
+  const daemon = await startDaemonService(bus, config, silentLogger, { journal: options.journal ?? false });
   const worker = await startWorkerProcess(env);
   const clientBus = await connectNatsBus({ servers: [nats.url] });
   const client = await protocolClient(clientBus);

@@ -1,5 +1,5 @@
 import { isReusableResult, type MicrotaskRunner } from './actors/microtask.js';
-import { MicrotaskInputSchema, type MicrotaskResult } from './actors/microtaskTypes.js';
+import { flowIdOf, MicrotaskInputSchema, type MicrotaskResult } from './actors/microtaskTypes.js';
 import { describeIssues } from './actors/model/prompt.js';
 import type { QueuedTask } from './actors/remoteMicrotask.js';
 import type { Job, WorkConsumer, WorkQueue } from './bus/Bus.js';
@@ -58,7 +58,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkConsumer>
       return;
     }
     const task: QueuedTask = parsed.data;
-    const log = logger.child({ taskId: task.key, taskType: task.taskType, delivery: job.deliveryCount });
+    const log = logger.child({ flowId: flowIdOf(task.key), taskId: task.key, taskType: task.taskType, delivery: job.deliveryCount });
     // A long model call must keep telling the queue it is alive, or it is delivered twice.
     const heartbeat = setInterval(() => void job.working().catch(() => undefined), heartbeatMs);
     let result: MicrotaskResult;

@@ -7,6 +7,7 @@ import { describeIssues } from './model/prompt.js';
 import { isModelError, type ModelErrorKind } from './model/ModelError.js';
 import type { ModelPort } from './model/ModelPort.js';
 import {
+  flowIdOf,
   MicrotaskInputSchema,
   type MicrotaskError,
   type MicrotaskInput,
@@ -128,7 +129,7 @@ export class MicrotaskRunner {
       });
     }
     const input = parsed.data;
-    const log = this.logger.child({ taskId: input.key, taskType: input.taskType });
+    const log = this.logger.child({ flowId: flowIdOf(input.key), taskId: input.key, taskType: input.taskType });
 
     const stored = await this.deps.results.get(input.key);
     if (stored && isReusableResult(stored)) {

@@ -76,3 +76,6 @@ export const MicrotaskResultSchema = z.object({
   cached: z.boolean(),
 });
 export type MicrotaskResult = z.infer<typeof MicrotaskResultSchema>;
+
+/** The flow a microtask belongs to, for logs: its key starts with the flow's key (`<flowId>/module/auth/generate/0`). */
+export const flowIdOf = (key: string) => key.split('/', 1)[0] ?? key;

@@ -5,7 +5,7 @@ import { subjects } from '../bus/subjects.js';
 import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../usage.js';
 import { DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, withDeadline, type Fallbacks } from './microtask.js';
-import { MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from './microtaskTypes.js';
+import { flowIdOf, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from './microtaskTypes.js';
 
 export interface RemoteMicrotaskOptions {
   bus: Bus;
@@ -57,7 +57,7 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
     const key = resultKey(input.key);
     const timeoutMs = input.timeoutMs ?? options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     const task: QueuedTask = { ...input, deadlineAt: input.deadlineAt ?? Date.now() + timeoutMs };
-    const log = logger.child({ taskId: input.key, taskType: input.taskType });
+    const log = logger.child({ flowId: flowIdOf(input.key), taskId: input.key, taskType: input.taskType });
     const failure = (error: MicrotaskError): MicrotaskResult => ({
       success: false,
       taskType: input.taskType,

@@ -2,7 +2,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { jetstream } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EnvSchema } from '../src/config.js';
@@ -223,27 +223,121 @@ describe('the deployment files', () => {
   });
 });
 
+// ---- the processes ----------------------------------------------------------------------
+
+type LogEntry = { level: number; msg: string; taskId?: string };
+interface RunningService extends ChildProcess {
+  service: string;
+  log(): string;
+  entries(): LogEntry[];
+}
+
+/** The image's entrypoint with a service's command, run from the repository (dist/ is built by npm test). */
+async function startService(service: string, command: string[], env: Record<string, string>): Promise<RunningService> {
+  const entrypoint = JSON.parse(/^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(await read('Dockerfile'))![1]!) as string[];
+  expect(entrypoint[0]).toBe('node');
+  const child = spawn(process.execPath, [...entrypoint.slice(1), ...command], { cwd: ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
+  children.push(child);
+  let log = '';
+  child.stderr!.on('data', (chunk: Buffer) => (log += chunk.toString()));
+  const entries = () =>
+    log.split('\n').flatMap((line) => {
+      try {
+        return [JSON.parse(line) as LogEntry];
+      } catch {
+        return [];
+      }
+    });
+  return Object.assign(child, { service, log: () => log, entries });
+}
+
+async function waitForLog(child: RunningService, msg: RegExp, timeoutMs = 20_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!child.entries().some((e) => msg.test(e.msg))) {
+    if (child.exitCode !== null) throw new Error(`${child.service} exited with ${child.exitCode} before logging ${msg}:\n${child.log()}`);
+    if (Date.now() > until) throw new Error(`${child.service}: no log matching ${msg} within ${timeoutMs} ms:\n${child.log()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Keys of the microtasks a worker ran (it logs `microtask done` with each task's key). */
+const tasksRun = (worker: RunningService) => worker.entries().filter((e) => e.msg === 'microtask done' && e.taskId).map((e) => e.taskId!);
+
+type ToolDone = { flowId: string; status: string; output: { status: string; name: string; dir: string; files: string[]; modules: Array<{ name: string; code?: string }> } };
+
+/** What a client that knows only docs/protocol.md does: request a tool build, read its done message from the stream. */
+async function buildToolOverNats(url: string, requestId: string): Promise<ToolDone> {
+  const client = await connect({ servers: url });
+  try {
+    const spec = JSON.parse(await read('examples/api-tester.json')) as Record<string, unknown>;
+    const reply = await client.request('microtask.toolbuild.request', JSON.stringify({ ...spec, requestId }), { timeout: 10_000 });
+    const answer = reply.json<{ ok: boolean; flowId: string }>();
+    expect(answer).toMatchObject({ ok: true });
+    const consumer = await jetstream(client).consumers.get('MICROTASK_LOG_flows', { filter_subjects: `microtask.flow.${answer.flowId}.done` });
+    const message = await consumer.next({ expires: 60_000 });
+    expect(message, 'the done message within 60 s').toBeTruthy();
+    const done = message!.json<ToolDone>();
+    expect(done).toMatchObject({ flowId: answer.flowId, status: 'done', output: { status: 'done', name: 'api-tester' } });
+    // A client on another machine gets every module's code in the done message itself.
+    for (const module of done.output.modules) expect(module.code, module.name).toEqual(expect.stringContaining('export'));
+    return done;
+  } finally {
+    await client.close();
+  }
+}
+
+/**
+ * `docker compose stop`: SIGTERM, then SIGKILL after stop_grace_period. Each must exit 0
+ * by itself within it.
+ */
+async function stopAll(processes: Array<{ child: RunningService; graceSeconds: number }>) {
+  const results = await Promise.all(
+    processes.map(async ({ child, graceSeconds }) => {
+      const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      child.kill('SIGTERM');
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), graceSeconds * 1000)));
+      const code = await Promise.race([exit, late]);
+      clearTimeout(timer);
+      if (code === 'late') child.kill('SIGKILL');
+      return { service: child.service, code, log: code === 0 ? '' : child.log().slice(-2_000) };
+    }),
+  );
+  for (const result of results) expect(result, result.log).toMatchObject({ code: 0 });
+}
+
+/** Each service's environment as compose gives it with the committed .env.example (every value empty: the defaults). */
+async function composeEnvironment(service: Service): Promise<Record<string, string>> {
+  const dotenv = parseDotenv(await read('.env.example'));
+  return {
+    ...Object.fromEntries(Object.entries(service.environment ?? {}).map(([k, v]) => [k, interpolate(String(v), dotenv)])),
+    PATH: process.env.PATH ?? '',
+  };
+}
+
+/** A copy of deploy/nats.conf this nats-server takes, with the store given on the command line instead. */
+async function natsConfForThisServer(): Promise<string> {
+  // Debian's 2.9.10 rejects sync_interval (2.10 added it): an older server gets a copy
+  // without that line. nats-server refuses store_dir both in the file and on the command
+  // line, and startNatsServer gives a temporary one there. The other keys are the file's.
+  const [major, minor] = natsServerVersion();
+  let conf = (await read('deploy/nats.conf')).replace(/^\s*store_dir\s*[:=].*$/m, '');
+  if (!(major! > 2 || (major === 2 && minor! >= 10))) conf = conf.replace(/^\s*sync_interval\s*[:=].*$/m, '');
+  const dir = await mkdtemp(join(tmpdir(), 'deploy-conf-'));
+  await writeFile(join(dir, 'nats.conf'), conf);
+  return join(dir, 'nats.conf');
+}
+
 describe('the compose topology as processes: nats-server, a daemon, two workers', () => {
   it('builds a tool requested by a plain NATS client; both workers take tasks; all stop cleanly on SIGTERM', async () => {
     const compose = await composeFile();
     const { daemon: daemonService, worker: workerService, nats: natsService } = compose.services;
     expect(daemonService && workerService && natsService).toBeTruthy();
 
-    // nats-server with deploy/nats.conf. Debian's 2.9.10 rejects sync_interval (2.10
-    // added it), so an older server gets a copy without that line. The store is a
-    // temporary directory given on the command line (nats-server refuses store_dir in both
-    // places), as are the ports (flags override the file): no collision with a server on
-    // 4222/8222. The other keys are the file's.
-    const conf = await read('deploy/nats.conf');
-    const [major, minor] = natsServerVersion();
-    const syncIntervalKnown = major! > 2 || (major === 2 && minor! >= 10);
-    const confDir = await mkdtemp(join(tmpdir(), 'deploy-conf-'));
-    const confPath = join(confDir, 'nats.conf');
-    let testConf = conf.replace(/^\s*store_dir\s*[:=].*$/m, '');
-    if (!syncIntervalKnown) testConf = testConf.replace(/^\s*sync_interval\s*[:=].*$/m, '');
-    await writeFile(confPath, testConf);
+    // nats-server with deploy/nats.conf; the command line sets the port, the store and the
+    // monitoring port (flags override the file), so it never collides with one on 4222/8222.
     const monitorPort = await freePort();
-    await using nats = await startNatsServer({ args: ['-c', confPath, '-m', String(monitorPort)] });
+    await using nats = await startNatsServer({ args: ['-c', await natsConfForThisServer(), '-m', String(monitorPort)] });
     // The compose health check's URL, on this server's monitoring port.
     const healthcheck = (natsService!.healthcheck as { test: string[] }).test;
     const healthUrl = new URL(healthcheck[healthcheck.length - 1]!);
@@ -254,111 +348,122 @@ describe('the compose topology as processes: nats-server, a daemon, two workers'
     const jsz = (await (await fetch(`http://127.0.0.1:${monitorPort}/jsz`)).json()) as { config: { store_dir: string } };
     expect(jsz.config.store_dir.startsWith(nats.storeDir)).toBe(true);
 
-    // Each service's environment as compose gives it with the committed .env.example
-    // (every value empty: the defaults); only what names this host's resources differs:
-    // the NATS URL, the state directory (/data in the container) and the inspector's port.
-    const dotenv = parseDotenv(await read('.env.example'));
+    // Only what names this host's resources differs from compose: the NATS URL, the state
+    // directory (/data in the container) and the inspector's port.
+    expect((await composeEnvironment(daemonService!)).NATS_URL).toBe('nats://nats:4222');
     const state = await mkdtemp(join(tmpdir(), 'deploy-state-'));
-    const envOf = (service: Service) => ({
-      ...Object.fromEntries(Object.entries(service.environment ?? {}).map(([k, v]) => [k, interpolate(String(v), dotenv)])),
-      PATH: process.env.PATH ?? '',
+    const daemonEnv = {
+      ...(await composeEnvironment(daemonService!)),
       NATS_URL: nats.url,
-    });
-    const daemonEnv = { ...envOf(daemonService!), MICROTASK_STATE_DIR: state, MICROTASK_INSPECTOR_HOST: '127.0.0.1', MICROTASK_INSPECTOR_PORT: String(await freePort()) };
-    expect(envOf(workerService!).NATS_URL).toBe(nats.url);
-    expect(interpolate(String(daemonService!.environment!.NATS_URL), dotenv)).toBe('nats://nats:4222');
-
-    // The image's entrypoint and each service's command, run from the repository (dist/ is built by npm test).
-    const entrypoint = JSON.parse(/^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(await read('Dockerfile'))![1]!) as string[];
-    expect(entrypoint[0]).toBe('node');
-    const logs = new Map<ChildProcess, string>();
-    const start = (name: string, command: string[], env: Record<string, string>) => {
-      const child = spawn(process.execPath, [...entrypoint.slice(1), ...command], { cwd: ROOT, env, stdio: ['ignore', 'ignore', 'pipe'] });
-      children.push(child);
-      logs.set(child, '');
-      child.stderr!.on('data', (chunk: Buffer) => logs.set(child, logs.get(child)! + chunk.toString()));
-      return Object.assign(child, { serviceName: name });
+      MICROTASK_STATE_DIR: state,
+      MICROTASK_INSPECTOR_HOST: '127.0.0.1',
+      MICROTASK_INSPECTOR_PORT: String(await freePort()),
     };
-    const entries = (child: ChildProcess) =>
-      logs
-        .get(child)!
-        .split('\n')
-        .flatMap((line) => {
-          try {
-            return [JSON.parse(line) as { level: number; msg: string; taskId?: string }];
-          } catch {
-            return [];
-          }
-        });
-    const waitForLog = async (child: ChildProcess, msg: RegExp, timeoutMs = 20_000) => {
-      const until = Date.now() + timeoutMs;
-      while (!entries(child).some((e) => msg.test(e.msg))) {
-        if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode} before logging ${msg}:\n${logs.get(child)}`);
-        if (Date.now() > until) throw new Error(`no log matching ${msg} within ${timeoutMs} ms:\n${logs.get(child)}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    };
+    const workerEnv = { ...(await composeEnvironment(workerService!)), NATS_URL: nats.url };
 
     const replicas = workerService!.deploy?.replicas ?? 1;
     expect(replicas).toBe(2);
-    const daemon = start('daemon', daemonService!.command!, daemonEnv);
-    const workers = Array.from({ length: replicas }, (_, n) => start(`worker-${n + 1}`, workerService!.command!, envOf(workerService!)));
+    const daemon = await startService('daemon', daemonService!.command!, daemonEnv);
+    const workers = await Promise.all(Array.from({ length: replicas }, (_, n) => startService(`worker-${n + 1}`, workerService!.command!, workerEnv)));
     await waitForLog(daemon, /^daemon serving$/);
     for (const worker of workers) await waitForLog(worker, /^worker taking tasks/);
 
-    // A client that knows nothing of this project but docs/protocol.md.
-    const client = await connect({ servers: nats.url });
-    try {
-      const spec = JSON.parse(await read('examples/api-tester.json')) as Record<string, unknown>;
-      const answer = (await client.request('microtask.toolbuild.request', JSON.stringify({ ...spec, requestId: 'deploy-test-1' }), { timeout: 10_000 })).json<{
-        ok: boolean;
-        flowId: string;
-      }>();
-      expect(answer).toMatchObject({ ok: true });
-      const js = jetstream(client);
-      const consumer = await js.consumers.get('MICROTASK_LOG_flows', { filter_subjects: `microtask.flow.${answer.flowId}.done` });
-      const message = await consumer.next({ expires: 60_000 });
-      expect(message, 'the done message within 60 s').toBeTruthy();
-      const done = message!.json<{ flowId: string; status: string; output: { status: string; name: string; dir: string; files: string[]; modules: Array<{ name: string; code?: string }> } }>();
-      expect(done).toMatchObject({ flowId: answer.flowId, status: 'done', output: { status: 'done', name: 'api-tester' } });
-      // The tool's files are on the daemon's disk (its /data volume in compose); a client
-      // on another machine gets every module's code in the done message itself.
-      expect(done.output.dir).toBe(join(state, 'tools', 'api-tester'));
-      expect((await readdir(join(done.output.dir, 'src'))).sort()).toEqual(done.output.files.filter((f) => f.startsWith('src/')).map((f) => f.slice(4)).sort());
-      for (const module of done.output.modules) expect(module.code, module.name).toEqual(expect.stringContaining('export'));
-    } finally {
-      await client.close();
-    }
+    const done = await buildToolOverNats(nats.url, 'deploy-test-1');
+    // The tool's files are on the daemon's disk (its /data volume in compose).
+    expect(done.output.dir).toBe(join(state, 'tools', 'api-tester'));
+    const written = (await readdir(join(done.output.dir, 'src'))).sort();
+    expect(written).toEqual(done.output.files.filter((f) => f.startsWith('src/')).map((f) => f.slice(4)).sort());
 
-    // Both workers ran microtasks (each logs `microtask done` with the task's key).
-    const tasksOf = (worker: ChildProcess) => entries(worker).filter((e) => e.msg === 'microtask done' && e.taskId).map((e) => e.taskId!);
-    const perWorker = workers.map(tasksOf);
+    // Both workers ran microtasks, no task ran twice, and the daemon ran none itself.
+    const perWorker = workers.map(tasksRun);
     for (const [n, tasks] of perWorker.entries()) expect(tasks.length, `tasks run by worker ${n + 1}`).toBeGreaterThan(0);
-    // ...and no task twice: the queue gave each to one worker.
-    const all = perWorker.flat();
-    expect(new Set(all).size).toBe(all.length);
-    // The daemon ran none itself: with NATS every microtask goes to the workers.
-    expect(entries(daemon).filter((e) => e.msg === 'microtask done')).toEqual([]);
+    expect(new Set(perWorker.flat()).size).toBe(perWorker.flat().length);
+    expect(daemon.entries().filter((e) => e.msg === 'microtask done')).toEqual([]);
 
     // stop_grace_period leaves the configured grace (MICROTASK_SHUTDOWN_GRACE_MS) and time to save and close.
     for (const service of [daemonService!, workerService!]) {
-      const { MICROTASK_SHUTDOWN_GRACE_MS: graceMs } = EnvSchema.parse(envOf(service));
+      const { MICROTASK_SHUTDOWN_GRACE_MS: graceMs } = EnvSchema.parse(await composeEnvironment(service));
       expect(seconds(service.stop_grace_period!) * 1000).toBeGreaterThanOrEqual(graceMs + 10_000);
     }
-    // `docker compose stop`: SIGTERM, then SIGKILL after stop_grace_period. Each stops by itself, well within it.
-    const stopped = [daemon, ...workers].map(async (child) => {
-      const grace = seconds((child.serviceName === 'daemon' ? daemonService : workerService)!.stop_grace_period ?? '10s');
-      const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-      child.kill('SIGTERM');
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), grace * 1000)));
-      const code = await Promise.race([exit, late]);
-      clearTimeout(timer);
-      if (code === 'late') child.kill('SIGKILL');
-      return { service: child.serviceName, code, withinGrace: code !== 'late', log: code === 0 ? '' : logs.get(child)!.slice(-2_000) };
-    });
-    for (const result of await Promise.all(stopped)) expect(result, result.log).toMatchObject({ code: 0, withinGrace: true });
+    await stopAll([
+      { child: daemon, graceSeconds: seconds(daemonService!.stop_grace_period!) },
+      ...workers.map((child) => ({ child, graceSeconds: seconds(workerService!.stop_grace_period!) })),
+    ]);
     await rm(state, { recursive: true, force: true });
-    await rm(confDir, { recursive: true, force: true });
+  }, 120_000);
+});
+
+describe('several machines against one NATS cluster', () => {
+  it('two daemons and two workers, each with its own disk, on different nodes of a 3-node JetStream cluster', async () => {
+    // Three clustered nats-servers (as on three hosts); JetStream is up once the cluster elects a leader.
+    const routePorts = [await freePort(), await freePort(), await freePort()];
+    const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`).join(',');
+    const nodes = await Promise.all(
+      routePorts.map((port, n) =>
+        startNatsServer({ args: ['-n', `node-${n + 1}`, '--cluster_name', 'microtask-test', '--cluster', `nats://127.0.0.1:${port}`, '--routes', routes] }),
+      ),
+    );
+    await using _cluster = { [Symbol.asyncDispose]: () => Promise.all(nodes.map((n) => n.close())).then(() => undefined) };
+    const admin = await connect({ servers: nodes[0]!.url });
+    const jsm = await jetstreamManager(admin, { checkAPI: false, timeout: 2_000 });
+    for (let i = 0; ; i++) {
+      const ready = await jsm.getAccountInfo().then(() => true, () => false);
+      if (ready) break;
+      if (i > 10) throw new Error('the JetStream cluster elected no leader within 20 s');
+    }
+
+    // Each process as if on its own machine: its own state directory, temp directory and
+    // home; NATS_URL lists its nearest node first, then another (it fails over between them).
+    const compose = await composeFile();
+    const disks: string[] = [];
+    const machine = async (service: Service, nearest: number, extra: Record<string, string> = {}) => {
+      const disk = await mkdtemp(join(tmpdir(), 'deploy-machine-'));
+      disks.push(disk);
+      return {
+        ...(await composeEnvironment(service)),
+        NATS_URL: `${nodes[nearest]!.url},${nodes[(nearest + 1) % 3]!.url}`,
+        MICROTASK_STATE_DIR: join(disk, 'state'),
+        TMPDIR: disk,
+        HOME: disk,
+        ...extra,
+      };
+    };
+    const daemonEnv = (n: number) => machine(compose.services.daemon!, n, { MICROTASK_INSPECTOR_HOST: '127.0.0.1', MICROTASK_INSPECTOR_PORT: '0' });
+    const envs = [await daemonEnv(0), await daemonEnv(1)];
+    const daemons = [await startService('daemon-1', ['daemon'], envs[0]!), await startService('daemon-2', ['daemon'], envs[1]!)];
+    const workers = [
+      await startService('worker-1', ['worker'], await machine(compose.services.worker!, 1)),
+      await startService('worker-2', ['worker'], await machine(compose.services.worker!, 2)),
+    ];
+    for (const daemon of daemons) await waitForLog(daemon, /^daemon serving$/);
+    for (const worker of workers) await waitForLog(worker, /^worker taking tasks/);
+
+    // What the README says to do on a cluster: give every stream and bucket three replicas.
+    // The processes made them with one; a restart must keep the three.
+    const streams: string[] = [];
+    for await (const info of jsm.streams.list()) {
+      streams.push(info.config.name);
+      await jsm.streams.update(info.config.name, { ...info.config, num_replicas: 3 });
+    }
+    expect(streams).toEqual(expect.arrayContaining(['MICROTASK_WQ_tasks', 'KV_MICROTASK_snapshots', 'KV_MICROTASK_results', 'MICROTASK_LOG_flows']));
+    workers[1]!.kill('SIGTERM');
+    await new Promise((resolve) => workers[1]!.once('exit', resolve));
+    workers[1] = await startService('worker-2', ['worker'], await machine(compose.services.worker!, 2));
+    await waitForLog(workers[1], /^worker taking tasks/);
+
+    // A client on the third node.
+    const done = await buildToolOverNats(nodes[2]!.url, 'deploy-cluster-1');
+    // The tool is on the disk of the daemon that ran the flow, and only there.
+    const ranIt = envs.findIndex((env) => done.output.dir === join(env.MICROTASK_STATE_DIR, 'tools', 'api-tester'));
+    expect(ranIt, `${done.output.dir} is on neither daemon's disk`).toBeGreaterThanOrEqual(0);
+    expect((await readdir(done.output.dir)).sort()).toEqual(['README.md', 'package.json', 'src']);
+    await expect(readdir(join(envs[1 - ranIt]!.MICROTASK_STATE_DIR, 'tools', 'api-tester'))).rejects.toThrow();
+
+    for (const [n, worker] of workers.entries()) expect(tasksRun(worker).length, `tasks run by worker ${n + 1}`).toBeGreaterThan(0);
+    for (const daemon of daemons) expect(daemon.entries().filter((e) => e.msg === 'microtask done')).toEqual([]);
+    for (const name of streams) expect((await jsm.streams.info(name)).config.num_replicas, name).toBe(3);
+    await admin.close();
+    await stopAll([...daemons, ...workers].map((child) => ({ child, graceSeconds: 30 })));
+    await Promise.all(disks.map((disk) => rm(disk, { recursive: true, force: true })));
   }, 120_000);
 });

@@ -5,7 +5,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createWebSocketReceiver, type StatelyInspectionEvent } from '@statelyai/inspect';
-import { chromium } from 'playwright-core';
+import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActor, toPromise } from 'xstate';
 import { getStateNodes } from 'xstate/graph';
@@ -23,10 +23,11 @@ import { scripted } from './support/flows.js';
 
 const feedbackInput = JSON.parse(await readFile(new URL('../examples/feedback-loop.json', import.meta.url), 'utf8'));
 
-/** The hand-written offline answers, each after `ms` (so a flow can be watched while it runs). */
-const slow = (ms: number) => (request: Parameters<typeof handWrittenAnswer>[0]) => {
+/** The hand-written offline answers, each after `delay()` ms (so a flow can be watched while it runs). */
+const slow = (delay: () => number) => (request: Parameters<typeof handWrittenAnswer>[0]) => {
   const answer = handWrittenAnswer(request);
-  return typeof answer === 'string' ? { text: answer, delayMs: ms } : { ...(answer as { value: unknown }), delayMs: ms };
+  const delayMs = delay();
+  return typeof answer === 'string' ? { text: answer, delayMs } : { ...(answer as { value: unknown }), delayMs };
 };
 
 /** A flow host as the embedded daemon has it: file snapshots, a file journal, a scripted model. */
@@ -34,10 +35,21 @@ async function setup(delayMs: number) {
   const dir = await mkdtemp(join(tmpdir(), 'inspector-'));
   const store = await FileSnapshotStore.open(join(dir, 'flows'));
   const journal = new FileJournal({ dir: join(dir, 'journal'), pollMs: 50 });
-  const runtime = scripted(slow(delayMs));
+  let delay = delayMs;
+  const runtime = scripted(slow(() => delay));
   const flows = provideFlows({ microtask: runtime.microtask });
   const host = () => new FlowHost({ flows, store, journal, logger: silentLogger, outRoot: join(dir, 'out') });
-  return { dir, store, journal, flows, host };
+  return { dir, store, journal, flows, host, setDelay: (ms: number) => void (delay = ms) };
+}
+
+/** Starts a feedback loop and stops its host after two saved steps (of four): a daemon shut down mid-flow. */
+async function stopMidway(s: Awaited<ReturnType<typeof setup>>) {
+  const first = s.host();
+  const flowId = await first.start('feedback-loop', feedbackInput);
+  while (((await s.store.load(flowId))!.record.steps ?? 0) < 2) await new Promise((r) => setTimeout(r, 10));
+  await first.stop();
+  expect((await s.store.load(flowId))!.record.status).toBe('running');
+  return flowId;
 }
 
 async function getJson(url: string, headers: Record<string, string> = {}) {
@@ -177,6 +189,7 @@ describe('the inspector server (real HTTP)', () => {
     expect(list.status).toBe(200);
     expect(list.body.flows).toEqual([expect.objectContaining({ flowId, pattern: 'feedback-loop', status: 'done' })]);
     expect((await getJson(new URL('/api/flows?status=running', server.url).href)).body.flows).toEqual([]);
+    expect((await getJson(new URL('/api/flows?limit=1', server.url).href)).body).toMatchObject({ total: 1, flows: [{ flowId }] });
 
     const flow = await getJson(new URL(`/api/flows/${flowId}`, server.url).href);
     expect(flow.status).toBe(200);
@@ -205,6 +218,7 @@ describe('the inspector server (real HTTP)', () => {
       ['/api/flows/a%2F..%2Fb', 400, 'INVALID_FLOW_ID'],
       ['/api/flows/a%2F..%2Fb/stream', 400, 'INVALID_FLOW_ID'],
       ['/api/flows?status=finished', 400, 'INVALID_QUERY'],
+      ['/api/flows?limit=0', 400, 'INVALID_QUERY'],
       [`/api/flows/${flowId}/stream?since=-1`, 400, 'INVALID_QUERY'],
       ['/api/machines/nope', 404, 'MACHINE_NOT_FOUND'],
       ['/api/nothing', 404, 'NOT_FOUND'],
@@ -248,15 +262,15 @@ describe('the inspector server (real HTTP)', () => {
   });
 
   it('streams a running flow live, and a resumed one goes on with the same step numbers', async () => {
-    const live = await setup(60);
+    const live = await setup(300);
     const liveServer = await startInspectorServer({ journal: live.journal, store: live.store, flows: live.flows, logger: silentLogger, port: 0 });
     try {
-      const first = live.host();
-      const id = await first.start('feedback-loop', feedbackInput);
-      const url = new URL(`/api/flows/${id}/stream`, liveServer.url).href;
       // Caught mid-way: the host stops (as a daemon that is shut down), another resumes the flow.
-      const early = await readStream(url, (entries) => entries.filter((e) => e.entry.kind === 'step').length >= 2);
-      await first.stop();
+      const id = await stopMidway(live);
+      await live.journal.flush();
+      const url = new URL(`/api/flows/${id}/stream`, liveServer.url).href;
+      const early = await readStream(url, (entries) => entries.some((e) => e.entry.kind === 'step' && e.entry.step === 2));
+      live.setDelay(30);
       const second = live.host();
       expect(await second.resume(id)).toBe('resumed');
       const streamed = await readStream(url, ended);
@@ -333,26 +347,37 @@ describe("the bridge to Stately's inspector", () => {
 
 describe('the inspector page in a real browser (headless Chromium)', () => {
   const executablePath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+  let browser: Browser;
 
-  it('shows a running flow, its state changing live, steps back in time, and is screenshotted', async () => {
+  beforeAll(async () => {
     if (!existsSync(executablePath)) {
       throw new Error(`no Chromium at ${executablePath}: install it: apt-get install -y chromium (or set CHROMIUM_PATH)`);
     }
-    const s = await setup(400);
-    const server = await startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port: 0 });
-    const browser = await chromium.launch({
+    browser = await chromium.launch({
       executablePath,
       args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
-    try {
-      const page = await browser.newPage({ viewport: { width: 1500, height: 900 } });
-      const problems: string[] = [];
-      page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-      page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
-      // Offline: a request to anywhere but the inspector fails the test.
-      const origin = new URL(server.url).origin;
-      await page.route('**/*', (route) => (route.request().url().startsWith(origin) ? route.continue() : (problems.push(`left the inspector: ${route.request().url()}`), route.abort())));
+  });
+  afterAll(async () => {
+    await browser?.close();
+  });
 
+  /** A page that fails the test on a script error or any request leaving the inspector (offline). */
+  async function openPage(server: InspectorServer) {
+    const page = await browser.newPage({ viewport: { width: 1500, height: 900 } });
+    const problems: string[] = [];
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
+    const origin = new URL(server.url).origin;
+    await page.route('**/*', (route) => (route.request().url().startsWith(origin) ? route.continue() : (problems.push(`left the inspector: ${route.request().url()}`), route.abort())));
+    return { page, problems };
+  }
+
+  it('shows a running flow, its state changing live, steps back in time, and is screenshotted', async () => {
+    const s = await setup(400);
+    const server = await startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port: 0 });
+    try {
+      const { page, problems } = await openPage(server);
       const host = s.host();
       const flowId = await host.start('feedback-loop', feedbackInput);
       await page.goto(server.url);
@@ -397,7 +422,64 @@ describe('the inspector page in a real browser (headless Chromium)', () => {
       expect((await stat(screenshot)).size).toBeGreaterThan(20_000);
       expect(problems).toEqual([]);
     } finally {
-      await browser.close();
+      await server.close();
+      await rm(s.dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it('opens finished and resumed flows, and the child flows of a tool build at any step', async () => {
+    const s = await setup(10);
+    const server = await startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port: 0 });
+    try {
+      const host = s.host();
+      const toolSpec = JSON.parse(await readFile(new URL('../examples/tool-builder.json', import.meta.url), 'utf8'));
+      const toolFlow = await host.start('tool-builder', toolSpec);
+      await host.finished(toolFlow);
+      // A flow stopped mid-way (a daemon shut down) and resumed by another host.
+      s.setDelay(300);
+      const resumedFlow = await stopMidway(s);
+      s.setDelay(10);
+      const second = s.host();
+      expect(await second.resume(resumedFlow)).toBe('resumed');
+      await second.finished(resumedFlow);
+      await s.journal.flush();
+
+      const { page, problems } = await openPage(server);
+      await page.goto(`${server.url}#flow=${toolFlow}`);
+      await page.locator('#chart svg[data-machine="toolBuilder"]').waitFor();
+      await expect.poll(() => page.locator('#current-state').textContent()).toBe('done (done)');
+
+      // Back to a step where a module's feedback loop ran, then into that child flow.
+      const steps = (await s.journal.read(toolFlow)).filter((entry) => entry.kind === 'step');
+      const childOf = (step: (typeof steps)[number]) =>
+        Object.entries((step.snapshot as { children?: Record<string, { src: string; snapshot: { value?: unknown } }> }).children ?? {}).find(([, child]) => child.src === 'feedbackLoop');
+      const during = steps.find((step) => childOf(step) !== undefined)!;
+      const [childId, child] = childOf(during)!;
+      await page.locator(`#tab-events li[data-step="${during.step}"]`).first().click();
+      await expect.poll(() => page.locator('#position-label').textContent()).toContain(`step ${during.step} of`);
+      await page.locator(`#children .chip.machine[data-child-id="${childId}"]`).click();
+      await page.locator('#chart svg[data-machine="feedbackLoop"]').waitFor();
+      expect(await page.locator('#breadcrumb').textContent()).toContain(`${childId} (feedbackLoop)`);
+      await expect.poll(() => page.locator('#current-state').textContent()).toBe(String(child.snapshot.value));
+      expect(await page.locator('#chart g.state.active').getAttribute('data-state-path')).toBe(String(child.snapshot.value));
+      // At the end the child is gone: its chart stays, nothing is highlighted.
+      await page.locator('#live').click();
+      await expect.poll(() => page.locator('#chart .notice').textContent()).toContain('not running at this step');
+      expect(await page.locator('#chart g.state.active').count()).toBe(0);
+      await page.locator('#breadcrumb a').first().click();
+      await page.locator('#chart svg[data-machine="toolBuilder"]').waitFor();
+
+      // The resumed flow: one journal, its resume in the event log, steps numbered on.
+      await page.goto(`${server.url}#flow=${resumedFlow}`);
+      await page.locator('#chart svg[data-machine="feedbackLoop"]').waitFor();
+      await expect.poll(() => page.locator('#tab-events').textContent()).toContain('flow resumed');
+      const resumedSteps = (await s.journal.read(resumedFlow)).filter((entry) => entry.kind === 'step');
+      // Every saved step can be travelled to from the log (a transition row names the step that saved it).
+      const listed = await page.locator('#tab-events li[data-step]').evaluateAll((items) => [...new Set(items.map((li) => Number((li as unknown as { dataset: { step: string } }).dataset.step)))]);
+      expect(listed).toEqual(resumedSteps.map((step) => step.step));
+      expect(await page.locator('#position-label').textContent()).toContain(`step ${resumedSteps.at(-1)!.step} of ${resumedSteps.at(-1)!.step}`);
+      expect(problems).toEqual([]);
+    } finally {
       await server.close();
       await rm(s.dir, { recursive: true, force: true });
     }

@@ -41,7 +41,7 @@ export const DEFAULT_INSPECTOR_PORT = 7420;
  * | route | answers |
  * |---|---|
  * | `GET /` | the page (works offline: every asset is served from here) |
- * | `GET /api/flows[?status=running,done]` | `{flows: FlowSummary[]}`, newest first |
+ * | `GET /api/flows[?status=running,done][&limit=N]` | `{flows: FlowSummary[], total}`, newest first |
  * | `GET /api/flows/:id` | `{record, entries}`: the stored record (null when gone) and the journal |
  * | `GET /api/flows/:id/stream[?since=N]` | Server-Sent Events: each journal entry from the N-th on (`event: entry`, `id` its index) |
  * | `GET /api/machines` | `{machines: [id]}` |
@@ -110,9 +110,14 @@ export async function startInspectorServer(options: InspectorServerOptions): Pro
         status.push(parsed.data);
       }
     }
+    const limitText = url.searchParams.get('limit');
+    const limit = limitText === null ? Infinity : Number(limitText);
+    if (limitText !== null && (!Number.isInteger(limit) || limit < 1)) {
+      return sendError(response, 400, 'INVALID_QUERY', `limit must be a whole number of flows, at least 1, not ${JSON.stringify(limitText)}`);
+    }
     const flows = await options.store.list(status ? { status } : {});
     flows.reverse();
-    return sendJson(response, 200, { flows });
+    return sendJson(response, 200, { flows: flows.slice(0, limit), total: flows.length });
   }
 
   async function getFlow(response: ServerResponse, flowId: string) {

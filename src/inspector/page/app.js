@@ -50,8 +50,11 @@ async function fetchJson(url) {
 async function refreshFlows() {
   const status = $('status-filter').value;
   try {
-    const { flows } = await fetchJson(`/api/flows${status ? `?status=${status}` : ''}`);
+    const query = new URLSearchParams({ limit: '300', ...(status ? { status } : {}) });
+    const { flows, total } = await fetchJson(`/api/flows?${query}`);
     state.flows = flows;
+    $('flows-more').hidden = total <= flows.length;
+    $('flows-more').textContent = `${flows.length} most recent of ${total}`;
     renderFlows();
   } catch (e) {
     console.error(e);
@@ -177,6 +180,16 @@ function childSnapshot(snapshot, path) {
   return current;
 }
 
+/** The `src` of the child actor at `path` in the latest step where it runs. */
+function srcInAnyStep(path) {
+  for (let i = state.steps.length - 1; i >= 0; i--) {
+    const parent = childSnapshot(state.steps[i].snapshot, path.slice(0, -1));
+    const src = parent?.children?.[path.at(-1)]?.src;
+    if (src) return src;
+  }
+  return undefined;
+}
+
 /** Walks down the snapshot to the actor on show; learns which machine each child runs. */
 async function actorAt(snapshot) {
   const rootMachine = state.record?.machineId ?? state.steps.find((step) => step.actor === 'root')?.machine ?? state.steps[0]?.machine;
@@ -187,9 +200,11 @@ async function actorAt(snapshot) {
     const id = state.actorPath[i];
     const key = state.actorPath.slice(0, i + 1).join('/');
     const child = current?.children?.[id];
-    if (child && machineId) {
+    // Not running at this step: what it runs is known from a step where it does.
+    const src = child?.src ?? srcInAnyStep(state.actorPath.slice(0, i + 1));
+    if (src && machineId && !state.machineOfPath.has(key)) {
       const parent = await model(machineId);
-      const kind = parent.actors[child.src];
+      const kind = parent.actors[src];
       if (kind?.kind === 'machine') state.machineOfPath.set(key, kind.machineId);
     }
     machineId = state.machineOfPath.get(key);
@@ -346,30 +361,52 @@ function renderChildren(snapshot) {
 
 function renderEvents() {
   const current = stepAt();
+  const currentIndex = state.position === 'live' ? state.steps.length - 1 : state.position;
+  // Each transition as it happened (when the journal has them) with the step that saved
+  // it; else the steps themselves. A click travels to that step.
+  const hasTransitions = state.entries.some((entry) => entry.kind === 'transition');
+  const rows = [];
+  let unsaved = [];
+  for (const entry of state.entries) {
+    if (entry.kind === 'flow') rows.push({ entry });
+    else if (entry.kind === 'transition') {
+      const row = { entry, step: undefined };
+      rows.push(row);
+      unsaved.push(row);
+    } else if (entry.kind === 'step') {
+      for (const row of unsaved) row.step = entry;
+      // A step no transition row leads to (older journals, a save of a child's change) is listed itself.
+      if (!hasTransitions || unsaved.length === 0) rows.push({ entry, step: entry });
+      unsaved = [];
+    }
+  }
   const currentAt = state.position === 'live' ? Infinity : Date.parse(current?.at ?? '') || Infinity;
   const list = document.createElement('ul');
   list.className = 'log';
-  for (const entry of state.entries) {
-    if (entry.kind === 'microtask') continue;
+  for (const { entry, step } of rows) {
     const li = document.createElement('li');
     if (entry.kind === 'flow') {
       li.className = 'lifecycle';
       li.innerHTML = '<span class="when"></span><strong></strong>';
       li.querySelector('.when').textContent = time(entry.at);
       li.querySelector('strong').textContent = `flow ${entry.phase} (${entry.status})${entry.error ? `: ${entry.error.code} ${entry.error.message}` : ''}`;
+      if (Date.parse(entry.at) > currentAt) li.classList.add('future');
     } else {
-      li.dataset.step = String(entry.step);
       li.innerHTML = '<span class="when"></span><span class="step"></span><span class="actor mono"></span> <span class="event"></span> → <span class="target"></span>';
       li.querySelector('.when').textContent = time(entry.at);
-      li.querySelector('.step').textContent = `#${entry.step}`;
+      li.querySelector('.step').textContent = step ? `#${step.step}` : '#…';
+      li.querySelector('.step').title = step ? `saved in step ${step.step}` : 'not saved yet';
       li.querySelector('.actor').textContent = entry.actor === 'root' ? entry.machine : `${entry.actor} (${entry.machine})`;
       li.querySelector('.event').textContent = describeEvent(entry.event);
       li.querySelector('.target').textContent = stateText(entry.state);
-      if (current && entry === current) li.classList.add('current');
-      const index = state.steps.indexOf(entry);
-      li.addEventListener('click', () => travelTo(index));
+      const index = step ? state.steps.indexOf(step) : -1;
+      if (index >= 0) {
+        li.dataset.step = String(step.step);
+        li.addEventListener('click', () => travelTo(index));
+      }
+      if (current && step === current) li.classList.add('current');
+      if (state.position !== 'live' && (index < 0 || index > currentIndex)) li.classList.add('future');
     }
-    if (Date.parse(entry.at) > currentAt) li.classList.add('future');
     list.append(li);
   }
   const tab = $('tab-events');

@@ -470,7 +470,8 @@ describe('the inspector page in a real browser (headless Chromium)', () => {
       await page.locator('#chart svg[data-machine="toolBuilder"]').waitFor();
 
       // The resumed flow: one journal, its resume in the event log, steps numbered on.
-      await page.goto(`${server.url}#flow=${resumedFlow}`);
+      // As `microtask inspect <flowId>` links to it.
+      await page.goto(`${server.url}#/flows/${resumedFlow}`);
       await page.locator('#chart svg[data-machine="feedbackLoop"]').waitFor();
       await expect.poll(() => page.locator('#tab-events').textContent()).toContain('flow resumed');
       const resumedSteps = (await s.journal.read(resumedFlow)).filter((entry) => entry.kind === 'step');

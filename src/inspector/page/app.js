@@ -582,6 +582,11 @@ function navigate({ flow, actor }) {
 }
 
 function route() {
+  // `#/flows/<id>` (as `microtask inspect <flowId>` prints it) is the same as `#flow=<id>`.
+  const path = /^#\/flows\/([^/?&]+)$/.exec(location.hash);
+  if (path) {
+    history.replaceState(null, '', `#flow=${path[1]}`);
+  }
   const params = new URLSearchParams(location.hash.slice(1));
   const flow = params.get('flow') ?? undefined;
   state.actorPath = (params.get('actor') ?? '').split('/').filter(Boolean);

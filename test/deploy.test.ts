@@ -263,7 +263,11 @@ async function waitForLog(child: RunningService, msg: RegExp, timeoutMs = 20_000
 /** Keys of the microtasks a worker ran (it logs `microtask done` with each task's key). */
 const tasksRun = (worker: RunningService) => worker.entries().filter((e) => e.msg === 'microtask done' && e.taskId).map((e) => e.taskId!);
 
-type ToolDone = { flowId: string; status: string; output: { status: string; name: string; dir: string; files: string[]; modules: Array<{ name: string; code?: string }> } };
+type ToolDone = {
+  flowId: string;
+  status: string;
+  output: { status: string; name: string; dir: string; files: string[]; modules: Array<{ name: string; code?: string }>; entry: { entry: string; readme: string } };
+};
 
 /** What a client that knows only docs/protocol.md does: request a tool build, read its done message from the stream. */
 async function buildToolOverNats(url: string, requestId: string): Promise<ToolDone> {
@@ -278,8 +282,10 @@ async function buildToolOverNats(url: string, requestId: string): Promise<ToolDo
     expect(message, 'the done message within 60 s').toBeTruthy();
     const done = message!.json<ToolDone>();
     expect(done).toMatchObject({ flowId: answer.flowId, status: 'done', output: { status: 'done', name: 'api-tester' } });
-    // A client on another machine gets every module's code in the done message itself.
+    // A client on another machine gets the tool's contents in the done message itself:
+    // every module's code, the entry point and the README (the files are on the daemon's disk).
     for (const module of done.output.modules) expect(module.code, module.name).toEqual(expect.stringContaining('export'));
+    expect(done.output.entry).toEqual({ entry: expect.stringContaining('import'), readme: expect.stringContaining('api-tester') });
     return done;
   } finally {
     await client.close();

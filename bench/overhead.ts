@@ -6,7 +6,8 @@
  *   npx tsx bench/overhead.ts [--quick] [--runs N] [--no-sdk]
  */
 import { pathToFileURL } from 'node:url';
-import { args, fmt, met, microtaskInput, note, pool, quick, ratio, runs, startBenchAnthropic, summarizeRuns, table, type PoolResult } from './lib.js';
+import { cpus } from 'node:os';
+import { args, fmt, median, met, microtaskInput, note, pool, quick, ratio, runs, startBenchAnthropic, summarizeRuns, table, type PoolResult } from './lib.js';
 import { bareSetup, embeddedSetup, natsSetup, type Setup } from './setups.js';
 
 export interface OverheadRow {
@@ -18,17 +19,23 @@ export interface OverheadRow {
   p99: number;
   failed: number;
   spread: string;
+  /** CPU µs per microtask by process (median over runs), where the setup can tell. */
+  cpu?: Record<string, number>;
 }
 
 const IN_FLIGHT = 64;
 
-async function measure(setup: Setup, total: number, inFlight: number): Promise<PoolResult> {
-  return pool(total, inFlight, () => setup.run('microtask', microtaskInput));
+async function measure(setup: Setup, total: number, inFlight: number): Promise<PoolResult & { cpu?: Record<string, number> }> {
+  const before = setup.cpu?.();
+  const result = await pool(total, inFlight, () => setup.run('microtask', microtaskInput));
+  const after = setup.cpu?.();
+  if (!before || !after) return result;
+  return { ...result, cpu: Object.fromEntries(Object.keys(after).map((k) => [k, ((after[k]! - before[k]!) * 1000) / total])) };
 }
 
 /** Each setup, sequential and 64 in flight, `runs` times round-robin (so a noisy neighbour hits all alike). */
 async function measureAll(setups: Setup[], modes: Array<{ inFlight: number; total: number }>, model: string): Promise<OverheadRow[]> {
-  const results = new Map<string, PoolResult[]>();
+  const results = new Map<string, Array<PoolResult & { cpu?: Record<string, number> }>>();
   for (const setup of setups) {
     note(`warming up ${setup.name} (${model})`);
     await measure(setup, quick ? 100 : 300, IN_FLIGHT);
@@ -46,8 +53,11 @@ async function measureAll(setups: Setup[], modes: Array<{ inFlight: number; tota
   const rows: OverheadRow[] = [];
   for (const mode of modes) {
     for (const setup of setups) {
-      const s = summarizeRuns(results.get(`${setup.name}|${mode.inFlight}`)!);
-      rows.push({ setup: setup.name, model, inFlight: mode.inFlight, perSecond: s.perSecond, p50: s.p50, p99: s.p99, failed: s.failed, spread: s.spread });
+      const measured = results.get(`${setup.name}|${mode.inFlight}`)!;
+      const s = summarizeRuns(measured);
+      const cpuKeys = Object.keys(measured[0]?.cpu ?? {});
+      const cpu = cpuKeys.length ? Object.fromEntries(cpuKeys.map((k) => [k, median(measured.map((m) => m.cpu![k]!))])) : undefined;
+      rows.push({ setup: setup.name, model, inFlight: mode.inFlight, perSecond: s.perSecond, p50: s.p50, p99: s.p99, failed: s.failed, spread: s.spread, ...(cpu ? { cpu } : {}) });
     }
   }
   return rows;
@@ -84,7 +94,7 @@ export async function runOverhead(options: { sdk?: boolean } = {}): Promise<{ ro
       await fake.close();
     }
   }
-  return { rows, markdown: render(rows) };
+  return { rows, markdown: `${render(rows)}\n\n${renderCpu(rows)}` };
 }
 
 function render(rows: OverheadRow[]): string {
@@ -115,6 +125,31 @@ function render(rows: OverheadRow[]): string {
         target(row),
       ];
     }),
+  );
+}
+
+/** Where the CPU goes at 64 in flight, and the rate the machine's cores would allow at that cost. */
+function renderCpu(rows: OverheadRow[]): string {
+  const measured = rows.filter((r) => r.cpu && r.inFlight === IN_FLIGHT);
+  const cores = cpus().length;
+  return (
+    `CPU per microtask at ${IN_FLIGHT} in flight (µs, by process; from process.cpuUsage and /proc):\n\n` +
+    table(
+      ['setup', 'model', 'daemon + client', 'worker', 'nats-server', 'total', `rate if CPU-bound on ${cores} cores`, 'measured rate'],
+      measured.map((r) => {
+        const total = Object.values(r.cpu!).reduce((a, b) => a + (Number.isFinite(b) ? b : 0), 0);
+        return [
+          r.setup,
+          r.model,
+          fmt(r.cpu!['daemon + client'] ?? NaN, 0),
+          fmt(r.cpu!.worker ?? NaN, 0),
+          fmt(r.cpu!['nats-server'] ?? NaN, 0),
+          fmt(total, 0),
+          `${fmt((cores * 1e6) / total, 0)}/s`,
+          `${fmt(r.perSecond, 0)}/s`,
+        ];
+      }),
+    )
   );
 }
 

@@ -11,7 +11,7 @@
  *
  *   npx tsx bench/persistence.ts [--quick] [--runs N]
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, open, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -107,6 +107,49 @@ async function inSitu(store: SnapshotStore, bytes: number, flows: number): Promi
   return { perSave: ms / saves, savesPerFlow: saves / flows };
 }
 
+/**
+ * What the disk allows, without our code: 64 writers at once, each (a) replacing a 1 KB file
+ * as the file store does (new temp file, fsync, rename, directory fsync) or (b) appending
+ * 1 KB to one shared file and fdatasync'ing it (what a write-ahead log does). Operations/s.
+ */
+async function deviceFloor(dir: string, seconds: number): Promise<{ replace: number; append: number }> {
+  const data = 'x'.repeat(1024);
+  const until = (ms: number) => performance.now() - ms < seconds * 1000;
+  let replaced = 0;
+  let began = performance.now();
+  await Promise.all(
+    Array.from({ length: 64 }, async (_, w) => {
+      for (let i = 0; until(began); i++) {
+        const temp = join(dir, `.w${w}-${i}.tmp`);
+        const handle = await open(temp, 'wx');
+        await handle.writeFile(data);
+        await handle.sync();
+        await handle.close();
+        await rename(temp, join(dir, `w${w}.json`));
+        const d = await open(dir, 'r');
+        await d.sync();
+        await d.close();
+        replaced++;
+      }
+    }),
+  );
+  const replace = replaced / ((performance.now() - began) / 1000);
+  const log = await open(join(dir, 'log'), 'a');
+  let appended = 0;
+  began = performance.now();
+  await Promise.all(
+    Array.from({ length: 64 }, async () => {
+      while (until(began)) {
+        await log.write(data);
+        await log.datasync();
+        appended++;
+      }
+    }),
+  );
+  await log.close();
+  return { replace, append: appended / ((performance.now() - began) / 1000) };
+}
+
 export interface PersistenceRow {
   store: string;
   size: number;
@@ -116,7 +159,7 @@ export interface PersistenceRow {
   savesPerFlow: number;
 }
 
-export async function runPersistence(): Promise<{ rows: PersistenceRow[]; markdown: string }> {
+export async function runPersistence(): Promise<{ rows: PersistenceRow[]; markdown: string; floors: Array<{ replace: number; append: number }> }> {
   const nats = await startNatsServer();
   const bus = await connectNatsBus({ servers: [nats.url] });
   const dir = await mkdtemp(join(tmpdir(), 'bench-persist-'));
@@ -129,8 +172,11 @@ export async function runPersistence(): Promise<{ rows: PersistenceRow[]; markdo
   const n = quick ? 50 : 200;
   const flows = quick ? 30 : 100;
   const samples = new Map<string, { save: number[]; conc: number[]; situ: number[]; perFlow: number[] }>();
+  const floors: Array<{ replace: number; append: number }> = [];
   try {
     for (let r = 0; r < runs; r++) {
+      floors.push(await deviceFloor(await mkdtemp(join(dir, 'device-')), quick ? 1 : 2));
+      note(`run ${r + 1}/${runs} the disk: ${fmt(floors.at(-1)!.replace, 0)} file replacements/s, ${fmt(floors.at(-1)!.append, 0)} appends+fdatasync/s (64 writers)`);
       for (const bytes of SIZES) {
         for (const [name, make] of stores) {
           const store = await make();
@@ -183,7 +229,11 @@ export async function runPersistence(): Promise<{ rows: PersistenceRow[]; markdo
       ];
     }),
   );
-  return { rows, markdown };
+  const device =
+    `The disk itself (no code of ours; 64 writers, 1 KB): ${fmt(median(floors.map((f) => f.replace)), 0)} file replacements/s ` +
+    `(temp file, fsync, rename, directory fsync, as the file store does); ${fmt(median(floors.map((f) => f.append)), 0)} appends + fdatasync/s to one shared file ` +
+    '(as a write-ahead log would: concurrent fdatasyncs of one file share the journal commit).';
+  return { rows, markdown: `${markdown}\n\n${device}`, floors };
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]!).href) {

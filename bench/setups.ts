@@ -10,6 +10,7 @@
  * its done message arrives.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -41,6 +42,38 @@ export interface Setup {
   /** Runs one flow to its end; false when it did not end `done`. */
   run(pattern: Pattern, input: Record<string, unknown>): Promise<boolean>;
   close(): Promise<void>;
+  /** CPU time (ms) used so far by each process of the setup. */
+  cpu?: () => Record<string, number>;
+}
+
+/** CPU time (user + system, ms) of a process, from /proc (Linux); NaN elsewhere. */
+export function processCpuMs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+const ownCpuMs = () => {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1000;
+};
+
+/** The pid of the nats-server listening on `port` (ours: started by startNatsServer). */
+function natsServerPid(port: number): number | undefined {
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const args = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      if (args[0]?.endsWith('nats-server') && args.includes(String(port))) return Number(entry);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return undefined;
 }
 
 /** Which model answers: the instant scripted one, or the real SDK against a local server. */
@@ -135,6 +168,7 @@ export async function embeddedSetup(options: { model?: ModelChoice; journal?: bo
   return {
     name: options.name ?? 'embedded (in-process bus, fsync’d files)',
     run: client.run,
+    cpu: () => ({ 'daemon + client': ownCpuMs() }),
     async close() {
       await client.close();
       await daemon.stop();
@@ -146,7 +180,9 @@ export async function embeddedSetup(options: { model?: ModelChoice; journal?: bo
 
 /** Starts `bench/worker.ts` as its own process; resolves when it takes tasks. */
 export async function startWorkerProcess(env: Record<string, string>): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', new URL('./worker.ts', import.meta.url).pathname], {
+  // BENCH_WORKER_PROFILE=<dir>: the worker writes a CPU profile there when it stops.
+  const profile = process.env.BENCH_WORKER_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_WORKER_PROFILE}`] : [];
+  const child = spawn(process.execPath, [...profile, '--import', 'tsx', new URL('./worker.ts', import.meta.url).pathname], {
     env: { PATH: process.env.PATH ?? '', ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -181,10 +217,16 @@ export async function natsSetup(
   const daemon = await startDaemonService(bus, config, silentLogger, { journal: options.journal ?? false });
   const worker = await startWorkerProcess(env);
   const clientBus = await connectNatsBus({ servers: [nats.url] });
+  const serverPid = natsServerPid(nats.port);
   const client = await protocolClient(clientBus);
   return {
     name: options.name ?? 'NATS (JetStream queue, KV snapshots, 1 worker process)',
     run: client.run,
+    cpu: () => ({
+      'daemon + client': ownCpuMs(),
+      worker: processCpuMs(worker.pid!),
+      'nats-server': serverPid === undefined ? NaN : processCpuMs(serverPid),
+    }),
     async close() {
       worker.kill('SIGTERM');
       await new Promise((resolve) => worker.once('exit', resolve));

@@ -17,7 +17,11 @@ import { findNatsServer, freePort, startNatsServer } from '../src/testing/natsSe
 const ROOT = new URL('..', import.meta.url).pathname;
 const read = (path: string) => readFile(join(ROOT, path), 'utf8');
 const children: ChildProcess[] = [];
-afterAll(() => children.forEach((c) => c.exitCode === null && c.signalCode === null && c.kill('SIGKILL')));
+const tempDirs: string[] = [];
+afterAll(async () => {
+  children.forEach((c) => c.exitCode === null && c.signalCode === null && c.kill('SIGKILL'));
+  await Promise.all(tempDirs.map((dir) => rm(dir, { recursive: true, force: true })));
+});
 
 // ---- a strict reader for the YAML subset the compose file uses --------------------------
 // Block mappings and sequences, plain and quoted scalars, JSON-style flow sequences,
@@ -208,6 +212,28 @@ describe('the deployment files', () => {
     expect(block).toMatch(/^\s*sync_interval\s*[:=]\s*always\s*$/m);
   });
 
+  it("deploy/nats.conf's authorization block, uncommented as the README says, admits only NATS_TOKEN", async () => {
+    const conf = (await readFile(await natsConfForThisServer(), 'utf8')).replace(/^# authorization \{\n#   (token: \$NATS_TOKEN)\n# \}$/m, 'authorization {\n  $1\n}');
+    expect(conf).toMatch(/^authorization \{$/m);
+    const dir = await mkdtemp(join(tmpdir(), 'deploy-auth-'));
+    await writeFile(join(dir, 'nats.conf'), conf);
+    // The server reads $NATS_TOKEN from its environment (compose passes it to the nats service).
+    const saved = process.env.NATS_TOKEN;
+    process.env.NATS_TOKEN = 'deploy-test-token';
+    let nats;
+    try {
+      nats = await startNatsServer({ args: ['-c', join(dir, 'nats.conf'), '-m', String(await freePort())] });
+    } finally {
+      if (saved === undefined) delete process.env.NATS_TOKEN;
+      else process.env.NATS_TOKEN = saved;
+    }
+    await using _server = nats;
+    await expect(connect({ servers: nats.url, maxReconnectAttempts: 0 })).rejects.toThrow(/Authorization Violation/);
+    const client = await connect({ servers: nats.url, token: 'deploy-test-token' });
+    await client.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
   it('the image runs dist/cli.js as a non-root user, with the state in /data, and ships the offline cassette', async () => {
     const dockerfile = await read('Dockerfile');
     const entrypoint = /^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(dockerfile);
@@ -330,6 +356,7 @@ async function natsConfForThisServer(): Promise<string> {
   let conf = (await read('deploy/nats.conf')).replace(/^\s*store_dir\s*[:=].*$/m, '');
   if (!(major! > 2 || (major === 2 && minor! >= 10))) conf = conf.replace(/^\s*sync_interval\s*[:=].*$/m, '');
   const dir = await mkdtemp(join(tmpdir(), 'deploy-conf-'));
+  tempDirs.push(dir);
   await writeFile(join(dir, 'nats.conf'), conf);
   return join(dir, 'nats.conf');
 }

@@ -1,13 +1,12 @@
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
-import { createServer } from 'node:net';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createWebSocketReceiver, type StatelyInspectionEvent } from '@statelyai/inspect';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createActor, toPromise } from 'xstate';
 import { getStateNodes } from 'xstate/graph';
 import { handWrittenAnswer } from '../examples/offline/answers.js';
 import { FlowHost } from '../src/flowHost.js';
@@ -84,17 +83,6 @@ async function readStream(url: string, until: (entries: Array<{ id: number; entr
     controller.abort();
   }
   return events;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 const ended = (entries: Array<{ entry: JournalEntry }>) => entries.some(({ entry }) => entry.kind === 'flow' && entry.phase === 'ended');
@@ -305,43 +293,63 @@ describe('the inspector server (real HTTP)', () => {
 });
 
 describe("the bridge to Stately's inspector", () => {
-  it('serves the page that embeds Stately\'s inspector and relays every inspection event of a flow to it', async () => {
-    const port = await freePort();
-    const stately = await startStatelyInspector({ logger: silentLogger, port });
+  it("serves the page that embeds Stately's inspector and relays every inspection event of a flow host to it", async () => {
+    const stately = await startStatelyInspector({ logger: silentLogger, port: 0 });
+    const dir = await mkdtemp(join(tmpdir(), 'stately-'));
     try {
-      expect(stately.url).toBe(`http://localhost:${port}`);
-      const page = await (await fetch(`http://127.0.0.1:${port}/`)).text();
+      expect(stately.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
+      const page = await (await fetch(stately.url)).text();
       expect(page).toContain('<iframe id="inspector" src="https://stately.ai/inspect">');
-      expect(page).toContain(`new WebSocket('ws://localhost:${port}')`);
+      expect(page).toContain("new WebSocket('ws://' + location.host)");
 
-      // What the browser page would receive, over the same WebSocket.
+      // What the browser page receives, over the same WebSocket.
       const received: StatelyInspectionEvent[] = [];
-      const receiver = createWebSocketReceiver({ server: `ws://127.0.0.1:${port}` });
+      const receiver = createWebSocketReceiver({ server: stately.url.replace(/^http/, 'ws') });
       receiver.subscribe((event) => received.push(event));
-      const flows = provideFlows({ microtask: scripted((request) => handWrittenAnswer(request)).microtask });
-      const actor = createActor(flows.feedbackLoop, { input: { ...feedbackInput, key: 'stately-test' }, inspect: stately.inspect });
-      actor.start();
-      await toPromise(actor);
+      // As `--inspect` wires it: the flow host hands every inspection event over.
+      const store = await FileSnapshotStore.open(join(dir, 'flows'));
+      const host = new FlowHost({
+        flows: provideFlows({ microtask: scripted((request) => handWrittenAnswer(request)).microtask }),
+        store,
+        logger: silentLogger,
+        outRoot: dir,
+        inspect: stately.inspect,
+      });
+      const flowId = await host.start('feedback-loop', feedbackInput);
+      await host.finished(flowId);
       const deadline = Date.now() + 10_000;
-      const sawEnd = () => received.some((e) => e.type === '@xstate.snapshot' && (e.snapshot as { status?: string }).status === 'done' && e.rootId === actor.sessionId);
-      while (!sawEnd() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      expect(sawEnd()).toBe(true);
-      const registered = received.filter((e) => e.type === '@xstate.actor');
-      expect(registered.some((e) => e.type === '@xstate.actor' && e.sessionId === actor.sessionId && typeof e.definition === 'string')).toBe(true);
+      const rootDone = () =>
+        received.find((e) => e.type === '@xstate.snapshot' && (e.snapshot as { status?: string }).status === 'done' && (e.snapshot as { machine?: unknown; value?: unknown }).value === 'done');
+      while (!rootDone() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(rootDone()).toBeDefined();
+      const root = received.find((e) => e.type === '@xstate.actor' && e.parentId === undefined);
+      expect(root).toMatchObject({ type: '@xstate.actor', definition: expect.stringContaining('"id":"feedbackLoop"') });
+      // The microtasks show as child actors of the flow.
+      expect(received.filter((e) => e.type === '@xstate.actor' && e.parentId !== undefined).length).toBeGreaterThanOrEqual(4);
     } finally {
       stately.stop();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 
-  it('refuses a port in use with a clear error, instead of crashing the process', async () => {
-    const blocker = createServer();
-    await new Promise<void>((resolve) => blocker.listen(0, resolve));
-    const { port } = blocker.address() as { port: number };
-    try {
-      await expect(startStatelyInspector({ logger: silentLogger, port })).rejects.toMatchObject({ code: 'STATELY_PORT_IN_USE' });
-    } finally {
-      blocker.close();
-    }
+  it('refuses a port in use with a clear error, and its stop lets go of connected pages', async () => {
+    const stately = await startStatelyInspector({ logger: silentLogger, port: 0 });
+    const port = Number(new URL(stately.url).port);
+    await expect(startStatelyInspector({ logger: silentLogger, port })).rejects.toMatchObject({ code: 'STATELY_PORT_IN_USE' });
+    // A page left open: stop closes its connection rather than waiting for it.
+    // (Node 20 has no WebSocket of its own: the `ws` that @statelyai/inspect brings.)
+    const require = createRequire(import.meta.url);
+    const { WebSocket } = createRequire(require.resolve('@statelyai/inspect/server'))('ws') as {
+      WebSocket: new (url: string) => { on(event: 'open' | 'close', listener: (code?: number) => void): void };
+    };
+    const closed = new Promise<number>((resolve) => {
+      const page = new WebSocket(stately.url.replace(/^http/, 'ws'));
+      page.on('open', () => stately.stop());
+      page.on('close', (code) => resolve(code ?? 0));
+    });
+    expect(await closed).toBeGreaterThan(0);
+    const again = await startStatelyInspector({ logger: silentLogger, port });
+    again.stop();
   });
 });
 

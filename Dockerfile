@@ -26,7 +26,6 @@ COPY --from=build /app/dist ./dist
 # examples/: the offline cassette (the model when no ANTHROPIC_API_KEY is set) and the
 # example inputs the CLI compares a spec with.
 COPY examples ./examples
-COPY README.md ./
 # State (tools the daemon writes; snapshots and results in embedded mode) lives in /data,
 # owned by the unprivileged `node` user (uid 1000) of the base image.
 RUN mkdir -p /data && chown node:node /data

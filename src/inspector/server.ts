@@ -219,7 +219,9 @@ export async function startInspectorServer(options: InspectorServerOptions): Pro
   });
   server.on('error', (e) => options.logger.error({ err: e }, 'inspector server error'));
   const address = server.address() as AddressInfo;
-  const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  // Listening on every address (in a container): a browser on this machine reaches it at 127.0.0.1.
+  const unspecified = address.address === '0.0.0.0' || address.address === '::';
+  const shownHost = unspecified ? '127.0.0.1' : address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `http://${shownHost}:${address.port}/`;
   options.logger.info({ url }, `inspector at ${url}`);
 

@@ -111,8 +111,9 @@ async function openFlow(flowId) {
   state.record = body.record;
   state.entries = body.entries;
   state.steps = body.entries.filter((entry) => entry.kind === 'step');
-  // Rendering the chart waits for its model; the stream starts right away.
-  follow(flowId, body.entries.length);
+  // Rendering the chart waits for its model; the stream starts right away (unless the flow ended).
+  if (!body.entries.some((entry) => entry.kind === 'flow' && entry.phase === 'ended')) follow(flowId, body.entries.length);
+  else $('connection').classList.remove('on');
   await render();
 }
 
@@ -145,6 +146,11 @@ function follow(flowId, since) {
       if (entry.kind === 'step') Object.assign(listed, { state: entry.rootState, updatedAt: entry.at });
       else Object.assign(listed, { status: entry.status, updatedAt: entry.at });
       renderFlows();
+    }
+    // An ended flow never moves again (resuming it only reports its end): stop following.
+    if (entry.kind === 'flow' && entry.phase === 'ended') {
+      source.close();
+      $('connection').classList.remove('on');
     }
     scheduleRender();
   });

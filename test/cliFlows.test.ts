@@ -141,6 +141,9 @@ describe('the CLI a person drives', () => {
     expect(page.headers.get('content-type')).toContain('text/html');
     const flows = (await (await fetch(`${url}api/flows`)).json()) as { flows: Array<{ flowId: string }> };
     expect(flows.flows.map((f) => f.flowId)).toContain(flowId);
+    const taken = await run(['inspect', '--port', new URL(url).port], env);
+    expect(taken.code).toBe(2);
+    expect(taken.stderr).toContain(`port ${new URL(url).port} is taken`);
     inspector.child.kill('SIGTERM');
     expect(await inspector.exited).toBe(0);
 

@@ -32,7 +32,7 @@ import { fromPromise } from 'xstate';
 import { writeToolFiles } from '../actors/toolWriter.js';
 import type { FlowDone } from '../daemon/protocol.js';
 import { provideFlows } from '../flows.js';
-import { startInspectorServer } from '../inspector/server.js';
+import { InspectorServerError, startInspectorServer } from '../inspector/server.js';
 import { startStatelyInspector } from '../inspector/stately.js';
 import type { Journal, JournalEntry } from '../journal/Journal.js';
 import { teeJournal } from '../journal/tee.js';
@@ -560,7 +560,7 @@ async function inspectCommand(flowId: string | undefined, options: { port?: numb
     host: config.MICROTASK_INSPECTOR_HOST,
     port: options.port ?? config.MICROTASK_INSPECTOR_PORT,
   }).catch((e: unknown) => {
-    if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+    if (e instanceof InspectorServerError && e.code === 'INSPECTOR_PORT_IN_USE') {
       throw new UsageError(`port ${options.port ?? config.MICROTASK_INSPECTOR_PORT} is taken (a daemon serves its inspector there already?): choose another with --port`, 'PORT_IN_USE');
     }
     throw e;

@@ -1,5 +1,5 @@
-import { createServer, type IncomingMessage, type Server } from 'node:http';
-import { createRequire } from 'node:module';
+import { createServer, type Server } from 'node:http';
+import { WebSocket, WebSocketServer } from 'ws';
 import type { AddressInfo } from 'node:net';
 import { createWebSocketInspector } from '@statelyai/inspect';
 import type { InspectionEvent } from 'xstate';
@@ -51,7 +51,6 @@ const REPLAY = 200;
 export async function startStatelyInspector(options: StatelyInspectorOptions): Promise<StatelyInspector> {
   const host = options.host ?? '127.0.0.1';
   const inspectorUrl = options.inspectorUrl ?? 'https://stately.ai/inspect';
-  const { WebSocketServer, OPEN } = loadWs();
 
   const page = bridgePage(inspectorUrl);
   const server = createServer((_request, response) => {
@@ -66,7 +65,7 @@ export async function startStatelyInspector(options: StatelyInspectorOptions): P
       const message = data.toString();
       recent.push(message);
       if (recent.length > REPLAY) recent.shift();
-      for (const client of sockets.clients) if (client !== socket && client.readyState === OPEN) client.send(message);
+      for (const client of sockets.clients) if (client !== socket && client.readyState === WebSocket.OPEN) client.send(message);
     });
     socket.on('error', (e) => options.logger.debug({ err: e }, 'Stately inspector: a connection failed'));
   });
@@ -165,30 +164,3 @@ function escapeAttribute(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;');
 }
 
-// ---------------------------------------------------------------------------------
-// `ws`, as @statelyai/inspect resolves it (its dependency, not ours): only what is used here.
-
-interface WsSocket {
-  readonly readyState: number;
-  send(data: string): void;
-  on(event: 'message', listener: (data: Buffer) => void): void;
-  on(event: 'error', listener: (error: Error) => void): void;
-  terminate(): void;
-}
-
-interface WsServer {
-  readonly clients: Set<WsSocket>;
-  on(event: 'connection', listener: (socket: WsSocket, request: IncomingMessage) => void): void;
-  on(event: 'error', listener: (error: Error) => void): void;
-  close(): void;
-}
-
-interface WsModule {
-  WebSocketServer: new (options: { server: Server }) => WsServer;
-  OPEN: number;
-}
-
-function loadWs(): WsModule {
-  const require = createRequire(import.meta.url);
-  return createRequire(require.resolve('@statelyai/inspect/server'))('ws') as WsModule;
-}

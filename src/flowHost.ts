@@ -108,6 +108,9 @@ export class FlowHost {
       ...(pattern === 'tool-builder' ? { outRoot: this.options.outRoot } : {}),
     };
     const hosted = this.host(flowId, pattern, machine, { input: flowInput }, undefined, meta.requestId);
+    // The first save is the first step: a flow that ends in its first microsteps has one to travel to.
+    hosted.steps = 1;
+    hosted.record = { ...hosted.record, steps: 1 };
     try {
       hosted.revision = await this.options.store.save(hosted.record, null);
     } catch (e) {
@@ -116,6 +119,8 @@ export class FlowHost {
     }
     hosted.lastSaved = JSON.stringify(hosted.record.snapshot);
     this.journal(hosted, { kind: 'flow', phase: 'started', pattern, status: 'running', input: flowInput });
+    const { machineId, state } = hosted.record;
+    this.journal(hosted, { kind: 'step', step: 1, actor: 'root', machine: machineId, state, event: 'xstate.init', rootState: state, snapshot: undefined }, hosted.lastSaved);
     hosted.actor.start();
     return flowId;
   }

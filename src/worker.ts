@@ -33,7 +33,16 @@ const QueuedTaskSchema = MicrotaskInputSchema.extend({ deadlineAt: MicrotaskInpu
  * its deadline allows, up to the queue's max deliveries. After the last one, its failure
  * is stored, so the waiting flow falls back, and it goes to the dead letters.
  */
-export async function startWorker(options: WorkerOptions): Promise<WorkConsumer> {
+export interface Worker extends WorkConsumer {
+  /**
+   * Stops the model calls in flight (a shutdown whose grace period is over): their tasks
+   * go back to the queue at once, for another worker, instead of being stored as failed.
+   */
+  abortInFlight(): void;
+}
+
+export async function startWorker(options: WorkerOptions): Promise<Worker> {
+  const shutdown = new AbortController();
   const logger = options.logger ?? silentLogger;
   const heartbeatMs = options.heartbeatMs ?? 10_000;
   const baseDelay = options.baseRetryDelayMs ?? 1_000;
@@ -63,9 +72,14 @@ export async function startWorker(options: WorkerOptions): Promise<WorkConsumer>
     const heartbeat = setInterval(() => void job.working().catch(() => undefined), heartbeatMs);
     let result: MicrotaskResult;
     try {
-      result = await options.runner.run(task);
+      result = await options.runner.run(task, shutdown.signal);
     } finally {
       clearInterval(heartbeat);
+    }
+    if (shutdown.signal.aborted && !result.success && result.error?.kind === 'cancelled') {
+      log.info('stopped by the shutdown; the task goes back to the queue');
+      await job.retry(0);
+      return;
     }
 
     if (!result.success && result.error?.retryable) {
@@ -88,5 +102,6 @@ export async function startWorker(options: WorkerOptions): Promise<WorkConsumer>
     await job.ack();
   };
 
-  return options.queue.consume(handle, { concurrency: options.concurrency });
+  const consumer = await options.queue.consume(handle, { concurrency: options.concurrency });
+  return { stop: () => consumer.stop(), abortInFlight: () => shutdown.abort(new Error('worker shutting down')) };
 }

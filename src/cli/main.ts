@@ -40,6 +40,7 @@ import type { ModuleRecord, ToolBuilderOutput } from '../machines/toolBuilder.js
 import { renderToolFiles } from '../toolFiles.js';
 import type { ToolSpec } from '../toolSpec.js';
 import { DaemonClient } from './busClient.js';
+import type { Worker } from '../worker.js';
 import { colorWanted, progressDisplay, type Progress } from './liveProgress.js';
 import { renderHistory } from './show.js';
 
@@ -503,7 +504,7 @@ async function daemonCommand(options: DaemonOptions) {
     // run on workers, which store each result for the flow whatever the daemon does: its
     // flows stop at once (resumed on the next start, or by another daemon), and a worker in
     // this process drains like any other.
-    await Promise.all([daemon.stop(bus.transport === 'nats' ? 0 : grace), worker ? stopWithin(worker.stop(), grace, logger) : undefined]);
+    await Promise.all([daemon.stop(bus.transport === 'nats' ? 0 : grace), worker ? drainWorker(worker, grace, logger) : undefined]);
     stately?.stop();
     await bus.close();
   }, logger);
@@ -516,13 +517,22 @@ async function serveInspector(parts: { store: SnapshotStore; journal?: Journal |
   return server;
 }
 
-/** Waits for `stopping` at most `graceMs`; what is still in flight then is left to the queue's redelivery. */
-async function stopWithin(stopping: Promise<void>, graceMs: number, logger: Logger) {
+/**
+ * Stops a worker: no new task, those in flight get `graceMs` to finish (their results
+ * stored and acked); then their calls are stopped and their tasks go back to the queue for
+ * another worker. Resolves once every handler has settled, so the bus can close after.
+ */
+async function drainWorker(worker: Worker, graceMs: number, logger: Logger) {
+  const stopping = worker.stop();
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), graceMs)));
   const outcome = await Promise.race([stopping.then(() => 'stopped' as const), late]);
   clearTimeout(timer);
-  if (outcome === 'late') logger.warn({ graceMs }, 'grace period over: tasks still running are left to the queue (delivered again)');
+  if (outcome === 'late') {
+    logger.warn({ graceMs }, 'grace period over: stopping the model calls still running; their tasks go back to the queue');
+    worker.abortInFlight();
+    await stopping;
+  }
 }
 
 async function workerCommand(options: { concurrency?: number }) {
@@ -538,7 +548,7 @@ async function workerCommand(options: { concurrency?: number }) {
     logger,
   );
   return serveUntilSignal(async () => {
-    await stopWithin(worker.stop(), config.MICROTASK_SHUTDOWN_GRACE_MS, logger);
+    await drainWorker(worker, config.MICROTASK_SHUTDOWN_GRACE_MS, logger);
     await bus.close();
   }, logger);
 }

@@ -160,6 +160,7 @@ export async function startDaemonService(
     outRoot: toolsDir(config.MICROTASK_STATE_DIR),
     ...(extra.journal === false ? {} : { journal: await journalFor(bus, config, logger) }),
     ...(extra.inspect ? { inspect: extra.inspect } : {}),
+    retentionMs: config.MICROTASK_RETENTION_HOURS * 3_600_000,
     subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
     // Daemons sharing NATS KV hold leases, so one takes over the flows of another that died.
     ...(bus.transport === 'nats'

@@ -599,7 +599,8 @@ export class NatsBus implements Bus {
     const others = await this.overlapping(subjects, own);
     if (others.length === 0) {
       try {
-        const info = await this.ensureStream(config, ['max_age']);
+        // Opened without a max age (a client reading the log): the one its owner set stays.
+        const info = await this.ensureStream(config, maxAgeMs === undefined ? [] : ['max_age']);
         const missing = subjects.filter((s) => !info.config.subjects.includes(s));
         if (missing.length > 0) await this.jsm.streams.update(own, { subjects: [...info.config.subjects, ...missing] });
         return own;

@@ -34,6 +34,8 @@ export interface DaemonOptions {
   lease?: { owner: string; durationMs: number };
   /** Where each flow's history goes (`microtask show`, the inspector). */
   journal?: Journal;
+  /** How long flows' events and done messages are kept in their stream; unset: until removed. */
+  retentionMs?: number;
   /** Sees every inspection event of every flow (Stately's inspector). */
   inspect?: (event: InspectionEvent) => void;
 }
@@ -78,7 +80,10 @@ export class Daemon {
 
   async start(): Promise<void> {
     const { bus } = this.options;
-    this.log = await bus.eventLog(this.subjects.flowLog, { subjects: this.subjects.flowLogSubjects });
+    this.log = await bus.eventLog(this.subjects.flowLog, {
+      subjects: this.subjects.flowLogSubjects,
+      ...(this.options.retentionMs ? { maxAgeMs: this.options.retentionMs } : {}),
+    });
     this.requests = await bus.keyValue(this.subjects.flowsBucket);
     const { resumed, failed } = await this.host.resumeAll();
     if (resumed.length || failed.length) this.options.logger.info({ resumed: resumed.length, failed: failed.length }, 'unfinished flows resumed');

@@ -39,7 +39,8 @@ runBusContract('NatsBus', async () => {
 describe('NatsBus on a real nats-server', () => {
   it("keeps an event log's max age when a reader opens it without one, and changes it when its owner asks", async () => {
     const bus = await connectNatsBus(options('agelog'));
-    const manager = await jetstreamManager(await (await import('@nats-io/transport-node')).connect({ servers: [server.url] }));
+    const nc = await (await import('@nats-io/transport-node')).connect({ servers: [server.url] });
+    const manager = await jetstreamManager(nc);
     const maxAge = async () => (await manager.streams.info('AGELOG_LOG_history')).config.max_age;
     await bus.eventLog('history', { subjects: ['agelog.flow.*.history'], maxAgeMs: 3_600_000 });
     expect(await maxAge()).toBe(3_600_000 * 1_000_000);
@@ -47,7 +48,7 @@ describe('NatsBus on a real nats-server', () => {
     expect(await maxAge()).toBe(3_600_000 * 1_000_000);
     await bus.eventLog('history', { subjects: ['agelog.flow.*.history'], maxAgeMs: 7_200_000 });
     expect(await maxAge()).toBe(7_200_000 * 1_000_000);
-    await manager.nc.close();
+    await nc.close();
     await bus.close();
   });
 

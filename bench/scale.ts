@@ -18,6 +18,7 @@ interface Started {
   flows: number;
   startedMs: number;
   saves: number;
+  idleCpuPercent: number;
   rssMB: number;
   heapUsedMB: number;
   peakRssMB: number;
@@ -113,6 +114,7 @@ export async function runScale(): Promise<{ rows: ScaleRow[]; markdown: string }
       'RSS MB (all waiting)',
       'peak RSS MB',
       'heap MB',
+      'CPU while all wait (% of a core)',
       'resumeAll s',
       'resumed / failed',
       'SIGKILL → all resumed s (incl. process start)',
@@ -126,6 +128,7 @@ export async function runScale(): Promise<{ rows: ScaleRow[]; markdown: string }
       fmt(r.started.rssMB, 0),
       fmt(r.started.peakRssMB, 0),
       fmt(r.started.heapUsedMB, 0),
+      fmt(r.started.idleCpuPercent, 0),
       fmt(r.resumed.resumeMs / 1000, 2),
       `${r.resumed.resumed} / ${r.resumed.failed}`,
       fmt(r.killToResumedMs / 1000, 2),

@@ -99,7 +99,12 @@ if (phase === 'start') {
   // Every flow waits on its model call once nothing has been saved for a second.
   while (performance.now() - lastSaveAt < 1_000) await new Promise((r) => setTimeout(r, 200));
   (globalThis as { gc?: () => void }).gc?.();
-  print({ phase: 'started', flows: count, startedMs, saves, ...memory() });
+  // What the waiting flows cost while nothing happens: CPU over 10 s (polls every 5 s, lease renewals every 10 s).
+  const cpuBefore = process.cpuUsage();
+  await new Promise((r) => setTimeout(r, 10_000));
+  const cpu = process.cpuUsage(cpuBefore);
+  const idleCpuPercent = ((cpu.user + cpu.system) / 1000 / 10_000) * 100;
+  print({ phase: 'started', flows: count, startedMs, saves, idleCpuPercent, ...memory() });
 } else {
   const began = performance.now();
   const { resumed, failed } = await host.resumeAll();

@@ -59,7 +59,8 @@ async function slowModel(delayMs: number | (() => number), text = 'A slow but fi
   return { ANTHROPIC_API_KEY: 'sk-test', ANTHROPIC_BASE_URL: fake.url, MICROTASK_MAX_RETRIES: '0' };
 }
 
-describe('the CLI a person drives', () => {
+// Each test runs several CLI processes one after another: on a busy machine that takes a while.
+describe('the CLI a person drives', { timeout: 90_000 }, () => {
   it("shows a flow's transitions and microtasks with tokens and durations, as text and JSON; an unknown flow exits 2", async () => {
     const env = { MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-show-')) };
     const ran = await run(['run', 'feedback-loop', '--input', 'examples/feedback-loop.json', '--json', '--no-progress'], env);
@@ -241,6 +242,6 @@ describe('the CLI against daemons on NATS', () => {
 
     daemon.child.kill('SIGTERM');
     expect(await daemon.exited).toBe(0);
-  });
+  }, 120_000);
 });
 

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { isReusableResult, type MicrotaskRunner } from './actors/microtask.js';
 import { flowIdOf, MicrotaskInputSchema, type MicrotaskResult } from './actors/microtaskTypes.js';
 import { describeIssues } from './actors/model/prompt.js';
@@ -43,6 +44,8 @@ export interface Worker extends WorkConsumer {
 
 export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const shutdown = new AbortController();
+  // Every run in flight listens to it: as many as the concurrency, which may exceed Node's default of 10.
+  setMaxListeners(0, shutdown.signal);
   const logger = options.logger ?? silentLogger;
   const heartbeatMs = options.heartbeatMs ?? 10_000;
   const baseDelay = options.baseRetryDelayMs ?? 1_000;

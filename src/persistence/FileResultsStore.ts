@@ -1,18 +1,23 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
+import { GroupDirSync } from './dirSync.js';
 import { MicrotaskResultSchema, type MicrotaskResult } from '../actors/microtaskTypes.js';
 import type { ResultsStore } from '../actors/ResultsStore.js';
 
 /**
  * Microtask results on disk, for embedded mode: a flow resumed after a crash finds the
  * results of the calls it had already paid for. One file per key (its hash), written to
- * a temp file, fsynced and renamed, so a crash never leaves half a result.
+ * a temp file, fsynced and renamed (and the directory fsynced, shared between puts), so a
+ * crash never leaves half a result and a stored one stays stored.
  */
 export class FileResultsStore implements ResultsStore {
   private ready: Promise<unknown> | undefined;
+  private readonly dirSyncs: GroupDirSync;
 
-  constructor(private readonly dir: string) {}
+  constructor(private readonly dir: string) {
+    this.dirSyncs = new GroupDirSync(dir);
+  }
 
   private path(key: string): string {
     return join(this.dir, `${createHash('sha256').update(key).digest('hex').slice(0, 40)}.json`);
@@ -48,5 +53,7 @@ export class FileResultsStore implements ResultsStore {
       await handle.close();
     }
     await rename(temp, target);
+    // Until the directory is fsynced the rename may not survive a power cut: the call would be paid for again.
+    await this.dirSyncs.sync();
   }
 }

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { GroupDirSync, syncDir } from './dirSync.js';
 import {
   assertFlowId,
   byUpdatedAt,
@@ -48,14 +49,15 @@ export class FileSnapshotStore implements SnapshotStore {
    * without reading and parsing the record again; any other file is read.
    */
   private readonly written = new Map<string, WrittenFile>();
-  /** The directory fsync in progress, and the one queued behind it (group commit). */
-  private dirSync: Promise<void> | undefined;
-  private nextDirSync: Promise<void> | undefined;
+  /** Directory fsyncs shared by the saves of many flows (group commit). */
+  private readonly dirSyncs: GroupDirSync;
 
   constructor(
     readonly dir: string,
     private readonly options: SnapshotStoreOptions = {},
-  ) {}
+  ) {
+    this.dirSyncs = new GroupDirSync(dir);
+  }
 
   /**
    * A store over `dir`, created when missing, with the temp files of saves that a crash
@@ -278,26 +280,9 @@ export class FileSnapshotStore implements SnapshotStore {
     return file;
   }
 
-  /**
-   * Makes the renames done so far in the store's directory durable. Saves of many flows
-   * share one directory fsync (group commit): a caller joins the next fsync to start, never
-   * one already running (it might have begun before the caller's rename).
-   */
+  /** Makes the renames done so far in the store's directory durable, sharing fsyncs between saves. */
   private syncOwnDir(): Promise<void> {
-    if (!this.dirSync) {
-      const running = syncDir(this.dir).finally(() => {
-        if (this.dirSync === running) this.dirSync = undefined;
-      });
-      this.dirSync = running;
-      return running;
-    }
-    this.nextDirSync ??= this.dirSync
-      .catch(() => undefined)
-      .then(() => {
-        this.nextDirSync = undefined;
-        return this.syncOwnDir();
-      });
-    return this.nextDirSync;
+    return this.dirSyncs.sync();
   }
 }
 
@@ -338,12 +323,3 @@ async function removeFile(path: string): Promise<boolean> {
 }
 
 /** Makes a rename or unlink in `dir` durable. Windows cannot open a directory to fsync it. */
-async function syncDir(dir: string): Promise<void> {
-  if (process.platform === 'win32') return;
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}

@@ -261,10 +261,12 @@ export class LogResultsStore implements PrunableResultsStore {
 
   private async readSegment(segment: string): Promise<void> {
     const from = this.offsets.get(segment) ?? 0;
-    const handle = await open(join(this.dir, segment), 'r');
+    const path = join(this.dir, segment);
+    // Most misses find nothing new: a stat, no open.
+    if ((await stat(path)).size <= from) return;
+    const handle = await open(path, 'r');
     try {
       const { size } = await handle.stat();
-      if (size <= from) return;
       const buffer = Buffer.alloc(size - from);
       let read = 0;
       while (read < buffer.length) {

@@ -443,13 +443,17 @@ export class FlowHost {
     if (typeof input?.taskType !== 'string' || typeof input.key !== 'string' || typeof input.prompt !== 'string') return;
     const base = { kind: 'microtask' as const, actor: actorPath(ref, hosted.actor), key: input.key, taskType: input.taskType };
     hosted.microtasks.set(ref, base);
-    this.journal(hosted, {
+    if (!this.options.journal) return;
+    const entry = {
       ...base,
-      phase: 'started',
+      phase: 'started' as const,
       prompt: input.prompt,
       ...(typeof input.system === 'string' ? { system: input.system } : {}),
       ...(input.data !== undefined ? { data: input.data } : {}),
-    });
+    };
+    // A child starts while its parent's transition is still being processed: journal the
+    // start after that transition, which is reported when the processing ends.
+    queueMicrotask(() => this.journal(hosted, entry));
   }
 
   private microtaskFinished(hosted: HostedFlow, ref: AnyActorRef, started: MicrotaskStart, output: unknown) {

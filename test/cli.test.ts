@@ -7,9 +7,10 @@ import { describe, expect, it } from 'vitest';
 
 // The CLI as a user runs it: the built bin (npm test builds it first), in a child process.
 const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
-const run = (args: string[], env: Record<string, string> = {}) =>
+// Each run gets a fresh state directory unless the test gives one: never the repo's .microtask.
+const run = async (args: string[], env: Record<string, string> = {}) =>
   promisify(execFile)(process.execPath, [CLI, ...args], {
-    env: { PATH: process.env.PATH ?? '', ...env },
+    env: { PATH: process.env.PATH ?? '', MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-state-')), ...env },
     cwd: new URL('..', import.meta.url).pathname,
   }).then(
     ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, open, realpath, rename, rm } from 'node:fs/promises';
+import { lstat, open, realpath, rename, rm } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ENTRY_PATH, type ToolFiles } from '../toolFiles.js';
+import { mkdirs } from '../mkdirs.js';
 
 export type ToolWriteErrorCode = 'PATH_ESCAPE' | 'SYMLINK_REFUSED' | 'NOT_A_DIRECTORY';
 
@@ -51,11 +52,11 @@ export async function writeToolFiles(
   files: ToolFiles,
 ): Promise<{ dir: string; written: string[] }> {
   assertSegment(toolName, 'tool name');
-  await mkdir(outRoot, { recursive: true });
+  await mkdirs(outRoot);
   const root = await realpath(resolve(outRoot));
   const dir = join(root, toolName);
   await assertNoSymlinks(root, dir);
-  await mkdir(dir, { recursive: true });
+  await mkdirs(dir);
 
   const targets = Object.keys(files).map((path) => {
     if (isAbsolute(path) || path.split(/[/\\]/).some((part) => part === '..' || part === '')) {
@@ -71,7 +72,7 @@ export async function writeToolFiles(
   const written: string[] = [];
   for (const { path, target } of targets) {
     await assertNoSymlinks(dir, dirname(target));
-    await mkdir(dirname(target), { recursive: true });
+    await mkdirs(dirname(target));
     await assertNoSymlinks(dir, dirname(target));
     const temp = `${target}.${randomBytes(6).toString('hex')}.tmp`;
     const handle = await open(temp, 'wx', path === ENTRY_PATH ? 0o755 : 0o644);

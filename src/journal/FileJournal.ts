@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { appendFile, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { appendFile, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   JournalError,
@@ -9,6 +9,7 @@ import {
   type JournalEntry,
   type JournalFollow,
 } from './Journal.js';
+import { mkdirs } from '../mkdirs.js';
 
 export interface FileJournalOptions {
   /** One `<flowId>.jsonl` file per flow in this directory. */
@@ -145,7 +146,7 @@ export class FileJournal implements Journal {
 
   private async drain(flowId: string, pending: Pending): Promise<void> {
     try {
-      this.ready ??= mkdir(this.options.dir, { recursive: true });
+      this.ready ??= mkdirs(this.options.dir);
       await this.ready;
       while (pending.lines.length > 0) {
         const lines = pending.lines;

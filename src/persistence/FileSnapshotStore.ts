@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { GroupDirSync, syncDir } from './dirSync.js';
 import {
@@ -25,6 +25,7 @@ import {
   type SnapshotStoreOptions,
   type StoredSnapshot,
 } from './SnapshotStore.js';
+import { mkdirs } from '../mkdirs.js';
 
 /**
  * Snapshots as files, the embedded default: `<dir>/<flowId>.json` holds
@@ -122,7 +123,7 @@ export class FileSnapshotStore implements SnapshotStore {
     await this.exclusive(flowId, async () => {
       this.written.delete(flowId);
       const asideDir = join(this.dir, CORRUPT_DIR);
-      await mkdir(asideDir, { recursive: true });
+      await mkdirs(asideDir);
       const stamp = new Date().toISOString().replace(/:/g, '-');
       const base = join(asideDir, `${flowId}.${stamp}`);
       try {
@@ -175,7 +176,7 @@ export class FileSnapshotStore implements SnapshotStore {
   }
 
   private ensureDir(): Promise<void> {
-    this.dirReady ??= mkdir(this.dir, { recursive: true }).then(
+    this.dirReady ??= mkdirs(this.dir).then(
       () => undefined,
       (e: unknown) => {
         this.dirReady = undefined;

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
 import { UsageSchema } from '../../usage.js';
@@ -7,6 +7,7 @@ import { abortedError } from './abort.js';
 import { ModelError } from './ModelError.js';
 import type { ModelPort, ModelRequest, ModelResponse } from './ModelPort.js';
 import { answerJsonSchema, describeIssues, renderUserMessage } from './prompt.js';
+import { mkdirs } from '../../mkdirs.js';
 
 const EntrySchema = z.object({
   key: z.string(),
@@ -157,7 +158,7 @@ export class CassetteRecorder implements ModelPort {
   save(): Promise<void> {
     const json = `${JSON.stringify(this.cassette, null, 2)}\n`;
     this.writing = this.writing.then(async () => {
-      await mkdir(dirname(this.path), { recursive: true });
+      await mkdirs(dirname(this.path));
       const temp = `${this.path}.${process.pid}.tmp`;
       await writeFile(temp, json);
       await rename(temp, this.path);

@@ -21,7 +21,7 @@ import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/machines/answers.js';
-import { FileResultsStore } from '../src/persistence/FileResultsStore.js';
+import { LogResultsStore } from '../src/persistence/LogResultsStore.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
 import { mapLimit, type SnapshotStore } from '../src/persistence/SnapshotStore.js';
@@ -49,7 +49,7 @@ if (mode === 'nats') {
 } else {
   const dir = process.env.SCALE_DIR!;
   store = await FileSnapshotStore.open(join(dir, 'flows'));
-  const runner = new MicrotaskRunner({ model: benchModel(600_000), results: new FileResultsStore(join(dir, 'results')), answers: answerSchemas });
+  const runner = new MicrotaskRunner({ model: benchModel(600_000), results: new LogResultsStore(join(dir, 'results')), answers: answerSchemas });
   microtask = createMicrotaskLogic(runner);
 }
 let saves = 0;

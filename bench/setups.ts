@@ -2,7 +2,7 @@
  * The setups the benchmark compares, each able to run one flow and say when it is done:
  *
  * - bare: the same XState machine and microtask actor, no bus, no persistence (the floor);
- * - embedded: the daemon over the in-process bus, snapshots and results as fsync'd files;
+ * - embedded: the daemon over the in-process bus, snapshots as fsync'd files, results in an fdatasync'd log;
  * - nats: the daemon over NATS (JetStream work queue, KV snapshots with leases), one
  *   worker process, a nats-server of its own.
  *
@@ -29,7 +29,7 @@ import { provideFlows } from '../src/flows.js';
 import { FileJournal } from '../src/journal/FileJournal.js';
 import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/machines/answers.js';
-import { FileResultsStore } from '../src/persistence/FileResultsStore.js';
+import { LogResultsStore } from '../src/persistence/LogResultsStore.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import { startDaemonService } from '../src/services.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
@@ -143,7 +143,7 @@ async function protocolClient(bus: Bus) {
 
 /**
  * Embedded mode: the daemon over the in-process bus, its flows' snapshots in fsync'd
- * files, microtask results in files (as `microtask daemon` without NATS_URL), with an
+ * files, microtask results in a log (as `microtask daemon` without NATS_URL), with an
  * optional file journal.
  */
 export async function embeddedSetup(options: { model?: ModelChoice; journal?: boolean; name?: string } = {}): Promise<Setup> {
@@ -151,7 +151,7 @@ export async function embeddedSetup(options: { model?: ModelChoice; journal?: bo
   const bus = new MemoryBus();
   const runner = new MicrotaskRunner({
     model: modelOf(options.model ?? { kind: 'scripted' }),
-    results: new FileResultsStore(join(dir, 'results')),
+    results: new LogResultsStore(join(dir, 'results')),
     answers: answerSchemas,
   });
   const journal = options.journal ? new FileJournal({ dir: join(dir, 'journal') }) : undefined;

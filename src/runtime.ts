@@ -3,8 +3,7 @@ import { MicrotaskRunner, type AnswerSchemas, type Fallbacks } from './actors/mi
 import { AnthropicModel } from './actors/model/AnthropicModel.js';
 import { CassetteRecorder, CassetteReplayModel, loadCassette } from './actors/model/CassetteModel.js';
 import type { ModelPort } from './actors/model/ModelPort.js';
-import type { ResultsStore } from './actors/ResultsStore.js';
-import { FileResultsStore } from './persistence/FileResultsStore.js';
+import { LogResultsStore, type PrunableResultsStore } from './persistence/LogResultsStore.js';
 import { FileJournal } from './journal/FileJournal.js';
 import type { Journal, JournalError } from './journal/Journal.js';
 import { FileSnapshotStore } from './persistence/FileSnapshotStore.js';
@@ -79,7 +78,7 @@ export interface Runtime {
   model: ModelPort;
   /** Which model answers, in words: worth telling a person at start. */
   modelDescription: string;
-  results: ResultsStore;
+  results: PrunableResultsStore;
   runner: MicrotaskRunner;
   /** Each flow's history (steps, microtasks), for `microtask show` and the inspector. */
   journal: Journal;
@@ -99,7 +98,8 @@ export async function createRuntime(
   // Embedded mode keeps results and snapshots on disk: a flow killed mid-way resumes
   // (`microtask resume`) without paying again for the calls it had made.
   const dirs = stateDirs(config.MICROTASK_STATE_DIR);
-  const results = new FileResultsStore(dirs.results);
+  // Appended to a log with one fdatasync per batch; result files of earlier versions are read on a miss.
+  const results = new LogResultsStore(dirs.results);
   const store: SnapshotStore = await FileSnapshotStore.open(dirs.flows, moveAsideOnCorrupt(logger, () => store));
   const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...registry });
   const journal = new FileJournal({ dir: dirs.journal, onError: logJournalError(logger) });

@@ -137,8 +137,10 @@ export async function startDaemonService(
   extra: { inspect?: (event: InspectionEvent) => void; journal?: boolean } = {},
 ) {
   const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
+  // Embedded: microtasks run in this process, their results kept on disk (the CLI's runtime).
+  const runtime = bus.transport === 'nats' ? undefined : await createRuntime(config, logger, { answers: answerSchemas });
   const microtask =
-    bus.transport === 'nats'
+    !runtime
       ? createRemoteMicrotaskLogic({
           bus,
           subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
@@ -147,11 +149,12 @@ export async function startDaemonService(
           results: await bus.keyValue(names.resultsBucket),
           logger,
         })
-      : // Embedded: microtasks run in this process, their results kept on disk (the CLI's runtime).
-        createMicrotaskLogic((await createRuntime(config, logger, { answers: answerSchemas })).runner);
+      : createMicrotaskLogic(runtime.runner);
   const store = await snapshotStore(bus, config, logger);
-  const pruned = await store.prune(new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000));
-  if (pruned) logger.info({ pruned }, 'old finished flows pruned');
+  const before = new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000);
+  const pruned = await store.prune(before);
+  const resultFiles = (await runtime?.results.prune(before)) ?? 0;
+  if (pruned || resultFiles) logger.info({ pruned, resultFiles }, 'old finished flows pruned');
   const daemon = new Daemon({
     bus,
     flows: provideFlows({ microtask }),

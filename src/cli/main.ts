@@ -36,6 +36,7 @@ import { InspectorServerError, startInspectorServer } from '../inspector/server.
 import { startStatelyInspector } from '../inspector/stately.js';
 import type { Journal, JournalEntry } from '../journal/Journal.js';
 import { teeJournal } from '../journal/tee.js';
+import type { PrunableResultsStore } from '../persistence/LogResultsStore.js';
 import type { ModuleRecord, ToolBuilderOutput } from '../machines/toolBuilder.js';
 import { renderToolFiles } from '../toolFiles.js';
 import type { ToolSpec } from '../toolSpec.js';
@@ -126,11 +127,13 @@ function mainResult(pattern: PatternName, output: Record<string, unknown>): unkn
 }
 
 /** Finished flows older than the retention go: snapshot stores must not grow without bound. */
-async function prune(store: SnapshotStore, config: Config, logger: Logger, journal?: Journal) {
+async function prune(store: SnapshotStore, config: Config, logger: Logger, journal?: Journal, results?: PrunableResultsStore) {
   const before = new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000);
   const pruned = await store.prune(before);
   const journals = (await journal?.prune(before)) ?? 0;
-  if (pruned || journals) logger.info({ pruned, journals }, 'old finished flows pruned');
+  // Results older than the retention: their flows are gone (or would start their calls again).
+  const resultFiles = (await results?.prune(before)) ?? 0;
+  if (pruned || journals || resultFiles) logger.info({ pruned, journals, resultFiles }, 'old finished flows pruned');
 }
 
 function printFlowResult(pattern: string, flowId: string, output: FlowOutput, json: boolean) {
@@ -280,7 +283,7 @@ async function runCommand(patternArg: string, options: { input: string; json?: b
   if (pattern === 'tool-builder') await assertWritableDirectory(options.out ?? toolsDir(loadConfig().MICROTASK_STATE_DIR));
   const input = await readJsonFile(options.input, patternInputSchemas[pattern] as z.ZodType<Record<string, unknown>>, `${pattern} input`);
   const runtime = await startRuntime();
-  await prune(runtime.store, runtime.config, runtime.logger, runtime.journal);
+  await prune(runtime.store, runtime.config, runtime.logger, runtime.journal, runtime.results);
   const stately = options.inspect ? await statelyFor(runtime.logger) : undefined;
   const progress = progressFor(options);
   try {
@@ -343,7 +346,7 @@ async function buildCommand(specFile: string, options: BuildOptions) {
       'OFFLINE_UNKNOWN_SPEC',
     );
   }
-  await prune(runtime.store, runtime.config, runtime.logger, runtime.journal);
+  await prune(runtime.store, runtime.config, runtime.logger, runtime.journal, runtime.results);
   if (options.detach) {
     // Saved, then run to its end by a process of its own: this one returns the id at once.
     const flowId = await startDetached(runtime, 'tool-builder', { spec, ...extra }, { outRoot });

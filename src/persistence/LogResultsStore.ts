@@ -118,7 +118,8 @@ export class LogResultsStore implements PrunableResultsStore {
 
   private pending: PendingPut[] = [];
   private flushing: Promise<void> | undefined;
-  private writer: { segment: string; handle: FileHandle } | undefined;
+  /** The segment whose directory entry this instance made durable (once per segment). */
+  private syncedSegment: string | undefined;
   private ready: Promise<unknown> | undefined;
   private closed = false;
 
@@ -158,7 +159,7 @@ export class LogResultsStore implements PrunableResultsStore {
     try {
       for (const name of names) {
         const old = SEGMENT.test(name)
-          ? segmentEnd(name) <= limit && name !== this.writer?.segment
+          ? segmentEnd(name) <= limit
           : name.endsWith('.json') && ((await stat(join(this.dir, name)).catch(() => undefined))?.mtimeMs ?? limit) < limit;
         if (!old) continue;
         await unlink(join(this.dir, name)).catch((e: NodeJS.ErrnoException) => {
@@ -175,12 +176,10 @@ export class LogResultsStore implements PrunableResultsStore {
     return deleted;
   }
 
-  /** Waits for the puts in flight, then closes the segment. Not needed for durability: a put resolved is on disk. */
+  /** Waits for the puts in flight; later puts fail. Not needed for durability: a put resolved is on disk. */
   async close(): Promise<void> {
     this.closed = true;
     while (this.flushing) await this.flushing;
-    await this.writer?.handle.close();
-    this.writer = undefined;
   }
 
   private lookup(key: string): MicrotaskResult | undefined {
@@ -193,27 +192,29 @@ export class LogResultsStore implements PrunableResultsStore {
     while (this.pending.length) {
       const batch = this.pending;
       this.pending = [];
+      const segment = segmentName(this.options.now?.() ?? new Date());
       try {
-        const handle = await this.segmentHandle();
-        // The leading newline ends a line torn by a crash before this batch: it is skipped, not glued to ours.
-        const bytes = Buffer.from(`\n${batch.map((p) => p.line).join('')}`);
-        const { bytesWritten } = await handle.write(bytes, 0, bytes.length);
-        if (bytesWritten !== bytes.length) throw new Error(`short write: ${bytesWritten} of ${bytes.length} bytes`);
-        await handle.datasync();
+        // Opened for each batch (an open is cheap beside the fdatasync): no handle outlives a
+        // batch, and a new UTC day starts a new segment by itself.
+        const handle = await this.openSegment(segment);
+        try {
+          // The leading newline ends a line torn by a crash before this batch: it is skipped, not glued to ours.
+          const bytes = Buffer.from(`\n${batch.map((p) => p.line).join('')}`);
+          const { bytesWritten } = await handle.write(bytes, 0, bytes.length);
+          if (bytesWritten !== bytes.length) throw new Error(`short write: ${bytesWritten} of ${bytes.length} bytes`);
+          await handle.datasync();
+        } finally {
+          await handle.close();
+        }
       } catch (e) {
         const error = new ResultsStoreError(
           'RESULTS_WRITE_FAILED',
           `cannot store ${batch.length} microtask result(s) in ${this.dir}: ${(e as Error).message}; the tasks will run again if the flow is resumed`,
           { cause: e },
         );
-        // After a failed write or fdatasync the file's state is unknown: the next batch opens it again.
-        const writer = this.writer;
-        this.writer = undefined;
-        await writer?.handle.close().catch(() => undefined);
         for (const p of batch) p.reject(error);
         continue;
       }
-      const segment = this.writer!.segment;
       for (const p of batch) {
         this.index.set(p.key, { result: (JSON.parse(p.line) as Line).r, segment });
         p.resolve();
@@ -222,18 +223,21 @@ export class LogResultsStore implements PrunableResultsStore {
     this.flushing = undefined;
   }
 
-  /** The day's segment, opened for appending (a new day, a new segment). */
-  private async segmentHandle(): Promise<FileHandle> {
-    const segment = segmentName(this.options.now?.() ?? new Date());
-    if (this.writer?.segment === segment) return this.writer.handle;
+  /** `segment`, opened for appending (O_APPEND: one write lands whole after every other process's). */
+  private async openSegment(segment: string): Promise<FileHandle> {
     this.ready ??= mkdir(this.dir, { recursive: true });
     await this.ready;
     const handle = await open(join(this.dir, segment), 'a');
-    const previous = this.writer;
-    this.writer = { segment, handle };
-    await previous?.handle.close();
-    // The segment's directory entry must survive a power cut too (once per segment).
-    await syncDir(this.dir);
+    if (this.syncedSegment !== segment) {
+      // The segment's directory entry must survive a power cut too.
+      try {
+        await syncDir(this.dir);
+      } catch (e) {
+        await handle.close();
+        throw e;
+      }
+      this.syncedSegment = segment;
+    }
     return handle;
   }
 

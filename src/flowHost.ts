@@ -41,6 +41,11 @@ export interface FlowHostOptions {
    * inspector and live progress; the flow never waits on it.
    */
   journal?: Journal;
+  /**
+   * Told, after a flow is cancelled, the keys of the microtasks it had in flight: with
+   * workers, their tasks may still be queued, and should not be run for nobody.
+   */
+  onCancel?: (flowId: string, microtaskKeys: string[]) => Promise<void>;
 }
 
 type MicrotaskStart = { kind: 'microtask'; actor: string; key: string; taskType: string };
@@ -260,9 +265,15 @@ export class FlowHost {
   async cancel(flowId: string): Promise<boolean> {
     const hosted = this.flows.get(flowId);
     if (!hosted) return false;
+    const inFlight = [...hosted.microtasks.values()].map((m) => m.key);
     hosted.actor.stop();
     this.finish(hosted, 'cancelled', undefined, { code: 'CANCELLED', message: 'cancelled by request' });
     await hosted.chain;
+    if (inFlight.length > 0 && this.options.onCancel) {
+      await this.options.onCancel(flowId, inFlight).catch((e: unknown) =>
+        this.options.logger.warn({ flowId, err: e }, 'could not withdraw the tasks of a cancelled flow; a worker may still run them'),
+      );
+    }
     return true;
   }
 
@@ -532,14 +543,15 @@ export class FlowHost {
     this.options.logger.info({ flowId: hosted.flowId, status }, 'flow finished');
   }
 
-  private failed(hosted: HostedFlow, e: unknown) {
+  private failed(hosted: HostedFlow, e: unknown): Promise<void> | undefined {
     if (e instanceof SnapshotConflictError) {
       // Someone else wrote the record: another daemon took the flow over (it carries on
       // there), or `microtask cancel` ended it. Stop here either way, and say which.
       hosted.lost = true;
       hosted.actor.stop();
       this.flows.delete(hosted.flowId);
-      void this.options.store
+      // Returned: the chain waits for it, so `finished` resolves with the record that won.
+      return this.options.store
         .load(hosted.flowId)
         .catch(() => undefined)
         .then((stored) => {

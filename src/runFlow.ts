@@ -48,7 +48,7 @@ function hostFor(runtime: Runtime, options: RunFlowOptions) {
 function outputOf(record: FlowSnapshotRecord): FlowOutput {
   if (record.output !== undefined) return record.output as FlowOutput;
   // Cancelled or crashed: no machine output, so say what the record says.
-  return { status: 'failed', reason: record.error?.message ?? record.status, usage: undefined };
+  return { status: record.status === 'cancelled' ? 'cancelled' : 'failed', reason: record.error?.message ?? record.status, usage: undefined };
 }
 
 /**

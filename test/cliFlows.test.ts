@@ -95,7 +95,8 @@ describe('the CLI a person drives', { timeout: 90_000 }, () => {
 
   it('cancels an embedded flow another process is running: that run stops with `cancelled`, and it cannot be resumed', async () => {
     const env = { MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-cancel-')), ...(await slowModel(1_500)) };
-    const running = start(['run', 'feedback-loop', '--input', 'examples/feedback-loop.json', '--no-progress'], env);
+    // The parallel pattern: its output is a list, which a cancelled flow does not have.
+    const running = start(['run', 'parallel', '--input', 'examples/parallel.json', '--no-progress'], env);
     const flowId = await until(async () => {
       const listed = JSON.parse((await run(['flows', '--json', '--status', 'running'], env)).stdout || '[]');
       return listed[0]?.flowId as string | undefined;
@@ -104,8 +105,8 @@ describe('the CLI a person drives', { timeout: 90_000 }, () => {
     const cancelled = await run(['cancel', flowId], env);
     expect(cancelled.code, cancelled.stderr).toBe(0);
     expect(cancelled.stderr).toContain(`cancelled ${flowId}`);
-    expect(await running.exited).toBe(1);
-    expect(running.stderr()).toContain('cancelled');
+    expect(await running.exited, running.stderr()).toBe(1);
+    expect(running.stderr()).toMatch(new RegExp(`parallel ${flowId}: cancelled \\(cancelled by \`microtask cancel\`\\)`));
 
     const again = await run(['cancel', flowId], env);
     expect(again.code).toBe(2);
@@ -129,6 +130,21 @@ describe('the CLI a person drives', { timeout: 90_000 }, () => {
     expect(followed.code, followed.stderr).toBe(0);
     expect(followed.stderr).toContain(`tool-builder ${flowId}: ended (done)`);
     await access(join(out, 'api-tester', 'src', 'cli.js'));
+  });
+
+  it('refuses at once what cannot work: an --out under /proc, an unknown status, --snapshots without --json', async () => {
+    const env = { MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-refuse-')) };
+    const started = Date.now();
+    const proc = await run(['build', 'examples/api-tester.json', '--out', '/proc/no/such/dir'], env);
+    expect(proc.code).toBe(2);
+    expect(proc.stderr).toContain('cannot write tools to /proc/no/such/dir (ENOENT)');
+    expect(Date.now() - started).toBeLessThan(20_000);
+    const status = await run(['flows', '--status', 'running,bogus'], env);
+    expect(status.code).toBe(2);
+    expect(status.stderr).toContain('unknown status bogus');
+    const snapshots = await run(['show', 'x', '--snapshots'], env);
+    expect(snapshots.code).toBe(2);
+    expect(snapshots.stderr).toContain('--snapshots goes with --json');
   });
 
   it('inspect serves the inspector page and its API on the port asked, and stops on SIGTERM with exit 0', async () => {

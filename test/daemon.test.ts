@@ -1,14 +1,13 @@
 import { mkdtemp, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { jetstream } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { handWrittenAnswer } from '../examples/offline/answers.js';
 import { MicrotaskRunner } from '../src/actors/microtask.js';
 import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { createRemoteMicrotaskLogic } from '../src/actors/remoteMicrotask.js';
-import type { WorkConsumer } from '../src/bus/Bus.js';
 import { KvResultsStore } from '../src/bus/KvResultsStore.js';
 import { subjects } from '../src/bus/subjects.js';
 import { connectNatsBus, type NatsBus } from '../src/bus/NatsBus.js';
@@ -17,6 +16,7 @@ import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
 import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/machines/answers.js';
+import type { Worker } from '../src/worker.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
 import { startWorker } from '../src/worker.js';
 
@@ -26,7 +26,7 @@ let server: NatsServer;
 let daemonBus: NatsBus;
 let workerBus: NatsBus;
 let daemon: Daemon;
-let worker: WorkConsumer;
+let worker: Worker;
 let client: NatsConnection;
 let outRoot: string;
 const model = new ScriptedModel((request) => {
@@ -189,4 +189,26 @@ describe('the daemon over NATS, driven by a plain NATS client', () => {
     const { done } = await history(started.flowId);
     expect(done).toMatchObject({ status: 'done', output: { status: 'done', result: 'bug' } });
   });
+
+  it("withdraws a cancelled flow's queued tasks: a worker that takes them later calls no model", async () => {
+    await worker.stop();
+    const input = (await import('../examples/microtask.json', { with: { type: 'json' } })).default;
+    const manager = await jetstreamManager(client);
+    const queued = async () => (await manager.streams.info('MICROTASK_WQ_tasks')).state.messages;
+    const started = await request('microtask.flow.start.microtask', { input });
+    for (let i = 0; i < 100 && (await queued()) === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(await queued()).toBe(1);
+    expect(await request('microtask.flow.cancel', { flowId: started.flowId })).toEqual({ ok: true, flowId: started.flowId });
+    expect((await history(started.flowId)).done).toMatchObject({ status: 'cancelled' });
+
+    const late = new ScriptedModel(() => 'nobody wants this');
+    const results = new KvResultsStore(await workerBus.keyValue('results'));
+    const queue = await workerBus.workQueue('tasks', { ackWaitMs: 5_000, maxDeliver: 3, deadLetterSubject: 'microtask.tasks.dead' });
+    worker = await startWorker({ queue, runner: new MicrotaskRunner({ model: late, results, answers: answerSchemas }), results, concurrency: 4 });
+    // The queue empties (the task was taken and acked) without a model call.
+    for (let i = 0; i < 100 && (await queued()) > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await queued()).toBe(0);
+    expect(late.calls).toHaveLength(0);
+  });
 });
+

@@ -132,6 +132,11 @@ export class MicrotaskRunner {
     const log = this.logger.child({ flowId: flowIdOf(input.key), taskId: input.key, taskType: input.taskType });
 
     const stored = await this.deps.results.get(input.key);
+    // Withdrawn: its flow was cancelled while the task waited in a queue.
+    if (stored && !stored.success && stored.error?.kind === 'cancelled') {
+      log.info('task of a cancelled flow; no model call');
+      return { ...stored, cached: true, durationMs: 0 };
+    }
     if (stored && isReusableResult(stored)) {
       log.debug('result found under its key; no model call');
       return { ...stored, cached: true, durationMs: 0 };

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { access, mkdir, readFile } from 'node:fs/promises';
+import { access, readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { z } from 'zod';
 import type { MicrotaskInput, MicrotaskResult } from '../actors/microtaskTypes.js';
@@ -44,6 +44,7 @@ import { DaemonClient } from './busClient.js';
 import type { Worker } from '../worker.js';
 import { colorWanted, progressDisplay, type Progress } from './liveProgress.js';
 import { renderHistory } from './show.js';
+import { mkdirs } from '../mkdirs.js';
 
 const EXIT_CODES_HELP = `
 Exit codes:
@@ -76,7 +77,7 @@ async function startRuntime() {
 /** Creates the directory (and its parents) and proves it writable, before any model call is paid for. */
 async function assertWritableDirectory(dir: string): Promise<void> {
   try {
-    await mkdir(dir, { recursive: true });
+    await mkdirs(dir);
     await access(dir, constants.W_OK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
@@ -139,12 +140,22 @@ async function prune(store: SnapshotStore, config: Config, logger: Logger, journ
 function printFlowResult(pattern: string, flowId: string, output: FlowOutput, json: boolean) {
   if (json) printData({ flowId, pattern, ...output });
   else {
-    if (isPatternName(pattern)) printData(mainResult(pattern, output));
+    // A flow cancelled or crashed has no machine output: nothing for stdout, the reason on stderr.
+    if (isPatternName(pattern) && output.usage !== undefined) printData(mainResult(pattern, output));
     process.stderr.write(
       `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${output.usage ? describeUsage(output.usage as Usage) : ''}\n${offlineHint(output)}`,
     );
   }
   return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
+}
+
+const FLOW_STATUSES = ['running', 'done', 'failed', 'cancelled'] as const;
+
+function parseStatuses(list: string): FlowSummary['status'][] {
+  const statuses = list.split(',').map((s) => s.trim());
+  const unknown = statuses.filter((s) => !(FLOW_STATUSES as readonly string[]).includes(s));
+  if (unknown.length > 0) throw new UsageError(`unknown status ${unknown.join(', ')}: --status takes ${FLOW_STATUSES.join(', ')} (comma-separated)`);
+  return statuses as FlowSummary['status'][];
 }
 
 async function flowsCommand(options: { json?: boolean; status?: string }) {
@@ -154,7 +165,7 @@ async function flowsCommand(options: { json?: boolean; status?: string }) {
   try {
     const store = await snapshotStore(bus, config, logger);
     await prune(store, config, logger);
-    const statuses = options.status ? (options.status.split(',') as FlowSummary['status'][]) : undefined;
+    const statuses = options.status ? parseStatuses(options.status) : undefined;
     const flows = await store.list(statuses ? { status: statuses } : {});
     if (options.json) printData(flows);
     else if (!flows.length) process.stderr.write(`no flows${statuses ? ` with status ${statuses.join(' or ')}` : ''} in ${bus.transport === 'nats' ? 'NATS KV' : stateDirs(config.MICROTASK_STATE_DIR).flows}\n`);
@@ -171,6 +182,7 @@ async function flowsCommand(options: { json?: boolean; status?: string }) {
 }
 
 async function showCommand(flowId: string, options: { json?: boolean; verbose?: boolean; snapshots?: boolean; follow?: boolean }) {
+  if (options.snapshots && !options.json) throw new UsageError('--snapshots goes with --json (the text history has no room for whole snapshots)');
   const config = loadConfig();
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
   const bus = await connectBus(config, logger, 'cli');
@@ -351,7 +363,7 @@ async function buildCommand(specFile: string, options: BuildOptions) {
     // Saved, then run to its end by a process of its own: this one returns the id at once.
     const flowId = await startDetached(runtime, 'tool-builder', { spec, ...extra }, { outRoot });
     const log = join(config.MICROTASK_STATE_DIR, 'logs', `${flowId}.log`);
-    await mkdir(join(config.MICROTASK_STATE_DIR, 'logs'), { recursive: true });
+    await mkdirs(join(config.MICROTASK_STATE_DIR, 'logs'));
     const fd = openSync(log, 'a');
     spawn(process.execPath, [process.argv[1]!, 'resume', flowId, '--no-progress', '--json'], {
       detached: true,

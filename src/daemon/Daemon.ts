@@ -8,6 +8,9 @@ import type { Logger } from '../log.js';
 import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
 import { FlowHost, newFlowId } from '../flowHost.js';
 import type { SnapshotStore } from '../persistence/SnapshotStore.js';
+import type { MicrotaskResult } from '../actors/microtaskTypes.js';
+import { resultKey } from '../bus/KvResultsStore.js';
+import { zeroUsage } from '../usage.js';
 import type { Journal } from '../journal/Journal.js';
 import type { InspectionEvent } from 'xstate';
 import {
@@ -75,6 +78,7 @@ export class Daemon {
       onDone: async (done) => {
         await this.log.append(this.subjects.flowDone(done.flowId), JSON.stringify(done));
       },
+      onCancel: (flowId, keys) => this.withdraw(flowId, keys),
     });
   }
 
@@ -171,6 +175,28 @@ export class Daemon {
       ...(output !== undefined ? { output } : {}),
       ...(error ? { error } : {}),
     };
+  }
+
+  /**
+   * A cancelled flow's tasks may still wait in the work queue: a `cancelled` result under
+   * each key makes the worker that takes one skip it (the runner treats it as final), so
+   * no model call is paid for work nobody waits for.
+   */
+  private async withdraw(flowId: string, keys: string[]): Promise<void> {
+    const results = await this.options.bus.keyValue(this.subjects.resultsBucket);
+    for (const key of keys) {
+      const withdrawn: MicrotaskResult = {
+        success: false,
+        taskType: 'withdrawn',
+        key,
+        error: { kind: 'cancelled', message: `flow ${flowId} was cancelled before this task ran`, retryable: false },
+        durationMs: 0,
+        usage: zeroUsage(),
+        cached: false,
+      };
+      await results.put(resultKey(key), JSON.stringify(withdrawn));
+    }
+    this.options.logger.info({ flowId, tasks: keys.length }, 'tasks of a cancelled flow withdrawn');
   }
 
   private async onFlowGet(message: BusMessage): Promise<Answer<FlowRecord>> {

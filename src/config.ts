@@ -25,6 +25,9 @@ const count = (min: number, max: number, what: string) =>
 
 const natsUrls = z
   .string()
+  .refine((s) => !s.includes('@'), {
+    error: 'servers without credentials: set NATS_USER and NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED or NATS_CREDS instead',
+  })
   .transform((s) => s.split(',').map((u) => u.trim()).filter(Boolean))
   .pipe(
     z
@@ -102,6 +105,8 @@ export class ConfigError extends Error {
 }
 
 const secret = (variable: string) => /KEY|TOKEN|PASS|SECRET/i.test(variable);
+/** `nats://bob:pw@host` → `nats://(hidden)@host`: a value quoted back never shows a password. */
+const withoutUserinfo = (value: string) => value.replace(/([a-z][a-z0-9+.-]*:\/\/)[^/@\s,]*@/gi, '$1(hidden)@');
 
 /** Reads the configuration from the environment; throws a {@link ConfigError} naming each bad variable. */
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
@@ -114,7 +119,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       return {
         variable,
         expected: issue.message,
-        got: raw === undefined ? '(unset)' : secret(variable) ? '(hidden)' : JSON.stringify(raw),
+        got: raw === undefined ? '(unset)' : secret(variable) ? '(hidden)' : JSON.stringify(withoutUserinfo(raw)),
       };
     }),
   );

@@ -31,4 +31,19 @@ describe('configuration from the environment', () => {
     expect(error.message).toContain('MICROTASK_LOG_LEVEL="loud": expected one of fatal, error, warn, info, debug, trace, silent');
     expect(error.problems.map((p) => p.variable).sort()).toEqual(['ANTHROPIC_BASE_URL', 'MICROTASK_LOG_LEVEL', 'MICROTASK_TIMEOUT_MS']);
   });
+
+  it('never quotes a password back: credentials in NATS_URL are refused, and shown hidden', () => {
+    let error: ConfigError | undefined;
+    try {
+      loadConfig({ NATS_URL: 'nats://bob:hunter2secret@127.0.0.1:4222,nats://10.0.0.2:4222' });
+    } catch (e) {
+      error = e as ConfigError;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect(error!.message).not.toContain('hunter2secret');
+    expect(error!.message).not.toContain('bob');
+    expect(error!.message).toContain('NATS_URL="nats://(hidden)@127.0.0.1:4222,nats://10.0.0.2:4222"');
+    expect(error!.message).toContain('set NATS_USER and NATS_PASSWORD');
+  });
 });
+

@@ -21,7 +21,7 @@ import {
 import { resumeFlow, runFlow, startDetached, stateDirs, toolsDir, type FlowOutput } from '../runFlow.js';
 import { createRuntime } from '../runtime.js';
 import { ToolSpecSchema } from '../toolSpec.js';
-import { totalTokens, type Usage } from '../usage.js';
+import type { Usage } from '../usage.js';
 import { ExitCode, UsageError } from './exitCodes.js';
 import { readJsonFile } from './readJson.js';
 import { spawn } from 'node:child_process';
@@ -44,17 +44,20 @@ import { DaemonClient } from './busClient.js';
 import type { Worker } from '../worker.js';
 import { colorWanted, progressDisplay, type Progress } from './liveProgress.js';
 import { renderHistory } from './show.js';
+import { formatTokens } from './format.js';
 import { mkdirs } from '../mkdirs.js';
 
 const EXIT_CODES_HELP = `
 Exit codes:
   0  done
-  1  the flow finished without success (failed, fell back, exhausted, or over budget)
-  2  wrong usage: unknown command or flag, bad input file, bad environment variable
+  1  the flow finished without success (failed, fell back, exhausted, over budget, or cancelled)
+  2  wrong usage: unknown command or flag, bad input file, bad environment variable, unknown
+     flow, no daemon answering on NATS
   3  an unexpected error (see the message and the logs)
+  130  a second SIGINT/SIGTERM while a daemon or worker was stopping gracefully
 
 Without NATS_URL everything runs in this process (embedded) with state under MICROTASK_STATE_DIR;
-with NATS_URL, \`build\`, \`cancel\`, \`show\` and \`flows\` talk to the daemons on NATS.
+with NATS_URL, \`build\`, \`cancel\`, \`show\`, \`flows\` and \`inspect\` talk to the daemons on NATS.
 
 Environment: ANTHROPIC_API_KEY (unset: offline cassette), ANTHROPIC_BASE_URL, MICROTASK_MODEL,
 MICROTASK_STATE_DIR, MICROTASK_TIMEOUT_MS, MICROTASK_LOG_LEVEL, NATS_URL, NO_COLOR. See the README.`;
@@ -100,7 +103,7 @@ const offlineHint = (output: Record<string, unknown>) =>
     : '';
 
 const describeUsage = (usage: Usage) =>
-  `${usage.calls} model call${usage.calls === 1 ? '' : 's'}, ${totalTokens(usage)} tokens (${usage.inputTokens} in, ${usage.outputTokens} out)`;
+  `${usage.calls} model call${usage.calls === 1 ? '' : 's'}, ${formatTokens(usage.inputTokens, usage.outputTokens)}`;
 
 const printData = (value: unknown) => {
   if (value !== undefined) process.stdout.write(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
@@ -371,7 +374,7 @@ async function buildCommand(specFile: string, options: BuildOptions) {
       env: process.env,
     }).unref();
     printData(flowId);
-    process.stderr.write(`started ${flowId} in the background (log: ${log}); follow it with \`microtask show ${flowId}\`\n`);
+    process.stderr.write(`started ${flowId} in the background (log: ${log}); follow it with \`microtask show ${flowId} --follow\`\n`);
     return ExitCode.ok;
   }
   const progress = progressFor(options);
@@ -444,20 +447,23 @@ async function buildOverBus(spec: ToolSpec, extra: { threshold?: number; budget?
  * Runs a service until SIGINT or SIGTERM: then `stop` (take no new work, let what is in
  * flight finish), and exit 0. A second signal exits at once.
  */
-async function serveUntilSignal(stop: () => Promise<void>, logger: Logger): Promise<number> {
+async function serveUntilSignal(stop: () => Promise<void>, logger: Logger, what: { stopping: string; abandon: string }): Promise<number> {
   // An embedded daemon has no socket open: without this, Node would find nothing to wait for and exit.
   const keepAlive = setInterval(() => undefined, 1 << 30);
   return new Promise<number>((resolve) => {
     let stopping = false;
     const onSignal = (signal: NodeJS.Signals) => {
       if (stopping) {
-        logger.warn({ signal }, 'second signal: exiting now (the snapshots are saved; a restart resumes the flows)');
+        logger.warn({ signal }, `second signal: exiting now (${what.abandon})`);
         process.exit(130);
       }
       stopping = true;
-      logger.info({ signal }, 'stopping: no new work, finishing what is in flight (signal again to exit now)');
+      logger.info({ signal }, `stopping: ${what.stopping} (signal again to exit now)`);
       stop().then(
-        () => resolve(ExitCode.ok),
+        () => {
+          logger.info('stopped');
+          resolve(ExitCode.ok);
+        },
         (e: unknown) => {
           logger.error({ err: e }, 'could not stop cleanly');
           resolve(ExitCode.internal);
@@ -522,7 +528,13 @@ async function daemonCommand(options: DaemonOptions) {
     await Promise.all([daemon.stop(bus.transport === 'nats' ? 0 : grace), worker ? drainWorker(worker, grace, logger) : undefined]);
     stately?.stop();
     await bus.close();
-  }, logger);
+  }, logger, {
+    stopping:
+      bus.transport === 'nats'
+        ? `no new requests; flows saved to resume (their microtasks stay with the workers)${withWorker ? '; the worker here finishes its tasks in flight' : ''}`
+        : `no new requests; the microtasks in flight get ${grace} ms to finish, then every flow is saved`,
+    abandon: 'every flow is saved as of its last step: the next start resumes it',
+  });
 }
 
 /** The inspector page of the daemon (or of `microtask inspect`), where the config says. */
@@ -565,7 +577,10 @@ async function workerCommand(options: { concurrency?: number }) {
   return serveUntilSignal(async () => {
     await drainWorker(worker, config.MICROTASK_SHUTDOWN_GRACE_MS, logger);
     await bus.close();
-  }, logger);
+  }, logger, {
+    stopping: `no new tasks; those in flight get ${config.MICROTASK_SHUTDOWN_GRACE_MS} ms to finish, then go back to the queue`,
+    abandon: 'tasks in flight go back to the queue when their ack wait runs out, for another worker',
+  });
 }
 
 /** `microtask inspect`: the inspector page over the flows of this mode, without running a daemon. */
@@ -596,7 +611,7 @@ async function inspectCommand(flowId: string | undefined, options: { port?: numb
   return serveUntilSignal(async () => {
     await server.close();
     await bus.close();
-  }, logger);
+  }, logger, { stopping: 'closing the inspector', abandon: 'it only reads' });
 }
 
 /** The inspector is a long-running reader: it waits for NATS like a service. */

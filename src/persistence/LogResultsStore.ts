@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
-import { mkdir, open, readdir, readFile, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { open, readdir, readFile, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { syncDir } from './dirSync.js';
+import { mkdirs } from '../mkdirs.js';
 import { MicrotaskResultSchema, type MicrotaskResult } from '../actors/microtaskTypes.js';
 import type { ResultsStore } from '../actors/ResultsStore.js';
 
@@ -225,7 +226,11 @@ export class LogResultsStore implements PrunableResultsStore {
 
   /** `segment`, opened for appending (O_APPEND: one write lands whole after every other process's). */
   private async openSegment(segment: string): Promise<FileHandle> {
-    this.ready ??= mkdir(this.dir, { recursive: true });
+    // Not kept when it failed: the next batch tries again.
+    this.ready ??= mkdirs(this.dir).catch((e: unknown) => {
+      this.ready = undefined;
+      throw e;
+    });
     await this.ready;
     const handle = await open(join(this.dir, segment), 'a');
     if (this.syncedSegment !== segment) {

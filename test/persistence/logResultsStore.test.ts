@@ -171,5 +171,9 @@ describe('LogResultsStore on disk', () => {
     const read = await store.get('k/1').catch((e: unknown) => e);
     expect((read as ResultsStoreError).code).toBe('RESULTS_READ_FAILED');
     expect(((await store.prune(new Date()).catch((e: unknown) => e)) as ResultsStoreError).code).toBe('RESULTS_PRUNE_FAILED');
+    // Once the cause is gone, the next put goes through (a failed mkdir is not remembered).
+    await rm(parent);
+    await store.put('k/1', storedResult('k/1'));
+    expect(await new LogResultsStore(join(parent, 'results')).get('k/1')).toEqual(storedResult('k/1'));
   });
 });

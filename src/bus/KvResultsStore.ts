@@ -27,7 +27,8 @@ export class KvResultsStore implements ResultsStore {
       return undefined;
     }
     const parsed = MicrotaskResultSchema.safeParse(json);
-    return parsed.success ? parsed.data : undefined;
+    // Long keys are stored under their hash: a result of another key is none of this one's.
+    return parsed.success && parsed.data.key === key ? parsed.data : undefined;
   }
 
   async put(key: string, result: MicrotaskResult): Promise<void> {

@@ -7,8 +7,8 @@ export { failedResult, storedResult };
 /**
  * The ResultsStore contract, run against every implementation (Hono-style shared suite):
  * each implementation's test file calls `runResultsStoreContract` with a factory that makes
- * an empty store. What a store cannot do (a second instance over the same storage, a raw
- * write) it leaves out, and those cases are skipped for it.
+ * an empty store. A store in memory (`inMemory`) has no storage to share: the cases of a
+ * second instance, a restart and a raw write are not defined for it.
  */
 export interface ResultsStoreUnderTest {
   store: ResultsStore;
@@ -20,9 +20,6 @@ export interface ResultsStoreUnderTest {
   corrupt?: (key: string, raw: string) => Promise<void>;
   close(): Promise<void>;
 }
-
-/** Cases an implementation is known to fail: run as `it.fails`, so the suite says when they are fixed. */
-export type ResultsStoreGap = 'result of another key';
 
 /** Idempotency keys of every form the flows make, and odd ones a store must not mix up. */
 export const oddKeys = [
@@ -39,10 +36,10 @@ export const oddKeys = [
 export function runResultsStoreContract(
   name: string,
   make: () => Promise<ResultsStoreUnderTest>,
-  options: { gaps?: ResultsStoreGap[] } = {},
+  options: { inMemory?: boolean } = {},
 ): void {
-  const gap = (what: ResultsStoreGap) => (options.gaps?.includes(what) ? it.fails : it);
-
+  // A store in memory has no storage a second instance, a restart or a raw write could share.
+  const withStorage = options.inMemory ? () => undefined : it;
   describe(`ResultsStore contract: ${name}`, () => {
     let underTest: ResultsStoreUnderTest;
     let store: ResultsStore;
@@ -66,9 +63,8 @@ export function runResultsStoreContract(
       expect(await store.get('flow-1/module/auth/generate/2')).toBeUndefined();
     });
 
-    it('gives what one instance put to another over the same storage (another process)', async (ctx) => {
-      if (!underTest.second) return ctx.skip();
-      const other = await underTest.second();
+    withStorage('gives what one instance put to another over the same storage (another process)', async () => {
+      const other = await underTest.second!();
       // Asked before the put: the other instance must not keep answering "missing".
       expect(await other.get('flow-2/generate/0')).toBeUndefined();
       await store.put('flow-2/generate/0', storedResult('flow-2/generate/0'));
@@ -96,12 +92,11 @@ export function runResultsStoreContract(
       }
     });
 
-    it('keeps what a put resolved after a crash (a new instance, the old one never closed)', async (ctx) => {
-      if (!underTest.afterCrash) return ctx.skip();
+    withStorage('keeps what a put resolved after a crash (a new instance, the old one never closed)', async () => {
       const keys = Array.from({ length: 50 }, (_, i) => `flow-5/item-${i}/generate/0`);
       await Promise.all(keys.map((key) => store.put(key, storedResult(key))));
       await store.put(keys[0]!, storedResult(keys[0]!, { taskType: 'replaced' }));
-      const restarted = await underTest.afterCrash();
+      const restarted = await underTest.afterCrash!();
       expect(await restarted.get(keys[0]!)).toEqual(storedResult(keys[0]!, { taskType: 'replaced' }));
       for (const key of keys.slice(1)) expect(await restarted.get(key)).toEqual(storedResult(key));
     });
@@ -112,10 +107,9 @@ export function runResultsStoreContract(
         ['valid JSON of the wrong shape', '{"hello": "world"}'],
         ['a JSON array', '[1, 2, 3]'],
       ] as const) {
-        it(kind, async (ctx) => {
-          if (!underTest.corrupt) return ctx.skip();
+        withStorage(kind, async () => {
           await store.put('flow-6/good/0', storedResult('flow-6/good/0'));
-          await underTest.corrupt('flow-6/bad/0', raw);
+          await underTest.corrupt!('flow-6/bad/0', raw);
           expect(await store.get('flow-6/bad/0')).toBeUndefined();
           expect(await store.get('flow-6/good/0')).toEqual(storedResult('flow-6/good/0'));
           // And the task's next result is stored as usual.
@@ -124,9 +118,8 @@ export function runResultsStoreContract(
         });
       }
 
-      gap('result of another key')('a valid result of another key', async (ctx) => {
-        if (!underTest.corrupt) return ctx.skip();
-        await underTest.corrupt('flow-7/generate/0', JSON.stringify(storedResult('flow-7/other/0')));
+      withStorage('a valid result of another key', async () => {
+        await underTest.corrupt!('flow-7/generate/0', JSON.stringify(storedResult('flow-7/other/0')));
         expect(await store.get('flow-7/generate/0')).toBeUndefined();
       });
     });

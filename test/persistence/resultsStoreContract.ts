@@ -101,7 +101,7 @@ export function runResultsStoreContract(
       for (const key of keys.slice(1)) expect(await restarted.get(key)).toEqual(storedResult(key));
     });
 
-    describe('a stored result that is not a valid result of its key is as good as none (the task runs again)', () => {
+    (options.inMemory ? () => undefined : describe)('a stored result that is not a valid result of its key is as good as none (the task runs again)', () => {
       for (const [kind, raw] of [
         ['bad JSON', '{"success": true, "taskType": "gen'],
         ['valid JSON of the wrong shape', '{"hello": "world"}'],

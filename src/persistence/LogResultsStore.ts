@@ -5,6 +5,7 @@ import { syncDir } from './dirSync.js';
 import { mkdirs } from '../mkdirs.js';
 import { MicrotaskResultSchema, type MicrotaskResult } from '../actors/microtaskTypes.js';
 import type { ResultsStore } from '../actors/ResultsStore.js';
+import { Coalesced } from './dirSync.js';
 
 export type ResultsStoreErrorCode = 'RESULTS_WRITE_FAILED' | 'RESULTS_READ_FAILED' | 'RESULTS_PRUNE_FAILED';
 
@@ -62,34 +63,6 @@ interface PendingPut {
   key: string;
   resolve: () => void;
   reject: (error: unknown) => void;
-}
-
-/**
- * Runs `task` for callers, several callers sharing a run: a caller joins the next run to
- * start, never one already running (it may have begun before what the caller waits for).
- */
-class Coalesced {
-  private running: Promise<void> | undefined;
-  private next: Promise<void> | undefined;
-
-  constructor(private readonly task: () => Promise<void>) {}
-
-  run(): Promise<void> {
-    if (!this.running) {
-      const running = this.task().finally(() => {
-        if (this.running === running) this.running = undefined;
-      });
-      this.running = running;
-      return running;
-    }
-    this.next ??= this.running
-      .catch(() => undefined)
-      .then(() => {
-        this.next = undefined;
-        return this.run();
-      });
-    return this.next;
-  }
 }
 
 /**

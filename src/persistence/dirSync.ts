@@ -12,18 +12,19 @@ export async function syncDir(dir: string): Promise<void> {
 }
 
 /**
- * Directory fsyncs shared by many writers (group commit): a caller joins the next fsync to
- * start, never one already running (it might have begun before the caller's rename).
+ * Runs `task` for callers, several callers sharing a run (group commit): a caller joins the
+ * next run to start, never one already running (it may have begun before what the caller
+ * waits for, a rename or an append).
  */
-export class GroupDirSync {
+export class Coalesced {
   private running: Promise<void> | undefined;
   private next: Promise<void> | undefined;
 
-  constructor(private readonly dir: string) {}
+  constructor(private readonly task: () => Promise<void>) {}
 
-  sync(): Promise<void> {
+  run(): Promise<void> {
     if (!this.running) {
-      const running = syncDir(this.dir).finally(() => {
+      const running = this.task().finally(() => {
         if (this.running === running) this.running = undefined;
       });
       this.running = running;
@@ -33,8 +34,21 @@ export class GroupDirSync {
       .catch(() => undefined)
       .then(() => {
         this.next = undefined;
-        return this.sync();
+        return this.run();
       });
     return this.next;
+  }
+}
+
+/** Directory fsyncs shared by many writers: the renames done before a call are durable when it resolves. */
+export class GroupDirSync {
+  private readonly syncs: Coalesced;
+
+  constructor(dir: string) {
+    this.syncs = new Coalesced(() => syncDir(dir));
+  }
+
+  sync(): Promise<void> {
+    return this.syncs.run();
   }
 }

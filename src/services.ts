@@ -22,7 +22,7 @@ import type { SnapshotStore } from './persistence/SnapshotStore.js';
 import type { Logger } from './log.js';
 import { answerSchemas } from './machines/answers.js';
 import { stateDirs, toolsDir } from './runFlow.js';
-import { chooseModel, createRuntime, logJournalError, moveAsideOnCorrupt } from './runtime.js';
+import { chooseModel, createRuntime, logJournalError, moveAsideOnCorrupt, type ModelChoice } from './runtime.js';
 import { startWorker } from './worker.js';
 
 /**
@@ -79,9 +79,12 @@ export async function taskQueue(bus: Bus, config: Config): Promise<WorkQueue> {
   });
 }
 
-/** A worker on the bus: the model from the configuration, without its own retries (the queue owns them). */
-export async function startWorkerService(bus: Bus, config: Config, logger: Logger) {
-  const { model, description } = await chooseModel({ ...config, MICROTASK_MAX_RETRIES: 0 });
+/**
+ * A worker on the bus: the model from the configuration, without its own retries (the
+ * queue owns them), unless one is given (the benchmark's instant model).
+ */
+export async function startWorkerService(bus: Bus, config: Config, logger: Logger, given?: ModelChoice) {
+  const { model, description } = given ?? (await chooseModel({ ...config, MICROTASK_MAX_RETRIES: 0 }));
   const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
   const results = new KvResultsStore(await bus.keyValue(names.resultsBucket));
   // The queue retries a transient failure after a backoff of 1 s or more; the breaker only

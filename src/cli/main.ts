@@ -184,6 +184,14 @@ async function flowsCommand(options: { json?: boolean; status?: string }) {
   }
 }
 
+/** A flow's record; an invalid id or a corrupt record is the user's to fix (exit 2). */
+function loadForUser(store: SnapshotStore, flowId: string) {
+  return store.load(flowId).catch((e: unknown) => {
+    if (e instanceof SnapshotStoreError) throw new UsageError(e.message, e.code);
+    throw e;
+  });
+}
+
 async function showCommand(flowId: string, options: { json?: boolean; verbose?: boolean; snapshots?: boolean; follow?: boolean }) {
   if (options.snapshots && !options.json) throw new UsageError('--snapshots goes with --json (the text history has no room for whole snapshots)');
   const config = loadConfig();
@@ -192,10 +200,7 @@ async function showCommand(flowId: string, options: { json?: boolean; verbose?: 
   try {
     const store = await snapshotStore(bus, config, logger);
     const journal = await journalFor(bus, config, logger);
-    const record = (await store.load(flowId).catch((e: unknown) => {
-      if (e instanceof SnapshotStoreError) throw new UsageError(e.message, e.code);
-      throw e;
-    }))?.record;
+    const record = (await loadForUser(store, flowId))?.record;
     if (options.follow) return await followFlow(flowId, record, journal, store);
     const entries = await journal.read(flowId);
     if (!record && entries.length === 0) throw new UsageError(`no flow ${flowId}: \`microtask flows\` lists them`, 'FLOW_NOT_FOUND');
@@ -248,10 +253,7 @@ async function cancelCommand(flowId: string) {
     // finds its next save refused and stops it there; a resume finds it ended.
     const store = await snapshotStore(bus, config, logger);
     for (;;) {
-      const stored = await store.load(flowId).catch((e: unknown) => {
-        if (e instanceof SnapshotStoreError) throw new UsageError(e.message, e.code);
-        throw e;
-      });
+      const stored = await loadForUser(store, flowId);
       if (!stored) throw new UsageError(`no flow ${flowId}: \`microtask flows\` lists them`, 'FLOW_NOT_FOUND');
       if (stored.record.status !== 'running') throw new UsageError(`flow ${flowId} already ended: ${stored.record.status}`, 'FLOW_FINISHED');
       const error = { code: 'CANCELLED', message: 'cancelled by `microtask cancel`' };
@@ -592,14 +594,7 @@ async function inspectCommand(flowId: string | undefined, options: { port?: numb
   const journal = await journalFor(bus, config, logger);
   // The machines' definitions only: nothing here runs a microtask.
   const flows = provideFlows({ microtask: fromPromise<MicrotaskResult, MicrotaskInput>(() => Promise.reject(new Error('the inspector runs no microtask'))) });
-  const server = await startInspectorServer({
-    journal,
-    store,
-    flows,
-    logger,
-    host: config.MICROTASK_INSPECTOR_HOST,
-    port: options.port ?? config.MICROTASK_INSPECTOR_PORT,
-  }).catch((e: unknown) => {
+  const server = await serveInspector({ journal, store, flows }, config, logger, options.port ?? config.MICROTASK_INSPECTOR_PORT).catch((e: unknown) => {
     if (e instanceof InspectorServerError && e.code === 'INSPECTOR_PORT_IN_USE') {
       throw new UsageError(`port ${options.port ?? config.MICROTASK_INSPECTOR_PORT} is taken (a daemon serves its inspector there already?): choose another with --port`, 'PORT_IN_USE');
     }

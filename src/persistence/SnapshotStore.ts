@@ -85,7 +85,42 @@ export interface SnapshotStoreOptions {
   onCorrupt?: (error: CorruptSnapshotError) => void;
 }
 
+/**
+ * One transition of one actor of a flow, as saved: the flow's whole persisted snapshot
+ * after it, and what caused it. A flow's steps are numbered 1, 2, … across resumes.
+ */
+export interface FlowStep {
+  step: number;
+  /** ISO 8601, when the transition happened. */
+  at: string;
+  /** `root`, or the path of the child actor that moved (`module-auth/generate`). */
+  actor: string;
+  /** The id of the machine that moved. */
+  machine: string;
+  /** Its state value after the transition. */
+  state: unknown;
+  /** The event that caused it. */
+  event: string;
+  /** The root's state value after it. */
+  rootState: unknown;
+  /** `JSON.stringify` of the flow's persisted snapshot after the transition (serialized once, by the host). */
+  snapshotJson: string;
+}
+
+export interface SaveOptions {
+  /**
+   * The steps this save makes durable, in order (the record is the last one's). A store
+   * that keeps history (`keepsSteps`) writes them in the same atomic write as the record;
+   * the others keep the latest record only (the journal keeps the history then).
+   */
+  steps?: readonly FlowStep[];
+}
+
 export interface SnapshotStore {
+  /** Whether `save` keeps each step's snapshot (and `readSteps` gives them back). */
+  readonly keepsSteps?: boolean;
+  /** The flow's saved steps, oldest first ([] when none). Only for stores that keep steps. */
+  readSteps?(flowId: string): Promise<FlowStep[]>;
   /**
    * Writes `record` (under `record.flowId`) if the stored revision is `expectedRevision`;
    * `null` means the flow must not exist yet. Resolves with the new revision once the
@@ -96,7 +131,7 @@ export interface SnapshotStore {
    * Saves of one flow may be issued concurrently: each is checked against what the
    * previous one left, so of two saves expecting the same revision exactly one wins.
    */
-  save(record: FlowSnapshotRecord, expectedRevision: number | null): Promise<number>;
+  save(record: FlowSnapshotRecord, expectedRevision: number | null, options?: SaveOptions): Promise<number>;
   /**
    * The flow's record and revision, or undefined when there is none. Rejects with
    * CorruptSnapshotError (code `SNAPSHOT_CORRUPT`, with the reason) when the entry is not

@@ -222,6 +222,28 @@ describe('the inspector server (real HTTP)', () => {
     expect(((await post.json()) as any).error.code).toBe('METHOD_NOT_ALLOWED');
   });
 
+  // Issue 11: names inherited by a plain object (`constructor`, `__proto__`) were taken for assets: 500 with the install path.
+  it('answers 404 for any asset name that is not one of its files, naming no path on disk', async () => {
+    const names = ['constructor', '__proto__', 'toString', 'hasOwnProperty', 'valueOf', '..%2f..', '..%2F..%2Fpackage.json', '%00', 'index.html%00'];
+    for (const name of names) {
+      // Raw HTTP, so the path reaches the server exactly as written (fetch would normalize it).
+      const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const url = new URL(server.url);
+        const request = httpRequest({ host: url.hostname, port: url.port, path: `/assets/${name}` }, (response) => {
+          let body = '';
+          response.on('data', (chunk) => (body += chunk));
+          response.on('end', () => resolve({ status: response.statusCode!, body }));
+        });
+        request.on('error', reject);
+        request.end();
+      });
+      expect([name, answer.status], answer.body).toEqual([name, 404]);
+      expect(JSON.parse(answer.body).error.code, name).toBe('NOT_FOUND');
+      expect(answer.body, name).not.toMatch(/\/work\/|node_modules|src\/inspector|dist\/inspector|ENOENT|\bat /);
+    }
+    expect((await fetch(new URL('/assets/app.js', server.url))).status).toBe(200);
+  });
+
   it('refuses a request addressed to another host name (DNS rebinding)', async () => {
     const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
       const url = new URL('/api/flows', server.url);

@@ -185,7 +185,7 @@ export async function startInspectorServer(options: InspectorServerOptions): Pro
   const pageDir = new URL('./page/', import.meta.url);
   const assets = new Map<string, { type: string; body: Buffer }>();
   async function sendAsset(response: ServerResponse, name: string) {
-    const type = ASSET_TYPES[name];
+    const type = ASSET_TYPES.get(name);
     if (!type) return sendError(response, 404, 'NOT_FOUND', `no asset ${JSON.stringify(name)}`);
     let asset = assets.get(name);
     if (!asset) {
@@ -249,14 +249,17 @@ export class InspectorServerError extends Error {
   }
 }
 
-/** The page's files: only these are served, by name (no path from the URL reaches the disk). */
-const ASSET_TYPES: Record<string, string> = {
-  'index.html': 'text/html; charset=utf-8',
-  'app.js': 'text/javascript; charset=utf-8',
-  'statechart.js': 'text/javascript; charset=utf-8',
-  'style.css': 'text/css; charset=utf-8',
-  'favicon.svg': 'image/svg+xml',
-};
+/**
+ * The page's files: only these are served, by name (no path from the URL reaches the disk).
+ * A Map, not an object literal: `constructor` or `__proto__` must not find Object.prototype's.
+ */
+const ASSET_TYPES = new Map<string, string>([
+  ['index.html', 'text/html; charset=utf-8'],
+  ['app.js', 'text/javascript; charset=utf-8'],
+  ['statechart.js', 'text/javascript; charset=utf-8'],
+  ['style.css', 'text/css; charset=utf-8'],
+  ['favicon.svg', 'image/svg+xml'],
+]);
 
 function sendJson(response: ServerResponse, status: number, body: unknown) {
   const text = JSON.stringify(body);

@@ -1,0 +1,223 @@
+import { createHash } from 'node:crypto';
+import { join, resolve } from 'node:path';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import { mkdirs } from '../mkdirs.js';
+import type { FlowStep, FlowStatus } from './SnapshotStore.js';
+
+/**
+ * The embedded database of a state directory: one LMDB environment under `<stateDir>/db`
+ * (lmdb-js), holding the snapshot store's flows and steps, the results store's results and
+ * the daemon's request ids in sub-databases. Every store over one directory shares it, so
+ * a flow's save, a result's put and a request's claim issued in the same event-loop turn
+ * are committed in one transaction with one fsync (lmdb-js batches the writes of a turn).
+ *
+ * Several processes may open the same directory at once (the daemon beside `microtask
+ * cancel` or `resume`): LMDB serializes writers with a lock in `<stateDir>/db/lock.mdb`,
+ * and conditional writes (`ifVersion`, `ifNoExists`) are evaluated inside the write
+ * transaction, so a compare-and-set holds across processes.
+ *
+ * Durability: lmdb-js commits with `overlappingSync` (its default off Windows): a commit is
+ * visible to readers before its fsync, which runs outside the write lock. With
+ * `separateFlushed` each write's promise carries `flushed`, resolved once the OS reports
+ * that commit synced; `durable()` waits for both, so a store's write resolves only once
+ * on disk. `noSync` is never used.
+ *
+ * One environment per path per process: `open` of a path already open here shares it
+ * (each caller gets its own handle; the environment closes with the last handle).
+ */
+export class LmdbStore {
+  private closed = false;
+
+  private constructor(private readonly shared: SharedEnv) {}
+
+  /** A handle on the database of `stateDir` (created when missing), shared with the other handles of this process. */
+  static async open(stateDir: string): Promise<LmdbStore> {
+    const path = resolve(stateDir, DB_DIR);
+    let shared = environments.get(path);
+    if (!shared) {
+      // Node 20's recursive mkdir never returns on some pseudo-filesystems: one level at a time.
+      await mkdirs(path);
+      shared = environments.get(path) ?? openEnv(resolve(stateDir), path);
+      environments.set(path, shared);
+    }
+    shared.handles++;
+    return new LmdbStore(shared);
+  }
+
+  /** The state directory this database belongs to (where earlier versions kept their files). */
+  get stateDir(): string {
+    return this.shared.stateDir;
+  }
+
+  /** `<stateDir>/db`, for messages. */
+  get path(): string {
+    return this.shared.path;
+  }
+
+  /** The sub-databases; for the stores of this directory (and their tests). */
+  get dbs(): LmdbDatabases {
+    if (this.closed) throw new Error(`the database ${this.path} was closed by this handle; open it again`);
+    return this.shared.dbs;
+  }
+
+  /**
+   * Claims `requestId` for `flowId` unless another flow holds it; resolves with the flow that
+   * holds it now (`flowId` when this call claimed it). Atomic across processes: of two
+   * claims of one request id, exactly one wins and both learn its flow.
+   */
+  async claimRequest(requestId: string, flowId: string): Promise<string> {
+    const { requests } = this.dbs;
+    const key = storageKey(requestId);
+    for (;;) {
+      // A random version names this claim: a release removes only the claim it read.
+      const version = 1 + Math.floor(Math.random() * 2 ** 48);
+      const claimed = await durable(requests.ifNoExists(key, () => void requests.put(key, { requestId, flowId, at: Date.now() }, version)));
+      if (claimed) return flowId;
+      const holder = requests.get(key);
+      if (holder?.requestId === requestId) return holder.flowId;
+      // Released between our attempt and this read (the holder's flow did not start): try again.
+      if (holder === undefined) continue;
+      throw new Error(`request id ${JSON.stringify(requestId)} collides with another one's storage key in ${this.path}`);
+    }
+  }
+
+  /** The flow that holds `requestId`, if any. */
+  async requestFlow(requestId: string): Promise<string | undefined> {
+    const holder = this.dbs.requests.get(storageKey(requestId));
+    return holder?.requestId === requestId ? holder.flowId : undefined;
+  }
+
+  /** Releases `requestId` if `flowId` holds it (a flow that failed to start: a retry must start one). */
+  async releaseRequest(requestId: string, flowId: string): Promise<void> {
+    const { requests } = this.dbs;
+    const key = storageKey(requestId);
+    const entry = requests.getEntry(key);
+    // At the version read: a claim made meanwhile by another flow stays.
+    if (entry?.value.flowId === flowId && entry.version !== undefined) await durable(requests.remove(key, entry.version));
+  }
+
+  /** Forgets the request ids claimed before `olderThan` (their retries start new flows); resolves with how many. */
+  async pruneRequests(olderThan: Date): Promise<number> {
+    const { requests } = this.dbs;
+    const limit = olderThan.getTime();
+    const removals: Promise<boolean>[] = [];
+    for (const { key, value, version } of requests.getRange({ versions: true })) {
+      // At the version read: a request claimed again meanwhile stays.
+      if (value.at < limit && version !== undefined) removals.push(durable(requests.remove(key, version)));
+    }
+    return (await Promise.all(removals)).filter(Boolean).length;
+  }
+
+  /**
+   * Releases this handle; the environment closes with the last handle of the process,
+   * once its writes in flight are committed. Closing twice is harmless.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (--this.shared.handles > 0) return;
+    if (environments.get(this.shared.path) === this.shared) environments.delete(this.shared.path);
+    await this.shared.root.close();
+  }
+}
+
+/** A flow's summary as stored beside its record: what `list` shows, and the record's revision it was made from. */
+export interface StoredSummary {
+  flowId: string;
+  pattern: string;
+  status: FlowStatus;
+  state: unknown;
+  updatedAt: string;
+  revision: number;
+}
+
+/** A flow's entry moved aside: kept as it was, with why. */
+export interface AsideEntry {
+  flowId: string;
+  reason: string;
+  movedAt: string;
+  revision: number | undefined;
+  raw: string;
+}
+
+export interface LmdbDatabases {
+  /** flowId → the record's JSON text; the entry's version is the flow's revision. */
+  flows: Database<string, string>;
+  /** flowId → its summary (written with the record, in the same transaction). */
+  summaries: Database<StoredSummary, string>;
+  /** [flowId, step] → the step (written with the record that makes it durable). */
+  steps: Database<FlowStep, [string, number]>;
+  /** [flowId, movedAt] → the entry moved aside. */
+  aside: Database<AsideEntry, [string, string]>;
+  /** flowId → when its file of an earlier version (`<stateDir>/flows/<flowId>.json`) was imported. */
+  imported: Database<{ importedAt: string; file: string }, string>;
+  /** storageKey(idempotency key) → the result's JSON text; the version is when it was put (ms). */
+  results: Database<string, string>;
+  /** [put time (ms), storageKey] → true: what retention deletes first. */
+  resultTimes: Database<true, [number, string]>;
+  /** storageKey(request id) → the flow started for it; the version names the claim. */
+  requests: Database<{ requestId: string; flowId: string; at: number }, string>;
+}
+
+/** A write of lmdb-js with `separateFlushed`: `flushed` settles once the commit is on disk. */
+type Flushable<T> = Promise<T> & { flushed?: PromiseLike<unknown> };
+
+/** Waits until the write is committed and flushed to disk; resolves with whether it happened (a failed condition: false). */
+export async function durable(write: Promise<boolean>): Promise<boolean> {
+  const value = await write;
+  // Without overlappingSync (Windows) the commit itself synced and `flushed` is the same promise.
+  await (write as Flushable<boolean>).flushed;
+  return value;
+}
+
+/**
+ * The LMDB key of a string key of any length: LMDB keys stop at 1978 bytes and lmdb-js
+ * strings cannot hold NUL, so a longer key (or one with NUL) is stored by its SHA-256.
+ * The prefixes keep the two forms apart; values hold the original key, which readers check.
+ */
+export function storageKey(key: string): string {
+  return Buffer.byteLength(key) <= MAX_PLAIN_KEY_BYTES && !key.includes('\0')
+    ? `=${key}`
+    : `#${createHash('sha256').update(key).digest('hex')}`;
+}
+
+// ---------------------------------------------------------------------------------
+
+const DB_DIR = 'db';
+const MAX_PLAIN_KEY_BYTES = 1000;
+
+interface SharedEnv {
+  stateDir: string;
+  path: string;
+  root: RootDatabase;
+  dbs: LmdbDatabases;
+  handles: number;
+}
+
+/** The environments open in this process, by path. */
+const environments = new Map<string, SharedEnv>();
+
+function openEnv(stateDir: string, path: string): SharedEnv {
+  const root = open({
+    path,
+    // Snapshots and steps are JSON of a few KB to a few hundred: LZ4, off the main thread, on the write thread.
+    compression: true,
+    // Each write's promise gets `flushed` (see durable()); with overlappingSync the fsync runs outside the write lock.
+    separateFlushed: true,
+    maxDbs: 16,
+  });
+  const dbs: LmdbDatabases = {
+    flows: root.openDB<string, string>('flows', { useVersions: true, encoding: 'string' }),
+    summaries: root.openDB<StoredSummary, string>('flowSummaries', {}),
+    steps: root.openDB<FlowStep, [string, number]>('flowSteps', {}),
+    aside: root.openDB<AsideEntry, [string, string]>('flowsAside', {}),
+    imported: root.openDB<{ importedAt: string; file: string }, string>('flowsImported', {}),
+    results: root.openDB<string, string>('results', { useVersions: true, encoding: 'string' }),
+    resultTimes: root.openDB<true, [number, string]>('resultTimes', {}),
+    requests: root.openDB<{ requestId: string; flowId: string; at: number }, string>('requests', { useVersions: true }),
+  };
+  return { stateDir, path, root, dbs, handles: 0 };
+}
+
+/** Where earlier versions of the embedded stores kept their files, under the state directory. */
+export const legacyDirs = (stateDir: string) => ({ flows: join(stateDir, 'flows'), results: join(stateDir, 'results') });

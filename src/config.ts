@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { addSecrets, secretsOfConfig } from './secrets.js';
 
 /**
  * The environment, checked once at start. Every variable is optional; an empty value
@@ -111,7 +112,11 @@ const withoutUserinfo = (value: string) => value.replace(/([a-z][a-z0-9+.-]*:\/\
 /** Reads the configuration from the environment; throws a {@link ConfigError} naming each bad variable. */
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
   const parsed = EnvSchema.safeParse(env);
-  if (parsed.success) return parsed.data;
+  if (parsed.success) {
+    // Scrubbed from every error message and log line from now on (src/secrets.ts).
+    addSecrets(...secretsOfConfig(parsed.data));
+    return parsed.data;
+  }
   throw new ConfigError(
     parsed.error.issues.map((issue) => {
       const variable = String(issue.path[0] ?? '?');

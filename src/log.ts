@@ -1,12 +1,14 @@
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger } from 'pino';
+import { scrubSecrets } from './secrets.js';
 
 export type { Logger };
 
 /**
  * Structured logs to stderr (stdout is for data). Secrets are redacted wherever they
- * appear in a logged object.
+ * appear: by field name in a logged object, and in the whole line as written, so a key
+ * quoted inside a message, an error's text or its stack never reaches the log.
  */
-export function createLogger(level: string): Logger {
+export function createLogger(level: string, destination: DestinationStream = pino.destination(2)): Logger {
   return pino(
     {
       level,
@@ -15,8 +17,9 @@ export function createLogger(level: string): Logger {
         paths: ['apiKey', '*.apiKey', 'ANTHROPIC_API_KEY', '*.ANTHROPIC_API_KEY', 'token', '*.token', 'pass', '*.pass'],
         censor: '[redacted]',
       },
+      hooks: { streamWrite: scrubSecrets },
     },
-    pino.destination(2),
+    destination,
   );
 }
 

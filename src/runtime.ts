@@ -11,6 +11,7 @@ import type { SnapshotStore, SnapshotStoreOptions } from './persistence/Snapshot
 import { stateDirs } from './runFlow.js';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
+import { displayUrl } from './secrets.js';
 
 /** The cassette the offline default replays: shipped with the examples, answers written by hand. */
 export const OFFLINE_CASSETTE = fileURLToPath(new URL('../examples/offline/cassette.json', import.meta.url));
@@ -43,7 +44,7 @@ export async function chooseModel(config: Config): Promise<ModelChoice> {
       maxRetries: config.MICROTASK_MAX_RETRIES,
       maxRetryWaitMs: config.MICROTASK_MAX_RETRY_WAIT_MS,
     });
-    const where = config.ANTHROPIC_BASE_URL ?? 'the Anthropic API';
+    const where = config.ANTHROPIC_BASE_URL ? displayUrl(config.ANTHROPIC_BASE_URL) : 'the Anthropic API';
     if (config.MICROTASK_RECORD) {
       return {
         model: new CassetteRecorder(anthropic, config.MICROTASK_RECORD, `recorded from ${config.MICROTASK_MODEL}`),

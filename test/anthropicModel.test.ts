@@ -1,7 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { AnthropicModel, type AnthropicModelOptions } from '../src/actors/model/AnthropicModel.js';
+import { MicrotaskRunner } from '../src/actors/microtask.js';
 import { ModelError } from '../src/actors/model/ModelError.js';
+import { MemoryResultsStore } from '../src/actors/ResultsStore.js';
 import { reply, startFakeAnthropic, type FakeAnthropic, type FakeReply, type Responder } from '../src/testing/fakeAnthropic.js';
 
 const Verdict = z.object({ score: z.number().min(0).max(1), feedback: z.string() });
@@ -151,5 +153,45 @@ describe('AnthropicModel over the real SDK and HTTP', () => {
     const model = new AnthropicModel({ apiKey: 'k', baseURL: 'http://127.0.0.1:9', model: 'm', maxRetries: 1, baseRetryDelayMs: 10 });
     const error = await failure(model.call({ system: 's', prompt: 'p' }));
     expect(error.kind).toBe('unavailable');
+  });
+
+  // Issue 11: a body cut short mid-stream is a network failure like a reset, not `unknown`.
+  it('retries a response whose body was cut short (terminated), then succeeds', async () => {
+    const model = await modelFor([reply.text('a long enough answer to be cut', { cutAfterBytes: 40 }), reply.text('whole')]);
+    const answer = await model.call({ system: 's', prompt: 'p' });
+    expect(answer.value).toBe('whole');
+    expect(server!.requests).toHaveLength(2);
+  });
+
+  it('classifies a body cut short as unavailable, retryable, when no retry is left', async () => {
+    const model = await modelFor(() => reply.text('a long enough answer to be cut', { cutAfterBytes: 40 }), { maxRetries: 0 });
+    const error = await failure(model.call({ system: 's', prompt: 'p' }));
+    expect(error).toMatchObject({ kind: 'unavailable', retryable: true });
+    expect(error.message).toMatch(/cut short|terminated|closed/);
+  });
+
+  // Issue 11: a text task answered only by a tool call was `done` with "".
+  it('fails a text task answered by a tool call and no text as invalid_output, with its usage', async () => {
+    const model = await modelFor([reply.tool('search', { q: 'x' }, { usage: { input_tokens: 9, output_tokens: 5 } })]);
+    const error = await failure(model.call({ system: 's', prompt: 'p' }));
+    expect(error).toMatchObject({ kind: 'invalid_output', retryable: false, usage: { inputTokens: 9, outputTokens: 5, calls: 1 } });
+    expect(error.message).toBe('the model answered with a tool call and no text');
+  });
+
+  it('stores that failure like any paid one: a rerun of the key does not call again', async () => {
+    const model = await modelFor([reply.tool('search', { q: 'x' }), reply.text('never asked')]);
+    const runner = new MicrotaskRunner({ model, results: new MemoryResultsStore() });
+    const input = { taskType: 'summarize', key: 'flow-t/summarize/0', system: 's', prompt: 'p' };
+    expect(await runner.run(input)).toMatchObject({ success: false, error: { kind: 'invalid_output' } });
+    expect(await runner.run(input)).toMatchObject({ success: false, cached: true, error: { kind: 'invalid_output' } });
+    expect(server!.requests).toHaveLength(1);
+  });
+
+  // Issue 11: the SDK refuses a non-streaming call whose max_tokens could take over 10 minutes
+  // (above ~21,333 tokens), as an odd `unknown` failure; the microtask's deadline bounds the call instead.
+  it('sends the largest maxTokens the input schema accepts', async () => {
+    const model = await modelFor([reply.text('ok')]);
+    expect((await model.call({ system: 's', prompt: 'p', maxTokens: 128_000 })).value).toBe('ok');
+    expect(server!.requests[0]!.body.max_tokens).toBe(128_000);
   });
 });

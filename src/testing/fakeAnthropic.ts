@@ -35,6 +35,12 @@ interface ReplyCommon {
   /** Wait this long before answering (the client may give up first). */
   delayMs?: number;
   headers?: Record<string, string>;
+  /**
+   * Send the status, the headers and only this many bytes of the body, then destroy the
+   * connection: a response cut short mid-stream (a proxy or the server dying), which the
+   * client sees as `terminated` while reading the body.
+   */
+  cutAfterBytes?: number;
 }
 export interface MessageReply extends ReplyCommon {
   content: Array<Record<string, unknown>>;
@@ -109,6 +115,8 @@ const estimateTokens = (value: unknown) => Math.max(1, Math.ceil(JSON.stringify(
 
 export async function startFakeAnthropic(options: FakeAnthropicOptions = {}): Promise<FakeAnthropic> {
   const requests: FakeRequest[] = [];
+  // Responses the server itself cut short: their closing is not the client hanging up.
+  const cutShort = new WeakSet<ServerResponse>();
   const closeWaiters: Array<() => void> = [];
   const replies = options.replies ?? [];
   const respond: Responder = Array.isArray(replies)
@@ -155,7 +163,7 @@ export async function startFakeAnthropic(options: FakeAnthropicOptions = {}): Pr
     };
     requests.push(request);
     res.on('close', () => {
-      if (!res.writableFinished) {
+      if (!res.writableFinished && !cutShort.has(res)) {
         request.closedEarly = true;
         closeWaiters.splice(0).forEach((wake) => wake());
       }
@@ -175,12 +183,24 @@ export async function startFakeAnthropic(options: FakeAnthropicOptions = {}): Pr
   function send(res: ServerResponse, answer: FakeReply, request?: FakeRequest) {
     const requestId = `req_fake_${request?.index ?? 'x'}`;
     const headers = { 'content-type': 'application/json', 'request-id': requestId, ...answer.headers };
+    const write = (status: number, payload: string) => {
+      if (answer.cutAfterBytes === undefined) {
+        res.writeHead(status, headers).end(payload);
+        return;
+      }
+      // The full length is announced, so the client knows the body it got was cut short.
+      const bytes = Buffer.from(payload, 'utf8');
+      cutShort.add(res);
+      res.writeHead(status, { ...headers, 'content-length': String(bytes.length) });
+      res.write(bytes.subarray(0, Math.min(answer.cutAfterBytes, bytes.length - 1)), () => res.destroy());
+    };
     if (isError(answer)) {
-      res.writeHead(answer.status, headers).end(JSON.stringify({ type: 'error', error: answer.error }));
+      write(answer.status, JSON.stringify({ type: 'error', error: answer.error }));
       return;
     }
     const body = request?.body;
-    res.writeHead(200, headers).end(
+    write(
+      200,
       JSON.stringify({
         id: `msg_fake_${request?.index ?? 0}`,
         type: 'message',

@@ -1,5 +1,6 @@
 import Anthropic, { APIError, APIConnectionError, APIConnectionTimeoutError, APIUserAbortError } from '@anthropic-ai/sdk';
 import type { z } from 'zod';
+import { addSecrets, displayUrl, urlCredentials } from '../../secrets.js';
 import { addUsage, zeroUsage, type Usage } from '../../usage.js';
 import { abortedError, sleep } from './abort.js';
 import { ModelError } from './ModelError.js';
@@ -26,6 +27,14 @@ export interface AnthropicModelOptions {
 }
 
 type Message = Anthropic.Messages.Message;
+
+/**
+ * The HTTP timeout given to the SDK: the microtask's own deadline (at most 10 minutes, the
+ * input schema's bound) aborts the call first. Given explicitly, because without it the SDK
+ * refuses a non-streaming call whose max_tokens might take longer than 10 minutes to
+ * generate (above about 21,000 tokens), which the input schema allows up to 128,000.
+ */
+const HTTP_TIMEOUT_MS = 600_000;
 type MessageParam = Anthropic.Messages.MessageParam;
 
 /**
@@ -40,8 +49,17 @@ export class AnthropicModel implements ModelPort {
   readonly name = 'anthropic';
   private readonly client: Anthropic;
   private readonly options: Required<Omit<AnthropicModelOptions, 'baseURL' | 'apiKey'>>;
+  /** Why no call can work with this configuration, said at each call instead of sending it. */
+  private readonly misconfigured: string | undefined;
 
   constructor(options: AnthropicModelOptions) {
+    // Whatever a server quotes back (a 401 may echo the key) is scrubbed of these.
+    const credentials = options.baseURL ? urlCredentials(options.baseURL) : {};
+    addSecrets(options.apiKey, credentials.password ?? credentials.username);
+    this.misconfigured =
+      options.baseURL && (credentials.username !== undefined || credentials.password !== undefined)
+        ? `the base URL ${displayUrl(options.baseURL)} (ANTHROPIC_BASE_URL) holds a user or password, which fetch refuses to send: remove them (the key goes in ANTHROPIC_API_KEY)`
+        : undefined;
     this.client = new Anthropic({
       apiKey: options.apiKey,
       ...(options.baseURL ? { baseURL: options.baseURL } : {}),
@@ -57,12 +75,22 @@ export class AnthropicModel implements ModelPort {
   }
 
   async call<T = string>(request: ModelRequest<T>): Promise<ModelResponse<T>> {
+    if (this.misconfigured) throw new ModelError('invalid_request', this.misconfigured);
     const messages: MessageParam[] = [{ role: 'user', content: renderUserMessage(request.prompt, request.data) }];
     if (!request.schema) {
       const message = await this.send(request, messages, undefined);
-      this.assertComplete(message, usageOf(message));
+      const usage = usageOf(message);
+      this.assertComplete(message, usage);
       const text = textOf(message);
-      return this.response(message, text as T, text, usageOf(message));
+      // No tool was offered, yet a model (or a gateway) may answer with one: that is no
+      // answer to a text task, and it was paid for.
+      if (text === '' && message.content.some((b) => b.type === 'tool_use')) {
+        throw new ModelError('invalid_output', 'the model answered with a tool call and no text', {
+          requestId: message._request_id ?? undefined,
+          usage,
+        });
+      }
+      return this.response(message, text as T, text, usage);
     }
     return this.callStructured(request, request.schema, messages);
   }
@@ -138,7 +166,7 @@ export class AnthropicModel implements ModelPort {
             messages,
             ...(tool ? { tools: [tool], tool_choice: { type: 'tool' as const, name: tool.name } } : {}),
           },
-          { signal: request.signal ?? null },
+          { signal: request.signal ?? null, timeout: HTTP_TIMEOUT_MS },
         );
       } catch (e) {
         const error = toModelError(e, request.signal);
@@ -221,7 +249,8 @@ function toModelError(e: unknown, signal: AbortSignal | undefined): ModelError {
   if (e instanceof APIUserAbortError || signal?.aborted) return abortedError(signal, e);
   if (e instanceof APIConnectionTimeoutError) return new ModelError('timeout', 'the HTTP request timed out', { cause: e });
   if (e instanceof APIConnectionError) {
-    return new ModelError('unavailable', `cannot reach the model server: ${e.message}`, { cause: e });
+    const why = e.cause instanceof Error && e.cause.message ? ` (${e.cause.message})` : '';
+    return new ModelError('unavailable', `cannot reach the model server: ${e.message}${why}`, { cause: e });
   }
   if (e instanceof APIError) {
     const status = e.status ?? 0;
@@ -241,5 +270,40 @@ function toModelError(e: unknown, signal: AbortSignal | undefined): ModelError {
     }
     return new ModelError('invalid_request', `the request was rejected (${what})`, details);
   }
+  const broken = connectionBroken(e);
+  if (broken) return new ModelError('unavailable', `the connection to the model server broke: ${broken}`, { cause: e });
   return new ModelError('unknown', e instanceof Error ? e.message : String(e), { cause: e });
+}
+
+/** Codes of a connection that failed or broke, as Node and undici name them. */
+const brokenConnectionCodes: ReadonlySet<string> = new Set([
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+  'UND_ERR_BODY_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+]);
+
+/**
+ * Whether an error the SDK passed through unwrapped is a broken connection: a body cut
+ * short mid-stream surfaces from `fetch` as `TypeError: terminated`, caused by undici's
+ * `SocketError: other side closed` (UND_ERR_SOCKET). Transient, like a reset. Returns the
+ * chain of messages, or undefined.
+ */
+function connectionBroken(e: unknown): string | undefined {
+  const messages: string[] = [];
+  let broken = false;
+  for (let current: unknown = e, depth = 0; current instanceof Error && depth < 5; current = current.cause, depth++) {
+    const code = (current as { code?: unknown }).code;
+    if ((typeof code === 'string' && brokenConnectionCodes.has(code)) || /^(terminated|other side closed)$/i.test(current.message)) {
+      broken = true;
+    }
+    messages.push(typeof code === 'string' ? `${current.message} [${code}]` : current.message);
+  }
+  return broken ? messages.join(': ') : undefined;
 }

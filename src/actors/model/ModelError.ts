@@ -1,3 +1,4 @@
+import { scrubSecrets } from '../../secrets.js';
 import type { Usage } from '../../usage.js';
 
 /**
@@ -29,6 +30,11 @@ export interface ModelErrorDetails {
   cause?: unknown;
 }
 
+/**
+ * A failed model call. Its message is scrubbed of secrets when it is made (a server may
+ * quote the key back in a 401): it travels into results, snapshots, journals, the bus,
+ * `flow.get`, logs and CLI output, and none of them may hold a key.
+ */
 export class ModelError extends Error {
   override readonly name = 'ModelError';
   readonly kind: ModelErrorKind;
@@ -40,7 +46,7 @@ export class ModelError extends Error {
   readonly usage: Usage | undefined;
 
   constructor(kind: ModelErrorKind, message: string, details: ModelErrorDetails = {}) {
-    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    super(scrubSecrets(message), details.cause === undefined ? undefined : { cause: details.cause });
     this.kind = kind;
     this.retryable = retryableKinds.has(kind);
     this.status = details.status;

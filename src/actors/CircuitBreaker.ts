@@ -31,6 +31,8 @@ interface Open {
   kind: ModelErrorKind;
   message: string;
   retryable: boolean;
+  /** How long it was opened for, to say how recent the failure is. */
+  openMs: number;
   /** Until then every call fails at once; after it, half-open: one probe at a time. */
   until: number;
   /** While a probe is under way: when its slot is freed if nobody reports its end. */
@@ -79,11 +81,12 @@ export class CircuitBreaker {
     if (!open) return undefined;
     const now = this.now();
     const failFast = { kind: open.kind, retryable: open.retryable };
+    if (open.until === Number.POSITIVE_INFINITY) return { ...failFast, message: `not tried: ${open.message}` };
     if (now < open.until) {
       return {
         ...failFast,
-        message: `not tried: ${open.message}`,
-        ...(open.until === Number.POSITIVE_INFINITY ? {} : { retryAfterMs: open.until - now }),
+        message: `not tried: ${open.message} (the model failed this way less than ${Math.max(1, Math.ceil(open.openMs / 1000))} s ago)`,
+        retryAfterMs: open.until - now,
       };
     }
     if (open.probeUntil !== undefined && now < open.probeUntil) {
@@ -95,15 +98,10 @@ export class CircuitBreaker {
 
   record(error: ModelError): void {
     if (error.kind === 'auth') {
-      this.open = { kind: 'auth', message: error.message, until: Number.POSITIVE_INFINITY, retryable: false };
+      this.open = { kind: 'auth', message: error.message, until: Number.POSITIVE_INFINITY, openMs: Number.POSITIVE_INFINITY, retryable: false };
     } else if (error.kind === 'unavailable' || error.kind === 'rate_limited') {
       const wait = Math.min(error.retryAfterMs ?? this.cooldownMs, this.maxOpenMs);
-      this.open = {
-        kind: error.kind,
-        message: `${error.message} (the model failed this way less than ${Math.max(1, Math.ceil(wait / 1000))} s ago)`,
-        until: this.now() + wait,
-        retryable: true,
-      };
+      this.open = { kind: error.kind, message: error.message, until: this.now() + wait, openMs: wait, retryable: true };
     } else if (inconclusive.has(error.kind)) {
       // Stopped on our side: the server's health is still unknown, so the next call probes.
       if (this.open) this.open.probeUntil = undefined;

@@ -102,7 +102,7 @@ export class LmdbSnapshotStore implements SnapshotStore {
 
   async readSteps(flowId: string): Promise<FlowStep[]> {
     assertFlowId(flowId);
-    return this.dbs.steps.getRange(stepRange(flowId)).map(({ value }) => value).asArray;
+    return Array.from(this.dbs.steps.getRange(stepRange(flowId)), ({ value }) => value);
   }
 
   async list(filter?: ListFilter): Promise<FlowSummary[]> {
@@ -136,12 +136,12 @@ export class LmdbSnapshotStore implements SnapshotStore {
   /** The entries moved aside for `flowId`, oldest first (for a person to look at). */
   movedAside(flowId: string) {
     assertFlowId(flowId);
-    return this.dbs.aside.getRange({ start: [flowId], end: [flowId, '\uffff'] }).map(({ value }) => value).asArray;
+    return Array.from(this.dbs.aside.getRange({ start: [flowId], end: [flowId, '\uffff'] }), ({ value }) => value);
   }
 
   async prune(olderThan: Date, statuses: readonly FlowStatus[] = FINISHED_STATUSES): Promise<number> {
     const removals = this.scan()
-      .filter((s) => isPrunable(s as FlowSnapshotRecord, olderThan, statuses))
+      .filter((s) => isPrunable(s, olderThan, statuses))
       // At the revision read: a flow saved meanwhile (taken over, resumed) is not pruned.
       .map((s) => this.removeAt(s.flowId, s.revision));
     return (await Promise.all(removals)).filter(Boolean).length;
@@ -194,7 +194,7 @@ export class LmdbSnapshotStore implements SnapshotStore {
   private removeAt(flowId: string, revision: number, also?: () => void): Promise<boolean> {
     const { flows, summaries, steps } = this.dbs;
     // Steps are only written by saves, which change the revision: the keys read now are all there are at `revision`.
-    const stepKeys = steps.getKeys(stepRange(flowId)).asArray as [string, number][];
+    const stepKeys = Array.from(steps.getKeys(stepRange(flowId)));
     return durable(
       flows.ifVersion(flowId, revision, () => {
         also?.();

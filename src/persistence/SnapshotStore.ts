@@ -359,7 +359,7 @@ export function byUpdatedAt(a: FlowSummary, b: FlowSummary): number {
 }
 
 /** Whether `prune` deletes this record. */
-export function isPrunable(record: FlowSnapshotRecord, olderThan: Date, statuses: readonly FlowStatus[]): boolean {
+export function isPrunable(record: Pick<FlowSnapshotRecord, 'status' | 'updatedAt'>, olderThan: Date, statuses: readonly FlowStatus[]): boolean {
   return statuses.includes(record.status) && Date.parse(record.updatedAt) < olderThan.getTime();
 }
 

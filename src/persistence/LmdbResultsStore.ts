@@ -1,0 +1,114 @@
+import { readdir } from 'node:fs/promises';
+import { MicrotaskResultSchema, type MicrotaskResult } from '../actors/microtaskTypes.js';
+import { durable, legacyDirs, storageKey, type LmdbDatabases, type LmdbStore } from './LmdbStore.js';
+import { LogResultsStore, ResultsStoreError, type PrunableResultsStore } from './LogResultsStore.js';
+
+/**
+ * Microtask results in the embedded database (LmdbStore): the result's JSON text under its
+ * idempotency key (storageKey), the entry's version the time it was put (ms), and an index
+ * by that time for retention. The puts of an event-loop turn share one commit and one
+ * fsync with every other write of the database (snapshots of the flows they belong to
+ * included); a put resolves once on disk, so a result the flow heard of survives a crash.
+ *
+ * A stored value that does not parse, fails the schema or is the result of another key is
+ * as good as none (the task runs again). Results of earlier versions (the daily logs and
+ * older one-file results under `<stateDir>/results`) are read on a miss through a
+ * LogResultsStore over that directory, which `prune` empties with time.
+ */
+export class LmdbResultsStore implements PrunableResultsStore {
+  private readonly dbs: LmdbDatabases;
+
+  private readonly legacy: LogResultsStore | undefined;
+
+  constructor(
+    private readonly db: LmdbStore,
+    private readonly options: LmdbResultsStoreOptions = {},
+  ) {
+    this.dbs = db.dbs;
+    this.legacy = options.legacy;
+  }
+
+  /** The store over `db`, reading the results of earlier versions in its state directory on a miss when there are any. */
+  static async open(db: LmdbStore, options: Omit<LmdbResultsStoreOptions, 'legacy'> = {}): Promise<LmdbResultsStore> {
+    const dir = legacyDirs(db.stateDir).results;
+    const names = await readdir(dir).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return [];
+      throw new ResultsStoreError('RESULTS_READ_FAILED', `cannot list the results of earlier versions in ${dir}: ${e.message}`, { cause: e });
+    });
+    // Nothing more is written there: an empty directory stays empty, and misses cost nothing.
+    return new LmdbResultsStore(db, { ...options, ...(names.length ? { legacy: new LogResultsStore(dir) } : {}) });
+  }
+
+  async get(key: string): Promise<MicrotaskResult | undefined> {
+    let text: string | undefined;
+    try {
+      text = this.dbs.results.get(storageKey(key));
+    } catch (e) {
+      throw new ResultsStoreError('RESULTS_READ_FAILED', `cannot read the result of ${key} in ${this.db.path}: ${(e as Error).message}`, { cause: e });
+    }
+    if (text !== undefined) return validResult(key, text);
+    return this.legacy?.get(key);
+  }
+
+  async put(key: string, result: MicrotaskResult): Promise<void> {
+    const { results, resultTimes } = this.dbs;
+    const stored = storageKey(key);
+    const at = this.options.now?.() ?? Date.now();
+    try {
+      await durable(
+        results.batch(() => {
+          void results.put(stored, JSON.stringify(result), at);
+          void resultTimes.put([at, stored], true);
+        }),
+      );
+    } catch (e) {
+      throw new ResultsStoreError(
+        'RESULTS_WRITE_FAILED',
+        `cannot store the microtask result of ${key} in ${this.db.path}: ${(e as Error).message}; the task will run again if the flow is resumed`,
+        { cause: e },
+      );
+    }
+  }
+
+  /**
+   * Deletes the results put before `olderThan` (and the files of earlier versions as old);
+   * resolves with how many results and files went. A result put again since is kept.
+   */
+  async prune(olderThan: Date): Promise<number> {
+    const { results, resultTimes } = this.dbs;
+    const removals: Promise<boolean>[] = [];
+    const indexRemovals: Promise<boolean>[] = [];
+    try {
+      for (const key of resultTimes.getKeys({ end: [olderThan.getTime(), ''] }) as Iterable<[number, string]>) {
+        const [at, stored] = key;
+        // Only the result put at that time (its version): one put again later stays.
+        removals.push(durable(results.remove(stored, at)));
+        indexRemovals.push(resultTimes.remove(key));
+      }
+      const [removed] = await Promise.all([Promise.all(removals), Promise.all(indexRemovals)]);
+      return removed.filter(Boolean).length + ((await this.legacy?.prune(olderThan)) ?? 0);
+    } catch (e) {
+      if (e instanceof ResultsStoreError) throw e;
+      throw new ResultsStoreError('RESULTS_PRUNE_FAILED', `cannot delete old results in ${this.db.path}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+}
+
+export interface LmdbResultsStoreOptions {
+  /** Results of earlier versions, read on a miss. */
+  legacy?: LogResultsStore;
+  /** The clock of `put` (ms), for tests of retention. */
+  now?: () => number;
+}
+
+/** A result read back: valid and of its key, or nothing (the task runs again). */
+function validResult(key: string, text: string): MicrotaskResult | undefined {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const parsed = MicrotaskResultSchema.safeParse(json);
+  return parsed.success && parsed.data.key === key ? parsed.data : undefined;
+}

@@ -1,213 +1,159 @@
-import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { builtinModules, createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import type ts from 'typescript';
+import { rm } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Piscina } from 'piscina';
 import type { CheckResult } from '../machines/common.js';
 import { ENTRY_PATH, modulePath, type ToolFiles } from '../toolFiles.js';
 import type { ToolSpec } from '../toolSpec.js';
+import { noDebuggerFlags, runSandboxed, SANDBOX_TOOL_DIR, sandboxStatus, sandboxTempDir, SandboxUnavailableError } from './sandbox.js';
+import type { TypeCheckTask } from './typeCheckWorker.js';
 import { writeToolFiles } from './toolWriter.js';
 
 /**
  * Level 0 of the tool builder: deterministic checks of generated code, before any model
  * reviews it. Each returns diagnostics a model can act on ("src/auth.js:3:7 TS2304:
  * Cannot find name 'token'"), which go into the verifier's prompt and the revision.
+ *
+ * The TypeScript compiler runs in a pool of worker threads (src/actors/typeCheckWorker.ts),
+ * never on the caller's event loop; running `--help` runs generated code, and only in
+ * the OS sandbox of src/actors/sandbox.ts.
  */
 
-const ROOT = '/__tool__';
-const require = createRequire(import.meta.url);
-const typeRoots = [dirname(dirname(require.resolve('@types/node/package.json')))];
+// Running from src (tsx, vitest) the worker is TypeScript: its thread needs tsx's loader.
+const fromSource = import.meta.url.endsWith('.ts');
+const workerFile = new URL(`./typeCheckWorker.${fromSource ? 'ts' : 'js'}`, import.meta.url);
+const workerExecArgv = (): string[] => {
+  const inherited = process.execArgv.filter((flag) => !flag.startsWith('--inspect'));
+  if (!fromSource || inherited.some((flag) => flag.includes('tsx'))) return inherited;
+  return [...inherited, '--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href];
+};
 
-// The compiler is 9 MB of CommonJS: loaded on the first check, not when the CLI starts.
-let typescript: typeof ts | undefined;
-let compilerOptions: ts.CompilerOptions;
-async function loadTypeScript(): Promise<typeof ts> {
-  if (!typescript) {
-    typescript = (await import('typescript')).default;
-    compilerOptions = {
-      allowJs: true,
-      checkJs: true,
-      noEmit: true,
-      target: typescript.ScriptTarget.ES2022,
-      module: typescript.ModuleKind.NodeNext,
-      moduleResolution: typescript.ModuleResolutionKind.NodeNext,
-      types: ['node'],
-      typeRoots,
-      skipLibCheck: true,
-      strict: false,
-    };
-  }
-  return typescript;
+/**
+ * Threads by cores, leaving one to the event loop, at most 4: each thread holds the
+ * compiler and the parsed lib files (about 100 MB). Idle threads end after a minute and
+ * never keep the process alive (piscina unrefs them).
+ */
+export const TYPE_CHECK_THREADS = Math.max(1, Math.min(4, availableParallelism() - 1));
+let pool: Piscina<TypeCheckTask, string[]> | undefined;
+
+function typeCheckPool(): Piscina<TypeCheckTask, string[]> {
+  pool ??= new Piscina<TypeCheckTask, string[]>({
+    filename: workerFile.href,
+    minThreads: 0,
+    maxThreads: TYPE_CHECK_THREADS,
+    idleTimeout: 60_000,
+    execArgv: workerExecArgv(),
+    name: 'default',
+  });
+  return pool;
 }
 
-// lib.d.ts and @types/node are the same for every check: parse them once.
-const libCache = new Map<string, ts.SourceFile>();
-
-function typeCheck(ts: typeof import('typescript'), files: ToolFiles): { diagnostics: string[]; program: ts.Program } {
-  const host = ts.createCompilerHost(compilerOptions, true);
-  const virtual = new Map(Object.entries(files).map(([path, text]) => [`${ROOT}/${path}`, text]));
-  const original = {
-    getSourceFile: host.getSourceFile,
-    fileExists: host.fileExists,
-    readFile: host.readFile,
-    directoryExists: host.directoryExists?.bind(host),
-  };
-  host.directoryExists = (dir) =>
-    dir === ROOT || dir.startsWith(`${ROOT}/`)
-      ? [...virtual.keys()].some((name) => name.startsWith(`${dir}/`))
-      : (original.directoryExists?.(dir) ?? true);
-  host.realpath = (path) => path;
-  host.fileExists = (name) => virtual.has(name) || (!name.startsWith(ROOT) && original.fileExists(name));
-  host.readFile = (name) => virtual.get(name) ?? (name.startsWith(ROOT) ? undefined : original.readFile(name));
-  host.getSourceFile = (name, languageVersion, onError) => {
-    const text = virtual.get(name);
-    if (text !== undefined) return ts.createSourceFile(name, text, languageVersion, true);
-    if (name.startsWith(ROOT)) return undefined;
-    let cached = libCache.get(name);
-    if (!cached) {
-      cached = original.getSourceFile(name, languageVersion, onError);
-      if (cached) libCache.set(name, cached);
-    }
-    return cached;
-  };
-  host.getCurrentDirectory = () => ROOT;
-  const roots = [...virtual.keys()].filter((name) => name.endsWith('.js'));
-  const program = ts.createProgram(roots, compilerOptions, host);
-  const diagnostics = [...program.getSyntacticDiagnostics(), ...program.getSemanticDiagnostics()]
-    .filter((d) => d.file?.fileName.startsWith(ROOT))
-    .map((d) => formatDiagnostic(ts, d));
-  return { diagnostics, program };
+/** Ends the type-check threads (at shutdown; a later check starts new ones). */
+export async function closeToolChecks(): Promise<void> {
+  const closing = pool;
+  pool = undefined;
+  await closing?.close({ force: true });
 }
 
-function formatDiagnostic(ts: typeof import('typescript'), d: ts.Diagnostic): string {
-  const message = ts.flattenDiagnosticMessageText(d.messageText, '\n');
-  if (!d.file || d.start === undefined) return `TS${d.code}: ${message}`;
-  const { line, character } = d.file.getLineAndCharacterOfPosition(d.start);
-  return `${d.file.fileName.slice(ROOT.length + 1)}:${line + 1}:${character + 1} TS${d.code}: ${message}`;
-}
+const typeCheck = (task: TypeCheckTask): Promise<string[]> => typeCheckPool().run(task);
 
-const builtins = new Set(builtinModules);
-const isBuiltin = (specifier: string) => specifier.startsWith('node:') || builtins.has(specifier);
-
-function importsOf(ts: typeof import('typescript'), source: ts.SourceFile): string[] {
-  const found: string[] = [];
-  const visit = (node: ts.Node) => {
-    if ((ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) && node.moduleSpecifier && ts.isStringLiteral(node.moduleSpecifier)) {
-      found.push(node.moduleSpecifier.text);
-    }
-    if (ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword) {
-      const [arg] = node.arguments;
-      if (arg && ts.isStringLiteral(arg)) found.push(arg.text);
-    }
-    ts.forEachChild(node, visit);
-  };
-  visit(source);
-  return found;
-}
-
-function exportsOf(program: ts.Program, path: string): string[] {
-  const source = program.getSourceFile(`${ROOT}/${path}`);
-  const symbol = source && program.getTypeChecker().getSymbolAtLocation(source);
-  return symbol ? program.getTypeChecker().getExportsOfModule(symbol).map((s) => s.getName()) : [];
-}
-
-/** Imports must be Node built-ins or the tool's own modules: a generated tool has no dependencies. */
-function importDiagnostics(ts: typeof import('typescript'), program: ts.Program, path: string, allowed: ReadonlySet<string>): string[] {
-  const source = program.getSourceFile(`${ROOT}/${path}`);
-  if (!source) return [];
-  return importsOf(ts, source)
-    .filter((specifier) => !isBuiltin(specifier) && !allowed.has(specifier))
-    .map((specifier) =>
-      specifier.startsWith('.')
-        ? `${path}: imports "${specifier}", which is not a module of this tool (${[...allowed].join(', ') || 'none'})`
-        : `${path}: imports the package "${specifier}"; the tool has no dependencies: use Node built-ins (node:...) only`,
-    );
+/** A tool check's result; `notRun` names checks that were not run, and why (never the generated code's fault). */
+export interface ToolCheckResult extends CheckResult {
+  notRun?: string[];
 }
 
 /** One module on its own: it parses, type-checks, exports something, imports only what it may. */
 export async function checkModule(spec: ToolSpec, moduleName: string, code: unknown): Promise<CheckResult> {
-  const ts = await loadTypeScript();
   if (typeof code !== 'string' || code.trim() === '') {
     return { ok: false, diagnostics: [`${modulePath(moduleName)}: no source code was produced`] };
   }
-  const path = modulePath(moduleName);
-  // Sibling modules may be imported; they are checked on their own, so stand-ins type as any.
-  const siblings = spec.modules.filter((m) => m.name !== moduleName);
-  // The tool's package.json says `type: module`; without it Node (and tsc) read .js as CommonJS.
-  const files: ToolFiles = { 'package.json': '{"type":"module"}', [path]: code };
-  for (const sibling of siblings) files[modulePath(sibling.name)] = 'export {};\n';
-  const { diagnostics, program } = typeCheck(ts, files);
-  const own = diagnostics.filter((d) => d.startsWith(`${path}:`) || d.startsWith('TS'));
-  if (!exportsOf(program, path).length) own.push(`${path}: exports nothing; export the module's functions by name`);
-  own.push(...importDiagnostics(ts, program, path, new Set(siblings.map((m) => `./${m.name}.js`))));
-  return { ok: own.length === 0, diagnostics: own };
+  const diagnostics = await typeCheck({ kind: 'module', spec, module: moduleName, code });
+  return { ok: diagnostics.length === 0, diagnostics };
 }
 
-const nodePermissionFlag = Number(process.versions.node.split('.')[0]) >= 22 ? '--permission' : '--experimental-permission';
+/** `--help` ran (with what it found), or could not run here, and why. */
+export type HelpCheck = { ran: true; diagnostics: string[] } | { ran: false; reason: string };
+
+let warnedNotRun = false;
+/** Said once per process: every later build here skips `--help` for the same reason. */
+function warnNotRun(reason: string): void {
+  if (warnedNotRun) return;
+  warnedNotRun = true;
+  process.emitWarning(`the tool builder's --help check is not run on this host: ${reason}`, { code: 'MICROTASK_SANDBOX_UNAVAILABLE' });
+}
 
 /**
- * Runs `node src/cli.js --help` in a temporary copy of the tool, under Node's permission
- * model: it may read its own directory and nothing else, may not write, spawn or load
- * addons, gets no environment (no API keys), and is killed after `timeoutMs`.
+ * Runs `node src/cli.js --help` on a temporary copy of the tool, in the OS sandbox
+ * (src/actors/sandbox.ts): its own user, pid and network namespaces, a read-only view of
+ * /usr, Node and the tool, no environment, killed after `timeoutMs`. Node's permission
+ * model is kept inside as a second layer (no writes, no child processes, no addons).
+ * Where no sandbox works, the code is not run and the reason is returned.
  */
-export async function runHelp(spec: ToolSpec, files: ToolFiles, timeoutMs = 5_000): Promise<string[]> {
-  const root = await mkdtemp(join(tmpdir(), 'microtask-check-'));
-  try {
-    const { dir } = await writeToolFiles(root, spec.name, files);
-    const result = await new Promise<{ code: number | null; stdout: string; stderr: string; timedOut: boolean }>((resolve) => {
-      execFile(
-        process.execPath,
-        [nodePermissionFlag, `--allow-fs-read=${dir}`, '--disable-warning=ExperimentalWarning', join(dir, ENTRY_PATH), '--help'],
-        { cwd: dir, env: {}, timeout: timeoutMs, maxBuffer: 256 * 1024 },
-        (error, stdout, stderr) =>
-          resolve({
-            code: error ? (typeof error.code === 'number' ? error.code : null) : 0,
-            stdout,
-            stderr,
-            timedOut: error?.killed === true,
-          }),
-      );
-    });
-    if (result.timedOut) return [`${ENTRY_PATH} --help did not finish within ${timeoutMs} ms (it must print usage and exit)`];
-    if (result.code !== 0) {
-      return [`${ENTRY_PATH} --help exited with code ${result.code}: ${result.stderr.trim().split('\n').slice(0, 8).join('\n')}`];
-    }
-    if (!result.stdout.trim()) return [`${ENTRY_PATH} --help printed nothing on stdout; it must print usage`];
-    return [];
-  } finally {
-    await rm(root, { recursive: true, force: true });
+export async function checkHelp(spec: ToolSpec, files: ToolFiles, timeoutMs = 5_000): Promise<HelpCheck> {
+  const status = await sandboxStatus();
+  if (!status.ok) {
+    warnNotRun(status.reason);
+    return { ran: false, reason: status.reason };
   }
+  const tempRoot = await sandboxTempDir();
+  try {
+    const { dir } = await writeToolFiles(tempRoot, spec.name, files);
+    const result = await runSandboxed({
+      dir,
+      tempRoot,
+      timeoutMs,
+      command: [
+        process.execPath,
+        ...noDebuggerFlags(),
+        '--experimental-permission',
+        `--allow-fs-read=${SANDBOX_TOOL_DIR}`,
+        '--disable-warning=ExperimentalWarning',
+        '--max-old-space-size=256',
+        join(SANDBOX_TOOL_DIR, ENTRY_PATH),
+        '--help',
+      ],
+    });
+    const diagnostics = (() => {
+      if (result.timedOut) return [`${ENTRY_PATH} --help did not finish within ${timeoutMs} ms (it must print usage and exit)`];
+      if (result.overflowed) return [`${ENTRY_PATH} --help printed more than 256 KB; usage must be short`];
+      if (result.code !== 0) {
+        const exit = result.signal ? `was killed by ${result.signal}` : `exited with code ${result.code}`;
+        return [`${ENTRY_PATH} --help ${exit}: ${result.stderr.trim().split('\n').slice(0, 8).join('\n')}`];
+      }
+      if (!result.stdout.trim()) return [`${ENTRY_PATH} --help printed nothing on stdout; it must print usage`];
+      return [];
+    })();
+    return { ran: true, diagnostics };
+  } catch (error) {
+    if (error instanceof SandboxUnavailableError) {
+      warnNotRun(error.reason);
+      return { ran: false, reason: error.reason };
+    }
+    throw error;
+  } finally {
+    await rm(tempRoot, { recursive: true, force: true });
+  }
+}
+
+/** `--help`'s diagnostics; none when it could not run here ({@link checkHelp} says why). */
+export async function runHelp(spec: ToolSpec, files: ToolFiles, timeoutMs = 5_000): Promise<string[]> {
+  const help = await checkHelp(spec, files, timeoutMs);
+  return help.ran ? help.diagnostics : [];
 }
 
 /**
  * The whole tool: every module of the spec present and exporting, the entry importing
- * each of them, everything type-checking together, and `--help` running.
+ * each of them, everything type-checking together, and `--help` running. When `--help`
+ * cannot run on this host (no sandbox), the tool is judged on the rest and `notRun` says
+ * so: the refusal is not the generated code's fault, and a model cannot repair it.
  */
-export async function checkTool(spec: ToolSpec, files: ToolFiles): Promise<CheckResult> {
-  const ts = await loadTypeScript();
-  const diagnostics: string[] = [];
-  for (const module of spec.modules) {
-    if (files[modulePath(module.name)] === undefined) diagnostics.push(`${modulePath(module.name)}: missing (module "${module.name}" of the spec)`);
-  }
-  const { diagnostics: typeErrors, program } = typeCheck(ts, files);
-  diagnostics.push(...typeErrors);
-  const allowed = new Set(spec.modules.map((m) => `./${m.name}.js`));
-  for (const module of spec.modules) {
-    const path = modulePath(module.name);
-    if (files[path] !== undefined && !exportsOf(program, path).length) diagnostics.push(`${path}: exports nothing`);
-    diagnostics.push(...importDiagnostics(ts, program, path, allowed));
-  }
-  const entry = program.getSourceFile(`${ROOT}/${ENTRY_PATH}`);
-  if (entry) {
-    const imported = new Set(importsOf(ts, entry));
-    for (const module of spec.modules) {
-      if (!imported.has(`./${module.name}.js`)) diagnostics.push(`${ENTRY_PATH}: does not import ./${module.name}.js; the entry must wire every module`);
-    }
-    diagnostics.push(...importDiagnostics(ts, program, ENTRY_PATH, allowed));
-  } else diagnostics.push(`${ENTRY_PATH}: missing`);
+export async function checkTool(spec: ToolSpec, files: ToolFiles): Promise<ToolCheckResult> {
+  const diagnostics = await typeCheck({ kind: 'tool', spec, files });
   // Only code that type-checks is run.
-  if (diagnostics.length === 0) diagnostics.push(...(await runHelp(spec, files)));
-  return { ok: diagnostics.length === 0, diagnostics };
+  if (diagnostics.length > 0) return { ok: false, diagnostics };
+  const help = await checkHelp(spec, files);
+  if (!help.ran) return { ok: true, diagnostics: [], notRun: [`${ENTRY_PATH} --help: ${help.reason}`] };
+  return { ok: help.diagnostics.length === 0, diagnostics: help.diagnostics };
 }
-

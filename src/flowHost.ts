@@ -10,12 +10,15 @@ import { errorInfo } from './machines/common.js';
 import { isPatternName, machineFor, machineVersions, type PatternName } from './patterns.js';
 import {
   CorruptSnapshotError,
+  InvalidSnapshotError,
   mapLimit,
   SnapshotConflictError,
   type FlowSnapshotRecord,
   type FlowStatus,
+  type FlowStep,
   type SnapshotStore,
 } from './persistence/SnapshotStore.js';
+import { describeStoreError, isStoreUnavailable, StoreUnavailableError } from './persistence/StoreUnavailableError.js';
 
 export interface FlowHostOptions {
   flows: Flows;
@@ -46,16 +49,34 @@ export interface FlowHostOptions {
    * workers, their tasks may still be queued, and should not be run for nobody.
    */
   onCancel?: (flowId: string, microtaskKeys: string[]) => Promise<void>;
+  /**
+   * How long a save that fails for a passing reason (a timeout, a bus reconnecting) is
+   * tried again before the flow is stopped (resumable). A full disk is not waited for.
+   */
+  storeRetryMs?: number;
+  /** Where the store keeps flows, for messages (`ENOSPC: no space left on <where>`). */
+  storeLocation?: string;
 }
 
 type MicrotaskStart = { kind: 'microtask'; actor: string; key: string; taskType: string };
 
-/** What made a flow take a step: the actor that moved, where it went, and on which event. */
-interface StepCause {
-  actor: string;
-  machine: string;
-  state: unknown;
-  event: string;
+/** A step captured when it happened, waiting for its save. */
+interface PendingStep {
+  step: FlowStep;
+  /** The persisted snapshot (the object `step.snapshotJson` was made of). */
+  snapshot: unknown;
+  /** Set for a transition of the root: announced with this seq once durable. */
+  seq?: number;
+  /** A root transition whose snapshot an earlier step, already saved, holds: announced, not saved again. */
+  announceOnly?: boolean;
+}
+
+/** The end of a flow, saved with (or after) its last step. */
+interface Ending {
+  status: Exclude<FlowStatus, 'running'>;
+  seq: number;
+  output?: unknown;
+  error?: { code: string; message: string };
 }
 
 interface HostedFlow {
@@ -63,20 +84,27 @@ interface HostedFlow {
   actor: AnyActorRef;
   record: FlowSnapshotRecord;
   revision: number;
+  /** The seq of the last root transition captured (announced once it is saved). */
   seq: number;
   /** Saves and announcements of one flow, in order; flows never wait on each other. */
   chain: Promise<void>;
-  lastSaved: string;
+  /** A write of the pending steps is on the chain and has not started: later steps join it. */
+  writeQueued: boolean;
+  /** Steps captured and not yet saved, in order. */
+  pending: PendingStep[];
+  /** The JSON of the last step captured: a change of nothing is no step. */
+  lastCaptured: string;
+  /** A save with no new step is owed (a lease renewal, a parked flow). */
+  touch: boolean;
+  ending: Ending | undefined;
   finished: Promise<FlowSnapshotRecord>;
   resolveFinished: (record: FlowSnapshotRecord) => void;
-  /** Set when another owner took the flow over, or this host stopped: nothing more is saved. */
+  /** Set when another owner took the flow over, this host stopped, or its store failed: nothing more is saved. */
   lost: boolean;
-  /** Set once the flow's end is being saved. */
-  ending: boolean;
-  /** Snapshots saved so far (the journal's step number). */
+  /** Stopped here (parked, shut down): no more steps are captured; those captured are still written. */
+  frozen: boolean;
+  /** Steps captured so far (the last step's number, across resumes). */
   steps: number;
-  /** The latest transition not yet saved, for the journal. */
-  cause: StepCause | undefined;
   /** Microtask actors in flight (journaled at their start). */
   microtasks: Map<AnyActorRef, MicrotaskStart>;
   /** While draining: the microtasks that were in flight when it began, not yet finished. */
@@ -99,6 +127,7 @@ const lifecycleStatus = (output: unknown): Exclude<FlowStatus, 'running'> =>
  */
 export class FlowHost {
   private readonly flows = new Map<string, HostedFlow>();
+  private readonly left = new Map<string, Promise<FlowSnapshotRecord>>();
   private leaseTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: FlowHostOptions) {}
@@ -114,18 +143,20 @@ export class FlowHost {
     };
     const hosted = this.host(flowId, pattern, machine, { input: flowInput }, undefined, meta.requestId);
     // The first save is the first step: a flow that ends in its first microsteps has one to travel to.
+    const { machineId, state, snapshot } = hosted.record;
+    const json = JSON.stringify(snapshot);
+    const first: FlowStep = { step: 1, at: hosted.record.updatedAt, actor: 'root', machine: machineId, state, event: 'xstate.init', rootState: state, snapshotJson: json };
     hosted.steps = 1;
+    hosted.lastCaptured = json;
     hosted.record = { ...hosted.record, steps: 1 };
     try {
-      hosted.revision = await this.options.store.save(hosted.record, null);
+      hosted.revision = await this.saveRecord(hosted, hosted.record, null, [first]);
     } catch (e) {
       this.flows.delete(flowId);
       throw e;
     }
-    hosted.lastSaved = JSON.stringify(hosted.record.snapshot);
     this.journal(hosted, { kind: 'flow', phase: 'started', pattern, status: 'running', input: flowInput });
-    const { machineId, state } = hosted.record;
-    this.journal(hosted, { kind: 'step', step: 1, actor: 'root', machine: machineId, state, event: 'xstate.init', rootState: state, snapshot: undefined }, hosted.lastSaved);
+    this.journalStep(hosted, first);
     hosted.actor.start();
     return flowId;
   }
@@ -181,14 +212,14 @@ export class FlowHost {
     hosted.revision = revision;
     hosted.seq = record.seq ?? 0;
     hosted.steps = record.steps ?? 0;
-    hosted.lastSaved = JSON.stringify(record.snapshot);
+    hosted.lastCaptured = JSON.stringify(record.snapshot);
     this.journal(hosted, { kind: 'flow', phase: 'resumed', pattern, status: 'running' });
     this.options.logger.info({ flowId, state: record.state }, 'flow resumed from its last snapshot');
     // The last saved transition may not have been announced (a crash between the save and
     // the publish): announce it again, so no seq is missing; a subscriber may see it twice.
     if (hosted.seq > 0 && this.options.onEvent) {
       const event = { flowId, seq: hosted.seq, state: record.state, status: 'running' as const, at: record.updatedAt };
-      hosted.chain = hosted.chain.then(() => this.options.onEvent!(event)).catch((e: unknown) => this.failed(hosted, e));
+      hosted.chain = hosted.chain.then(() => this.options.onEvent!(event)).catch((e: unknown) => this.failed(hosted, e, 'announce'));
     }
     hosted.actor.start();
     return 'resumed';
@@ -249,12 +280,20 @@ export class FlowHost {
 
   private renew(hosted: HostedFlow) {
     if (hosted.ending || hosted.lost) return;
-    hosted.chain = hosted.chain.then(() => this.save(hosted, 'running', {}, true)).catch((e: unknown) => this.failed(hosted, e));
+    hosted.touch = true;
+    this.queueWrite(hosted);
   }
 
   /** Resolves with the flow's final record when it ends (here). */
   finished(flowId: string): Promise<FlowSnapshotRecord> | undefined {
-    return this.flows.get(flowId)?.finished;
+    return this.flows.get(flowId)?.finished ?? this.left.get(flowId);
+  }
+
+  /** A flow that left this host (ended, lost, stopped by its store): its `finished`, for a caller that asks late. */
+  private leave(hosted: HostedFlow) {
+    if (this.flows.get(hosted.flowId) === hosted) this.flows.delete(hosted.flowId);
+    this.left.set(hosted.flowId, hosted.finished);
+    if (this.left.size > 1_000) this.left.delete(this.left.keys().next().value!);
   }
 
   running(flowId: string): FlowSnapshotRecord | undefined {
@@ -266,8 +305,9 @@ export class FlowHost {
     const hosted = this.flows.get(flowId);
     if (!hosted) return false;
     const inFlight = [...hosted.microtasks.values()].map((m) => m.key);
-    hosted.actor.stop();
+    // Ended first: the stop's own snapshots are not steps.
     this.finish(hosted, 'cancelled', undefined, { code: 'CANCELLED', message: 'cancelled by request' });
+    hosted.actor.stop();
     await hosted.chain;
     if (inFlight.length > 0 && this.options.onCancel) {
       await this.options.onCancel(flowId, inFlight).catch((e: unknown) =>
@@ -306,11 +346,13 @@ export class FlowHost {
   private park(hosted: HostedFlow) {
     // A flow whose last microtask took it to its end is ending, not parked.
     if (hosted.lost || hosted.ending || (hosted.actor.getSnapshot() as { status?: string }).status !== 'active') return;
-    const snapshot = hosted.actor.getPersistedSnapshot();
-    // Saves queued before this one see `lost` and skip: this one holds the latest state.
-    hosted.lost = true;
+    // Every step so far is captured (pending or saved): write what is pending, then stop
+    // taking steps; the stop's own snapshots (children stopped) are not steps.
+    hosted.touch = true;
+    this.queueWrite(hosted);
+    hosted.frozen = true;
     hosted.actor.stop();
-    hosted.chain = hosted.chain.then(() => this.save(hosted, 'running', {}, false, snapshot)).catch((e: unknown) => this.failed(hosted, e));
+    hosted.chain = hosted.chain.then(() => void (hosted.lost = true));
   }
 
   /** Stops every flow here without ending it (its snapshot stays `running`, to be resumed). */
@@ -319,8 +361,11 @@ export class FlowHost {
     this.leaseTimer = undefined;
     const flows = [...this.flows.values()];
     for (const hosted of flows) {
-      hosted.lost = true;
+      // The steps captured so far are written; the stop's own snapshots are not steps.
+      if (!hosted.lost && !hosted.ending) this.queueWrite(hosted);
+      hosted.frozen = true;
       hosted.actor.stop();
+      hosted.chain = hosted.chain.then(() => void (hosted.lost = true));
     }
     await Promise.all(flows.map((f) => f.chain));
     // Give up the leases: a restart, or another daemon, resumes these flows at once
@@ -369,35 +414,46 @@ export class FlowHost {
       revision: 0,
       seq: 0,
       chain: Promise.resolve(),
-      lastSaved: '',
+      writeQueued: false,
+      pending: [],
+      lastCaptured: '',
+      touch: false,
+      ending: undefined,
       finished: new Promise((resolve) => (resolveFinished = resolve)),
       resolveFinished,
       lost: false,
-      ending: false,
+      frozen: false,
       steps: 0,
-      cause: undefined,
       microtasks: new Map(),
       awaiting: undefined,
     };
     const inspect = (event: InspectionEvent) => {
       this.options.inspect?.(event);
-      // Any actor of this flow's system moved (the root or a child): save. Only the
-      // root's transitions are announced.
+      if (event.type === '@xstate.event') {
+        // A microtask whose result could not be stored: the flow stops where it stands
+        // (resumable) before any machine sees the error and falls back.
+        const error = (event.event as { error?: unknown }).error;
+        if (event.event.type.startsWith('xstate.error.actor') && isStoreUnavailable(error)) this.halt(hosted, error);
+        return;
+      }
       if (event.type !== '@xstate.snapshot') return;
       const isRoot = event.actorRef === hosted.actor;
       const snapshot = event.snapshot as { status?: string; value?: unknown; output?: unknown };
       this.note(hosted, event.actorRef as AnyActorRef, snapshot as Record<string, unknown>, event.event.type);
       if (isRoot && snapshot.status === 'done') {
+        // The last step; its announcement is the flow's end, with the end's seq.
+        this.capture(hosted, event.actorRef as AnyActorRef, snapshot, event.event.type, false);
         this.finish(hosted, lifecycleStatus(snapshot.output), snapshot.output);
         return;
       }
       // An error is handled by the error listener; a stop is a cancel or a shutdown.
       if (isRoot && (snapshot.status === 'error' || snapshot.status === 'stopped')) return;
-      this.persist(hosted, isRoot ? snapshot.value : undefined);
+      this.capture(hosted, event.actorRef as AnyActorRef, snapshot, event.event.type, isRoot);
     };
     hosted.actor = createActor(machine, { ...origin, inspect } as never) as AnyActorRef;
     hosted.actor.subscribe({
       error: (error: unknown) => {
+        if (hosted.lost) return;
         this.options.logger.error({ flowId, err: error }, 'flow crashed');
         this.finish(hosted, 'failed', undefined, { code: 'FLOW_CRASHED', message: (error as Error)?.message ?? String(error) });
       },
@@ -407,26 +463,135 @@ export class FlowHost {
     return hosted;
   }
 
-  /** Queues a save of the flow's current snapshot and, for a root transition, its event. */
-  private persist(hosted: HostedFlow, rootState: unknown) {
-    // Children are stopped after the root ends; their last snapshots change nothing.
-    if (hosted.ending || hosted.lost) return;
-    const announce = rootState !== undefined;
-    const seq = announce ? ++hosted.seq : hosted.seq;
-    hosted.chain = hosted.chain
-      .then(async () => {
-        if (hosted.lost || hosted.ending) return;
-        await this.save(hosted, 'running');
-        if (announce && this.options.onEvent) {
-          await this.options.onEvent({ flowId: hosted.flowId, seq, state: rootState, status: 'running', at: hosted.record.updatedAt });
-        }
-      })
-      .catch((e: unknown) => this.failed(hosted, e));
+  /**
+   * Takes a step: the whole flow's persisted snapshot right after one actor of it moved,
+   * serialized now (not when the save runs, which would merge fast transitions into one
+   * save). XState reports an actor's snapshot once its transition is complete and defers
+   * what it does to other actors until then, so every actor's snapshot here is whole.
+   */
+  private capture(hosted: HostedFlow, ref: AnyActorRef, snapshot: { status?: string; value?: unknown }, eventType: string, isRoot: boolean) {
+    if (hosted.ending || hosted.lost || hosted.frozen) return;
+    const persisted = hosted.actor.getPersistedSnapshot() as { status?: string; error?: unknown };
+    // A crashed machine's snapshot holds an Error object; records hold JSON only.
+    const jsonSafe = persisted.status === 'error' ? { ...persisted, error: errorInfo(persisted.error) } : persisted;
+    const json = JSON.stringify(jsonSafe);
+    const machine = (ref as { logic?: { id?: unknown } }).logic?.id;
+    const cause = {
+      actor: actorPath(ref, hosted.actor),
+      machine: typeof machine === 'string' ? machine : 'microtask',
+      state: snapshot.value ?? snapshot.status ?? null,
+      event: eventType,
+    };
+    if (json === hosted.lastCaptured) {
+      // Nothing new to save. But XState starts the children a transition invokes before it
+      // reports the transition itself, so a root transition can find its snapshot already
+      // taken, under a child's start: the step is the root's (relabelled while unsaved),
+      // and it is announced with its own seq.
+      if (!isRoot) return;
+      const last = hosted.pending.at(-1);
+      if (last && last.seq === undefined && !last.announceOnly) {
+        Object.assign(last.step, cause);
+        last.seq = ++hosted.seq;
+      } else {
+        const step = { ...cause, step: hosted.steps, at: new Date().toISOString(), rootState: snapshot.value ?? null, snapshotJson: json };
+        hosted.pending.push({ step, snapshot: undefined, seq: ++hosted.seq, announceOnly: true });
+      }
+      this.queueWrite(hosted);
+      return;
+    }
+    hosted.lastCaptured = json;
+    const rootState = (hosted.actor.getSnapshot() as { value?: unknown }).value ?? null;
+    const step: FlowStep = { ...cause, step: ++hosted.steps, at: new Date().toISOString(), rootState, snapshotJson: json };
+    hosted.pending.push({ step, snapshot: jsonSafe, ...(isRoot ? { seq: ++hosted.seq } : {}) });
+    this.queueWrite(hosted);
   }
 
   /**
-   * For the journal: remembers the transition a save will record, and writes a
-   * microtask's start (its first snapshot) and end (its output, the result envelope).
+   * Queues a write of everything pending, once: steps captured before it starts join it
+   * (one save, one fsync for all of them), later ones wait for the next. A flow has at most
+   * one save in flight; many flows' saves share the store's group commit.
+   */
+  private queueWrite(hosted: HostedFlow) {
+    if (hosted.writeQueued || hosted.lost) return;
+    hosted.writeQueued = true;
+    hosted.chain = hosted.chain
+      .then(() => {
+        hosted.writeQueued = false;
+        return this.writePending(hosted);
+      })
+      .catch((e: unknown) => this.failed(hosted, e, 'save'));
+  }
+
+  private async writePending(hosted: HostedFlow) {
+    if (hosted.lost) return;
+    const batch = hosted.pending.splice(0);
+    const saving = batch.filter((p) => !p.announceOnly);
+    const ending = hosted.ending;
+    if (saving.length > 0 || hosted.touch || ending) await this.saveBatch(hosted, saving, batch, ending);
+    // Announced only now that they are durable, each root transition with its own seq.
+    if (this.options.onEvent) {
+      for (const p of batch) {
+        if (p.seq !== undefined && p.seq !== ending?.seq) {
+          await this.options.onEvent({ flowId: hosted.flowId, seq: p.seq, state: p.step.rootState, status: 'running', at: p.step.at });
+        }
+      }
+    }
+    if (ending) await this.ended(hosted, ending);
+  }
+
+  private async saveBatch(hosted: HostedFlow, saving: PendingStep[], batch: PendingStep[], ending: Ending | undefined) {
+    hosted.touch = false;
+    const last = saving.at(-1);
+    const lease = this.options.lease;
+    const seq = batch.reduce((s, p) => p.seq ?? s, hosted.record.seq ?? 0);
+    const record: FlowSnapshotRecord = {
+      ...hosted.record,
+      ...(ending?.output !== undefined ? { output: ending.output } : {}),
+      ...(ending?.error ? { error: ending.error } : {}),
+      ...(lease ? { owner: lease.owner, leaseUntil: new Date(Date.now() + lease.durationMs).toISOString() } : {}),
+      status: ending?.status ?? 'running',
+      ...(last ? { state: last.step.rootState as FlowSnapshotRecord['state'], snapshot: last.snapshot as FlowSnapshotRecord['snapshot'], steps: last.step.step } : {}),
+      seq: ending?.seq ?? seq,
+      updatedAt: new Date().toISOString(),
+    };
+    const steps = saving.map((p) => p.step);
+    hosted.revision = await this.saveRecord(hosted, record, hosted.revision, steps);
+    hosted.record = record;
+    for (const step of steps) this.journalStep(hosted, step);
+  }
+
+  /**
+   * One save, tried again while the store's failure may pass (a timeout, a reconnect);
+   * an attempt that timed out may have landed, so a conflict after one is checked
+   * against what is stored. A store that stays down, or a full disk, stops the flow.
+   */
+  private async saveRecord(hosted: HostedFlow, record: FlowSnapshotRecord, expected: number | null, steps: FlowStep[]): Promise<number> {
+    const { store } = this.options;
+    const giveUpAt = Date.now() + (this.options.storeRetryMs ?? DEFAULT_STORE_RETRY_MS);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await store.save(record, expected, { steps });
+      } catch (e) {
+        if (e instanceof SnapshotConflictError) {
+          if (attempt > 0) {
+            const landed = await store.load(record.flowId).catch(() => undefined);
+            if (landed && sameSave(landed.record, record)) return landed.revision;
+          }
+          throw e;
+        }
+        if (e instanceof InvalidSnapshotError || e instanceof CorruptSnapshotError) throw e;
+        if (PERMANENT_FS_CODES.has((e as { code?: string }).code ?? '') || Date.now() >= giveUpAt || hosted.lost) {
+          throw new StoreUnavailableError(describeStoreError(e, this.options.storeLocation ?? 'the snapshot store'), { cause: e });
+        }
+        this.options.logger.warn({ flowId: record.flowId, attempt, err: e }, 'could not save a step; trying again');
+        await new Promise((resolve) => setTimeout(resolve, Math.min(2_000, 50 * 2 ** attempt) * (0.5 + Math.random() / 2)));
+      }
+    }
+  }
+
+  /**
+   * For the journal: writes each machine's transition as it happens, and a microtask's
+   * start (its first snapshot) and end (its output, the result envelope).
    */
   private note(hosted: HostedFlow, ref: AnyActorRef, snapshot: Record<string, unknown>, eventType: string) {
     const machine = (ref as { logic?: { id?: unknown } }).logic?.id;
@@ -439,9 +604,10 @@ export class FlowHost {
           if (childSnapshot.status === 'done') this.microtaskFinished(hosted, child, started, childSnapshot.output);
         }
       }
-      hosted.cause = { actor: actorPath(ref, hosted.actor), machine, state: snapshot.value, event: eventType };
       // A child that ends or is stopped with its parent moved nowhere new.
-      if (snapshot.status === 'active' || snapshot.status === 'done') this.journal(hosted, { kind: 'transition', ...hosted.cause });
+      if (snapshot.status === 'active' || snapshot.status === 'done') {
+        this.journal(hosted, { kind: 'transition', actor: actorPath(ref, hosted.actor), machine, state: snapshot.value, event: eventType });
+      }
       return;
     }
     // A promise actor drops its input when done: its start is remembered by reference.
@@ -483,73 +649,62 @@ export class FlowHost {
     this.options.journal?.append({ ...entry, flowId: hosted.flowId, at: new Date().toISOString() } as JournalEntry, snapshotJson);
   }
 
-  /** Saves the current snapshot (once per change), as the flow's new record. */
-  private async save(hosted: HostedFlow, status: FlowStatus, extra: Partial<FlowSnapshotRecord> = {}, force = false, taken?: unknown) {
-    const persisted = (taken ?? hosted.actor.getPersistedSnapshot()) as { status?: string; error?: unknown };
-    // A crashed machine's snapshot holds an Error object; records hold JSON only.
-    const snapshot = persisted.status === 'error' ? { ...persisted, error: errorInfo(persisted.error) } : persisted;
-    const json = JSON.stringify(snapshot);
-    const changed = json !== hosted.lastSaved;
-    if (!force && !changed && status === hosted.record.status && !extra.output && !extra.error) return;
-    const steps = hosted.steps + (changed ? 1 : 0);
-    const lease = this.options.lease;
-    const record: FlowSnapshotRecord = {
-      ...hosted.record,
-      ...extra,
-      ...(lease ? { owner: lease.owner, leaseUntil: new Date(Date.now() + lease.durationMs).toISOString() } : {}),
-      status,
-      state: (snapshot as { value?: unknown }).value ?? hosted.record.state,
-      snapshot,
-      seq: hosted.seq,
-      steps,
-      updatedAt: new Date().toISOString(),
-    };
-    hosted.revision = await this.options.store.save(record, hosted.revision);
-    hosted.record = record;
-    hosted.lastSaved = json;
-    hosted.steps = steps;
-    if (changed && this.options.journal) {
-      const rootState = record.state;
-      const cause = hosted.cause ?? { actor: 'root', machine: record.machineId, state: rootState, event: 'xstate.init' };
-      hosted.cause = undefined;
-      this.journal(hosted, { kind: 'step', step: steps, ...cause, rootState, snapshot: undefined }, json);
-    }
+  private journalStep(hosted: HostedFlow, step: FlowStep) {
+    if (!this.options.journal) return;
+    const { snapshotJson, at, ...rest } = step;
+    this.options.journal.append({ ...rest, kind: 'step', flowId: hosted.flowId, at, snapshot: undefined }, snapshotJson);
   }
 
+  /** Ends the flow: its last step and final record are saved, then its end is announced. */
   private finish(hosted: HostedFlow, status: Exclude<FlowStatus, 'running'>, output?: unknown, error?: { code: string; message: string }) {
     if (hosted.ending || hosted.lost) return;
-    hosted.ending = true;
-    const seq = ++hosted.seq;
-    hosted.chain = hosted.chain
-      .then(async () => {
-        await this.save(hosted, status, { ...(output !== undefined ? { output } : {}), ...(error ? { error } : {}) });
-        this.journal(hosted, {
-          kind: 'flow',
-          phase: 'ended',
-          pattern: hosted.record.pattern,
-          status,
-          ...(output !== undefined ? { output } : {}),
-          ...(error ? { error } : {}),
-        });
-        const { flowId, state, updatedAt } = hosted.record;
-        await this.options.onEvent?.({ flowId, seq, state, status, at: updatedAt });
-        await this.options.onDone?.({ flowId, status, ...(output !== undefined ? { output } : {}), ...(error ? { error } : {}) });
-      })
-      .catch((e: unknown) => this.failed(hosted, e))
-      .finally(() => {
-        this.flows.delete(hosted.flowId);
-        hosted.resolveFinished(hosted.record);
-      });
+    hosted.ending = { status, seq: ++hosted.seq, ...(output !== undefined ? { output } : {}), ...(error ? { error } : {}) };
+    this.queueWrite(hosted);
+    hosted.chain = hosted.chain.finally(() => {
+      this.leave(hosted);
+      hosted.resolveFinished(hosted.record);
+    });
     this.options.logger.info({ flowId: hosted.flowId, status }, 'flow finished');
   }
 
-  private failed(hosted: HostedFlow, e: unknown): Promise<void> | undefined {
+  private async ended(hosted: HostedFlow, ending: Ending) {
+    const { status, output, error, seq } = ending;
+    this.journal(hosted, {
+      kind: 'flow',
+      phase: 'ended',
+      pattern: hosted.record.pattern,
+      status,
+      ...(output !== undefined ? { output } : {}),
+      ...(error ? { error } : {}),
+    });
+    const { flowId, state, updatedAt } = hosted.record;
+    await this.options.onEvent?.({ flowId, seq, state, status, at: updatedAt });
+    await this.options.onDone?.({ flowId, status, ...(output !== undefined ? { output } : {}), ...(error ? { error } : {}) });
+  }
+
+  /**
+   * Stops a flow whose store failed, where it stands: nothing more is saved or announced,
+   * its record stays at its last saved step (`running`, to be resumed once the store is
+   * back), and it does not fall back. `finished` resolves with that record and the cause.
+   */
+  private halt(hosted: HostedFlow, cause: StoreUnavailableError) {
+    if (hosted.lost) return;
+    hosted.lost = true;
+    hosted.pending = [];
+    this.leave(hosted);
+    this.options.logger.error({ flowId: hosted.flowId, step: hosted.record.steps }, `flow stopped, resumable: ${cause.message}`);
+    // Not from inside the inspection that reported it: XState is delivering an event.
+    queueMicrotask(() => hosted.actor.stop());
+    hosted.resolveFinished({ ...hosted.record, error: { code: 'STORE_UNAVAILABLE', message: cause.message } });
+  }
+
+  private failed(hosted: HostedFlow, e: unknown, what: 'save' | 'announce'): Promise<void> | undefined {
     if (e instanceof SnapshotConflictError) {
       // Someone else wrote the record: another daemon took the flow over (it carries on
       // there), or `microtask cancel` ended it. Stop here either way, and say which.
       hosted.lost = true;
       hosted.actor.stop();
-      this.flows.delete(hosted.flowId);
+      this.leave(hosted);
       // Returned: the chain waits for it, so `finished` resolves with the record that won.
       return this.options.store
         .load(hosted.flowId)
@@ -563,9 +718,38 @@ export class FlowHost {
             hosted.resolveFinished(hosted.record);
           }
         });
+    }
+    if (what === 'save') {
+      this.halt(hosted, isStoreUnavailable(e) ? e : new StoreUnavailableError(`could not save flow ${hosted.flowId}: ${(e as Error)?.message ?? String(e)}`, { cause: e }));
       return;
     }
-    this.options.logger.error({ flowId: hosted.flowId, err: e }, 'could not save or announce a flow transition');
+    // An announcement that failed (the bus): the step is saved, the flow goes on; a
+    // subscriber catches up from the record's seq or the journal.
+    this.options.logger.error({ flowId: hosted.flowId, err: e }, 'could not announce a flow transition');
+    return;
+  }
+}
+
+/** Whether the stored record is the one this host tried to save (an attempt that timed out but landed). */
+function sameSave(stored: FlowSnapshotRecord, attempted: FlowSnapshotRecord): boolean {
+  return stored.updatedAt === attempted.updatedAt && stored.steps === attempted.steps && stored.owner === attempted.owner && stored.status === attempted.status;
+}
+
+/** Failures a person must fix (space, permissions): the flow stops at once rather than retrying. */
+const PERMANENT_FS_CODES = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM']);
+
+/** How long a passing store failure is tried again before a flow stops (resumable). */
+const DEFAULT_STORE_RETRY_MS = 20_000;
+
+/** Why a flow host gave up on a flow it ran, for callers that wait on `finished`. */
+export class FlowHaltedError extends Error {
+  override readonly name = 'FlowHaltedError';
+  readonly code = 'STORE_UNAVAILABLE';
+  constructor(
+    readonly flowId: string,
+    message: string,
+  ) {
+    super(message);
   }
 }
 

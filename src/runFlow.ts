@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import type { InspectionEvent } from 'xstate';
 import { createMicrotaskLogic } from './actors/microtask.js';
-import { FlowHost } from './flowHost.js';
+import { FlowHaltedError, FlowHost } from './flowHost.js';
 import { provideFlows } from './flows.js';
 import type { PatternName } from './patterns.js';
 import type { FlowSnapshotRecord } from './persistence/SnapshotStore.js';
@@ -46,6 +46,8 @@ function hostFor(runtime: Runtime, options: RunFlowOptions) {
 }
 
 function outputOf(record: FlowSnapshotRecord): FlowOutput {
+  // Stopped where it stood (its store failed): nothing to report but the cause; resumable.
+  if (record.status === 'running' && record.error) throw new FlowHaltedError(record.flowId, record.error.message);
   if (record.output !== undefined) return record.output as FlowOutput;
   // Cancelled or crashed: no machine output, so say what the record says.
   return { status: record.status === 'cancelled' ? 'cancelled' : 'failed', reason: record.error?.message ?? record.status, usage: undefined };

@@ -527,7 +527,9 @@ export class FlowHost {
     const batch = hosted.pending.splice(0);
     const saving = batch.filter((p) => !p.announceOnly);
     const ending = hosted.ending;
-    if (saving.length > 0 || hosted.touch || ending) await this.saveBatch(hosted, saving, batch, ending);
+    // A root transition announced without a step of its own still moves the record's seq:
+    // a resumed flow goes on from the seq on disk.
+    if (saving.length > 0 || batch.length > 0 || hosted.touch || ending) await this.saveBatch(hosted, saving, batch, ending);
     // Announced only now that they are durable, each root transition with its own seq.
     if (this.options.onEvent) {
       for (const p of batch) {

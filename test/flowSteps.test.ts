@@ -1,0 +1,110 @@
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { handWrittenAnswer } from '../examples/offline/answers.js';
+import type { FlowEvent } from '../src/daemon/protocol.js';
+import { FlowHost } from '../src/flowHost.js';
+import { provideFlows } from '../src/flows.js';
+import { FileJournal } from '../src/journal/FileJournal.js';
+import type { JournalEntry } from '../src/journal/Journal.js';
+import { silentLogger } from '../src/log.js';
+import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
+import type { SnapshotStore } from '../src/persistence/SnapshotStore.js';
+import { scripted } from './support/flows.js';
+
+/**
+ * Issue 12: every transition is a step, in order, none merged into a later save, none
+ * announced before it is durable, root transitions announced with consecutive seqs. With
+ * an instant model transitions follow each other faster than a save: before, a feedback
+ * loop going generating → verifying → generating → verifying saved only some of them and
+ * announced seq 1 then 5.
+ */
+
+const feedbackInput = JSON.parse(await readFile(new URL('../examples/feedback-loop.json', import.meta.url), 'utf8')) as Record<string, unknown>;
+
+type Step = Extract<JournalEntry, { kind: 'step' }>;
+type Transition = Extract<JournalEntry, { kind: 'transition' }>;
+
+async function setup(store?: SnapshotStore) {
+  const dir = await mkdtemp(join(tmpdir(), 'steps-'));
+  const flowStore = store ?? (await FileSnapshotStore.open(join(dir, 'flows')));
+  const journal = new FileJournal({ dir: join(dir, 'journal') });
+  const runtime = scripted((request) => handWrittenAnswer(request));
+  const events: FlowEvent[] = [];
+  const durableAtAnnounce: boolean[] = [];
+  const host = () =>
+    new FlowHost({
+      flows: provideFlows({ microtask: runtime.microtask }),
+      store: flowStore,
+      journal,
+      logger: silentLogger,
+      outRoot: dir,
+      onEvent: async (event) => {
+        events.push(event);
+        // Nothing is announced before it is durable: the store already holds this seq.
+        const stored = await flowStore.load(event.flowId);
+        durableAtAnnounce.push((stored?.record.seq ?? -1) >= event.seq);
+      },
+    });
+  return { dir, store: flowStore, journal, host, events, durableAtAnnounce, runtime };
+}
+
+describe('every transition on disk, announced without a gap', () => {
+  it('100 flows with an instant model: every step stored in order, every seq 1..N announced once, each after its save', async () => {
+    const s = await setup();
+    const host = s.host();
+    const ids = await Promise.all(Array.from({ length: 100 }, () => host.start('feedback-loop', feedbackInput)));
+    const records = await Promise.all(ids.map((id) => host.finished(id)!));
+    await s.journal.flush();
+    expect(records.every((r) => r.status === 'done')).toBe(true);
+    expect(s.durableAtAnnounce.every(Boolean)).toBe(true);
+
+    for (const [i, flowId] of ids.entries()) {
+      const entries = await s.journal.read(flowId);
+      const steps = entries.filter((e): e is Step => e.kind === 'step');
+      const rootTransitions = entries.filter((e): e is Transition => e.kind === 'transition' && e.actor === 'root');
+      // Steps 1..K, each snapshot in the state its label says.
+      expect(steps.map((e) => e.step)).toEqual(steps.map((_, n) => n + 1));
+      expect(records[i]!.steps).toBe(steps.length);
+      for (const step of steps) expect((step.snapshot as { value: unknown }).value).toEqual(step.rootState);
+      // Every root state the machine passed through is a saved step (the loop goes
+      // generating → verifying → generating → verifying → done: none merged away).
+      const stepRootStates = steps.map((e) => JSON.stringify(e.rootState));
+      const passed = rootTransitions.map((e) => JSON.stringify(e.state));
+      let at = 0;
+      for (const state of passed) {
+        const found = stepRootStates.indexOf(state, at);
+        expect(found, `root state ${state} of flow ${flowId} has no step after step ${at}`).toBeGreaterThanOrEqual(at);
+        at = found;
+      }
+      expect(passed.filter((p) => p === '"verifying"').length).toBeGreaterThanOrEqual(2);
+      // Announced: 1..N, once each, in order; the last is the end.
+      const seqs = s.events.filter((e) => e.flowId === flowId).map((e) => e.seq);
+      expect(seqs).toEqual(seqs.map((_, n) => n + 1));
+      expect(seqs.length).toBe(rootTransitions.length);
+      expect(s.events.filter((e) => e.flowId === flowId).at(-1)!.status).toBe('done');
+    }
+  });
+
+  it('a flow resumed from any of its steps finishes with the uninterrupted output', async () => {
+    const s = await setup();
+    const first = s.host();
+    const flowId = await first.start('feedback-loop', feedbackInput);
+    const expected = (await first.finished(flowId))!;
+    await s.journal.flush();
+    const steps = (await s.journal.read(flowId)).filter((e): e is Step => e.kind === 'step');
+    expect(steps.length).toBeGreaterThanOrEqual(5);
+    const stored = (await s.store.load(flowId))!;
+    for (const step of steps.slice(0, -1)) {
+      // Rewind the record to this step and resume it in a new host.
+      const copy = `${flowId}-from-${step.step}`;
+      await s.store.save({ ...stored.record, flowId: copy, status: 'running', snapshot: step.snapshot as object, state: step.rootState as string, output: undefined }, null);
+      const host = s.host();
+      expect(await host.resume(copy)).toBe('resumed');
+      const record = (await host.finished(copy))!;
+      expect(record.status, `resumed from step ${step.step}`).toBe('done');
+      expect((record.output as { best?: unknown }).best, `resumed from step ${step.step}`).toEqual((expected.output as { best?: unknown }).best);
+    }
+  });
+});

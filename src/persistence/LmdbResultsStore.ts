@@ -16,7 +16,6 @@ import { LogResultsStore, ResultsStoreError, type PrunableResultsStore } from '.
  * LogResultsStore over that directory, which `prune` empties with time.
  */
 export class LmdbResultsStore implements PrunableResultsStore {
-  private readonly dbs: LmdbDatabases;
 
   private readonly legacy: LogResultsStore | undefined;
 
@@ -24,8 +23,12 @@ export class LmdbResultsStore implements PrunableResultsStore {
     private readonly db: LmdbStore,
     private readonly options: LmdbResultsStoreOptions = {},
   ) {
-    this.dbs = db.dbs;
     this.legacy = options.legacy;
+  }
+
+  /** Read for each operation: a handle closed fails at once (a write to a closed environment would never settle). */
+  private get dbs(): LmdbDatabases {
+    return this.db.dbs;
   }
 
   /** The store over `db`, reading the results of earlier versions in its state directory on a miss when there are any. */
@@ -51,10 +54,10 @@ export class LmdbResultsStore implements PrunableResultsStore {
   }
 
   async put(key: string, result: MicrotaskResult): Promise<void> {
-    const { results, resultTimes } = this.dbs;
     const stored = storageKey(key);
     const at = this.options.now?.() ?? Date.now();
     try {
+      const { results, resultTimes } = this.dbs;
       await durable(
         results.batch(() => {
           void results.put(stored, JSON.stringify(result), at);
@@ -75,10 +78,10 @@ export class LmdbResultsStore implements PrunableResultsStore {
    * resolves with how many results and files went. A result put again since is kept.
    */
   async prune(olderThan: Date): Promise<number> {
-    const { results, resultTimes } = this.dbs;
     const removals: Promise<boolean>[] = [];
     const indexRemovals: Promise<boolean>[] = [];
     try {
+      const { results, resultTimes } = this.dbs;
       for (const key of resultTimes.getKeys({ end: [olderThan.getTime(), ''] }) as Iterable<[number, string]>) {
         const [at, stored] = key;
         // Only the result put at that time (its version): one put again later stays.

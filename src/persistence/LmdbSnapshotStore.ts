@@ -53,13 +53,16 @@ import {
  */
 export class LmdbSnapshotStore implements SnapshotStore {
   readonly keepsSteps = true;
-  private readonly dbs: LmdbDatabases;
 
   constructor(
     private readonly db: LmdbStore,
     private readonly options: SnapshotStoreOptions = {},
   ) {
-    this.dbs = db.dbs;
+  }
+
+  /** Read for each operation: a handle closed fails at once (a write to a closed environment would never settle). */
+  private get dbs(): LmdbDatabases {
+    return this.db.dbs;
   }
 
   /** The store over `db`, with the flows of earlier versions in its state directory imported first. */

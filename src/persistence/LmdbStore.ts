@@ -56,7 +56,7 @@ export class LmdbStore {
 
   /** The sub-databases; for the stores of this directory (and their tests). */
   get dbs(): LmdbDatabases {
-    if (this.closed) throw new Error(`the database ${this.path} was closed by this handle; open it again`);
+    if (this.closed) throw new LmdbClosedError(this.path);
     return this.shared.dbs;
   }
 
@@ -118,6 +118,15 @@ export class LmdbStore {
     if (--this.shared.handles > 0) return;
     if (environments.get(this.shared.path) === this.shared) environments.delete(this.shared.path);
     await this.shared.root.close();
+  }
+}
+
+/** A store used after its handle on the database was closed (shutting down, or a bug of the caller). */
+export class LmdbClosedError extends Error {
+  override readonly name = 'LmdbClosedError';
+  readonly code = 'DB_CLOSED';
+  constructor(readonly path: string) {
+    super(`the database ${path} is closed (its handle was closed): open it again to read or write`);
   }
 }
 

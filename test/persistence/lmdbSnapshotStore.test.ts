@@ -248,7 +248,7 @@ describe('LmdbStore', () => {
     const store = new LmdbSnapshotStore(b);
     await a.close();
     await a.close(); // twice: harmless, and not b's handle
-    expect(() => a.dbs).toThrow(/closed by this handle/);
+    expect(() => a.dbs).toThrow(/is closed \(its handle was closed\)/);
     expect(await store.save(flowRecord('flow-1'), null)).toBe(1);
     await b.close();
     const c = await LmdbStore.open(stateDir);
@@ -256,6 +256,15 @@ describe('LmdbStore', () => {
     // A new environment: the old one was closed with its last handle.
     expect(c.dbs).not.toBe(shared);
     expect(await new LmdbSnapshotStore(c).load('flow-1')).toMatchObject({ revision: 1 });
+  });
+
+  it('a store whose handle was closed fails at once with DB_CLOSED (a write to a closed environment would never settle)', async () => {
+    const { db, store } = await openStore(await tempDir());
+    await db.close();
+    await expect(store.save(flowRecord('flow-1'), null)).rejects.toMatchObject({ code: 'DB_CLOSED', message: expect.stringContaining(db.path) });
+    await expect(store.load('flow-1')).rejects.toMatchObject({ code: 'DB_CLOSED' });
+    await expect(store.list()).rejects.toMatchObject({ code: 'DB_CLOSED' });
+    await expect(db.claimRequest('req', 'flow-1')).rejects.toMatchObject({ code: 'DB_CLOSED' });
   });
 
   it('claims a request id for one flow: the same id gives that flow; a release lets a retry claim it; old claims are pruned', async () => {

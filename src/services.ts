@@ -4,7 +4,7 @@ import type { InspectionEvent } from 'xstate';
 import { CircuitBreaker } from './actors/CircuitBreaker.js';
 import { createMicrotaskLogic, MicrotaskRunner } from './actors/microtask.js';
 import { createRemoteMicrotaskLogic } from './actors/remoteMicrotask.js';
-import type { Bus, WorkQueue } from './bus/Bus.js';
+import { BusError, type Bus, type WorkQueue } from './bus/Bus.js';
 import { KvResultsStore } from './bus/KvResultsStore.js';
 import { MemoryBus } from './bus/MemoryBus.js';
 import { connectNatsBus } from './bus/NatsBus.js';
@@ -41,11 +41,29 @@ export async function connectBus(config: Config, logger: Logger, role: string): 
   try {
     return await connectNats(config, logger, role, oneShot);
   } catch (e) {
-    if (oneShot) throw new UsageError(`cannot reach NATS at ${servers} (${(e as Error).message}); check NATS_URL`, 'NATS_UNREACHABLE');
-    throw e;
+    if (!(e instanceof BusError) || e.code !== 'CONNECTION') throw e;
+    // Wrong credentials are no outage: every role says so at once, naming the variables to fix.
+    if (e.cause instanceof Error && e.cause.name === 'AuthorizationError') throw credentialsRefused(config, servers, e.cause.message);
+    if (oneShot) throw new UsageError(`cannot reach NATS at ${servers} (${e.message}); check NATS_URL`, 'NATS_UNREACHABLE');
+    // A service waits for an unreachable server; what ends the wait (no JetStream, an unreadable creds file) is the environment's to fix.
+    throw new UsageError(e.message, 'NATS_UNAVAILABLE');
   } finally {
     if (waiting) clearInterval(waiting);
   }
+}
+
+/** The server refused whatever credentials were given (or asked for some): which variables to check, never their secret values. */
+function credentialsRefused(config: Config, servers: string, reason: string): UsageError {
+  const tried = [
+    config.NATS_TOKEN ? ['the token in NATS_TOKEN', 'NATS_TOKEN'] : undefined,
+    config.NATS_USER ? [`the credentials for ${config.NATS_USER}`, 'NATS_USER/NATS_PASSWORD'] : undefined,
+    config.NATS_NKEY_SEED ? ['the nkey in NATS_NKEY_SEED', 'NATS_NKEY_SEED'] : undefined,
+    config.NATS_CREDS ? [`the credentials in ${config.NATS_CREDS}`, 'NATS_CREDS'] : undefined,
+  ].filter((t): t is [string, string] => t !== undefined);
+  const message = tried.length
+    ? `NATS refused ${tried.map(([what]) => what).join(' and ')} at ${servers} (${reason}): check ${tried.map(([, variable]) => variable).join(', ')}`
+    : `NATS at ${servers} asks for credentials (${reason}): set NATS_USER and NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED or NATS_CREDS`;
+  return new UsageError(message, 'NATS_AUTH');
 }
 
 function connectNats(config: Config, logger: Logger, role: string, oneShot: boolean) {

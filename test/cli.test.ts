@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -89,6 +89,77 @@ describe('the microtask CLI', () => {
     const cassette = await run(['run', 'microtask', '--input', 'examples/microtask.json'], { MICROTASK_CASSETTE: join(dir, 'none.json') });
     expect(cassette.code).toBe(2);
     expect(cassette.stderr).toContain('cannot read cassette');
+  });
+
+  // Issue 11: `--out` naming a file passed the check, ran the whole build (paid for), then failed writing.
+  it('refuses an --out that is a file, before any model call, in one line', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
+    const file = join(dir, 'a-file');
+    await writeFile(file, '');
+    for (const args of [
+      ['build', 'examples/api-tester.json', '--out', file],
+      ['run', 'tool-builder', '--input', 'examples/tool-builder.json', '--out', file],
+    ]) {
+      const { code, stderr } = await run([...args, '--no-progress']);
+      expect(code, stderr).toBe(2);
+      expect(stderr).toBe(`microtask: cannot write tools to ${file}: it is a file, not a directory; choose another --out or MICROTASK_STATE_DIR\n`);
+    }
+  });
+
+  // Issue 11: a MICROTASK_STATE_DIR naming a file crashed (exit 3, a stack trace) in the stores' mkdir.
+  it('refuses a MICROTASK_STATE_DIR that is a file (or under one) in one line, exit 2, whatever the command', { timeout: 90_000 }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
+    const file = join(dir, 'a-file');
+    await writeFile(file, '');
+    const commands = [
+      ['run', 'microtask', '--input', 'examples/microtask.json'],
+      ['build', 'examples/api-tester.json', '--no-progress'],
+      ['flows'],
+      ['show', 'some-flow'],
+      ['cancel', 'some-flow'],
+      ['resume', 'some-flow'],
+      ['inspect', '--port', '0'],
+      ['daemon', '--no-inspector'],
+    ];
+    // Every command with the file itself; a few with a path under it (the same check).
+    for (const [state, which] of [[file, commands], [join(file, 'below'), commands.slice(0, 3)]] as const) {
+      for (const args of which) {
+        const { code, stderr } = await run(args, { MICROTASK_STATE_DIR: state });
+        expect([args[0], code], stderr).toEqual([args[0], 2]);
+        expect(stderr, args[0]).toMatch(new RegExp(`^microtask: MICROTASK_STATE_DIR=${state.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} .*(is a file|under a file).*\\n$`));
+        expect(stderr.trim().split('\n'), args[0]).toHaveLength(1);
+      }
+    }
+  });
+
+  // Issue 11: data nested 5,000 deep overflowed the stack (exit 3) instead of being refused as input.
+  it('refuses input nested deeper than 64 levels in one line, exit 2', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
+    const deep = `${'['.repeat(5_000)}${']'.repeat(5_000)}`;
+    await writeFile(join(dir, 'deep-input.json'), `{"taskType":"summarize","system":"s","prompt":"p","data":${deep}}`);
+    await writeFile(join(dir, 'deep-spec.json'), `{"name":"x-tool","description":"d","modules":${`${'{"a":'.repeat(5_000)}1${'}'.repeat(5_000)}`}}`);
+    const input = await run(['run', 'microtask', '--input', join(dir, 'deep-input.json')]);
+    expect(input.code, input.stderr).toBe(2);
+    expect(input.stderr).toBe(`microtask: microtask input ${join(dir, 'deep-input.json')} is nested deeper than 64 levels of arrays and objects (the limit)\n`);
+    const spec = await run(['build', join(dir, 'deep-spec.json')]);
+    expect(spec.code, spec.stderr).toBe(2);
+    expect(spec.stderr).toBe(`microtask: tool spec ${join(dir, 'deep-spec.json')} is nested deeper than 64 levels of arrays and objects (the limit)\n`);
+  });
+
+  // Issue 11: the daemon accepted a UTF-8 byte order mark, `build` and `run` refused it as "not JSON".
+  it('reads an input file and a spec that start with a UTF-8 byte order mark', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
+    const withBom = async (from: string) => {
+      const path = join(dir, from.split('/').pop()!);
+      await writeFile(path, `\uFEFF${await readFile(from, 'utf8')}`);
+      return path;
+    };
+    const ran = await run(['run', 'microtask', '--input', await withBom('examples/microtask.json'), '--json']);
+    expect(ran.code, ran.stderr).toBe(0);
+    expect(JSON.parse(ran.stdout)).toMatchObject({ status: 'done' });
+    const built = await run(['build', await withBom('examples/api-tester.json'), '--out', dir, '--no-progress']);
+    expect(built.code, built.stderr).toBe(0);
+    expect(built.stdout.trim()).toBe(join(dir, 'api-tester'));
   });
 
   it('fails a build fast when the model server cannot be reached', async () => {

@@ -261,3 +261,41 @@ describe('the CLI against daemons on NATS', () => {
   }, 120_000);
 });
 
+
+// Issue 11: wrong NATS credentials crashed `daemon` and `worker` (exit 3, a stack trace), and
+// `build` and `flows` blamed NATS_URL.
+describe('the CLI against a NATS server that asks for credentials', () => {
+  let nats: NatsServer;
+  beforeAll(async () => {
+    nats = await startNatsServer({ args: ['--user', 'alice', '--pass', 'right-password'] });
+  });
+  afterAll(async () => {
+    await nats?.close();
+  });
+
+  const commands = [['daemon', '--no-inspector'], ['worker'], ['build', 'examples/api-tester.json', '--no-progress'], ['flows']];
+
+  it('says in one line, exit 2, that the credentials were refused and which variables to check, never the password', async () => {
+    for (const args of commands) {
+      const env = { NATS_URL: nats.url, NATS_USER: 'alice', NATS_PASSWORD: 'wrong-password', MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-auth-')) };
+      const { code, stdout, stderr } = await run(args, env);
+      expect([args[0], code], stderr).toEqual([args[0], 2]);
+      // A service logs that it is connecting (a JSON line) before: the error is the last line, alone.
+      expect(stderr.trim().split('\n').at(-1), args[0]).toBe(
+        `microtask: NATS refused the credentials for alice at ${nats.url} (Authorization Violation): check NATS_USER/NATS_PASSWORD`,
+      );
+      expect(stderr, args[0]).not.toMatch(/^\s+at /m);
+      expect(stdout + stderr, args[0]).not.toContain('wrong-password');
+    }
+  }, 90_000);
+
+  it('says which variables to set when none were given', async () => {
+    for (const args of [commands[0]!, commands[3]!]) {
+      const { code, stderr } = await run(args, { NATS_URL: nats.url, MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-auth-')) });
+      expect([args[0], code], stderr).toEqual([args[0], 2]);
+      expect(stderr.trim().split('\n').at(-1), args[0]).toBe(
+        `microtask: NATS at ${nats.url} asks for credentials (Authorization Violation): set NATS_USER and NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED or NATS_CREDS`,
+      );
+    }
+  }, 60_000);
+});

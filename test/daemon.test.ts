@@ -161,6 +161,32 @@ describe('the daemon over NATS, driven by a plain NATS client', () => {
     expect((await history(ok.flowId)).done.status).toBe('done');
   });
 
+  // Issue 11: a payload nested 5,000 deep overflowed the stack (INTERNAL); it is refused for its depth.
+  it('refuses a payload nested 5,000 deep with INVALID_INPUT naming the nesting limit, and keeps serving', async () => {
+    const deepArray = `${'['.repeat(5_000)}${']'.repeat(5_000)}`;
+    const deepObject = `${'{"a":'.repeat(5_000)}1${'}'.repeat(5_000)}`;
+    for (const deep of [deepArray, deepObject]) {
+      for (const [subject, payload] of [
+        ['microtask.flow.start.microtask', `{"input":{"taskType":"summarize","system":"s","prompt":"p","data":${deep}}}`],
+        ['microtask.flow.start.parallel', `{"input":${deep}}`],
+        ['microtask.toolbuild.request', `{"name":"x-tool","description":"d","modules":${deep}}`],
+      ] as const) {
+        const answer = await request(subject, payload);
+        expect(answer, subject).toMatchObject({ ok: false, error: { code: 'INVALID_INPUT' } });
+        expect(answer.error.message, subject).toMatch(/nested deeper than 64 levels/);
+      }
+    }
+    const input = (await import('../examples/microtask.json', { with: { type: 'json' } })).default;
+    expect((await request('microtask.flow.start.microtask', { input })).ok).toBe(true);
+  });
+
+  it('accepts a request that starts with a UTF-8 byte order mark', async () => {
+    const input = (await import('../examples/microtask.json', { with: { type: 'json' } })).default;
+    const answer = await request('microtask.flow.start.microtask', `\uFEFF${JSON.stringify({ input })}`);
+    expect(answer).toMatchObject({ ok: true, flowId: expect.stringMatching(/^microtask-/) });
+    expect((await history(answer.flowId)).done.status).toBe('done');
+  });
+
   it('cancels a running flow', async () => {
     const input = (await import('../examples/metacognitive.json', { with: { type: 'json' } })).default;
     const started = await request('microtask.flow.start.metacognitive', { input });

@@ -1,5 +1,4 @@
-import { constants } from 'node:fs';
-import { access, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { z } from 'zod';
 import type { MicrotaskInput, MicrotaskResult } from '../actors/microtaskTypes.js';
@@ -24,6 +23,7 @@ import { ToolSpecSchema } from '../toolSpec.js';
 import type { Usage } from '../usage.js';
 import { ExitCode, UsageError } from './exitCodes.js';
 import { readJsonFile } from './readJson.js';
+import { assertStateDirectory, assertWritableDirectory } from './directories.js';
 import { spawn } from 'node:child_process';
 import { openSync } from 'node:fs';
 import { join } from 'node:path';
@@ -51,8 +51,9 @@ const EXIT_CODES_HELP = `
 Exit codes:
   0  done
   1  the flow finished without success (failed, fell back, exhausted, over budget, or cancelled)
-  2  wrong usage: unknown command or flag, bad input file, bad environment variable, unknown
-     flow, no daemon answering on NATS
+  2  wrong usage: unknown command or flag, bad input file, bad environment variable, an --out
+     or MICROTASK_STATE_DIR that cannot be written, unknown flow, NATS unreachable or refusing
+     the credentials, no daemon answering on NATS
   3  an unexpected error (see the message and the logs)
   130  a second SIGINT/SIGTERM while a daemon or worker was stopping gracefully
 
@@ -75,20 +76,6 @@ async function startRuntime() {
   const runtime = await createRuntime(config, logger, { answers: answerSchemas });
   process.stderr.write(`model: ${runtime.modelDescription}\n`);
   return runtime;
-}
-
-/** Creates the directory (and its parents) and proves it writable, before any model call is paid for. */
-async function assertWritableDirectory(dir: string): Promise<void> {
-  try {
-    await mkdirs(dir);
-    await access(dir, constants.W_OK);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new UsageError(
-      `cannot write tools to ${dir} (${code ?? (e as Error).message}): choose another --out or MICROTASK_STATE_DIR`,
-      'OUT_NOT_WRITABLE',
-    );
-  }
 }
 
 async function isExampleSpec(spec: { name: string; description: string; modules: unknown[] }): Promise<boolean> {
@@ -609,6 +596,28 @@ async function inspectCommand(flowId: string | undefined, options: { port?: numb
   }, logger, { stopping: 'closing the inspector', abandon: 'it only reads' });
 }
 
+/** Whether the command keeps (or reads) anything under MICROTASK_STATE_DIR. */
+function usesStateDirectory(command: string, options: { out?: string; detach?: boolean }, config: Config): boolean {
+  switch (command) {
+    case 'run':
+      return true;
+    case 'daemon':
+      // Embedded: every store. With NATS: the tools its builds write.
+      return true;
+    case 'build':
+      // With NATS the tool is written here: under the state directory unless --out says elsewhere.
+      return !config.NATS_URL || (options.out === undefined && !options.detach);
+    case 'resume':
+    case 'flows':
+    case 'show':
+    case 'cancel':
+    case 'inspect':
+      return !config.NATS_URL;
+    default:
+      return false;
+  }
+}
+
 /** The inspector is a long-running reader: it waits for NATS like a service. */
 const inspectorRole = (config: Config) => (config.NATS_URL ? 'inspector' : 'cli');
 
@@ -619,6 +628,14 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .showHelpAfterError('(run with --help for usage)')
     .addHelpText('after', EXIT_CODES_HELP)
     .exitOverride();
+
+  // A MICROTASK_STATE_DIR that cannot be used would fail deep in a store's mkdir (a stack
+  // trace), or only when a paid build writes its tool: every command that keeps something
+  // there checks it first.
+  program.hook('preAction', async (_program, command) => {
+    const config = loadConfig();
+    if (usesStateDirectory(command.name(), command.opts(), config)) await assertStateDirectory(config.MICROTASK_STATE_DIR);
+  });
 
   program
     .command('run')

@@ -2,8 +2,12 @@ import { readFile } from 'node:fs/promises';
 import type { z } from 'zod';
 import { describeIssues } from '../actors/model/prompt.js';
 import { UsageError } from './exitCodes.js';
+import { JsonInputError, parseJsonInput } from '../jsonInput.js';
 
-/** Reads a JSON file given on the command line and checks it, or says plainly what is wrong. */
+/**
+ * Reads a JSON file given on the command line and checks it, or says plainly what is wrong.
+ * Read as the daemon reads a request (parseJsonInput): a byte order mark is fine, too deep is not.
+ */
 export async function readJsonFile<T>(path: string, schema: z.ZodType<T>, what: string): Promise<T> {
   let raw: string;
   try {
@@ -13,9 +17,10 @@ export async function readJsonFile<T>(path: string, schema: z.ZodType<T>, what: 
   }
   let json: unknown;
   try {
-    json = JSON.parse(raw);
+    json = parseJsonInput(raw);
   } catch (e) {
-    throw new UsageError(`${what} ${path} is not JSON: ${(e as Error).message}`, 'INPUT_NOT_JSON');
+    if (!(e instanceof JsonInputError)) throw e;
+    throw new UsageError(`${what} ${path} ${e.message}`, e.code === 'TOO_DEEP' ? 'INPUT_TOO_DEEP' : 'INPUT_NOT_JSON');
   }
   const parsed = schema.safeParse(json);
   if (!parsed.success) throw new UsageError(`${what} ${path} is invalid:\n${describeIssues(parsed.error)}`, 'INPUT_INVALID');

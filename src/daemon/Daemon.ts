@@ -4,6 +4,7 @@ import { describeIssues } from '../actors/model/prompt.js';
 import { BusError, type Bus, type BusMessage, type BusSubscription, type EventLog, type KeyValueStore } from '../bus/Bus.js';
 import { subjects, type Subjects } from '../bus/subjects.js';
 import type { Flows } from '../flows.js';
+import { JsonInputError, parseJsonInput } from '../jsonInput.js';
 import type { Logger } from '../log.js';
 import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
 import { FlowHost, newFlowId } from '../flowHost.js';
@@ -222,9 +223,11 @@ export class Daemon {
     }
     let json: unknown;
     try {
-      json = message.json();
+      json = parseJsonInput(message.data);
     } catch (e) {
-      throw new ProtocolError('BAD_JSON', `the ${what} is not JSON: ${(e as Error).message}`);
+      if (!(e instanceof JsonInputError)) throw e;
+      // Too deep is JSON of the wrong shape: refused before a schema or the snapshot check recurses into it.
+      throw new ProtocolError(e.code === 'TOO_DEEP' ? 'INVALID_INPUT' : 'BAD_JSON', `the ${what} ${e.message}`);
     }
     const parsed = schema.safeParse(json);
     if (!parsed.success) throw new ProtocolError('INVALID_INPUT', `invalid ${what}:\n${describeIssues(parsed.error)}`);

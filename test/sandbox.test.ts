@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { createServer, type Server } from 'node:net';
+import { createConnection, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -191,6 +191,42 @@ describe('the sandbox', () => {
       } finally {
         delete process.env.MICROTASK_SANDBOX;
       }
+    }
+  });
+});
+
+describe("the orchestrator's own processes", () => {
+  it('ignore SIGUSR1: a signal opens no debugger in `microtask daemon` (dist/cli.js), which lives on', async () => {
+    const CLI = join(ROOT, 'dist/cli.js');
+    expect(existsSync(CLI), 'dist/cli.js is missing: run npm run build first (npm test does)').toBe(true);
+    const state = await mkdtemp(join(tmpdir(), 'sandbox-cli-'));
+    tempDirs.push(state);
+    const port = await freePort();
+    const daemon = spawn(process.execPath, [`--inspect-port=${port}`, CLI, 'daemon', '--no-inspector'], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH, MICROTASK_STATE_DIR: state, MICROTASK_LOG_LEVEL: 'info', ANTHROPIC_API_KEY: SENTINEL },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    daemon.stderr.on('data', (d) => (stderr += d));
+    try {
+      for (let i = 0; i < 200 && !stderr.includes('daemon ready'); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(stderr).toContain('daemon ready');
+      daemon.kill('SIGUSR1');
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const connected = await new Promise<boolean>((resolve) => {
+        const socket = createConnection(port, '127.0.0.1');
+        socket.on('connect', () => (socket.destroy(), resolve(true)));
+        socket.on('error', () => resolve(false));
+      });
+      expect(connected, `the debugger opened on port ${port}`).toBe(false);
+      expect(stderr).not.toContain('Debugger listening');
+      expect(stderr).toContain('SIGUSR1 ignored');
+      expect(daemon.exitCode).toBeNull();
+      expect(daemon.signalCode).toBeNull();
+    } finally {
+      daemon.kill('SIGTERM');
+      await new Promise((resolve) => daemon.once('exit', resolve));
     }
   });
 });

@@ -6,6 +6,8 @@ import type { QueuedTask } from './actors/remoteMicrotask.js';
 import type { Job, WorkConsumer, WorkQueue } from './bus/Bus.js';
 import type { ResultsStore } from './actors/ResultsStore.js';
 import { silentLogger, type Logger } from './log.js';
+import { retryStore } from './persistence/retryStore.js';
+import { isStoreUnavailable } from './persistence/StoreUnavailableError.js';
 
 export interface WorkerOptions {
   queue: WorkQueue;
@@ -22,6 +24,9 @@ export interface WorkerOptions {
   logger?: Logger;
 }
 
+/** The longest wait before a task whose results store was down is delivered again. */
+const MAX_STORE_DOWN_DELAY_MS = 30_000;
+
 const QueuedTaskSchema = MicrotaskInputSchema.extend({ deadlineAt: MicrotaskInputSchema.shape.deadlineAt.unwrap() });
 
 /**
@@ -33,6 +38,10 @@ const QueuedTaskSchema = MicrotaskInputSchema.extend({ deadlineAt: MicrotaskInpu
  * failed transiently is delivered again after a backoff (or the server's retry-after), while
  * its deadline allows, up to the queue's max deliveries. After the last one, its failure
  * is stored, so the waiting flow falls back, and it goes to the dead letters.
+ *
+ * A results store that fails (the bus restarting, slow) is not a failure of the task: its
+ * put is retried with backoff; when it stays down the job is not acked but delivered again
+ * later, and the runner keeps a paid answer in memory meanwhile, so that costs no second call.
  */
 export interface Worker extends WorkConsumer {
   /**
@@ -70,14 +79,49 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       return;
     }
     const task: QueuedTask = parsed.data;
-    const log = logger.child({ flowId: flowIdOf(task.key), taskId: task.key, taskType: task.taskType, delivery: job.deliveryCount });
-    // A long model call must keep telling the queue it is alive, or it is delivered twice.
+    // A long model call (and a store retried) must keep telling the queue it is alive, or it is delivered twice.
     const heartbeat = setInterval(() => void job.working().catch(() => undefined), heartbeatMs);
+    try {
+      await run(job, task);
+    } finally {
+      clearInterval(heartbeat);
+    }
+  };
+
+  /** Runs the task and settles its job: acked, delivered again, or dead-lettered. */
+  const run = async (job: Job, task: QueuedTask) => {
+    const log = logger.child({ flowId: flowIdOf(task.key), taskId: task.key, taskType: task.taskType, delivery: job.deliveryCount });
+    // Not acked: delivered again once the store is back (to this worker, whose runner then
+    // answers from memory, or to another that finds the answer stored by then).
+    const storeDown = async (e: unknown) => {
+      const delayMs = Math.min(MAX_STORE_DOWN_DELAY_MS, baseDelay * 2 ** (job.deliveryCount - 1));
+      log.warn({ err: e, delayMs }, 'results store unavailable: the task is not acked and will be delivered again');
+      await job.retry(delayMs);
+    };
+    /** The worker's own puts (results the flow must hear of, not reused): retried too; false when the store stayed down. */
+    const put = async (result: MicrotaskResult): Promise<boolean> => {
+      try {
+        await retryStore(() => options.results.put(task.key, result), {
+          until: Math.max(task.deadlineAt, Date.now() + options.runner.storeRetryMs),
+          onRetry: (e, attempt) => {
+            if (attempt === 1) log.warn({ err: e }, 'could not store a result; retrying');
+          },
+        });
+        return true;
+      } catch (e) {
+        await storeDown(e);
+        return false;
+      }
+    };
+
     let result: MicrotaskResult;
     try {
       result = await options.runner.run(task, shutdown.signal);
-    } finally {
-      clearInterval(heartbeat);
+    } catch (e) {
+      // The runner's one rejection: its store stayed down (it keeps a paid answer meanwhile).
+      if (!isStoreUnavailable(e)) throw e;
+      await storeDown(e);
+      return;
     }
     if (shutdown.signal.aborted && !result.success && result.error?.kind === 'cancelled') {
       log.info('stopped by the shutdown; the task goes back to the queue');
@@ -93,14 +137,14 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
         await job.retry(delay);
         return;
       }
-      await options.results.put(task.key, result);
+      if (!(await put(result))) return;
       await announce(task.key, result);
       log.warn({ error: result.error }, 'the task failed on its last chance; stored for its flow and dead-lettered');
       await job.deadLetter(`${result.error.kind}: ${result.error.message}`);
       return;
     }
     // The runner stored what is worth reusing; the rest is stored for the waiting flow only.
-    if (!isReusableResult(result) && !result.cached) await options.results.put(task.key, result);
+    if (!isReusableResult(result) && !result.cached && !(await put(result))) return;
     await announce(task.key, result);
     await job.ack();
   };

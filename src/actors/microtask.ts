@@ -1,6 +1,8 @@
 import { fromPromise, type PromiseActorLogic } from 'xstate';
 import type { z } from 'zod';
 import { silentLogger, type Logger } from '../log.js';
+import { describeStoreError } from '../persistence/StoreUnavailableError.js';
+import { firstLine, retryStore, rootStoreError } from '../persistence/retryStore.js';
 import { zeroUsage } from '../usage.js';
 import { CircuitBreaker } from './CircuitBreaker.js';
 import { describeIssues } from './model/prompt.js';
@@ -13,7 +15,7 @@ import {
   type MicrotaskInput,
   type MicrotaskResult,
 } from './microtaskTypes.js';
-import type { ResultsStore } from './ResultsStore.js';
+import { ResultsUnavailableError, type ResultsStore } from './ResultsStore.js';
 
 /** Named answer schemas: microtask inputs refer to them by name, as inputs must be JSON. */
 export type AnswerSchemas = Readonly<Record<string, z.ZodType>>;
@@ -38,9 +40,25 @@ export interface MicrotaskDeps {
   breaker?: CircuitBreaker;
   /** A microtask's timeout when its input gives none (MICROTASK_TIMEOUT_MS). */
   defaultTimeoutMs?: number;
+  /**
+   * How long the store of a paid answer is retried after the answer came, even past the
+   * microtask's deadline (which bounds the model call, not its bookkeeping); also how long
+   * a lookup is retried for a run whose deadline had already passed. Default 30 s.
+   */
+  storeRetryMs?: number;
 }
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
+/**
+ * A nats-server restart (JetStream recovering its streams) takes seconds to tens of
+ * seconds; a full disk needs a person. Past this, the flow stops (resumable) rather than wait.
+ */
+export const DEFAULT_STORE_RETRY_MS = 30_000;
+/** Paid answers kept while their store fails, at most: beyond, the oldest is dropped (and logged). */
+const MAX_UNSAVED = 1_000;
+/** The background retry of kept answers: from 1 s, doubling to 30 s while the store stays down. */
+const FLUSH_FIRST_MS = 1_000;
+const FLUSH_MAX_MS = 30_000;
 
 /**
  * Failures the model answered (and was paid for) are stored under the key like a
@@ -67,11 +85,18 @@ interface InFlight {
 /**
  * Runs microtasks: one model call each, with a deadline enforced by AbortSignal (the HTTP
  * request is cancelled, not abandoned), a measured duration, an error kind, the task
- * type's fallback, and an idempotency key. Never throws: every outcome is a
- * {@link MicrotaskResult}.
+ * type's fallback, and an idempotency key. Every outcome is a {@link MicrotaskResult},
+ * with one exception: when the results store stays unavailable (after retries) the run
+ * rejects with a {@link ResultsUnavailableError}, since a store failure is not a model
+ * failure. A paid answer is never swapped for a fallback: it is kept in memory, retried in
+ * the background, and returned to the next run of its key in this process.
  */
 export class MicrotaskRunner {
   private readonly inFlight = new Map<string, InFlight>();
+  /** Paid answers whose store failed, by key, oldest first. */
+  private readonly unsaved = new Map<string, MicrotaskResult>();
+  private flushTimer: NodeJS.Timeout | undefined;
+  private flushDelayMs = FLUSH_FIRST_MS;
   private readonly logger: Logger;
   private readonly breaker: CircuitBreaker;
 
@@ -82,6 +107,15 @@ export class MicrotaskRunner {
 
   get defaultTimeoutMs(): number {
     return this.deps.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+  }
+
+  get storeRetryMs(): number {
+    return this.deps.storeRetryMs ?? DEFAULT_STORE_RETRY_MS;
+  }
+
+  /** How many paid answers wait in memory for their store to come back. */
+  get unsavedCount(): number {
+    return this.unsaved.size;
   }
 
   run(rawInput: MicrotaskInput, signal?: AbortSignal): Promise<MicrotaskResult> {
@@ -112,7 +146,9 @@ export class MicrotaskRunner {
       if (signal.aborted) leave();
       else {
         signal.addEventListener('abort', leave, { once: true });
-        void shared.promise.finally(() => signal.removeEventListener('abort', leave));
+        // Both ways: a run may reject (a results store that stays down), and this is no handler of it.
+        const forget = () => signal.removeEventListener('abort', leave);
+        void shared.promise.then(forget, forget);
       }
     }
     return shared.promise;
@@ -130,8 +166,40 @@ export class MicrotaskRunner {
     }
     const input = parsed.data;
     const log = this.logger.child({ flowId: flowIdOf(input.key), taskId: input.key, taskType: input.taskType });
+    const timeoutMs =
+      input.deadlineAt === undefined ? (input.timeoutMs ?? this.deps.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS) : input.deadlineAt - Date.now();
+    const deadlineAt = Date.now() + timeoutMs;
 
-    const stored = await this.deps.results.get(input.key);
+    // Paid for by an earlier run whose store failed (a flow resumed, a task delivered
+    // again): returned, and stored now, instead of paying again.
+    const kept = this.unsaved.get(input.key);
+    if (kept) {
+      log.info('answer kept in memory since its store failed; no model call');
+      await this.store(input, kept, deadlineAt, log);
+      return { ...kept, cached: true, durationMs: 0 };
+    }
+
+    let stored: MicrotaskResult | undefined;
+    try {
+      // A failed lookup is retried, never taken for "nothing stored": that would pay again
+      // for a stored answer. Until the deadline (no later: the call would have no time left),
+      // or for a while when it had already passed (a stored answer is still worth finding).
+      stored = await retryStore(() => this.deps.results.get(input.key), {
+        until: timeoutMs > 0 ? deadlineAt : Date.now() + this.storeRetryMs,
+        signal,
+        onRetry: (e, attempt) => {
+          if (attempt === 1) log.warn({ err: e }, 'results store lookup failed; retrying');
+        },
+      });
+    } catch (e) {
+      if (signal.aborted) {
+        return this.failed(input, started, { kind: 'cancelled', message: `microtask ${input.taskType} cancelled before its model call`, retryable: false });
+      }
+      throw new ResultsUnavailableError(
+        `results store unavailable: cannot read ${this.location} for microtask ${input.taskType} (${input.key}): ${firstLine(rootStoreError(e))}`,
+        { key: input.key, cause: e },
+      );
+    }
     // Withdrawn: its flow was cancelled while the task waited in a queue.
     if (stored && !stored.success && stored.error?.kind === 'cancelled') {
       log.info('task of a cancelled flow; no model call');
@@ -155,8 +223,6 @@ export class MicrotaskRunner {
       });
     }
 
-    const timeoutMs =
-      input.deadlineAt === undefined ? (input.timeoutMs ?? this.deps.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS) : input.deadlineAt - Date.now();
     if (timeoutMs <= 0) {
       return this.failed(input, started, { kind: 'timeout', message: `microtask ${input.taskType} timed out: its deadline had passed`, retryable: false });
     }
@@ -169,13 +235,14 @@ export class MicrotaskRunner {
     const callSignal = call.signal;
     const timer = setTimeout(
       () => call.abort(new DOMException(`microtask ${input.taskType} timed out after ${timeoutMs} ms`, 'TimeoutError')),
-      timeoutMs,
+      Math.max(0, deadlineAt - Date.now()),
     );
     const cancel = () => call.abort(signal.reason);
     if (signal.aborted) cancel();
     else signal.addEventListener('abort', cancel, { once: true });
 
     log.debug({ timeoutMs }, 'microtask started');
+    let result: MicrotaskResult;
     try {
       const answer = await this.deps.model.call({
         system: input.system,
@@ -187,7 +254,7 @@ export class MicrotaskRunner {
         maxTokens: input.maxTokens,
         model: input.model,
       });
-      const result: MicrotaskResult = {
+      result = {
         success: true,
         taskType: input.taskType,
         key: input.key,
@@ -200,10 +267,6 @@ export class MicrotaskRunner {
         cached: false,
       };
       this.breaker.reset();
-      // Stored before the flow hears of it: a crash after this point costs no second call.
-      await this.deps.results.put(input.key, result);
-      log.info({ durationMs: Math.round(result.durationMs), usage: result.usage }, 'microtask done');
-      return result;
     } catch (e) {
       if (isModelError(e)) this.breaker.record(e);
       const error: MicrotaskError = isModelError(e)
@@ -219,14 +282,89 @@ export class MicrotaskRunner {
       // A call that failed still counts as one against a budget of calls; its tokens are
       // known only when the model answered (a cut-off or invalid answer).
       const usage = (isModelError(e) ? e.usage : undefined) ?? { ...zeroUsage(), calls: 1 };
-      const result = this.failed(input, started, error, usage);
-      if (storedFailures.has(error.kind)) await this.deps.results.put(input.key, result);
-      log.warn({ durationMs: Math.round(result.durationMs), error }, 'microtask failed; fallback used');
-      return result;
+      result = this.failed(input, started, error, usage);
     } finally {
       clearTimeout(timer);
       signal.removeEventListener('abort', cancel);
     }
+    // Stored before the flow hears of it: a crash after this point costs no second call.
+    // Outside the call's try: a store that fails is not a model failure.
+    if (isReusableResult(result)) await this.store(input, result, deadlineAt, log);
+    if (result.success) log.info({ durationMs: Math.round(result.durationMs), usage: result.usage }, 'microtask done');
+    else log.warn({ durationMs: Math.round(result.durationMs), error: result.error }, 'microtask failed; fallback used');
+    return result;
+  }
+
+  private get location(): string {
+    return this.deps.results.location ?? 'the results store';
+  }
+
+  /**
+   * Stores a paid result, retrying with backoff for `storeRetryMs` (at least until the
+   * deadline). Kept in memory from its first failure until it is stored; when the store
+   * stays down, rejects with a ResultsUnavailableError carrying its usage, and a
+   * background retry goes on storing it.
+   */
+  private async store(input: { key: string; taskType: string }, result: MicrotaskResult, deadlineAt: number, log: Logger): Promise<void> {
+    const key = input.key;
+    try {
+      await retryStore(() => this.deps.results.put(key, result), {
+        until: Math.max(deadlineAt, Date.now() + this.storeRetryMs),
+        onRetry: (e, attempt) => {
+          if (attempt > 1) return;
+          this.keep(key, result);
+          log.warn({ err: e, usage: result.usage }, 'could not store a paid answer; it is kept in memory and its store retried');
+        },
+      });
+    } catch (e) {
+      this.keep(key, result);
+      this.scheduleFlush();
+      log.error({ err: e, usage: result.usage }, 'results store unavailable: the flow stops; the paid answer is kept in memory');
+      throw new ResultsUnavailableError(
+        `${describeStoreError(rootStoreError(e), this.location)} (the paid answer of microtask ${input.taskType} ${key} is kept in memory until it can be stored)`,
+        { key, usage: result.usage, cause: e },
+      );
+    }
+    if (this.unsaved.delete(key)) log.info('a kept answer was stored');
+  }
+
+  private keep(key: string, result: MicrotaskResult): void {
+    this.unsaved.delete(key); // re-inserted last: the oldest is first
+    this.unsaved.set(key, result);
+    if (this.unsaved.size <= MAX_UNSAVED) return;
+    const [oldest] = this.unsaved.keys();
+    this.unsaved.delete(oldest!);
+    this.logger.error({ taskId: oldest, max: MAX_UNSAVED }, 'too many paid answers wait for the results store: the oldest is dropped, and will be paid again');
+  }
+
+  /**
+   * Stores the kept answers in the background, so they land once the store is back even
+   * if no run of their key comes (a task whose deliveries ran out, a flow resumed later).
+   */
+  private scheduleFlush(): void {
+    if (this.flushTimer || this.unsaved.size === 0) return;
+    this.flushTimer = setTimeout(() => void this.flushUnsaved(), this.flushDelayMs);
+    // Nothing to keep a process alive for: an exiting process loses its memory anyway.
+    this.flushTimer.unref();
+  }
+
+  private async flushUnsaved(): Promise<void> {
+    let failed = false;
+    for (const [key, result] of [...this.unsaved]) {
+      // A run of this key stores it itself.
+      if (this.inFlight.has(key)) continue;
+      try {
+        await this.deps.results.put(key, result);
+      } catch {
+        failed = true;
+        break;
+      }
+      if (this.unsaved.get(key) === result) this.unsaved.delete(key);
+      this.logger.info({ taskId: key }, 'a kept answer was stored');
+    }
+    this.flushDelayMs = failed ? Math.min(this.flushDelayMs * 2, FLUSH_MAX_MS) : FLUSH_FIRST_MS;
+    this.flushTimer = undefined;
+    this.scheduleFlush();
   }
 
   private failed(input: MicrotaskInput, started: number, error: MicrotaskError, usage = zeroUsage()): MicrotaskResult {

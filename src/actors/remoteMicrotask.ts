@@ -4,8 +4,10 @@ import { resultKey } from '../bus/KvResultsStore.js';
 import { subjects } from '../bus/subjects.js';
 import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../usage.js';
-import { DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, withDeadline, type Fallbacks } from './microtask.js';
+import { firstLine, retryStore } from '../persistence/retryStore.js';
+import { DEFAULT_STORE_RETRY_MS, DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, withDeadline, type Fallbacks } from './microtask.js';
 import { flowIdOf, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from './microtaskTypes.js';
+import { ResultsUnavailableError } from './ResultsStore.js';
 
 export interface RemoteMicrotaskOptions {
   bus: Bus;
@@ -14,9 +16,16 @@ export interface RemoteMicrotaskOptions {
   subjectPrefix?: string;
   /**
    * How long past a task's deadline to wait for a worker's answer before giving up on
-   * it (a worker may be starting, or the queue long): the flow then falls back.
+   * it (a worker may be starting, or the queue long): the flow then falls back. Only a bus
+   * that answers counts: the wait goes on while the bus was in trouble within this time.
    */
   graceMs?: number;
+  /**
+   * How long past the deadline and grace a bus that does not answer is waited for, before
+   * the flow stops (StoreUnavailableError, resumable) instead of falling back: as long as a
+   * worker retries storing a paid answer (the runner's storeRetryMs). Default 30 s.
+   */
+  busOutageMs?: number;
   /** How often the results bucket is read, in case an announcement was missed (a reconnect). */
   pollMs?: number;
   /** The task types' fallbacks, for when no worker answers. */
@@ -45,9 +54,16 @@ const parseResult = (entry: { json(): unknown } | undefined): MicrotaskResult | 
  * the worker's result: announced on a result subject, stored in the results bucket. A
  * result already stored is returned without enqueuing anything. The deadline is fixed at
  * the first enqueue and travels with the task, so time spent queued counts against it.
+ *
+ * A slow or restarting bus is never a reason to fall back: subscribing, reading and
+ * enqueuing are retried with backoff until the deadline (a task enqueued later would only
+ * time out), and a result that arrives late is used. When the bus stays down past that,
+ * the actor rejects with a StoreUnavailableError: its flow stops, resumable. It falls back
+ * only when the bus answers and no worker did.
  */
 export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
   const graceMs = options.graceMs ?? 5_000;
+  const busOutageMs = options.busOutageMs ?? DEFAULT_STORE_RETRY_MS;
   const pollMs = options.pollMs ?? 5_000;
   const logger = options.logger ?? silentLogger;
   const names = subjects(options.subjectPrefix);
@@ -68,37 +84,120 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
       usage: zeroUsage(),
       cached: false,
     });
+    // Retries of this run stop with it (its flow cancelled, the daemon stopping).
+    const stopped = new AbortController();
+    const abort = () => stopped.abort(signal.reason);
+    if (signal.aborted) abort();
+    else signal.addEventListener('abort', abort, { once: true });
 
     let subscription: BusSubscription | undefined;
     const timers: NodeJS.Timeout[] = [];
     try {
-      return await new Promise<MicrotaskResult>((resolve) => {
+      return await new Promise<MicrotaskResult>((resolve, reject) => {
         let finished = false;
         let initialRevision = 0;
+        /** When a bus operation of this run last failed, and how. */
+        let troubleAt = Number.NEGATIVE_INFINITY;
+        let lastError: unknown;
         const finish = (result: MicrotaskResult) => {
           if (finished) return;
           finished = true;
+          stopped.abort();
           resolve(result);
         };
+        const stop = (what: string, e: unknown) => {
+          if (finished) return;
+          finished = true;
+          stopped.abort();
+          log.error({ err: e }, `the bus stayed unavailable: could not ${what}; the flow stops (resumable)`);
+          reject(
+            new ResultsUnavailableError(`results store unavailable: could not ${what}: ${e === undefined ? 'NATS did not answer' : firstLine(e)}`, {
+              key: input.key,
+              cause: e,
+            }),
+          );
+        };
+        /** `operation`, retried until `until`; a failure is remembered as trouble on the bus. */
+        const retrying = <T>(what: string, operation: () => Promise<T>, until: number) =>
+          retryStore(operation, {
+            until,
+            signal: stopped.signal,
+            onRetry: (e, attempt) => {
+              troubleAt = Date.now();
+              lastError = e;
+              if (attempt === 1) log.warn({ err: e }, `could not ${what}; retrying`);
+            },
+          }).catch((e: unknown) => {
+            if (!stopped.signal.aborted) {
+              troubleAt = Date.now();
+              lastError = e;
+            }
+            throw e;
+          });
         /** A stored result newer than the one there when this run began. */
         const readStored = async () => {
           const entry = await options.results.get(key);
           const result = parseResult(entry);
-          if (entry && result && entry.revision > initialRevision) finish(result);
+          return entry && result && entry.revision > initialRevision ? result : undefined;
         };
-        signal.addEventListener(
-          'abort',
-          () => finish(failure({ kind: 'cancelled', message: 'the flow stopped waiting for this task', retryable: false })),
-          { once: true },
+        const cancelled = () => finish(failure({ kind: 'cancelled', message: 'the flow stopped waiting for this task', retryable: false }));
+        if (signal.aborted) return cancelled();
+        signal.addEventListener('abort', cancelled, { once: true });
+
+        // Until the deadline: a task enqueued after it would only time out. A run whose
+        // deadline had passed (a flow resumed) still looks for its result for a while.
+        const setupUntil = task.deadlineAt > Date.now() ? task.deadlineAt : Date.now() + graceMs;
+        const fallbackAt = Math.max(task.deadlineAt, Date.now()) + graceMs;
+        const giveUpAt = fallbackAt + busOutageMs;
+        let enqueued = false;
+        // An operation may hang rather than fail (a subscription's flush waits for a reconnect).
+        timers.push(
+          setTimeout(() => {
+            if (!enqueued) stop(`enqueue microtask ${input.taskType} (${input.key}) before its deadline`, lastError);
+          }, Math.max(0, setupUntil - Date.now())),
         );
+
+        /**
+         * Past the deadline and grace: the stored result, else the fallback, but only once the
+         * bus has answered for a grace period (a worker retrying its store may be about to land it).
+         */
+        const settle = async () => {
+          let found: MicrotaskResult | undefined;
+          try {
+            found = await retrying(`read the result of microtask ${input.taskType} (${input.key})`, readStored, giveUpAt);
+          } catch (e) {
+            if (!stopped.signal.aborted) stop(`read the result of microtask ${input.taskType} (${input.key})`, e);
+            return;
+          }
+          if (found) return finish(found);
+          const quietAt = troubleAt + graceMs;
+          if (Date.now() < quietAt && quietAt < giveUpAt) {
+            timers.push(setTimeout(() => void settle(), quietAt - Date.now()));
+            return;
+          }
+          finish(
+            failure({
+              kind: 'timeout',
+              message: `no worker answered within ${graceMs} ms after the task's deadline; is a worker running?`,
+              retryable: true,
+            }),
+          );
+        };
 
         const run = async () => {
           // Listen first, then read and enqueue: an announcement in between cannot be missed.
-          subscription = await options.bus.subscribe(names.taskResult(input.key), (message) => {
-            const result = parseResult(message);
-            if (result) finish(result);
-          });
-          const entry = await options.results.get(key);
+          const subscribed = await retrying(
+            'subscribe to the results',
+            () =>
+              options.bus.subscribe(names.taskResult(input.key), (message) => {
+                const result = parseResult(message);
+                if (result) finish(result);
+              }),
+            setupUntil,
+          );
+          if (finished) return void subscribed.unsubscribe().catch(() => undefined);
+          subscription = subscribed;
+          const entry = await retrying(`read the result of microtask ${input.taskType} (${input.key})`, () => options.results.get(key), setupUntil);
           const stored = parseResult(entry);
           if (stored && isReusableResult(stored)) return finish({ ...stored, cached: true, durationMs: 0 });
           // A transient failure from an earlier run is not an answer; its revision tells a new one apart.
@@ -107,35 +206,31 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
           // A retry after a stored transient failure is a new job on purpose: its id names
           // the failure it follows, so the queue's duplicate window does not drop it.
           const jobId = initialRevision ? `${input.key}#${initialRevision}` : input.key;
-          const { duplicate } = await options.queue.enqueue(jobId, JSON.stringify(task));
+          // Retried with the same id: an enqueue that timed out but landed is dropped as a duplicate.
+          const { duplicate } = await retrying(`enqueue microtask ${input.taskType} (${input.key})`, () => options.queue.enqueue(jobId, JSON.stringify(task)), setupUntil);
+          enqueued = true;
+          if (finished) return;
           log.debug({ duplicate, jobId }, 'task enqueued');
-          const poll = setInterval(() => void readStored().catch(() => undefined), pollMs);
-          timers.push(poll);
-          timers.push(
-            setTimeout(
-              () => {
-                void readStored()
-                  .catch(() => undefined)
-                  .then(() =>
-                    finish(
-                      failure({
-                        kind: 'timeout',
-                        message: `no worker answered within ${graceMs} ms after the task's deadline; is a worker running?`,
-                        retryable: true,
-                      }),
-                    ),
-                  );
-              },
-              Math.max(0, task.deadlineAt + graceMs - Date.now()),
-            ),
+          const poll = setInterval(
+            () =>
+              void readStored().then(
+                (found) => found && finish(found),
+                (e: unknown) => {
+                  troubleAt = Date.now();
+                  lastError = e;
+                },
+              ),
+            pollMs,
           );
+          timers.push(poll);
+          timers.push(setTimeout(() => void settle(), Math.max(0, fallbackAt - Date.now())));
         };
         run().catch((e: unknown) => {
-          log.warn({ err: e }, 'could not enqueue the task');
-          finish(failure({ kind: 'unavailable', message: `the bus failed: ${(e as Error).message}`, retryable: true }));
+          if (!stopped.signal.aborted) stop(`enqueue microtask ${input.taskType} (${input.key}) before its deadline`, e);
         });
       });
     } finally {
+      signal.removeEventListener('abort', abort);
       for (const timer of timers) clearTimeout(timer);
       await subscription?.unsubscribe().catch(() => undefined);
     }

@@ -14,7 +14,11 @@ export function resultKey(key: string): string {
 
 /** Microtask results in a KV bucket, shared by the daemon and every worker. */
 export class KvResultsStore implements ResultsStore {
-  constructor(private readonly kv: KeyValueStore) {}
+  constructor(
+    private readonly kv: KeyValueStore,
+    /** For messages: which bucket, on which server. */
+    readonly location = 'the results bucket on NATS',
+  ) {}
 
   async get(key: string): Promise<MicrotaskResult | undefined> {
     const entry = await this.kv.get(resultKey(key));

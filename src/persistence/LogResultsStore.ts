@@ -102,6 +102,11 @@ export class LogResultsStore implements PrunableResultsStore {
     private readonly options: { now?: () => Date } = {},
   ) {}
 
+  /** The directory, as a message about a failed put names it (`ENOSPC: no space left on <dir>`). */
+  get location(): string {
+    return this.dir;
+  }
+
   async get(key: string): Promise<MicrotaskResult | undefined> {
     const known = this.lookup(key);
     if (known) return known;
@@ -183,7 +188,7 @@ export class LogResultsStore implements PrunableResultsStore {
       } catch (e) {
         const error = new ResultsStoreError(
           'RESULTS_WRITE_FAILED',
-          `cannot store ${batch.length} microtask result(s) in ${this.dir}: ${(e as Error).message}; the tasks will run again if the flow is resumed`,
+          `cannot store ${batch.length} microtask result(s) in ${this.dir}: ${(e as Error).message}`,
           { cause: e },
         );
         for (const p of batch) p.reject(error);

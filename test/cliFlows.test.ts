@@ -137,7 +137,7 @@ describe('the CLI a person drives', { timeout: 90_000 }, () => {
     const started = Date.now();
     const proc = await run(['build', 'examples/api-tester.json', '--out', '/proc/no/such/dir'], env);
     expect(proc.code).toBe(2);
-    expect(proc.stderr).toContain('cannot write tools to /proc/no/such/dir (ENOENT)');
+    expect(proc.stderr).toContain('cannot write tools to /proc/no/such/dir: it cannot be created (ENOENT)');
     expect(Date.now() - started).toBeLessThan(20_000);
     const status = await run(['flows', '--status', 'running,bogus'], env);
     expect(status.code).toBe(2);

@@ -86,8 +86,10 @@ interface HostedFlow {
   revision: number;
   /** The seq of the last root transition captured (announced once it is saved). */
   seq: number;
-  /** Saves and announcements of one flow, in order; flows never wait on each other. */
+  /** Saves of one flow, in order; flows never wait on each other. */
   chain: Promise<void>;
+  /** The announcements sent and not yet acknowledged (they never hold the next save up). */
+  announcing: Promise<void> | undefined;
   /** A write of the pending steps is on the chain and has not started: later steps join it. */
   writeQueued: boolean;
   /** Steps captured and not yet saved, in order. */
@@ -367,7 +369,7 @@ export class FlowHost {
       hosted.actor.stop();
       hosted.chain = hosted.chain.then(() => void (hosted.lost = true));
     }
-    await Promise.all(flows.map((f) => f.chain));
+    await Promise.all(flows.map((f) => f.chain.then(() => f.announcing)));
     // Give up the leases: a restart, or another daemon, resumes these flows at once
     // instead of waiting for the leases to run out (and the microtasks' deadlines with them).
     if (this.options.lease) {
@@ -414,6 +416,7 @@ export class FlowHost {
       revision: 0,
       seq: 0,
       chain: Promise.resolve(),
+      announcing: undefined,
       writeQueued: false,
       pending: [],
       lastCaptured: '',
@@ -531,14 +534,21 @@ export class FlowHost {
     // a resumed flow goes on from the seq on disk.
     if (saving.length > 0 || batch.length > 0 || hosted.touch || ending) await this.saveBatch(hosted, saving, batch, ending);
     // Announced only now that they are durable, each root transition with its own seq.
+    // The announcements go out in order without waiting on each other's acks (a bus keeps
+    // the order of what one connection sends), and the next save does not wait for them.
+    const sent: Array<Promise<void> | undefined> = [hosted.announcing];
     if (this.options.onEvent) {
       for (const p of batch) {
         if (p.seq !== undefined && p.seq !== ending?.seq) {
-          await this.options.onEvent({ flowId: hosted.flowId, seq: p.seq, state: p.step.rootState, status: 'running', at: p.step.at });
+          sent.push(this.options.onEvent({ flowId: hosted.flowId, seq: p.seq, state: p.step.rootState, status: 'running', at: p.step.at }));
         }
       }
     }
-    if (ending) await this.ended(hosted, ending);
+    if (ending) sent.push(...this.ended(hosted, ending));
+    const announced = Promise.all(sent).then(() => undefined);
+    hosted.announcing = announced.catch((e: unknown) => this.failed(hosted, e, 'announce'));
+    // The end waits for every announcement: `finished` means the world was told.
+    if (ending) await hosted.announcing;
   }
 
   private async saveBatch(hosted: HostedFlow, saving: PendingStep[], batch: PendingStep[], ending: Ending | undefined) {
@@ -669,7 +679,7 @@ export class FlowHost {
     this.options.logger.info({ flowId: hosted.flowId, status }, 'flow finished');
   }
 
-  private async ended(hosted: HostedFlow, ending: Ending) {
+  private ended(hosted: HostedFlow, ending: Ending): Array<Promise<void> | undefined> {
     const { status, output, error, seq } = ending;
     this.journal(hosted, {
       kind: 'flow',
@@ -680,8 +690,10 @@ export class FlowHost {
       ...(error ? { error } : {}),
     });
     const { flowId, state, updatedAt } = hosted.record;
-    await this.options.onEvent?.({ flowId, seq, state, status, at: updatedAt });
-    await this.options.onDone?.({ flowId, status, ...(output !== undefined ? { output } : {}), ...(error ? { error } : {}) });
+    return [
+      this.options.onEvent?.({ flowId, seq, state, status, at: updatedAt }),
+      this.options.onDone?.({ flowId, status, ...(output !== undefined ? { output } : {}), ...(error ? { error } : {}) }),
+    ];
   }
 
   /**

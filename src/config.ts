@@ -40,6 +40,9 @@ const natsUrls = z
       .min(1, { error: 'a comma-separated list of servers such as nats://127.0.0.1:4222' }),
   );
 
+/** How generated code is isolated when the tool builder runs it (src/actors/sandbox.ts); `none` never runs it. */
+export const SANDBOX_CHOICES = ['auto', 'bwrap', 'unshare', 'none'] as const;
+
 export const EnvSchema = z.object({
   NATS_URL: opt(natsUrls),
   /** NATS auth, one of: a token; a user and password; an nkey seed; a creds file. */
@@ -88,6 +91,8 @@ export const EnvSchema = z.object({
   MICROTASK_INSPECTOR_HOST: withDefault(z.string().min(1), '127.0.0.1'),
   /** The inspector page's port; 0 picks a free one. */
   MICROTASK_INSPECTOR_PORT: withDefault(count(0, 65_535, 'port number'), 7420),
+  /** The sandbox for generated code: `auto` tries bubblewrap, then unshare; none works: the code is not run. */
+  MICROTASK_SANDBOX: withDefault(z.enum(SANDBOX_CHOICES, { error: `one of ${SANDBOX_CHOICES.join(', ')}` }), 'auto'),
   MICROTASK_SUBJECT_PREFIX: withDefault(
     z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, { error: 'NATS subject tokens such as microtask or acme.microtask' }),
     'microtask',

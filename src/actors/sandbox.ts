@@ -3,7 +3,7 @@ import { existsSync, lstatSync, readlinkSync, realpathSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
-import { z } from 'zod';
+import { EnvSchema, SANDBOX_CHOICES } from '../config.js';
 
 /**
  * Runs generated code isolated by the operating system, never only under Node's permission
@@ -28,10 +28,8 @@ import { z } from 'zod';
  * run at all, and the reason says why: it never falls back to running it unisolated.
  */
 
-export const SANDBOX_CHOICES = ['auto', 'bwrap', 'unshare', 'none'] as const;
 export type SandboxChoice = (typeof SANDBOX_CHOICES)[number];
 export type SandboxMechanism = 'bwrap' | 'unshare';
-export const SandboxChoiceSchema = z.enum(SANDBOX_CHOICES, { error: `one of ${SANDBOX_CHOICES.join(', ')}` });
 
 export type SandboxStatus =
   | { ok: true; mechanism: SandboxMechanism; /** The uid the code runs as, outside its namespaces. */ outsideUid: number }
@@ -245,7 +243,7 @@ async function runWith(mechanism: SandboxMechanism, options: SandboxRunOptions, 
   );
 }
 
-const firstLine = (text: string) => text.trim().split('\n').filter(Boolean).slice(-1)[0] ?? '';
+const lastLine = (text: string) => text.trim().split('\n').filter(Boolean).slice(-1)[0] ?? '';
 
 /** Runs `node -e` in the sandbox: the mechanism works here when it prints what it was asked to. */
 async function probe(mechanism: SandboxMechanism): Promise<string | undefined> {
@@ -259,7 +257,7 @@ async function probe(mechanism: SandboxMechanism): Promise<string | undefined> {
     await openToSandbox(dir);
     const run = await runWith(mechanism, { dir, command: [process.execPath, '-e', 'process.stdout.write(String(process.getuid()))'], timeoutMs: 10_000 }, temp);
     if (run.code === 0 && run.stdout === (mechanism === 'bwrap' ? String(SANDBOX_UID) : '0')) return undefined;
-    return run.timedOut ? 'the probe did not finish within 10 s' : firstLine(run.stderr) || `the probe exited with code ${run.code}`;
+    return run.timedOut ? 'the probe did not finish within 10 s' : lastLine(run.stderr) || `the probe exited with code ${run.code}`;
   } catch (error) {
     return error instanceof Error ? error.message : String(error);
   } finally {
@@ -269,9 +267,9 @@ async function probe(mechanism: SandboxMechanism): Promise<string | undefined> {
 
 /** Which mechanism MICROTASK_SANDBOX asks for (`auto` when unset). */
 export function sandboxChoice(env: Record<string, string | undefined> = process.env): SandboxChoice {
-  const raw = env.MICROTASK_SANDBOX?.trim();
-  const parsed = SandboxChoiceSchema.safeParse(raw ? raw : 'auto');
-  if (!parsed.success) throw new Error(`MICROTASK_SANDBOX=${JSON.stringify(raw)}: expected one of ${SANDBOX_CHOICES.join(', ')}`);
+  const parsed = EnvSchema.shape.MICROTASK_SANDBOX.safeParse(env.MICROTASK_SANDBOX);
+  // loadConfig refuses a bad value at start; a library caller that skipped it gets the same words.
+  if (!parsed.success) throw new Error(`MICROTASK_SANDBOX=${JSON.stringify(env.MICROTASK_SANDBOX)}: expected one of ${SANDBOX_CHOICES.join(', ')}`);
   return parsed.data;
 }
 

@@ -3,7 +3,8 @@ import type { CheckInput, CheckResult } from '../machines/common.js';
 import type { CodeOnlyInput, CodeOnlyOutput } from '../machines/progressive.js';
 import type { ToolCheckSubject, WriteToolInput, WriteToolOutput } from '../machines/toolBuilder.js';
 import { renderToolFiles } from '../toolFiles.js';
-import { checkModule, checkTool } from './toolCheck.js';
+import { sandboxStatus } from './sandbox.js';
+import { checkModule, checkTool, helpNotRun } from './toolCheck.js';
 import { writeToolFiles } from './toolWriter.js';
 import { relative } from 'node:path';
 
@@ -51,6 +52,12 @@ export const codeOnlyRepairLogic = fromPromise<CodeOnlyOutput, CodeOnlyInput>(as
 export function createWriteToolLogic() {
   return fromPromise<WriteToolOutput, WriteToolInput>(async ({ input }) => {
     const { dir, written } = await writeToolFiles(input.outRoot, input.spec.name, renderToolFiles(input.spec, input.modules, input.entry));
-    return { dir, files: written.map((path) => relative(dir, path)).sort() };
+    // The checks ran in this process: where it has no sandbox, `--help` was judged not run (toolCheck.ts).
+    const sandbox = await sandboxStatus();
+    return {
+      dir,
+      files: written.map((path) => relative(dir, path)).sort(),
+      ...(sandbox.ok ? {} : { notRun: [helpNotRun(sandbox.reason)] }),
+    };
   });
 }

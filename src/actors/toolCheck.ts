@@ -73,6 +73,9 @@ export async function checkModule(spec: ToolSpec, moduleName: string, code: unkn
   return { ok: diagnostics.length === 0, diagnostics };
 }
 
+/** How a skipped `--help` is recorded, in a check's result and in the built tool's output. */
+export const helpNotRun = (reason: string) => `${ENTRY_PATH} --help was not run: ${reason}`;
+
 /** `--help` ran (with what it found), or could not run here, and why. */
 export type HelpCheck = { ran: true; diagnostics: string[] } | { ran: false; reason: string };
 
@@ -154,6 +157,6 @@ export async function checkTool(spec: ToolSpec, files: ToolFiles): Promise<ToolC
   // Only code that type-checks is run.
   if (diagnostics.length > 0) return { ok: false, diagnostics };
   const help = await checkHelp(spec, files);
-  if (!help.ran) return { ok: true, diagnostics: [], notRun: [`${ENTRY_PATH} --help: ${help.reason}`] };
+  if (!help.ran) return { ok: true, diagnostics: [], notRun: [helpNotRun(help.reason)] };
   return { ok: help.diagnostics.length === 0, diagnostics: help.diagnostics };
 }

@@ -52,6 +52,8 @@ export interface WriteToolInput {
 export interface WriteToolOutput {
   dir: string;
   files: string[];
+  /** Checks that could not run where the tool was built, and why (no sandbox for `--help`). */
+  notRun?: string[];
 }
 
 export interface ModuleRecord {
@@ -76,6 +78,8 @@ export interface ToolBuilderOutput extends FlowOutputBase {
   entry: ToolEntry | undefined;
   /** Whether the entry point was approved by review, and after how many passes. */
   integration: { approved: boolean; passes: number; recovered: boolean } | undefined;
+  /** Checks that could not run where the tool was built, and why: the tool was judged without them. */
+  notRun?: string[];
 }
 
 export interface ToolBuilderContext {
@@ -511,6 +515,7 @@ export const toolBuilderMachine = setup({
     modules: context.modules,
     entry: context.entry,
     integration: context.integration,
+    ...(context.written?.notRun?.length ? { notRun: context.written.notRun } : {}),
   }),
 });
 

@@ -3,11 +3,12 @@
  * process: started with a sentinel ANTHROPIC_API_KEY in its environment (so /proc/<pid>/environ
  * holds it) and `--inspect-port`, it runs the tool builder's `--help` check on a generated
  * `src/cli.js` (this process's pid put into its text), or runs that file in the sandbox
- * alone (`raw`: no Node permission model inside, to test the OS boundary by itself).
+ * alone (`raw`: no Node permission model inside, to test the OS boundary by itself), or
+ * runs the whole tool check and says which sandbox it found (`check`).
  * It installs no SIGUSR1 handler: the sandbox alone must keep the signal away. It prints
  * what the check saw and whether its own debugger opened.
  *
- *   node --import tsx --inspect-port=P test/support/sandboxHarness.ts <cli.js> <help|raw> [src|dist]
+ *   node --import tsx --inspect-port=P test/support/sandboxHarness.ts <cli.js> <help|raw|check> [src|dist]
  */
 import { readFile, rm } from 'node:fs/promises';
 import inspector from 'node:inspector';
@@ -24,6 +25,9 @@ const toolCheck = await import(`${base}/toolCheck.${ext}`);
 let result: unknown;
 if (mode === 'help') {
   result = { diagnostics: await toolCheck.runHelp(spec, files, 20_000) };
+} else if (mode === 'check') {
+  const sandbox = await import(`${base}/sandbox.${ext}`);
+  result = { status: await sandbox.sandboxStatus(), check: await toolCheck.checkTool(spec, files) };
 } else {
   const sandbox = await import(`${base}/sandbox.${ext}`);
   const { writeToolFiles } = await import(`${base}/toolWriter.${ext}`);

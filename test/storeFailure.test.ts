@@ -121,6 +121,23 @@ describe('a results store that fails after a paid answer (issue 11)', () => {
   });
 });
 
+describe('a kept answer with no later run of its key (issue 11)', () => {
+  it('is stored in the background once the disk has space, so a flow resumed by another process finds it', async () => {
+    await using server = await startFakeAnthropic({ replies: () => reply.text('the summary', { usage }) });
+    const runner = runnerOn(server.url, 300);
+    await fillDisk();
+    await expect(runner.run({ ...task, timeoutMs: 300 })).rejects.toMatchObject({ code: 'STORE_UNAVAILABLE' });
+    expect(runner.unsavedCount).toBe(1);
+    await freeDisk();
+    const other = new LogResultsStore(dir);
+    const deadline = Date.now() + 10_000;
+    while (!(await other.get(task.key)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(await other.get(task.key)).toMatchObject({ success: true, result: 'the summary', usage: { inputTokens: 11, outputTokens: 7 } });
+    expect(runner.unsavedCount).toBe(0);
+    expect(server.requests).toHaveLength(1);
+  });
+});
+
 describe('a results store that fails on the lookup before the call (issue 11)', () => {
   /** Makes the store's directory unreadable (a file where it was) until `restore` is called. */
   async function breakDir(): Promise<() => Promise<void>> {

@@ -5,15 +5,22 @@
  * (perf_hooks.monitorEventLoopDelay), the wall time and the peak RSS of this process
  * (worker threads included).
  *
- *   npx tsx bench/toolCheckEventLoop.ts [N=20]
+ *   npx tsx bench/toolCheckEventLoop.ts [N=20] [DIST_DIR]
+ *
+ * With DIST_DIR (dist after `npm run build`, or an older build to compare with) the checks
+ * are the compiled ones, as a daemon runs them; without, the sources (under tsx, where
+ * loading the compiler goes through tsx's loader and is slower).
  */
 import { readFile } from 'node:fs/promises';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import * as toolCheck from '../src/actors/toolCheck.js';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { renderToolFiles } from '../src/toolFiles.js';
 import type { ToolSpec } from '../src/toolSpec.js';
 
 const n = Number(process.argv[2] ?? 20);
+const from = process.argv[3] ? pathToFileURL(resolve(process.argv[3], 'actors/toolCheck.js')).href : '../src/actors/toolCheck.js';
+const toolCheck = (await import(from)) as typeof import('../src/actors/toolCheck.js');
 const spec: ToolSpec = JSON.parse(await readFile(new URL('../examples/api-tester.json', import.meta.url), 'utf8'));
 const read = (file: string) => readFile(new URL(`../examples/offline/api-tester/${file}`, import.meta.url), 'utf8');
 const modules = Object.fromEntries(await Promise.all(spec.modules.map(async (m) => [m.name, await read(`${m.name}.js`)] as const)));
@@ -46,4 +53,5 @@ console.log(
     peakRssMB: Math.round(process.resourceUsage().maxRSS / 1024),
   }),
 );
+// An older build has no pool to close.
 await (toolCheck as { closeToolChecks?: () => Promise<void> }).closeToolChecks?.();

@@ -19,6 +19,10 @@ FROM node:20-bookworm-slim AS runtime
 ENV NODE_ENV=production \
     MICROTASK_STATE_DIR=/data
 WORKDIR /app
+# bubblewrap: the sandbox the tool builder runs generated code in (README, "Security").
+# It needs user namespaces, which Docker's default seccomp profile forbids: see the daemon
+# service in docker-compose.yml. Without them the --help check is not run, and builds say so.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
 # typescript is a production dependency: the tool builder type-checks generated code.
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force

@@ -148,8 +148,8 @@ describe('where generated code cannot run isolated, it does not run', () => {
     closeSync(filter);
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
     expect(await new Promise((resolve) => child.on('exit', resolve)), stderr).toBe(0);
     const { result } = JSON.parse(stdout) as { result: { status: { ok: boolean; reason: string }; check: { ok: boolean; diagnostics: string[]; notRun: string[] } } };
     expect(result.status.ok).toBe(false);

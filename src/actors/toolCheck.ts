@@ -73,6 +73,26 @@ export async function checkModule(spec: ToolSpec, moduleName: string, code: unkn
   return { ok: diagnostics.length === 0, diagnostics };
 }
 
+/**
+ * Sandboxed `--help` runs at once, at most: each is a Node process of ~40 MB, and 300
+ * concurrent builds must not start 300 of them. A run waits here before its timeout starts.
+ */
+export const HELP_RUNS = Math.max(2, availableParallelism());
+let helpRunning = 0;
+const helpWaiting: Array<() => void> = [];
+async function helpSlot<T>(run: () => Promise<T>): Promise<T> {
+  if (helpRunning >= HELP_RUNS) await new Promise<void>((resolve) => helpWaiting.push(resolve));
+  else helpRunning++;
+  try {
+    return await run();
+  } finally {
+    // The slot passes to the next waiter as it is; with none, it is freed.
+    const next = helpWaiting.shift();
+    if (next) next();
+    else helpRunning--;
+  }
+}
+
 /** How a skipped `--help` is recorded, in a check's result and in the built tool's output. */
 export const helpNotRun = (reason: string) => `${ENTRY_PATH} --help was not run: ${reason}`;
 
@@ -100,6 +120,10 @@ export async function checkHelp(spec: ToolSpec, files: ToolFiles, timeoutMs = 5_
     warnNotRun(status.reason);
     return { ran: false, reason: status.reason };
   }
+  return helpSlot(() => runHelpSandboxed(spec, files, timeoutMs));
+}
+
+async function runHelpSandboxed(spec: ToolSpec, files: ToolFiles, timeoutMs: number): Promise<HelpCheck> {
   const tempRoot = await sandboxTempDir();
   try {
     const { dir } = await writeToolFiles(tempRoot, spec.name, files);

@@ -30,12 +30,12 @@ const slow = (delay: () => number) => (request: Parameters<typeof handWrittenAns
 };
 
 /** A flow host as the embedded daemon has it: file snapshots, a file journal, a scripted model. */
-async function setup(delayMs: number) {
+async function setup(delayMs: number | (() => number)) {
   const dir = await mkdtemp(join(tmpdir(), 'inspector-'));
   const store = await FileSnapshotStore.open(join(dir, 'flows'));
   const journal = new FileJournal({ dir: join(dir, 'journal'), pollMs: 50 });
   let delay = delayMs;
-  const runtime = scripted(slow(() => delay));
+  const runtime = scripted(slow(() => (typeof delay === 'number' ? delay : delay())));
   const flows = provideFlows({ microtask: runtime.microtask });
   const host = () => new FlowHost({ flows, store, journal, logger: silentLogger, outRoot: join(dir, 'out') });
   return { dir, store, journal, flows, host, setDelay: (ms: number) => void (delay = ms) };
@@ -404,7 +404,10 @@ describe('the inspector page in a real browser (headless Chromium)', () => {
   }
 
   it('shows a running flow, its state changing live, steps back in time, and is screenshotted', async () => {
-    const s = await setup(400);
+    // The first call outlasts the page's load (slow on a loaded machine), so the page sees the
+    // first state; each later state stays long enough for a 50 ms poll to see it.
+    let calls = 0;
+    const s = await setup(() => (++calls === 1 ? 3_000 : 800));
     const server = await startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port: 0 });
     try {
       const { page, problems } = await openPage(server);

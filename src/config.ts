@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { addSecrets, secretsOfConfig } from './secrets.js';
+import { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS } from './machines/limits.js';
 
 /**
  * The environment, checked once at start. Every variable is optional; an empty value
@@ -59,8 +60,8 @@ export const EnvSchema = z.object({
   ANTHROPIC_BASE_URL: opt(z.url({ error: 'an http(s) URL such as http://127.0.0.1:8080' })),
   MICROTASK_MODEL: withDefault(z.string(), 'claude-haiku-5-5'),
   MICROTASK_STATE_DIR: withDefault(z.string(), '.microtask'),
-  MICROTASK_TIMEOUT_MS: withDefault(millis(1, 600_000), 30_000),
-  MICROTASK_MAX_TOKENS: withDefault(count(1, 128_000, 'tokens'), 1024),
+  MICROTASK_TIMEOUT_MS: withDefault(millis(1, MAX_MICROTASK_TIMEOUT_MS), 30_000),
+  MICROTASK_MAX_TOKENS: withDefault(count(1, MAX_TOKENS, 'tokens'), 1024),
   MICROTASK_MAX_RETRIES: withDefault(count(0, 10, 'retries'), 2),
   MICROTASK_MAX_RETRY_WAIT_MS: withDefault(millis(0, 600_000), 30_000),
   MICROTASK_CASSETTE: opt(z.string()),

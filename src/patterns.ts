@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { MicrotaskInputSchema } from './actors/microtaskTypes.js';
 import type { Flows } from './flows.js';
 import { BudgetSchema, TaskSpecSchema } from './machines/common.js';
+import { timeoutMsSchema } from './machines/limits.js';
 import { ToolSpecSchema } from './toolSpec.js';
 
 /**
@@ -39,7 +40,7 @@ export const patternInputSchemas = {
   metacognitive: z.object({
     key,
     task: TaskSpecSchema,
-    analyze: z.object({ system: z.string().optional(), prompt: z.string().optional(), timeoutMs: z.number().int().positive().optional() }).optional(),
+    analyze: z.object({ system: z.string().optional(), prompt: z.string().optional(), timeoutMs: timeoutMsSchema().optional() }).optional(),
     maxAttempts: count(10),
     budget: BudgetSchema.optional(),
   }),
@@ -69,7 +70,7 @@ export const patternInputSchemas = {
     maxIterations: count(20).optional(),
     maxRevisions: z.number().int().min(0).max(20).optional(),
     maxAttempts: count(10).optional(),
-    timeoutMs: z.number().int().positive().max(600_000).optional(),
+    timeoutMs: timeoutMsSchema().optional(),
     budget: BudgetSchema.optional(),
   }),
 } as const;

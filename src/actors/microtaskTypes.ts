@@ -1,19 +1,8 @@
 import { z } from 'zod';
+import { maxTokensSchema, timeoutMsSchema } from '../machines/limits.js';
 import { UsageSchema } from '../usage.js';
 
-/**
- * The longest a microtask may take: 10 minutes, as MICROTASK_TIMEOUT_MS allows and the SDK's
- * HTTP timeout. Far below setTimeout's limit (2^31-1 ms), past which a timer fires at once.
- */
-export const MAX_MICROTASK_TIMEOUT_MS = 600_000;
-/**
- * The most tokens an answer may be given, as MICROTASK_MAX_TOKENS allows: the largest
- * output of current Claude models; a model with less refuses the request (invalid_request).
- */
-export const MAX_TOKENS = 128_000;
-
-const timeoutError = `a whole number of milliseconds between 1 and ${MAX_MICROTASK_TIMEOUT_MS} (10 minutes)`;
-const tokensError = `a whole number of tokens between 1 and ${MAX_TOKENS}`;
+export { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS } from '../machines/limits.js';
 
 /**
  * The input of one microtask. JSON-safe: it is persisted in the flow's snapshot and sent
@@ -33,23 +22,13 @@ export const MicrotaskInputSchema = z.object({
   /** Name of a registered answer schema; a text answer when unset. */
   answer: z.string().optional(),
   /** Unset: the runner's default (MICROTASK_TIMEOUT_MS). */
-  timeoutMs: z
-    .number({ error: timeoutError })
-    .int({ error: timeoutError })
-    .min(1, { error: timeoutError })
-    .max(MAX_MICROTASK_TIMEOUT_MS, { error: timeoutError })
-    .optional(),
+  timeoutMs: timeoutMsSchema().optional(),
   /**
    * Absolute deadline (epoch ms). When set it wins over `timeoutMs`, so a microtask that
    * runs again after a restore keeps its original deadline instead of starting over.
    */
   deadlineAt: z.number().optional(),
-  maxTokens: z
-    .number({ error: tokensError })
-    .int({ error: tokensError })
-    .min(1, { error: tokensError })
-    .max(MAX_TOKENS, { error: tokensError })
-    .optional(),
+  maxTokens: maxTokensSchema().optional(),
   model: z.string().optional(),
 });
 export type MicrotaskInput = z.input<typeof MicrotaskInputSchema>;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { timeoutMsSchema } from './limits.js';
 
 /**
  * The structured answers the patterns ask models for. Microtask inputs name them
@@ -18,7 +19,7 @@ export type Review = z.infer<typeof ReviewSchema>;
 
 export const AdjustmentsSchema = z.object({
   promptAdditions: z.array(z.string()).default([]).describe('instructions to add to the next attempt'),
-  timeoutMs: z.number().int().positive().max(600_000).optional().describe('a longer timeout for the next attempt'),
+  timeoutMs: timeoutMsSchema().optional().describe('a longer timeout for the next attempt'),
   model: z.string().optional().describe('another model for the next attempt'),
 });
 export type Adjustments = z.infer<typeof AdjustmentsSchema>;

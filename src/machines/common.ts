@@ -2,6 +2,7 @@ import { fromPromise } from 'xstate';
 import { z } from 'zod';
 import type { MicrotaskInput, MicrotaskResult } from '../actors/microtaskTypes.js';
 import { totalTokens, zeroUsage, type Usage } from '../usage.js';
+import { maxTokensSchema, timeoutMsSchema } from './limits.js';
 
 /**
  * A microtask as a flow's input describes it: everything but the idempotency key, which
@@ -14,8 +15,8 @@ export const TaskSpecSchema = z.object({
   prompt: z.string(),
   data: z.unknown().optional(),
   answer: z.string().optional(),
-  timeoutMs: z.number().int().positive().optional(),
-  maxTokens: z.number().int().positive().optional(),
+  timeoutMs: timeoutMsSchema().optional(),
+  maxTokens: maxTokensSchema().optional(),
   model: z.string().optional(),
 });
 export type TaskSpec = z.infer<typeof TaskSpecSchema>;

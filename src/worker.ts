@@ -1,6 +1,6 @@
 import { setMaxListeners } from 'node:events';
 import { isReusableResult, type MicrotaskRunner } from './actors/microtask.js';
-import { flowIdOf, MicrotaskInputSchema, type MicrotaskResult } from './actors/microtaskTypes.js';
+import { boundedDeadline, flowIdOf, MicrotaskInputSchema, type MicrotaskResult } from './actors/microtaskTypes.js';
 import { describeIssues } from './actors/model/prompt.js';
 import type { QueuedTask } from './actors/remoteMicrotask.js';
 import type { Job, WorkConsumer, WorkQueue } from './bus/Bus.js';
@@ -78,7 +78,8 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       await job.deadLetter(`not a microtask:\n${describeIssues(parsed.error)}`);
       return;
     }
-    const task: QueuedTask = parsed.data;
+    // Bounded as the runner bounds it: the store retries and redelivery waits go by it too.
+    const task: QueuedTask = { ...parsed.data, deadlineAt: boundedDeadline(parsed.data.deadlineAt) };
     // A long model call (and a store retried) must keep telling the queue it is alive, or it is delivered twice.
     const heartbeat = setInterval(() => void job.working().catch(() => undefined), heartbeatMs);
     try {

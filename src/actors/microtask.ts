@@ -9,6 +9,7 @@ import { describeIssues } from './model/prompt.js';
 import { isModelError, type ModelErrorKind } from './model/ModelError.js';
 import type { ModelPort } from './model/ModelPort.js';
 import {
+  boundedDeadline,
   flowIdOf,
   MicrotaskInputSchema,
   type MicrotaskError,
@@ -166,9 +167,10 @@ export class MicrotaskRunner {
     }
     const input = parsed.data;
     const log = this.logger.child({ flowId: flowIdOf(input.key), taskId: input.key, taskType: input.taskType });
+    const now = Date.now();
     const timeoutMs =
-      input.deadlineAt === undefined ? (input.timeoutMs ?? this.deps.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS) : input.deadlineAt - Date.now();
-    const deadlineAt = Date.now() + timeoutMs;
+      input.deadlineAt === undefined ? (input.timeoutMs ?? this.deps.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS) : boundedDeadline(input.deadlineAt, now) - now;
+    const deadlineAt = now + timeoutMs;
 
     // Paid for by an earlier run whose store failed (a flow resumed, a task delivered
     // again): returned, and stored now, instead of paying again.
@@ -394,7 +396,7 @@ export function withDeadline<L extends PromiseActorLogic<MicrotaskResult, Microt
     getInitialSnapshot: (scope, input) =>
       logic.getInitialSnapshot(
         scope,
-        input.deadlineAt === undefined ? { ...input, deadlineAt: Date.now() + (input.timeoutMs ?? defaultTimeoutMs) } : input,
+        { ...input, deadlineAt: input.deadlineAt === undefined ? Date.now() + (input.timeoutMs ?? defaultTimeoutMs) : boundedDeadline(input.deadlineAt) },
       ),
   };
 }

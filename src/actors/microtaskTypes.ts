@@ -2,7 +2,16 @@ import { z } from 'zod';
 import { maxTokensSchema, timeoutMsSchema } from '../machines/limits.js';
 import { UsageSchema } from '../usage.js';
 
+import { MAX_MICROTASK_TIMEOUT_MS } from '../machines/limits.js';
+
 export { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS } from '../machines/limits.js';
+
+/**
+ * The deadline a microtask keeps: its own, but no further than the longest timeout from
+ * now. One years away (a client's, a clock gone wrong) would make every timer set from it
+ * overflow: Node clamps a delay above 2^31-1 ms to 1 ms, so the call was cut off at once.
+ */
+export const boundedDeadline = (deadlineAt: number, now = Date.now()): number => Math.min(deadlineAt, now + MAX_MICROTASK_TIMEOUT_MS);
 
 /**
  * The input of one microtask. JSON-safe: it is persisted in the flow's snapshot and sent

@@ -6,7 +6,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../usage.js';
 import { firstLine, retryStore } from '../persistence/retryStore.js';
 import { DEFAULT_STORE_RETRY_MS, DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, withDeadline, type Fallbacks } from './microtask.js';
-import { flowIdOf, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from './microtaskTypes.js';
+import { boundedDeadline, flowIdOf, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from './microtaskTypes.js';
 import { ResultsUnavailableError } from './ResultsStore.js';
 
 export interface RemoteMicrotaskOptions {
@@ -72,7 +72,7 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
     const started = performance.now();
     const key = resultKey(input.key);
     const timeoutMs = input.timeoutMs ?? options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const task: QueuedTask = { ...input, deadlineAt: input.deadlineAt ?? Date.now() + timeoutMs };
+    const task: QueuedTask = { ...input, deadlineAt: input.deadlineAt === undefined ? Date.now() + timeoutMs : boundedDeadline(input.deadlineAt) };
     const log = logger.child({ flowId: flowIdOf(input.key), taskId: input.key, taskType: input.taskType });
     const failure = (error: MicrotaskError): MicrotaskResult => ({
       success: false,

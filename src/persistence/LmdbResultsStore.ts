@@ -1,6 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import { MicrotaskResultSchema, type MicrotaskResult } from '../actors/microtaskTypes.js';
-import { durable, legacyDirs, storageKey, type LmdbDatabases, type LmdbStore } from './LmdbStore.js';
+import { committed, durable, legacyDirs, quiet, storageKey, type LmdbDatabases, type LmdbStore } from './LmdbStore.js';
 import { LogResultsStore, ResultsStoreError, type PrunableResultsStore } from './LogResultsStore.js';
 
 /**
@@ -60,8 +60,8 @@ export class LmdbResultsStore implements PrunableResultsStore {
       const { results, resultTimes } = this.dbs;
       await durable(
         results.batch(() => {
-          void results.put(stored, JSON.stringify(result), at);
-          void resultTimes.put([at, stored], true);
+          quiet(results.put(stored, JSON.stringify(result), at));
+          quiet(resultTimes.put([at, stored], true));
         }),
       );
     } catch (e) {
@@ -86,7 +86,7 @@ export class LmdbResultsStore implements PrunableResultsStore {
         const [at, stored] = key;
         // Only the result put at that time (its version): one put again later stays.
         removals.push(durable(results.remove(stored, at)));
-        indexRemovals.push(resultTimes.remove(key));
+        indexRemovals.push(committed(resultTimes.remove(key)));
       }
       const [removed] = await Promise.all([Promise.all(removals), Promise.all(indexRemovals)]);
       return removed.filter(Boolean).length + ((await this.legacy?.prune(olderThan)) ?? 0);

@@ -1,7 +1,7 @@
 import { readdir, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { mkdirs } from '../mkdirs.js';
-import { durable, legacyDirs, type LmdbDatabases, type LmdbStore, type StoredSummary } from './LmdbStore.js';
+import { durable, legacyDirs, quiet, type LmdbDatabases, type LmdbStore, type StoredSummary } from './LmdbStore.js';
 import {
   assertFlowId,
   checkRecordForSave,
@@ -88,9 +88,9 @@ export class LmdbSnapshotStore implements SnapshotStore {
     const json = JSON.stringify(checked);
     const { flows, summaries, steps: stepsDb } = this.dbs;
     const write = () => {
-      void flows.put(flowId, json, revision);
-      void summaries.put(flowId, { ...summarize(checked), revision });
-      for (const step of steps) void stepsDb.put([flowId, step.step], step);
+      quiet(flows.put(flowId, json, revision));
+      quiet(summaries.put(flowId, { ...summarize(checked), revision }));
+      for (const step of steps) quiet(stepsDb.put([flowId, step.step], step));
     };
     const saved = await durable(expectedRevision === null ? flows.ifNoExists(flowId, write) : flows.ifVersion(flowId, expectedRevision, write));
     if (!saved) throw new SnapshotConflictError(flowId, expectedRevision, flows.getEntry(flowId)?.version ?? null);
@@ -132,7 +132,7 @@ export class LmdbSnapshotStore implements SnapshotStore {
       if (!entry) return;
       const movedAt = new Date().toISOString();
       const aside = { flowId, reason, movedAt, revision: entry.version, raw: entry.value };
-      if (await this.removeAt(flowId, entry.version ?? 0, () => void this.dbs.aside.put([flowId, movedAt], aside))) return;
+      if (await this.removeAt(flowId, entry.version ?? 0, () => quiet(this.dbs.aside.put([flowId, movedAt], aside)))) return;
     }
   }
 
@@ -201,9 +201,9 @@ export class LmdbSnapshotStore implements SnapshotStore {
     return durable(
       flows.ifVersion(flowId, revision, () => {
         also?.();
-        void flows.remove(flowId);
-        void summaries.remove(flowId);
-        for (const key of stepKeys) void steps.remove(key);
+        quiet(flows.remove(flowId));
+        quiet(summaries.remove(flowId));
+        for (const key of stepKeys) quiet(steps.remove(key));
       }),
     );
   }
@@ -241,9 +241,9 @@ export class LmdbSnapshotStore implements SnapshotStore {
         // Not over a flow already in the database (another process imported it first).
         await durable(
           flows.ifNoExists(flowId, () => {
-            void flows.put(flowId, value, revision);
-            if (summary) void summaries.put(flowId, { ...summary, revision });
-            void imported.put(flowId, { importedAt: new Date().toISOString(), file });
+            quiet(flows.put(flowId, value, revision));
+            if (summary) quiet(summaries.put(flowId, { ...summary, revision }));
+            quiet(imported.put(flowId, { importedAt: new Date().toISOString(), file }));
           }),
         );
       }

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { join, resolve } from 'node:path';
+import { getSystemErrorName } from 'node:util';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { mkdirs } from '../mkdirs.js';
 import type { FlowStep, FlowStatus } from './SnapshotStore.js';
@@ -40,8 +41,17 @@ export class LmdbStore {
       shared = environments.get(path) ?? openEnv(resolve(stateDir), path);
       environments.set(path, shared);
     }
-    shared.handles++;
-    return new LmdbStore(shared);
+    const handle = new LmdbStore(shared);
+    shared.handles.add(handle);
+    return handle;
+  }
+
+  /**
+   * Closes every environment this process opened (its handles fail with DB_CLOSED after):
+   * for a process that is about to exit, so that its writes in flight are committed first.
+   */
+  static async closeAll(): Promise<void> {
+    await Promise.all([...environments.values()].flatMap((shared) => [...shared.handles].map((handle) => handle.close())));
   }
 
   /** The state directory this database belongs to (where earlier versions kept their files). */
@@ -71,7 +81,7 @@ export class LmdbStore {
     for (;;) {
       // A random version names this claim: a release removes only the claim it read.
       const version = 1 + Math.floor(Math.random() * 2 ** 48);
-      const claimed = await durable(requests.ifNoExists(key, () => void requests.put(key, { requestId, flowId, at: Date.now() }, version)));
+      const claimed = await durable(requests.ifNoExists(key, () => quiet(requests.put(key, { requestId, flowId, at: Date.now() }, version))));
       if (claimed) return flowId;
       const holder = requests.get(key);
       if (holder?.requestId === requestId) return holder.flowId;
@@ -115,7 +125,8 @@ export class LmdbStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (--this.shared.handles > 0) return;
+    this.shared.handles.delete(this);
+    if (this.shared.handles.size > 0) return;
     if (environments.get(this.shared.path) === this.shared) environments.delete(this.shared.path);
     await this.shared.root.close();
   }
@@ -166,6 +177,10 @@ export interface LmdbDatabases {
   resultTimes: Database<true, [number, string]>;
   /** storageKey(request id) → the flow started for it; the version names the claim. */
   requests: Database<{ requestId: string; flowId: string; at: number }, string>;
+  /** [flowId, time (µs), writer] → a journal entry's JSON text, or a reference to the step the snapshot store holds. */
+  journal: Database<string, [string, number, string]>;
+  /** flowId → when its journal was last written to (µs, also the version): what retention reads. */
+  journalFlows: Database<number, string>;
 }
 
 /** A write of lmdb-js with `separateFlushed`: `flushed` settles once the commit is on disk. */
@@ -173,10 +188,66 @@ type Flushable<T> = Promise<T> & { flushed?: PromiseLike<unknown> };
 
 /** Waits until the write is committed and flushed to disk; resolves with whether it happened (a failed condition: false). */
 export async function durable(write: Promise<boolean>): Promise<boolean> {
-  const value = await write;
+  const value = await committed(write);
   // Without overlappingSync (Windows) the commit itself synced and `flushed` is the same promise.
   await (write as Flushable<boolean>).flushed;
   return value;
+}
+
+/**
+ * Waits until the write is committed; a commit that failed rejects with LmdbWriteError,
+ * whose code is the system's (`ENOSPC` on a full disk). lmdb-js rejects every write of a
+ * failed commit with a bare "Commit failed" whose `commitError` is another promise,
+ * rejected with the cause (errno as a number); left unhandled, that one kills the process.
+ */
+export async function committed<T>(write: Promise<T>): Promise<T> {
+  try {
+    return await write;
+  } catch (e) {
+    throw await commitFailure(e);
+  }
+}
+
+/**
+ * For a write whose own promise nobody awaits (the writes inside a conditional write's
+ * callback share the fate of the conditional write, which is awaited): its rejection on a
+ * failed commit is handled, and the cause along with it.
+ */
+export function quiet(write: Promise<unknown>): void {
+  write.catch((e: unknown) => commitFailure(e));
+}
+
+/** A commit of the database that failed: a full disk (`ENOSPC`), a read-only file system, … */
+export class LmdbWriteError extends Error {
+  override readonly name = 'LmdbWriteError';
+  constructor(
+    /** The system's code (`ENOSPC`, `EROFS`, `EIO`…), or `DB_WRITE` when lmdb gave none. */
+    readonly code: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+async function commitFailure(e: unknown): Promise<unknown> {
+  const pending = (e as { commitError?: Promise<unknown> } | undefined)?.commitError;
+  if (!pending || typeof pending.then !== 'function') return e;
+  const cause = await pending.then(
+    () => e,
+    (c: unknown) => c,
+  );
+  const errno = (cause as { code?: unknown } | undefined)?.code;
+  const code = typeof errno === 'number' && errno > 0 ? systemErrorName(errno) : typeof errno === 'string' ? errno : 'DB_WRITE';
+  return new LmdbWriteError(code, `${code}: ${(cause as Error)?.message ?? String(cause)}`, { cause });
+}
+
+function systemErrorName(errno: number): string {
+  try {
+    return getSystemErrorName(-errno);
+  } catch {
+    return 'DB_WRITE';
+  }
 }
 
 /**
@@ -200,7 +271,7 @@ interface SharedEnv {
   path: string;
   root: RootDatabase;
   dbs: LmdbDatabases;
-  handles: number;
+  handles: Set<LmdbStore>;
 }
 
 /** The environments open in this process, by path. */
@@ -224,9 +295,11 @@ function openEnv(stateDir: string, path: string): SharedEnv {
     results: root.openDB<string, string>('results', { useVersions: true, encoding: 'string' }),
     resultTimes: root.openDB<true, [number, string]>('resultTimes', {}),
     requests: root.openDB<{ requestId: string; flowId: string; at: number }, string>('requests', { useVersions: true }),
+    journal: root.openDB<string, [string, number, string]>('journal', { encoding: 'string' }),
+    journalFlows: root.openDB<number, string>('journalFlows', { useVersions: true }),
   };
-  return { stateDir, path, root, dbs, handles: 0 };
+  return { stateDir, path, root, dbs, handles: new Set() };
 }
 
 /** Where earlier versions of the embedded stores kept their files, under the state directory. */
-export const legacyDirs = (stateDir: string) => ({ flows: join(stateDir, 'flows'), results: join(stateDir, 'results') });
+export const legacyDirs = (stateDir: string) => ({ flows: join(stateDir, 'flows'), results: join(stateDir, 'results'), journal: join(stateDir, 'journal') });

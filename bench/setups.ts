@@ -31,6 +31,9 @@ import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/machines/answers.js';
 import { LogResultsStore } from '../src/persistence/LogResultsStore.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
+import { LmdbResultsStore } from '../src/persistence/LmdbResultsStore.js';
+import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
+import { LmdbStore } from '../src/persistence/LmdbStore.js';
 import { startDaemonService } from '../src/services.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
 import { benchModel } from './lib.js';
@@ -146,19 +149,23 @@ async function protocolClient(bus: Bus) {
  * files, microtask results in a log (as `microtask daemon` without NATS_URL), with an
  * optional file journal.
  */
-export async function embeddedSetup(options: { model?: ModelChoice; journal?: boolean; name?: string } = {}): Promise<Setup> {
+export async function embeddedSetup(
+  options: { model?: ModelChoice; journal?: boolean; name?: string; store?: 'lmdb' | 'files' } = {},
+): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'bench-embedded-'));
   const bus = new MemoryBus();
+  // lmdb is the embedded store; `files` is the one before it (a file per save, a results log).
+  const db = options.store === 'files' ? undefined : await LmdbStore.open(dir);
   const runner = new MicrotaskRunner({
     model: modelOf(options.model ?? { kind: 'scripted' }),
-    results: new LogResultsStore(join(dir, 'results')),
+    results: db ? await LmdbResultsStore.open(db) : new LogResultsStore(join(dir, 'results')),
     answers: answerSchemas,
   });
   const journal = options.journal ? new FileJournal({ dir: join(dir, 'journal') }) : undefined;
   const daemon = new Daemon({
     bus,
     flows: provideFlows({ microtask: createMicrotaskLogic(runner) }),
-    store: await FileSnapshotStore.open(join(dir, 'flows')),
+    store: db ? await LmdbSnapshotStore.open(db) : await FileSnapshotStore.open(join(dir, 'flows')),
     logger: silentLogger,
     outRoot: join(dir, 'tools'),
     ...(journal ? { journal } : {}),
@@ -173,6 +180,7 @@ export async function embeddedSetup(options: { model?: ModelChoice; journal?: bo
       await client.close();
       await daemon.stop();
       await bus.close();
+      await db?.close();
       await rm(dir, { recursive: true, force: true });
     },
   };

@@ -43,7 +43,7 @@ export class BusJournal implements Journal {
     return new BusJournal(log, names, options);
   }
 
-  append(entry: JournalEntry, snapshotJson?: string): void {
+  append(entry: JournalEntry, snapshotJson?: string): Promise<void> | void {
     if (this.closed) return this.report(new JournalError('JOURNAL_WRITE', `journal closed; entry of flow ${entry.flowId} dropped`));
     let written: Promise<unknown>;
     try {
@@ -57,6 +57,7 @@ export class BusJournal implements Journal {
       )
       .finally(() => this.inFlight.delete(tracked));
     this.inFlight.add(tracked);
+    return tracked.then(() => undefined);
   }
 
   async flush(): Promise<void> {

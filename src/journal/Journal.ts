@@ -87,9 +87,11 @@ export interface Journal {
    * Queues an entry; never throws and never waits: entries of one flow are written in the
    * order they were appended. A write that fails is reported to the journal's `onError`.
    * `snapshotJson`, when given, is the step's snapshot already serialized (it is written
-   * as is, not serialized again).
+   * as is, not serialized again). A journal that can tell when the entry is stored returns
+   * a promise that resolves then (or once the write failed: it never rejects): a host
+   * whose store keeps no steps awaits a step's entry before announcing the step.
    */
-  append(entry: JournalEntry, snapshotJson?: string): void;
+  append(entry: JournalEntry, snapshotJson?: string): void | Promise<void>;
   /** Resolves once every entry appended so far is written (or failed). */
   flush(): Promise<void>;
   /** The flow's entries, oldest first; [] for a flow with none. Unreadable lines are skipped and reported. */

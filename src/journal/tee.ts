@@ -4,12 +4,13 @@ import type { Journal, JournalEntry } from './Journal.js';
 export function teeJournal(journal: Journal, listener: (entry: JournalEntry) => void): Journal {
   return {
     append(entry, snapshotJson) {
-      journal.append(entry, snapshotJson);
+      const stored = journal.append(entry, snapshotJson);
       try {
         listener(entry);
       } catch {
         // A display that breaks must not break the flow.
       }
+      return stored;
     },
     flush: () => journal.flush(),
     read: (flowId) => journal.read(flowId),

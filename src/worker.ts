@@ -7,6 +7,7 @@ import type { Job, WorkConsumer, WorkQueue } from './bus/Bus.js';
 import type { ResultsStore } from './actors/ResultsStore.js';
 import { silentLogger, type Logger } from './log.js';
 import { retryStore } from './persistence/retryStore.js';
+import { scrubSecrets } from './secrets.js';
 import { isStoreUnavailable } from './persistence/StoreUnavailableError.js';
 
 export interface WorkerOptions {
@@ -69,7 +70,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     try {
       raw = job.json();
     } catch (e) {
-      await job.deadLetter(`not a task: ${(e as Error).message}`);
+      await job.deadLetter(`not a task: ${scrubSecrets((e as Error).message)}`);
       return;
     }
     const parsed = QueuedTaskSchema.safeParse(raw);

@@ -3,6 +3,7 @@ import type { z } from 'zod';
 import { silentLogger, type Logger } from '../log.js';
 import { describeStoreError } from '../persistence/StoreUnavailableError.js';
 import { firstLine, retryStore, rootStoreError } from '../persistence/retryStore.js';
+import { scrubSecrets } from '../secrets.js';
 import { zeroUsage } from '../usage.js';
 import { CircuitBreaker } from './CircuitBreaker.js';
 import { describeIssues } from './model/prompt.js';
@@ -280,7 +281,9 @@ export class MicrotaskRunner {
             ...(e.requestId !== undefined ? { requestId: e.requestId } : {}),
             ...(e.retryAfterMs !== undefined ? { retryAfterMs: e.retryAfterMs } : {}),
           }
-        : { kind: 'unknown', message: e instanceof Error ? e.message : String(e), retryable: false };
+        : // A ModelError is scrubbed when made; anything else (a library under the model port) here,
+          // before the result goes to a store, a snapshot, a journal or an answer.
+          { kind: 'unknown', message: scrubSecrets(e instanceof Error ? e.message : String(e)), retryable: false };
       // A call that failed still counts as one against a budget of calls; its tokens are
       // known only when the model answered (a cut-off or invalid answer).
       const usage = (isModelError(e) ? e.usage : undefined) ?? { ...zeroUsage(), calls: 1 };

@@ -1,3 +1,5 @@
+import { scrubSecrets } from '../secrets.js';
+
 /**
  * A store (snapshots, microtask results) that stays unavailable after retries: a full
  * disk, a nats-server that does not come back within the deadline. This is never a model
@@ -9,7 +11,9 @@ export class StoreUnavailableError extends Error {
   override readonly name = 'StoreUnavailableError';
   readonly code = 'STORE_UNAVAILABLE';
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
+    // Made from a store's or a client library's message (a NATS error may quote a
+    // credential), and kept in the flow's record, answered and logged: scrubbed as made.
+    super(scrubSecrets(message), options);
   }
 }
 

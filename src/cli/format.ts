@@ -14,3 +14,26 @@ export const formatTokens = (input: number, output: number) =>
   `${(input + output).toLocaleString('en-US')} tokens (${input.toLocaleString('en-US')} in, ${output.toLocaleString('en-US')} out)`;
 
 export const formatMs = (ms: number) => (ms < 1_000 ? `${Math.round(ms)} ms` : `${(ms / 1_000).toFixed(ms < 10_000 ? 2 : 1)} s`);
+
+/**
+ * What a person does about a store that stopped a flow, from the cause's errno
+ * (`describeStoreError`'s lines start with it): space, permissions, or wait for the store.
+ */
+function storeRemedy(cause: string): string {
+  if (/^(ENOSPC|EDQUOT)\b/.test(cause)) return 'free space';
+  if (/^EROFS\b/.test(cause)) return 'make it writable';
+  if (/^(EACCES|EPERM)\b/.test(cause)) return 'fix its permissions';
+  return 'once the store is back';
+}
+
+/**
+ * One line for a flow its store stopped (a full disk): the cause, where the flow stands and
+ * what to do. `flowId` unset: the start itself was refused, nothing was saved.
+ */
+export function describeStoreStop(stop: { cause: string; flowId?: string; step?: number }): string {
+  const cause = stop.cause.split('\n', 1)[0]!;
+  const remedy = storeRemedy(cause);
+  if (stop.flowId === undefined) return `${cause}: the flow did not start (nothing saved, no model call); ${remedy}, then run the command again`;
+  const where = stop.step === undefined ? '' : ` at step ${stop.step}`;
+  return `${cause}: the flow ${stop.flowId} stopped${where} (saved, resumable); ${remedy}, then \`microtask resume ${stop.flowId}\``;
+}

@@ -9,7 +9,7 @@ import { ConfigError, loadConfig, type Config } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
 import { connectBus, journalFor, snapshotStore, startDaemonService, startWorkerService } from '../services.js';
 import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
-import { FlowHostError } from '../flowHost.js';
+import { FlowHaltedError, FlowHostError } from '../flowHost.js';
 import {
   SnapshotConflictError,
   SnapshotStoreError,
@@ -44,7 +44,8 @@ import { DaemonClient } from './busClient.js';
 import type { Worker } from '../worker.js';
 import { colorWanted, progressDisplay, type Progress } from './liveProgress.js';
 import { renderHistory } from './show.js';
-import { formatTokens } from './format.js';
+import { describeStoreStop, formatTokens } from './format.js';
+import { isStoreUnavailable } from '../persistence/StoreUnavailableError.js';
 import { mkdirs } from '../mkdirs.js';
 
 const EXIT_CODES_HELP = `
@@ -53,7 +54,8 @@ Exit codes:
   1  the flow finished without success (failed, fell back, exhausted, over budget, or cancelled)
   2  wrong usage: unknown command or flag, bad input file, bad environment variable, an --out
      or MICROTASK_STATE_DIR that cannot be written, unknown flow, NATS unreachable or refusing
-     the credentials, no daemon answering on NATS
+     the credentials, no daemon answering on NATS; or the state directory full or unwritable
+     (a flow stops where it stands: \`microtask resume\` it once there is space)
   3  an unexpected error (see the message and the logs)
   130  a second SIGINT/SIGTERM while a daemon or worker was stopping gracefully
 
@@ -137,6 +139,34 @@ function printFlowResult(pattern: string, flowId: string, output: FlowOutput, js
     );
   }
   return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
+}
+
+/**
+ * A flow its store stopped (a full disk, a store down past its retries), or a start the
+ * store refused: not a failure of the flow (exit 1) nor a crash (exit 3), but the user's
+ * to fix, as a bad environment is (exit 2). One line naming the cause; with --json the
+ * same as an object on stdout, `status: "halted"` (resumable) or `"not_started"`. Any other
+ * error is rethrown.
+ */
+async function storeStopped(e: unknown, pattern: string, store: SnapshotStore, json: boolean): Promise<number> {
+  let stop: { flowId: string | null; cause: string; step?: number };
+  if (e instanceof FlowHaltedError) {
+    // The step it stands at is the last one saved: the record on disk (a read still works on a full disk).
+    const steps = (await store.load(e.flowId).catch(() => undefined))?.record.steps;
+    stop = { flowId: e.flowId, cause: e.message, ...(steps !== undefined ? { step: steps } : {}) };
+  } else if (isStoreUnavailable(e)) stop = { flowId: null, cause: e.message };
+  else throw e;
+  if (json) {
+    printData({
+      flowId: stop.flowId,
+      pattern,
+      status: stop.flowId === null ? 'not_started' : 'halted',
+      error: { code: 'STORE_UNAVAILABLE', message: stop.cause },
+      ...(stop.step !== undefined ? { step: stop.step } : {}),
+    });
+  }
+  process.stderr.write(`microtask: ${describeStoreStop({ cause: stop.cause, ...(stop.flowId !== null ? { flowId: stop.flowId } : {}), ...(stop.step !== undefined ? { step: stop.step } : {}) })}\n`);
+  return ExitCode.storeUnavailable;
 }
 
 const FLOW_STATUSES = ['running', 'done', 'failed', 'cancelled'] as const;
@@ -274,7 +304,8 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
     await runtime.journal.flush();
   } catch (e) {
     if (e instanceof FlowHostError || e instanceof SnapshotStoreError) throw new UsageError(e.message, e.code);
-    throw e;
+    const pattern = (await runtime.store.load(flowId).catch(() => undefined))?.record.pattern ?? 'unknown';
+    return storeStopped(e, pattern, runtime.store, options.json ?? false);
   }
   if (result.outcome === 'finished') process.stderr.write(`flow ${flowId} had already ended (${result.record.status}); its output:\n`);
   return printFlowResult(result.record.pattern, flowId, result.output, options.json ?? false);
@@ -291,14 +322,19 @@ async function runCommand(patternArg: string, options: { input: string; json?: b
   const stately = options.inspect ? await statelyFor(runtime.logger) : undefined;
   const progress = progressFor(options);
   try {
-    const { flowId, output } = await runFlow(runtime, pattern, input, {
-      onStarted: hintResumeOnInterrupt,
-      outRoot: options.out,
-      journal: journalWith(runtime.journal, progress),
-      ...(stately ? { inspect: stately.inspect } : {}),
-    }).finally(() => progress?.done());
+    let ran;
+    try {
+      ran = await runFlow(runtime, pattern, input, {
+        onStarted: hintResumeOnInterrupt,
+        outRoot: options.out,
+        journal: journalWith(runtime.journal, progress),
+        ...(stately ? { inspect: stately.inspect } : {}),
+      }).finally(() => progress?.done());
+    } catch (e) {
+      return await storeStopped(e, pattern, runtime.store, options.json ?? false);
+    }
     await runtime.journal.flush();
-    return printFlowResult(pattern, flowId, output, options.json ?? false);
+    return printFlowResult(pattern, ran.flowId, ran.output, options.json ?? false);
   } finally {
     stately?.stop();
   }
@@ -353,7 +389,12 @@ async function buildCommand(specFile: string, options: BuildOptions) {
   await prune(runtime.store, runtime.config, runtime.logger, runtime.journal, runtime.results);
   if (options.detach) {
     // Saved, then run to its end by a process of its own: this one returns the id at once.
-    const flowId = await startDetached(runtime, 'tool-builder', { spec, ...extra }, { outRoot });
+    let flowId;
+    try {
+      flowId = await startDetached(runtime, 'tool-builder', { spec, ...extra }, { outRoot });
+    } catch (e) {
+      return storeStopped(e, 'tool-builder', runtime.store, options.json ?? false);
+    }
     const log = join(config.MICROTASK_STATE_DIR, 'logs', `${flowId}.log`);
     await mkdirs(join(config.MICROTASK_STATE_DIR, 'logs'));
     const fd = openSync(log, 'a');
@@ -367,13 +408,18 @@ async function buildCommand(specFile: string, options: BuildOptions) {
     return ExitCode.ok;
   }
   const progress = progressFor(options);
-  const { flowId, output } = await runFlow(runtime, 'tool-builder', { spec, ...extra }, {
-    outRoot,
-    onStarted: hintResumeOnInterrupt,
-    journal: journalWith(runtime.journal, progress),
-  }).finally(() => progress?.done());
+  let built;
+  try {
+    built = await runFlow(runtime, 'tool-builder', { spec, ...extra }, {
+      outRoot,
+      onStarted: hintResumeOnInterrupt,
+      journal: journalWith(runtime.journal, progress),
+    }).finally(() => progress?.done());
+  } catch (e) {
+    return storeStopped(e, 'tool-builder', runtime.store, options.json ?? false);
+  }
   await runtime.journal.flush();
-  return printBuildResult(spec.name, flowId, output, options.json ?? false);
+  return printBuildResult(spec.name, built.flowId, built.output, options.json ?? false);
 }
 
 function printBuildResult(name: string, flowId: string, output: Record<string, unknown>, json: boolean) {

@@ -23,7 +23,7 @@ const microtaskChild = (input: Record<string, unknown>, status = 'active') => ({
   src: 'microtask',
   syncSnapshot: false,
 });
-const machineSnapshot = (children: Record<string, unknown>) => ({ status: 'active', value: 'running', historyValue: {}, context: { n: 1 }, children });
+const machineSnapshot = (children: Record<string, any>) => ({ status: 'active', value: 'running', historyValue: {}, context: { n: 1 }, children });
 const deadlineOf = (snapshot: any, ...path: string[]) => {
   let actor = snapshot;
   for (const id of path) actor = actor.children[id].snapshot;

@@ -40,8 +40,8 @@ function hostFor(runtime: Runtime, options: RunFlowOptions) {
     store: runtime.store,
     logger: runtime.logger,
     outRoot: options.outRoot ?? toolsDir(runtime.config.MICROTASK_STATE_DIR),
-    // Named in the line a full disk stops a flow with (`ENOSPC: no space left on <dir>`).
-    storeLocation: stateDirs(runtime.config.MICROTASK_STATE_DIR).flows,
+    // Named in the line a full disk stops a flow with (`ENOSPC: no space left on <state>/db`).
+    storeLocation: runtime.storeLocation,
     journal: options.journal ?? runtime.journal,
     ...(options.inspect ? { inspect: options.inspect } : {}),
   });

@@ -3,12 +3,13 @@ import { MicrotaskRunner, type AnswerSchemas, type Fallbacks } from './actors/mi
 import { AnthropicModel } from './actors/model/AnthropicModel.js';
 import { CassetteRecorder, CassetteReplayModel, loadCassette } from './actors/model/CassetteModel.js';
 import type { ModelPort } from './actors/model/ModelPort.js';
-import { LogResultsStore, type PrunableResultsStore } from './persistence/LogResultsStore.js';
-import { FileJournal } from './journal/FileJournal.js';
+import type { PrunableResultsStore } from './persistence/LogResultsStore.js';
 import type { Journal, JournalError } from './journal/Journal.js';
-import { FileSnapshotStore } from './persistence/FileSnapshotStore.js';
+import { LmdbJournal } from './journal/LmdbJournal.js';
+import { LmdbResultsStore } from './persistence/LmdbResultsStore.js';
+import { LmdbSnapshotStore } from './persistence/LmdbSnapshotStore.js';
+import { LmdbStore } from './persistence/LmdbStore.js';
 import type { SnapshotStore, SnapshotStoreOptions } from './persistence/SnapshotStore.js';
-import { stateDirs } from './runFlow.js';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import { displayUrl } from './secrets.js';
@@ -83,6 +84,14 @@ export interface Runtime {
   runner: MicrotaskRunner;
   /** Each flow's history (steps, microtasks), for `microtask show` and the inspector. */
   journal: Journal;
+  /** The state directory's embedded database (request ids; the stores above live in it). */
+  db: LmdbStore;
+  /** Where the snapshots are, for messages (`ENOSPC: no space left on <where>`). */
+  storeLocation: string;
+  /** Waits for the journal's writes, then releases the database (it closes with this process's last handle). */
+  close(): Promise<void>;
+  /** `await using runtime = await createRuntime(…)`: closed at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 /** A journal write that failed costs the flow nothing; say so in the logs. */
@@ -96,13 +105,23 @@ export async function createRuntime(
 ): Promise<Runtime> {
   const { model, description } = await chooseModel(config);
   logger.info({ model: model.name }, `model: ${description}`);
-  // Embedded mode keeps results and snapshots on disk: a flow killed mid-way resumes
-  // (`microtask resume`) without paying again for the calls it had made.
-  const dirs = stateDirs(config.MICROTASK_STATE_DIR);
-  // Appended to a log with one fdatasync per batch; result files of earlier versions are read on a miss.
-  const results = new LogResultsStore(dirs.results);
-  const store: SnapshotStore = await FileSnapshotStore.open(dirs.flows, moveAsideOnCorrupt(logger, () => store));
-  const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...registry });
-  const journal = new FileJournal({ dir: dirs.journal, onError: logJournalError(logger) });
-  return { config, logger, store, model, modelDescription: description, results, runner, journal };
+  // Embedded mode keeps results, snapshots, steps and the journal in one database under the
+  // state directory (lmdb: the writes of a turn share one commit and one fsync, several
+  // processes may open it): a flow killed mid-way resumes (`microtask resume`) without
+  // paying again for the calls it had made. What earlier versions wrote there is read.
+  const db = await LmdbStore.open(config.MICROTASK_STATE_DIR);
+  try {
+    const results = await LmdbResultsStore.open(db);
+    const store: SnapshotStore = await LmdbSnapshotStore.open(db, moveAsideOnCorrupt(logger, () => store));
+    const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...registry });
+    const journal = await LmdbJournal.open(config.MICROTASK_STATE_DIR, { onError: logJournalError(logger) });
+    const close = async () => {
+      await journal.close();
+      await db.close();
+    };
+    return { config, logger, store, model, modelDescription: description, results, runner, journal, db, storeLocation: db.path, close, [Symbol.asyncDispose]: close };
+  } catch (e) {
+    await db.close();
+    throw e;
+  }
 }

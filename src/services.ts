@@ -14,14 +14,15 @@ import type { Config } from './config.js';
 import { Daemon } from './daemon/Daemon.js';
 import { provideFlows } from './flows.js';
 import { BusJournal } from './journal/BusJournal.js';
-import { FileJournal } from './journal/FileJournal.js';
 import type { Journal } from './journal/Journal.js';
-import { FileSnapshotStore } from './persistence/FileSnapshotStore.js';
+import { LmdbJournal } from './journal/LmdbJournal.js';
 import { KvSnapshotStore } from './persistence/KvSnapshotStore.js';
+import { LmdbSnapshotStore } from './persistence/LmdbSnapshotStore.js';
+import { LmdbStore } from './persistence/LmdbStore.js';
 import type { SnapshotStore } from './persistence/SnapshotStore.js';
 import type { Logger } from './log.js';
 import { answerSchemas } from './machines/answers.js';
-import { stateDirs, toolsDir } from './runFlow.js';
+import { toolsDir } from './runFlow.js';
 import { chooseModel, createRuntime, logJournalError, moveAsideOnCorrupt, type ModelChoice } from './runtime.js';
 import { startWorker } from './worker.js';
 
@@ -30,7 +31,7 @@ import { startWorker } from './worker.js';
  * set, in-process otherwise), the work queue and results bucket, the daemon and workers.
  */
 export async function connectBus(config: Config, logger: Logger, role: string): Promise<Bus> {
-  if (!config.NATS_URL) return new MemoryBus({ subjectPrefix: config.MICROTASK_SUBJECT_PREFIX });
+  if (!config.NATS_URL) return new EmbeddedBus({ subjectPrefix: config.MICROTASK_SUBJECT_PREFIX });
   const servers = config.NATS_URL.join(', ');
   // A one-shot command fails fast on an unreachable server; a service waits for it, saying so.
   const oneShot = role === 'cli';
@@ -128,23 +129,46 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
   return consumer;
 }
 
-/** The snapshot store of the mode: NATS KV when the bus is NATS (shared by daemons), files otherwise. */
+/**
+ * The in-process bus of embedded mode. The state directory's database handles opened for
+ * a command or a daemon on it are released when it closes (the database closes with the
+ * process's last handle, its writes in flight committed first).
+ */
+class EmbeddedBus extends MemoryBus {
+  private readonly releases: Array<() => Promise<unknown>> = [];
+
+  /** Runs `release` when the bus closes (for a bus that is not an EmbeddedBus, never: the process's exit does). */
+  static onClose(bus: Bus, release: () => Promise<unknown>) {
+    if (bus instanceof EmbeddedBus) bus.releases.push(release);
+  }
+
+  override async close(): Promise<void> {
+    await super.close();
+    for (const release of this.releases.splice(0).reverse()) await release();
+  }
+}
+
+/** The snapshot store of the mode: NATS KV when the bus is NATS (shared by daemons), the embedded database otherwise. */
 export async function snapshotStore(bus: Bus, config: Config, logger: Logger): Promise<SnapshotStore> {
   const options = moveAsideOnCorrupt(logger, () => store);
-  const store: SnapshotStore =
-    bus.transport === 'nats'
-      ? new KvSnapshotStore(await bus.keyValue(subjects(config.MICROTASK_SUBJECT_PREFIX).snapshotsBucket), options)
-      : await FileSnapshotStore.open(stateDirs(config.MICROTASK_STATE_DIR).flows, options);
+  let store: SnapshotStore;
+  if (bus.transport === 'nats') store = new KvSnapshotStore(await bus.keyValue(subjects(config.MICROTASK_SUBJECT_PREFIX).snapshotsBucket), options);
+  else {
+    const db = await LmdbStore.open(config.MICROTASK_STATE_DIR);
+    EmbeddedBus.onClose(bus, () => db.close());
+    store = await LmdbSnapshotStore.open(db, options);
+  }
   return store;
 }
 
-/** The journal of the mode: a JetStream stream with NATS (any machine reads it), files otherwise. */
+/** The journal of the mode: a JetStream stream with NATS (any machine reads it), the embedded database otherwise. */
 export async function journalFor(bus: Bus, config: Config, logger: Logger): Promise<Journal> {
   const retentionMs = config.MICROTASK_RETENTION_HOURS * 3_600_000;
   const onError = logJournalError(logger);
-  return bus.transport === 'nats'
-    ? BusJournal.open(bus, { subjectPrefix: config.MICROTASK_SUBJECT_PREFIX, retentionMs, onError })
-    : new FileJournal({ dir: stateDirs(config.MICROTASK_STATE_DIR).journal, onError });
+  if (bus.transport === 'nats') return BusJournal.open(bus, { subjectPrefix: config.MICROTASK_SUBJECT_PREFIX, retentionMs, onError });
+  const journal = await LmdbJournal.open(config.MICROTASK_STATE_DIR, { onError });
+  EmbeddedBus.onClose(bus, () => journal.close());
+  return journal;
 }
 
 /**
@@ -160,6 +184,7 @@ export async function startDaemonService(
   const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
   // Embedded: microtasks run in this process, their results kept on disk (the CLI's runtime).
   const runtime = bus.transport === 'nats' ? undefined : await createRuntime(config, logger, { answers: answerSchemas });
+  if (runtime) EmbeddedBus.onClose(bus, () => runtime.close());
   const microtask =
     !runtime
       ? createRemoteMicrotaskLogic({
@@ -171,18 +196,24 @@ export async function startDaemonService(
           logger,
         })
       : createMicrotaskLogic(runtime.runner);
-  const store = await snapshotStore(bus, config, logger);
+  // Embedded: the runtime's stores, in the state directory's database.
+  const store = runtime?.store ?? (await snapshotStore(bus, config, logger));
+  const journal = extra.journal === false ? undefined : (runtime?.journal ?? (await journalFor(bus, config, logger)));
   const before = new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000);
   const pruned = await store.prune(before);
   const resultFiles = (await runtime?.results.prune(before)) ?? 0;
-  if (pruned || resultFiles) logger.info({ pruned, resultFiles }, 'old finished flows pruned');
+  const journals = (await journal?.prune(before)) ?? 0;
+  const requestIds = (await runtime?.db.pruneRequests(before)) ?? 0;
+  if (pruned || resultFiles || journals || requestIds) logger.info({ pruned, resultFiles, journals, requestIds }, 'old finished flows pruned');
   const daemon = new Daemon({
     bus,
     flows: provideFlows({ microtask }),
     store,
     logger,
     outRoot: toolsDir(config.MICROTASK_STATE_DIR),
-    ...(extra.journal === false ? {} : { journal: await journalFor(bus, config, logger) }),
+    ...(journal ? { journal } : {}),
+    // Embedded: request ids claimed in the database, so that two processes on one state directory agree.
+    ...(runtime ? { requestIds: { claim: (requestId: string, flowId: string) => runtime.db.claimRequest(requestId, flowId), release: (requestId: string, flowId: string) => runtime.db.releaseRequest(requestId, flowId) }, storeLocation: runtime.storeLocation } : {}),
     ...(extra.inspect ? { inspect: extra.inspect } : {}),
     retentionMs: config.MICROTASK_RETENTION_HOURS * 3_600_000,
     subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,

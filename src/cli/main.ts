@@ -296,7 +296,8 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
   if (config.NATS_URL) {
     throw new UsageError('with NATS_URL set, the daemon resumes unfinished flows when it starts; `microtask resume` resumes embedded flows (unset NATS_URL)');
   }
-  const runtime = await startRuntime();
+  // Closed when the command returns: its writes committed, its database handle released.
+  await using runtime = await startRuntime();
   let result;
   try {
     const progress = progressFor(options);
@@ -317,7 +318,8 @@ async function runCommand(patternArg: string, options: { input: string; json?: b
   if (options.out !== undefined && pattern !== 'tool-builder') throw new UsageError('--out is for the tool-builder pattern only');
   if (pattern === 'tool-builder') await assertWritableDirectory(options.out ?? toolsDir(loadConfig().MICROTASK_STATE_DIR));
   const input = await readJsonFile(options.input, patternInputSchemas[pattern] as z.ZodType<Record<string, unknown>>, `${pattern} input`);
-  const runtime = await startRuntime();
+  // Closed when the command returns: its writes committed, its database handle released.
+  await using runtime = await startRuntime();
   await prune(runtime.store, runtime.config, runtime.logger, runtime.journal, runtime.results);
   const stately = options.inspect ? await statelyFor(runtime.logger) : undefined;
   const progress = progressFor(options);
@@ -378,7 +380,8 @@ async function buildCommand(specFile: string, options: BuildOptions) {
   const extra = { ...(options.threshold !== undefined ? { threshold: options.threshold } : {}), ...(budget ? { budget } : {}) };
   if (config.NATS_URL) return buildOverBus(spec, extra, outRoot, config, options);
 
-  const runtime = await startRuntime();
+  // Closed when the command returns: its writes committed, its database handle released.
+  await using runtime = await startRuntime();
   if (runtime.model.name === 'cassette' && !config.MICROTASK_CASSETTE && !(await isExampleSpec(spec))) {
     throw new UsageError(
       `offline mode (no ANTHROPIC_API_KEY) replays hand-written answers for examples/api-tester.json only; ` +

@@ -42,6 +42,21 @@ export interface DaemonOptions {
   retentionMs?: number;
   /** Sees every inspection event of every flow (Stately's inspector). */
   inspect?: (event: InspectionEvent) => void;
+  /**
+   * Where request ids are claimed (embedded: the state directory's database, shared by the
+   * processes on it); unset: the bus's flows bucket.
+   */
+  requestIds?: RequestIds;
+  /** Where the store keeps flows, for messages (`ENOSPC: no space left on <where>`). */
+  storeLocation?: string;
+}
+
+/** Request ids claimed atomically: of two claims of one id, one wins and both learn its flow. */
+export interface RequestIds {
+  /** Resolves with the flow holding `requestId` now: `flowId` when this call claimed it. */
+  claim(requestId: string, flowId: string): Promise<string>;
+  /** Releases the claim if `flowId` holds it (the flow did not start; a retry must start one). */
+  release(requestId: string, flowId: string): Promise<void>;
 }
 
 const requestKey = (requestId: string) => `request.${createHash('sha256').update(requestId).digest('hex').slice(0, 40)}`;
@@ -73,6 +88,7 @@ export class Daemon {
       ...(options.lease ? { lease: options.lease } : {}),
       ...(options.journal ? { journal: options.journal } : {}),
       ...(options.inspect ? { inspect: options.inspect } : {}),
+      ...(options.storeLocation ? { storeLocation: options.storeLocation } : {}),
       onEvent: async (event) => {
         await this.log.append(this.subjects.flowEvents(event.flowId), JSON.stringify(event));
       },
@@ -123,7 +139,11 @@ export class Daemon {
   /** Starts a flow (or finds the one started for the same requestId). */
   async startFlow(pattern: PatternName, input: Record<string, unknown>, requestId?: string): Promise<string> {
     const flowId = newFlowId(pattern);
-    if (requestId) {
+    const { requestIds } = this.options;
+    if (requestId && requestIds) {
+      const holder = await requestIds.claim(requestId, flowId);
+      if (holder !== flowId) return holder;
+    } else if (requestId) {
       try {
         await this.requests.create(requestKey(requestId), flowId);
       } catch (e) {
@@ -138,7 +158,8 @@ export class Daemon {
       await this.host.start(pattern, input, { flowId, ...(requestId ? { requestId } : {}) });
     } catch (e) {
       // A retry of the request must start the flow, not find one that never began.
-      if (requestId) await this.requests.delete(requestKey(requestId)).catch(() => undefined);
+      if (requestId && requestIds) await requestIds.release(requestId, flowId).catch(() => undefined);
+      else if (requestId) await this.requests.delete(requestKey(requestId)).catch(() => undefined);
       throw e;
     }
     this.options.logger.info({ flowId, pattern, requestId }, 'flow started');

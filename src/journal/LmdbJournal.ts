@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { committed, quiet, type LmdbDatabases, type LmdbStore } from '../persistence/LmdbStore.js';
+import { readdir } from 'node:fs/promises';
+import { committed, legacyDirs, LmdbStore, quiet, type LmdbDatabases } from '../persistence/LmdbStore.js';
 import { isValidFlowId, type FlowStep } from '../persistence/SnapshotStore.js';
-import type { FileJournal } from './FileJournal.js';
+import { FileJournal } from './FileJournal.js';
 import {
   JournalError,
   parseJournalEntry,
@@ -51,6 +52,17 @@ export class LmdbJournal implements Journal {
     private readonly options: LmdbJournalOptions = {},
   ) {
     this.written.setMaxListeners(0);
+  }
+
+  /**
+   * The journal of a state directory, on a handle of its own (closed with the journal),
+   * reading the journal files of earlier versions there when there are any.
+   */
+  static async open(stateDir: string, options: Omit<LmdbJournalOptions, 'legacy'> = {}): Promise<LmdbJournal> {
+    const dir = legacyDirs(stateDir).journal;
+    const names = await readdir(dir).catch(() => [] as string[]);
+    const legacy = names.some((n) => n.endsWith('.jsonl')) ? { legacy: new FileJournal({ dir, ...(options.onError ? { onError: options.onError } : {}) }) } : {};
+    return new LmdbJournal(await LmdbStore.open(stateDir), { ...options, ...legacy });
   }
 
   append(entry: JournalEntry, snapshotJson?: string): void {

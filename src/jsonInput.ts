@@ -11,6 +11,15 @@
  */
 export const MAX_JSON_DEPTH = 64;
 
+/**
+ * How deep arrays and objects may nest in a record the orchestrator writes (a flow's
+ * snapshot, a task on the queue): JSON.stringify recurses, and V8's overflows its stack a
+ * few thousand levels down (fewer when called deep in a stack). Real records nest a few dozen.
+ */
+export const MAX_RECORD_DEPTH = 1_000;
+/** How deep a model's answer may nest: well within a record, which holds it a few dozen levels down. */
+export const MAX_ANSWER_DEPTH = 500;
+
 export type JsonInputErrorCode = 'NOT_JSON' | 'TOO_DEEP';
 
 export class JsonInputError extends Error {

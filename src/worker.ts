@@ -5,6 +5,7 @@ import { describeIssues } from './actors/model/prompt.js';
 import type { QueuedTask } from './actors/remoteMicrotask.js';
 import type { Job, WorkConsumer, WorkQueue } from './bus/Bus.js';
 import type { ResultsStore } from './actors/ResultsStore.js';
+import { MAX_RECORD_DEPTH, parseJsonInput } from './jsonInput.js';
 import { silentLogger, type Logger } from './log.js';
 import { retryStore } from './persistence/retryStore.js';
 import { scrubSecrets } from './secrets.js';
@@ -68,9 +69,12 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const handle = async (job: Job) => {
     let raw: unknown;
     try {
-      raw = job.json();
+      // Anyone allowed to publish on the queue's subject can put a job there: read as any
+      // input from outside, its depth bounded before schemas and JSON.stringify walk it. A
+      // task holds flow data and model answers, both bounded well below MAX_RECORD_DEPTH.
+      raw = parseJsonInput(job.data, MAX_RECORD_DEPTH);
     } catch (e) {
-      await job.deadLetter(`not a task: ${scrubSecrets((e as Error).message)}`);
+      await job.deadLetter(`the task ${scrubSecrets((e as Error).message)}`);
       return;
     }
     const parsed = QueuedTaskSchema.safeParse(raw);

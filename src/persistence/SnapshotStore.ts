@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_RECORD_DEPTH } from '../jsonInput.js';
 
 /**
  * The snapshot-store contract: where a flow's persisted XState snapshot lives between
@@ -261,54 +262,81 @@ function describeIssues(error: z.ZodError, prefix = ''): string {
     .join('; ');
 }
 
+export { MAX_RECORD_DEPTH };
+
+/** A value met while walking a record, with what is needed to name its place. */
+interface Visit {
+  value: unknown;
+  key: string | number | undefined;
+  parent: Visit | undefined;
+  /** Arrays and objects around it: 0 for the record itself. */
+  depth: number;
+}
+
+/** `record.output.list[2]`, its middle cut out when long (a path 1,000 levels deep). */
+function placeOf(visit: Visit, root: string): string {
+  const parts: string[] = [];
+  for (let at: Visit | undefined = visit; at?.parent; at = at.parent) parts.push(typeof at.key === 'number' ? `[${at.key}]` : `.${at.key}`);
+  const path = root + parts.reverse().join('');
+  return path.length <= 240 ? path : `${path.slice(0, 120)}…${path.slice(-80)}`;
+}
+
 /**
  * The first place where `value` is not JSON data (what JSON.stringify would drop,
- * change or refuse), or undefined when it is. `undefined` object properties are fine:
- * JSON leaves them out and they read back as missing.
+ * change or refuse, or could not write for its depth), or undefined when it is.
+ * `undefined` object properties are fine: JSON leaves them out and they read back as
+ * missing. Iterative: a model's answer nested 100,000 deep is reported, not a stack overflow.
  */
-export function findNonJson(value: unknown, path = 'record'): string | undefined {
+export function findNonJson(value: unknown, path = 'record', maxDepth = MAX_RECORD_DEPTH): string | undefined {
+  /** The arrays and objects on the way down to the current one: a cycle, not a shared value. */
   const ancestors = new Set<object>();
-  const visit = (v: unknown, at: string): string | undefined => {
+  const pending: Array<Visit | { leave: object }> = [{ value, key: undefined, parent: undefined, depth: 0 }];
+  for (let next = pending.pop(); next; next = pending.pop()) {
+    if ('leave' in next) {
+      ancestors.delete(next.leave);
+      continue;
+    }
+    const visit = next;
+    const v = visit.value;
     switch (typeof v) {
       case 'string':
       case 'boolean':
-        return undefined;
+        continue;
       case 'number':
-        return Number.isFinite(v) ? undefined : `${at} is ${v} (JSON writes null)`;
+        if (Number.isFinite(v)) continue;
+        return `${placeOf(visit, path)} is ${v} (JSON writes null)`;
       case 'undefined':
-        return `${at} is undefined (JSON writes null in an array)`;
+        return `${placeOf(visit, path)} is undefined (JSON writes null in an array)`;
       case 'bigint':
       case 'symbol':
       case 'function':
-        return `${at} is a ${typeof v}`;
+        return `${placeOf(visit, path)} is a ${typeof v}`;
     }
-    if (v === null) return undefined;
+    if (v === null) continue;
     const object = v as object;
-    if (ancestors.has(object)) return `${at} refers back to itself`;
-    ancestors.add(object);
-    try {
-      if (Array.isArray(object)) {
-        for (let i = 0; i < object.length; i++) {
-          const problem = visit(object[i], `${at}[${i}]`);
-          if (problem) return problem;
-        }
-        return undefined;
-      }
+    if (ancestors.has(object)) return `${placeOf(visit, path)} refers back to itself`;
+    if (visit.depth >= maxDepth) {
+      return `${placeOf(visit, path)} nests deeper than ${maxDepth} levels of arrays and objects (the limit: JSON.stringify could not write it)`;
+    }
+    const children: Array<[string | number, unknown]> = [];
+    if (Array.isArray(object)) {
+      for (let i = 0; i < object.length; i++) children.push([i, object[i]]);
+    } else {
       const proto = Object.getPrototypeOf(object) as object | null;
       if (proto !== Object.prototype && proto !== null) {
-        return `${at} is a ${(object as { constructor?: { name?: string } }).constructor?.name ?? 'class instance'}`;
+        return `${placeOf(visit, path)} is a ${(object as { constructor?: { name?: string } }).constructor?.name ?? 'class instance'}`;
       }
-      for (const [key, child] of Object.entries(object)) {
-        if (child === undefined) continue;
-        const problem = visit(child, `${at}.${key}`);
-        if (problem) return problem;
-      }
-      return undefined;
-    } finally {
-      ancestors.delete(object);
+      for (const [key, child] of Object.entries(object)) if (child !== undefined) children.push([key, child]);
     }
-  };
-  return visit(value, path);
+    ancestors.add(object);
+    pending.push({ leave: object });
+    // Reversed onto the stack: the first child is visited first, as in a recursive walk.
+    for (let i = children.length - 1; i >= 0; i--) {
+      const [key, child] = children[i]!;
+      pending.push({ value: child, key, parent: visit, depth: visit.depth + 1 });
+    }
+  }
+  return undefined;
 }
 
 /** Checks a record before it is written; returns it as it will be stored. */

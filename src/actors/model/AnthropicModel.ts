@@ -1,6 +1,7 @@
 import Anthropic, { APIError, APIConnectionError, APIConnectionTimeoutError, APIUserAbortError } from '@anthropic-ai/sdk';
 import type { z } from 'zod';
 import { addSecrets, displayUrl, urlCredentials } from '../../secrets.js';
+import { depthExceeds, MAX_ANSWER_DEPTH } from '../../jsonInput.js';
 import { addUsage, zeroUsage, type Usage } from '../../usage.js';
 import { abortedError, sleep } from './abort.js';
 import { ModelError } from './ModelError.js';
@@ -118,6 +119,14 @@ export class AnthropicModel implements ModelPort {
       );
       const parsed = block ? schema.safeParse(unwrap(block.input)) : undefined;
       if (block && parsed?.success) {
+        // JSON.stringify (here, and in every store the answer goes to) recurses: an answer
+        // nested thousands deep would overflow the stack, failing as an internal error.
+        if (depthExceeds(parsed.data, MAX_ANSWER_DEPTH)) {
+          throw new ModelError('invalid_output', `the model's answer nests deeper than ${MAX_ANSWER_DEPTH} levels of arrays and objects (the limit)`, {
+            requestId: message._request_id ?? undefined,
+            usage,
+          });
+        }
         return this.response(message, parsed.data, JSON.stringify(parsed.data), usage);
       }
       const problem = parsed && !parsed.success

@@ -90,12 +90,16 @@ interface HostedFlow {
   chain: Promise<void>;
   /** The announcements sent and not yet acknowledged (they never hold the next save up). */
   announcing: Promise<void> | undefined;
+  /** Set while a batch waits for its steps' journal entries before it is announced: the next batch is sent after it. */
+  sendGate: Promise<void> | undefined;
   /** A write of the pending steps is on the chain and has not started: later steps join it. */
   writeQueued: boolean;
   /** Steps captured and not yet saved, in order. */
   pending: PendingStep[];
   /** The JSON of the last step captured: a change of nothing is no step. */
   lastCaptured: string;
+  /** When the last step captured was taken. */
+  lastStepAt: string;
   /** A save with no new step is owed (a lease renewal, a parked flow). */
   touch: boolean;
   ending: Ending | undefined;
@@ -149,6 +153,7 @@ export class FlowHost {
     const json = JSON.stringify(snapshot);
     const first: FlowStep = { step: 1, at: hosted.record.updatedAt, actor: 'root', machine: machineId, state, event: 'xstate.init', rootState: state, snapshotJson: json };
     hosted.steps = 1;
+    hosted.lastStepAt = first.at;
     hosted.lastCaptured = json;
     hosted.record = { ...hosted.record, steps: 1 };
     try {
@@ -158,7 +163,8 @@ export class FlowHost {
       throw e;
     }
     this.journal(hosted, { kind: 'flow', phase: 'started', pattern, status: 'running', input: flowInput });
-    this.journalStep(hosted, first);
+    const journaled = this.journalStep(hosted, first);
+    if (journaled && !this.options.store.keepsSteps) this.gateSends(hosted, [journaled]);
     hosted.actor.start();
     return flowId;
   }
@@ -417,9 +423,11 @@ export class FlowHost {
       seq: 0,
       chain: Promise.resolve(),
       announcing: undefined,
+      sendGate: undefined,
       writeQueued: false,
       pending: [],
       lastCaptured: '',
+      lastStepAt: previous?.updatedAt ?? new Date().toISOString(),
       touch: false,
       ending: undefined,
       finished: new Promise((resolve) => (resolveFinished = resolve)),
@@ -496,7 +504,8 @@ export class FlowHost {
         Object.assign(last.step, cause);
         last.seq = ++hosted.seq;
       } else {
-        const step = { ...cause, step: hosted.steps, at: new Date().toISOString(), rootState: snapshot.value ?? null, snapshotJson: json };
+        // At the time of the step it re-announces: an event names its step by its time.
+        const step = { ...cause, step: hosted.steps, at: hosted.lastStepAt, rootState: snapshot.value ?? null, snapshotJson: json };
         hosted.pending.push({ step, snapshot: undefined, seq: ++hosted.seq, announceOnly: true });
       }
       this.queueWrite(hosted);
@@ -505,6 +514,7 @@ export class FlowHost {
     hosted.lastCaptured = json;
     const rootState = (hosted.actor.getSnapshot() as { value?: unknown }).value ?? null;
     const step: FlowStep = { ...cause, step: ++hosted.steps, at: new Date().toISOString(), rootState, snapshotJson: json };
+    hosted.lastStepAt = step.at;
     hosted.pending.push({ step, snapshot: jsonSafe, ...(isRoot ? { seq: ++hosted.seq } : {}) });
     this.queueWrite(hosted);
   }
@@ -532,26 +542,49 @@ export class FlowHost {
     const ending = hosted.ending;
     // A root transition announced without a step of its own still moves the record's seq:
     // a resumed flow goes on from the seq on disk.
-    if (saving.length > 0 || batch.length > 0 || hosted.touch || ending) await this.saveBatch(hosted, saving, batch, ending);
+    const journaled =
+      saving.length > 0 || batch.length > 0 || hosted.touch || ending ? await this.saveBatch(hosted, saving, batch, ending) : [];
     // Announced only now that they are durable, each root transition with its own seq.
     // The announcements go out in order without waiting on each other's acks (a bus keeps
     // the order of what one connection sends), and the next save does not wait for them.
-    const sent: Array<Promise<void> | undefined> = [hosted.announcing];
-    if (this.options.onEvent) {
-      for (const p of batch) {
-        if (p.seq !== undefined && p.seq !== ending?.seq) {
-          sent.push(this.options.onEvent({ flowId: hosted.flowId, seq: p.seq, state: p.step.rootState, status: 'running', at: p.step.at }));
+    // A store that keeps no steps (NATS KV holds the last snapshot) has them in the
+    // journal's stream: its acks come first.
+    const send = () => {
+      const sent: Array<Promise<void> | undefined> = [];
+      if (this.options.onEvent) {
+        for (const p of batch) {
+          if (p.seq !== undefined && p.seq !== ending?.seq) {
+            sent.push(this.options.onEvent({ flowId: hosted.flowId, seq: p.seq, state: p.step.rootState, status: 'running', at: p.step.at }));
+          }
         }
       }
-    }
-    if (ending) sent.push(...this.ended(hosted, ending));
-    const announced = Promise.all(sent).then(() => undefined);
+      if (ending) sent.push(...this.ended(hosted, ending));
+      return Promise.all(sent);
+    };
+    const gate = this.gateSends(hosted, journaled);
+    const sending = gate ? gate.then(send) : send();
+    const announced = Promise.all([hosted.announcing, sending]).then(() => undefined);
     hosted.announcing = announced.catch((e: unknown) => this.failed(hosted, e, 'announce'));
     // The end waits for every announcement: `finished` means the world was told.
     if (ending) await hosted.announcing;
   }
 
-  private async saveBatch(hosted: HostedFlow, saving: PendingStep[], batch: PendingStep[], ending: Ending | undefined) {
+  /**
+   * What the next announcements of a flow wait for: the journal writes given and the gate
+   * before (batches are announced in their order). Undefined when nothing is awaited.
+   */
+  private gateSends(hosted: HostedFlow, journaled: ReadonlyArray<Promise<void>>): Promise<void> | undefined {
+    if (journaled.length === 0 && !hosted.sendGate) return undefined;
+    const gate = Promise.all([hosted.sendGate, ...journaled]).then(() => undefined);
+    hosted.sendGate = gate;
+    void gate.then(() => {
+      if (hosted.sendGate === gate) hosted.sendGate = undefined;
+    });
+    return gate;
+  }
+
+  /** Saves a batch; resolves with the journal writes of its steps that must land before they are announced. */
+  private async saveBatch(hosted: HostedFlow, saving: PendingStep[], batch: PendingStep[], ending: Ending | undefined): Promise<Array<Promise<void>>> {
     hosted.touch = false;
     const last = saving.at(-1);
     const lease = this.options.lease;
@@ -569,7 +602,9 @@ export class FlowHost {
     const steps = saving.map((p) => p.step);
     hosted.revision = await this.saveRecord(hosted, record, hosted.revision, steps);
     hosted.record = record;
-    for (const step of steps) this.journalStep(hosted, step);
+    const journaled = steps.map((step) => this.journalStep(hosted, step));
+    // Where the store keeps the steps, the journal is a view of them: nothing waits on it.
+    return this.options.store.keepsSteps ? [] : journaled.filter((j): j is Promise<void> => j !== undefined);
   }
 
   /**
@@ -661,10 +696,10 @@ export class FlowHost {
     this.options.journal?.append({ ...entry, flowId: hosted.flowId, at: new Date().toISOString() } as JournalEntry, snapshotJson);
   }
 
-  private journalStep(hosted: HostedFlow, step: FlowStep) {
+  private journalStep(hosted: HostedFlow, step: FlowStep): void | Promise<void> {
     if (!this.options.journal) return;
     const { snapshotJson, at, ...rest } = step;
-    this.options.journal.append({ ...rest, kind: 'step', flowId: hosted.flowId, at, snapshot: undefined }, snapshotJson);
+    return this.options.journal.append({ ...rest, kind: 'step', flowId: hosted.flowId, at, snapshot: undefined }, snapshotJson);
   }
 
   /** Ends the flow: its last step and final record are saved, then its end is announced. */

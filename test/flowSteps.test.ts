@@ -9,6 +9,11 @@ import { provideFlows } from '../src/flows.js';
 import { FileJournal } from '../src/journal/FileJournal.js';
 import type { JournalEntry } from '../src/journal/Journal.js';
 import { silentLogger } from '../src/log.js';
+import { connectNatsBus } from '../src/bus/NatsBus.js';
+import { BusJournal } from '../src/journal/BusJournal.js';
+import type { Journal } from '../src/journal/Journal.js';
+import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
+import { startNatsServer } from '../src/testing/natsServer.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import type { SnapshotStore } from '../src/persistence/SnapshotStore.js';
 import { scripted } from './support/flows.js';
@@ -107,4 +112,57 @@ describe('every transition on disk, announced without a gap', () => {
       expect((record.output as { best?: unknown }).best, `resumed from step ${step.step}`).toEqual((expected.output as { best?: unknown }).best);
     }
   });
+
+  it('NATS: a store that keeps only the last snapshot (KV) has every step in the journal stream, each stored before it is announced', async () => {
+    await using nats = await startNatsServer();
+    const bus = await connectNatsBus({ servers: [nats.url] });
+    try {
+      const store = new KvSnapshotStore(await bus.keyValue('snapshots'));
+      const real = await BusJournal.open(bus);
+      // The stream's acks come late (a busy server): each step entry counts as stored only
+      // once its real ack came and 30 ms more passed.
+      const stored = new Set<string>();
+      const journal: Journal = {
+        ...real,
+        append(entry, snapshotJson) {
+          const acked = real.append(entry, snapshotJson);
+          if (entry.kind !== 'step') return acked;
+          return Promise.resolve(acked)
+            .then(() => new Promise((r) => setTimeout(r, 30)))
+            .then(() => void stored.add(`${entry.flowId}@${entry.at}`));
+        },
+        flush: () => real.flush(),
+        read: (flowId) => real.read(flowId),
+        follow: (flowId, handler) => real.follow(flowId, handler),
+        remove: (flowIds) => real.remove(flowIds),
+        prune: (olderThan) => real.prune(olderThan),
+        close: () => real.close(),
+      };
+      const runtime = scripted((request) => handWrittenAnswer(request));
+      const unstoredAtAnnounce: string[] = [];
+      const host = new FlowHost({
+        flows: provideFlows({ microtask: runtime.microtask }),
+        store,
+        journal,
+        logger: silentLogger,
+        outRoot: await mkdtemp(join(tmpdir(), 'steps-nats-')),
+        onEvent: async (event) => {
+          // A running event names its step by the time it was taken.
+          if (event.status === 'running' && !stored.has(`${event.flowId}@${event.at}`)) unstoredAtAnnounce.push(`${event.flowId} seq ${event.seq}`);
+        },
+      });
+      const ids = await Promise.all(Array.from({ length: 20 }, () => host.start('feedback-loop', feedbackInput)));
+      const records = await Promise.all(ids.map((id) => host.finished(id)!));
+      expect(records.every((r) => r.status === 'done')).toBe(true);
+      expect(unstoredAtAnnounce).toEqual([]);
+      for (const [i, flowId] of ids.entries()) {
+        const steps = (await real.read(flowId)).filter((e): e is Step => e.kind === 'step');
+        expect(steps.map((e) => e.step)).toEqual(steps.map((_, n) => n + 1));
+        expect(steps.length).toBe(records[i]!.steps);
+      }
+      await host.stop();
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
 });

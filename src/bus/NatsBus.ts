@@ -719,8 +719,8 @@ interface NatsQueueSettings {
 
 /**
  * A work queue on a JetStream work-queue stream with one durable pull consumer shared
- * by every process. Each consume() runs `concurrency` slots; a slot pulls one message
- * only when it is free, so no job waits in a client buffer while its ack wait runs.
+ * by every process. Each consume() runs `concurrency` slots and pulls only for free ones,
+ * so no job waits in a client buffer while its ack wait runs.
  */
 class NatsWorkQueue implements WorkQueue {
   constructor(
@@ -751,20 +751,39 @@ class NatsWorkQueue implements WorkQueue {
       throw this.bus.mapError(e, `consume work queue ${this.name}`);
     }
     let stopped = false;
-    const fetches = new Set<ConsumerMessages>();
+    const limit = Math.max(1, Math.floor(options.concurrency));
+    /** Jobs whose handler runs. */
+    const running = new Set<Promise<void>>();
+    /** The pull open on the server (at most one), for stop() to close. */
+    let open: ConsumerMessages | undefined;
     const wakers = new Set<() => void>();
+    const wake = () => {
+      for (const w of wakers) w();
+    };
 
-    const slot = async () => {
+    // One pull at a time, for as many jobs as there are free slots: a job is delivered only
+    // to a free slot (none waits in a client buffer while its ack wait runs), and a pull is
+    // one request and one inbox for a whole batch rather than per job. Slots freed while a
+    // pull is open are asked for by the next one, which goes out when this one is filled
+    // (at once when jobs wait) or expires (when none do, so nobody waits for them).
+    const pullLoop = async () => {
       let failures = 0;
       while (!stopped) {
-        let msg: JsMsg | undefined;
+        const free = limit - running.size;
+        if (free === 0) {
+          await pause(PULL_EXPIRES_MS, wakers);
+          continue;
+        }
         let fetch: ConsumerMessages | undefined;
         try {
-          fetch = await consumer.fetch({ max_messages: 1, expires: PULL_EXPIRES_MS });
-          fetches.add(fetch);
+          fetch = await consumer.fetch({ max_messages: free, expires: PULL_EXPIRES_MS });
+          open = fetch;
           for await (const m of fetch) {
-            msg = m;
-            break;
+            const job = this.run(m, handler).finally(() => {
+              running.delete(job);
+              wake();
+            });
+            running.add(job);
           }
           failures = 0;
         } catch {
@@ -772,22 +791,20 @@ class NatsWorkQueue implements WorkQueue {
           // pause (the client reconnects on its own meanwhile).
           failures++;
         } finally {
-          if (fetch) {
-            fetches.delete(fetch);
-            void fetch.close().catch(() => {});
-          }
+          open = undefined;
+          if (fetch) void fetch.close().catch(() => {});
         }
-        if (msg) await this.run(msg, handler);
-        else if (failures > 0 && !stopped) await pause(Math.min(200 * 2 ** failures, 5_000), wakers);
+        if (failures > 0 && !stopped) await pause(Math.min(200 * 2 ** failures, 5_000), wakers);
       }
     };
-    const slots = Array.from({ length: Math.max(1, Math.floor(options.concurrency)) }, () => slot());
+    const loop = pullLoop();
     const stop = async () => {
       stopped = true;
       unregister();
-      for (const wake of wakers) wake();
-      await Promise.allSettled([...fetches].map((f) => f.close()));
-      await Promise.allSettled(slots);
+      wake();
+      await open?.close().catch(() => {});
+      await loop;
+      while (running.size > 0) await Promise.allSettled([...running]);
     };
     const unregister = this.bus.register({ stop });
     return { stop };

@@ -1,4 +1,5 @@
 import { setMaxListeners } from 'node:events';
+import { MAX_RETRY_AFTER_MS } from './actors/CircuitBreaker.js';
 import { isReusableResult, type MicrotaskRunner } from './actors/microtask.js';
 import { boundedDeadline, flowIdOf, MicrotaskInputSchema, type MicrotaskResult } from './actors/microtaskTypes.js';
 import { describeIssues } from './actors/model/prompt.js';
@@ -136,7 +137,9 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     }
 
     if (!result.success && result.error?.retryable) {
-      const delay = result.error.retryAfterMs ?? baseDelay * 2 ** (job.deliveryCount - 1) * (1 - Math.random() * 0.25);
+      // The server's retry-after, capped as the breaker caps it: taken as is, a retry-after of
+      // an hour dead-lettered a task at once (past its deadline) for a server back in seconds.
+      const delay = Math.min(result.error.retryAfterMs ?? baseDelay * 2 ** (job.deliveryCount - 1) * (1 - Math.random() * 0.25), MAX_RETRY_AFTER_MS);
       const lastDelivery = job.deliveryCount >= job.maxDeliver;
       if (!lastDelivery && Date.now() + delay < task.deadlineAt) {
         log.info({ delayMs: Math.round(delay), error: result.error }, 'transient failure; the task will be delivered again');

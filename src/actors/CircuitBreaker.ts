@@ -1,5 +1,13 @@
 import type { ModelError, ModelErrorKind } from './model/ModelError.js';
 
+/**
+ * The longest a server's retry-after is taken as is: the breaker's default cooldown and
+ * cap, and the longest a worker's queue waits before delivering a rate-limited task again.
+ * Past it, one call finds out whether the server is back: a wrong guess costs one call,
+ * while an hour-long retry-after taken as is failed every call for an hour.
+ */
+export const MAX_RETRY_AFTER_MS = 15_000;
+
 export interface CircuitBreakerOptions {
   /** How long the circuit stays open after a transient failure the server gave no retry-after for. */
   cooldownMs?: number;
@@ -66,7 +74,7 @@ export class CircuitBreaker {
 
   constructor(options: number | CircuitBreakerOptions = {}, now: () => number = Date.now) {
     const given = typeof options === 'number' ? { cooldownMs: options, now } : options;
-    this.cooldownMs = given.cooldownMs ?? 15_000;
+    this.cooldownMs = given.cooldownMs ?? MAX_RETRY_AFTER_MS;
     this.maxOpenMs = given.maxOpenMs ?? this.cooldownMs;
     this.probeLeaseMs = given.probeLeaseMs ?? 60_000;
     this.now = given.now ?? now;

@@ -6,6 +6,8 @@ import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
+import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
+import { LmdbStore } from '../src/persistence/LmdbStore.js';
 import type { SnapshotStore } from '../src/persistence/SnapshotStore.js';
 import { isStoreUnavailable } from '../src/persistence/StoreUnavailableError.js';
 import { scripted } from './support/flows.js';
@@ -30,12 +32,26 @@ function hostOn(store: SnapshotStore, location: string, script = slowAnswers(40)
   return { host, runtime };
 }
 
-describe('a full disk', () => {
+/**
+ * The store under test on `dir`, and the directory its messages name: FileSnapshotStore
+ * (`<dir>/flows`) or the embedded database (`<dir>/db`, which grows by writes: no map is
+ * reserved on the disk, so it fits a small one).
+ */
+async function storeOn(kind: 'file' | 'lmdb', dir: string): Promise<{ store: SnapshotStore; flows: string } & AsyncDisposable> {
+  if (kind === 'file') {
+    const flows = join(dir, 'flows');
+    await mkdir(flows);
+    return { store: await FileSnapshotStore.open(flows), flows, [Symbol.asyncDispose]: async () => {} };
+  }
+  const db = await LmdbStore.open(dir);
+  return { store: await LmdbSnapshotStore.open(db), flows: db.path, [Symbol.asyncDispose]: () => db.close() };
+}
+
+describe.each(['file', 'lmdb'] as const)('a full disk (%s store)', (kind) => {
   it('refuses to start a flow, naming ENOSPC and the directory', async () => {
     await using disk = await smallDisk();
-    const flows = join(disk.dir, 'flows');
-    await mkdir(flows);
-    const store = await FileSnapshotStore.open(flows);
+    await using opened = await storeOn(kind, disk.dir);
+    const { store, flows } = opened;
     await disk.fill();
     const { host } = hostOn(store, flows);
     const error = await host.start('feedback-loop', feedbackInput).then(
@@ -48,9 +64,8 @@ describe('a full disk', () => {
 
   it('stops a running flow at the step it could not save, and it resumes to the uninterrupted output once there is space', async () => {
     await using disk = await smallDisk();
-    const flows = join(disk.dir, 'flows');
-    await mkdir(flows);
-    const store = await FileSnapshotStore.open(flows);
+    await using opened = await storeOn(kind, disk.dir);
+    const { store, flows } = opened;
 
     const reference = hostOn(store, flows, slowAnswers(0));
     const referenceId = await reference.host.start('feedback-loop', feedbackInput);

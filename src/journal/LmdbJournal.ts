@@ -71,6 +71,8 @@ export class LmdbJournal implements Journal {
     if (!isValidFlowId(flowId)) return this.report(new JournalError('JOURNAL_WRITE', `flow id ${JSON.stringify(flowId)} cannot name a journal`));
     let write: Promise<unknown>;
     try {
+      // The stores found the disk full: this write would fail its commit (and the saves' with it).
+      if (this.db.diskFull) throw new Error(`ENOSPC: no space left on ${this.db.path}`);
       const { journal, steps } = this.dbs;
       const text = entry.kind === 'step' && steps.doesExist([flowId, entry.step]) ? stepRef(entry.step) : serializeJournalEntry(entry, snapshotJson);
       const at = nextTime();

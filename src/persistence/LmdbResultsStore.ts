@@ -26,6 +26,11 @@ export class LmdbResultsStore implements PrunableResultsStore {
     this.legacy = options.legacy;
   }
 
+  /** Where the results are (`<stateDir>/db`), for messages a person acts on (`ENOSPC: no space left on …`). */
+  get location(): string {
+    return this.db.path;
+  }
+
   /** Read for each operation: a handle closed fails at once (a write to a closed environment would never settle). */
   private get dbs(): LmdbDatabases {
     return this.db.dbs;
@@ -57,6 +62,7 @@ export class LmdbResultsStore implements PrunableResultsStore {
     const stored = storageKey(key);
     const at = this.options.now?.() ?? Date.now();
     try {
+      await this.db.ensureSpace();
       const { results, resultTimes } = this.dbs;
       await durable(
         results.batch(() => {

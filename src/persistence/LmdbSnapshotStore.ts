@@ -92,6 +92,7 @@ export class LmdbSnapshotStore implements SnapshotStore {
       quiet(summaries.put(flowId, { ...summarize(checked), revision }));
       for (const step of steps) quiet(stepsDb.put([flowId, step.step], step));
     };
+    await this.db.ensureSpace();
     const saved = await durable(expectedRevision === null ? flows.ifNoExists(flowId, write) : flows.ifVersion(flowId, expectedRevision, write));
     if (!saved) throw new SnapshotConflictError(flowId, expectedRevision, flows.getEntry(flowId)?.version ?? null);
     return revision;

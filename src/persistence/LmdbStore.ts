@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { join, resolve } from 'node:path';
+import { statfs } from 'node:fs/promises';
 import { getSystemErrorName } from 'node:util';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { mkdirs } from '../mkdirs.js';
@@ -71,6 +72,30 @@ export class LmdbStore {
   }
 
   /**
+   * Rejects with LmdbWriteError `ENOSPC` when the disk has less than MIN_FREE_BYTES free:
+   * the stores call it before a write. LMDB itself would fail the commit just as well,
+   * but lmdb-js then prints the error to stderr twice (one line from its C code without a
+   * newline, and the error with its stack from JavaScript), which no caller can silence;
+   * a person should see one line. The writes that ask at once share one statfs.
+   */
+  async ensureSpace(): Promise<void> {
+    const shared = this.shared;
+    shared.spaceCheck ??= statfs(shared.path)
+      .then(
+        (s) => void (shared.diskFull = s.bavail * s.bsize < MIN_FREE_BYTES),
+        () => void (shared.diskFull = false),
+      )
+      .finally(() => (shared.spaceCheck = undefined));
+    await shared.spaceCheck;
+    if (shared.diskFull) throw new LmdbWriteError('ENOSPC', `ENOSPC: less than ${MIN_FREE_BYTES / 1024} KB free on ${shared.path}`);
+  }
+
+  /** What the last check of ensureSpace found: for writers that cannot wait (the journal). */
+  get diskFull(): boolean {
+    return this.shared.diskFull;
+  }
+
+  /**
    * Claims `requestId` for `flowId` unless another flow holds it; resolves with the flow that
    * holds it now (`flowId` when this call claimed it). Atomic across processes: of two
    * claims of one request id, exactly one wins and both learn its flow.
@@ -78,6 +103,7 @@ export class LmdbStore {
   async claimRequest(requestId: string, flowId: string): Promise<string> {
     const { requests } = this.dbs;
     const key = storageKey(requestId);
+    await this.ensureSpace();
     for (;;) {
       // A random version names this claim: a release removes only the claim it read.
       const version = 1 + Math.floor(Math.random() * 2 ** 48);
@@ -265,6 +291,8 @@ export function storageKey(key: string): string {
 
 const DB_DIR = 'db';
 const MAX_PLAIN_KEY_BYTES = 1000;
+/** Below this much free space the stores refuse to write (a commit writes a few pages of 4 KB, a large step more). */
+const MIN_FREE_BYTES = 128 * 1024;
 
 interface SharedEnv {
   stateDir: string;
@@ -272,7 +300,12 @@ interface SharedEnv {
   root: RootDatabase;
   dbs: LmdbDatabases;
   handles: Set<LmdbStore>;
+  /** The disk had less than MIN_FREE_BYTES free at the last check. */
+  diskFull: boolean;
+  spaceCheck: Promise<void> | undefined;
 }
+
+const ignore = () => undefined;
 
 /** The environments open in this process, by path. */
 const environments = new Map<string, SharedEnv>();
@@ -286,6 +319,11 @@ function openEnv(stateDir: string, path: string): SharedEnv {
     separateFlushed: true,
     maxDbs: 16,
   });
+  // lmdb-js opens each event turn's transaction with a write of its own whose promise
+  // nobody holds: a commit that fails (a full disk) rejects it unhandled, which ends the
+  // process. Once that write is made (in the task that starts the turn's transaction,
+  // after these callbacks), `committed` is its promise: a handler goes on it then.
+  root.on('beforecommit', () => queueMicrotask(() => void root.committed.then(ignore, ignore)));
   const dbs: LmdbDatabases = {
     flows: root.openDB<string, string>('flows', { useVersions: true, encoding: 'string' }),
     summaries: root.openDB<StoredSummary, string>('flowSummaries', {}),
@@ -298,7 +336,7 @@ function openEnv(stateDir: string, path: string): SharedEnv {
     journal: root.openDB<string, [string, number, string]>('journal', { encoding: 'string' }),
     journalFlows: root.openDB<number, string>('journalFlows', { useVersions: true }),
   };
-  return { stateDir, path, root, dbs, handles: new Set() };
+  return { stateDir, path, root, dbs, handles: new Set(), diskFull: false, spaceCheck: undefined };
 }
 
 /** Where earlier versions of the embedded stores kept their files, under the state directory. */

@@ -15,6 +15,7 @@ import { runLangGraph } from './langgraph.js';
 import { runOverhead } from './overhead.js';
 import { runPersistence } from './persistence.js';
 import { runScale } from './scale.js';
+import { stepProblems } from './steps.js';
 
 const only = new Set((flag('only') ?? '1,2,3,4').split(',').map((s) => s.trim()));
 const began = performance.now();
@@ -52,4 +53,9 @@ if (only.has('4')) {
   );
 }
 out(`\nTotal: ${((performance.now() - began) / 1000).toFixed(0)} s.`);
+// A figure for flows that did not store every transition is no figure: fail the run.
+if (stepProblems.length) {
+  process.stderr.write(`bench: steps missing in ${stepProblems.length} setup(s): ${stepProblems.join('; ')}\n`);
+  process.exit(1);
+}
 process.exit(0);

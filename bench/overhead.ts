@@ -9,6 +9,7 @@ import { pathToFileURL } from 'node:url';
 import { cpus } from 'node:os';
 import { args, fmt, median, met, microtaskInput, note, pool, quick, ratio, runs, startBenchAnthropic, summarizeRuns, table, type PoolResult } from './lib.js';
 import { bareSetup, embeddedSetup, natsSetup, type Setup } from './setups.js';
+import { checkSteps, stepProblems, stepsVerdict, transitionsOf } from './steps.js';
 
 export interface OverheadRow {
   setup: string;
@@ -21,6 +22,8 @@ export interface OverheadRow {
   spread: string;
   /** CPU µs per microtask by process (median over runs), where the setup can tell. */
   cpu?: Record<string, number>;
+  /** Whether the flows stored every transition (bench/steps.ts). */
+  steps: string;
 }
 
 const IN_FLIGHT = 64;
@@ -36,6 +39,8 @@ async function measure(setup: Setup, total: number, inFlight: number): Promise<P
 /** Each setup, sequential and 64 in flight, `runs` times round-robin (so a noisy neighbour hits all alike). */
 async function measureAll(setups: Setup[], modes: Array<{ inFlight: number; total: number }>, model: string): Promise<OverheadRow[]> {
   const results = new Map<string, Array<PoolResult & { cpu?: Record<string, number> }>>();
+  const steps = new Map<Setup, string>();
+  const expected = await transitionsOf('microtask', microtaskInput);
   for (const setup of setups) {
     note(`warming up ${setup.name} (${model})`);
     await measure(setup, quick ? 100 : 300, IN_FLIGHT);
@@ -47,6 +52,7 @@ async function measureAll(setups: Setup[], modes: Array<{ inFlight: number; tota
         note(`run ${r + 1}/${runs} ${setup.name}, ${mode.inFlight} in flight: ${fmt(result.perSecond, 0)}/s`);
         const key = `${setup.name}|${mode.inFlight}`;
         results.set(key, [...(results.get(key) ?? []), result]);
+        if (setup.storedSteps && !steps.has(setup)) steps.set(setup, stepsVerdict(checkSteps(await setup.storedSteps(), expected), expected));
       }
     }
   }
@@ -57,7 +63,18 @@ async function measureAll(setups: Setup[], modes: Array<{ inFlight: number; tota
       const s = summarizeRuns(measured);
       const cpuKeys = Object.keys(measured[0]?.cpu ?? {});
       const cpu = cpuKeys.length ? Object.fromEntries(cpuKeys.map((k) => [k, median(measured.map((m) => m.cpu![k]!))])) : undefined;
-      rows.push({ setup: setup.name, model, inFlight: mode.inFlight, perSecond: s.perSecond, p50: s.p50, p99: s.p99, failed: s.failed, spread: s.spread, ...(cpu ? { cpu } : {}) });
+      rows.push({
+        setup: setup.name,
+        model,
+        inFlight: mode.inFlight,
+        perSecond: s.perSecond,
+        p50: s.p50,
+        p99: s.p99,
+        failed: s.failed,
+        spread: s.spread,
+        steps: setup.storedSteps ? steps.get(setup)! : setup.name.startsWith('bare') ? '' : 'not kept',
+        ...(cpu ? { cpu } : {}),
+      });
     }
   }
   return rows;
@@ -73,9 +90,8 @@ export async function runOverhead(options: { sdk?: boolean } = {}): Promise<{ ro
     const setups = [
       bareSetup(),
       await embeddedSetup(),
-      await embeddedSetup({ journal: true, name: 'embedded + file journal' }),
+      await embeddedSetup({ store: 'files', name: 'embedded, before (a file per save; last snapshot only)' }),
       await natsSetup(),
-      await natsSetup({ journal: true, name: 'NATS + JetStream journal' }),
     ];
     try {
       rows.push(...(await measureAll(setups, modes, 'instant (scripted)')));
@@ -101,13 +117,13 @@ function render(rows: OverheadRow[]): string {
   const floor = (row: OverheadRow) => rows.find((r) => r.setup.startsWith('bare') && r.model === row.model && r.inFlight === row.inFlight)!;
   const target = (row: OverheadRow) => {
     if (row.model.startsWith('instant') && row.inFlight === IN_FLIGHT) {
-      if (row.setup.startsWith('NATS')) return `≥2,000/s, p99 <20 ms: ${met(row.perSecond >= 2000 && row.p99 < 20)}`;
+      if (row.setup.startsWith('NATS')) return `≥3,000/s, p99 <20 ms: ${met(row.perSecond >= 3000 && row.p99 < 20)}`;
       if (row.setup.startsWith('embedded (')) return `≥4,000/s: ${met(row.perSecond >= 4000)}`;
     }
     return '';
   };
   return table(
-    ['setup', 'model', 'in flight', 'microtasks/s', 'p50 ms', 'p99 ms', 'floor ÷ setup (rate)', 'overhead µs/microtask', 'runs (min–max /s)', 'target'],
+    ['setup', 'model', 'in flight', 'microtasks/s', 'p50 ms', 'p99 ms', 'floor ÷ setup (rate)', 'overhead µs/microtask', 'runs (min–max /s)', 'every transition stored', 'target'],
     rows.map((row) => {
       const f = floor(row);
       // Sequential: added latency; in flight: added time per microtask at that rate.
@@ -122,6 +138,7 @@ function render(rows: OverheadRow[]): string {
         row === f ? '1.00x (floor)' : ratio(f.perSecond, row.perSecond),
         row === f ? '0' : fmt(overhead, 0),
         `${runs}${row.spread ? ` (${row.spread})` : ''}${row.failed ? `, ${row.failed} FAILED` : ''}`,
+        row.steps,
         target(row),
       ];
     }),
@@ -156,5 +173,5 @@ function renderCpu(rows: OverheadRow[]): string {
 if (import.meta.url === pathToFileURL(process.argv[1]!).href) {
   const { markdown } = await runOverhead({ sdk: !args.includes('--no-sdk') });
   console.log(`\n## 1. Overhead per microtask (median of ${runs} runs)\n\n${markdown}`);
-  process.exit(0);
+  process.exit(stepProblems.length ? 1 : 0);
 }

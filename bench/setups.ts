@@ -26,6 +26,7 @@ import { subjects } from '../src/bus/subjects.js';
 import { loadConfig } from '../src/config.js';
 import { Daemon } from '../src/daemon/Daemon.js';
 import { provideFlows } from '../src/flows.js';
+import { BusJournal } from '../src/journal/BusJournal.js';
 import { FileJournal } from '../src/journal/FileJournal.js';
 import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/machines/answers.js';
@@ -34,9 +35,11 @@ import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import { LmdbResultsStore } from '../src/persistence/LmdbResultsStore.js';
 import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from '../src/persistence/LmdbStore.js';
+import type { SnapshotStore } from '../src/persistence/SnapshotStore.js';
 import { startDaemonService } from '../src/services.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
 import { benchModel } from './lib.js';
+import type { StoredSteps } from './steps.js';
 
 export type Pattern = 'microtask' | 'feedback-loop';
 
@@ -47,6 +50,8 @@ export interface Setup {
   close(): Promise<void>;
   /** CPU time (ms) used so far by each process of the setup. */
   cpu?: () => Record<string, number>;
+  /** The steps stored for the last flows run (up to 20), to check none is missing (bench/steps.ts). */
+  storedSteps?: () => Promise<StoredSteps>;
 }
 
 /** CPU time (user + system, ms) of a process, from /proc (Linux); NaN elsewhere. */
@@ -115,6 +120,8 @@ async function protocolClient(bus: Bus) {
   const names = subjects();
   const waiting = new Map<string, (ok: boolean) => void>();
   const early = new Map<string, boolean>();
+  /** The last flows started, for the steps check. */
+  const recent: string[] = [];
   const subscription = await bus.subscribe(names.flowDone('*'), (message) => {
     const done = message.json() as { flowId: string; status: string; output?: { status?: string } };
     const ok = done.status === 'done' && done.output?.status === 'done';
@@ -133,6 +140,8 @@ async function protocolClient(bus: Bus) {
       };
       if (!answer.ok || !answer.flowId) throw new Error(`flow not started: ${JSON.stringify(answer.error)}`);
       const flowId = answer.flowId;
+      recent.push(flowId);
+      if (recent.length > 20) recent.shift();
       if (early.has(flowId)) {
         const ok = early.get(flowId)!;
         early.delete(flowId);
@@ -141,7 +150,13 @@ async function protocolClient(bus: Bus) {
       return new Promise<boolean>((resolve) => waiting.set(flowId, resolve));
     },
     close: () => subscription.unsubscribe(),
+    recent: () => [...recent],
   };
+}
+
+/** Each flow's step numbers, read with `read` (a store's readSteps, or a journal's step entries). */
+async function stepsOf(flowIds: string[], read: (flowId: string) => Promise<Array<{ step: number }>>): Promise<StoredSteps> {
+  return Promise.all(flowIds.map(async (flowId) => ({ flowId, steps: (await read(flowId)).map((s) => s.step) })));
 }
 
 /**
@@ -162,10 +177,11 @@ export async function embeddedSetup(
     answers: answerSchemas,
   });
   const journal = options.journal ? new FileJournal({ dir: join(dir, 'journal') }) : undefined;
+  const store: SnapshotStore = db ? await LmdbSnapshotStore.open(db) : await FileSnapshotStore.open(join(dir, 'flows'));
   const daemon = new Daemon({
     bus,
     flows: provideFlows({ microtask: createMicrotaskLogic(runner) }),
-    store: db ? await LmdbSnapshotStore.open(db) : await FileSnapshotStore.open(join(dir, 'flows')),
+    store,
     logger: silentLogger,
     outRoot: join(dir, 'tools'),
     ...(journal ? { journal } : {}),
@@ -176,6 +192,8 @@ export async function embeddedSetup(
     name: options.name ?? 'embedded (in-process bus, fsync’d files)',
     run: client.run,
     cpu: () => ({ 'daemon + client': ownCpuMs() }),
+    // lmdb keeps the steps with the record; the file store (the one before) only the last snapshot.
+    ...(store.readSteps ? { storedSteps: () => stepsOf(client.recent(), (flowId) => store.readSteps!(flowId)) } : {}),
     async close() {
       await client.close();
       await daemon.stop();
@@ -222,14 +240,19 @@ export async function natsSetup(
   };
   const config = loadConfig(env);
   const bus = await connectNatsBus({ servers: [nats.url] });
-  const daemon = await startDaemonService(bus, config, silentLogger, { journal: options.journal ?? false });
+  // The journal's stream is where NATS mode keeps every step (KV holds the last snapshot).
+  const daemon = await startDaemonService(bus, config, silentLogger, { journal: options.journal ?? true });
   const worker = await startWorkerProcess(env);
   const clientBus = await connectNatsBus({ servers: [nats.url] });
   const serverPid = natsServerPid(nats.port);
   const client = await protocolClient(clientBus);
+  const journal = options.journal === false ? undefined : await BusJournal.open(clientBus);
   return {
     name: options.name ?? 'NATS (JetStream queue, KV snapshots, 1 worker process)',
     run: client.run,
+    ...(journal
+      ? { storedSteps: () => stepsOf(client.recent(), async (flowId) => (await journal.read(flowId)).filter((e) => e.kind === 'step') as Array<{ step: number }>) }
+      : {}),
     cpu: () => ({
       'daemon + client': ownCpuMs(),
       worker: processCpuMs(worker.pid!),

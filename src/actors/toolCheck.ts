@@ -50,11 +50,33 @@ function typeCheckPool(): Piscina<TypeCheckTask, string[]> {
   return pool;
 }
 
-/** Ends the type-check threads (at shutdown; a later check starts new ones). */
+/**
+ * Ends the type-check threads at once, rejecting the checks they run (at shutdown; a later
+ * check starts new ones). Not piscina's `close({ force })`: that drops only the queued
+ * checks and waits up to 30 s for the running ones, which kept a stopped daemon compiling.
+ */
 export async function closeToolChecks(): Promise<void> {
   const closing = pool;
   pool = undefined;
-  await closing?.close({ force: true });
+  await closing?.destroy();
+}
+
+let holders = 0;
+/**
+ * Holds the type-check pool for a long-running owner (a daemon); the returned release,
+ * called by the last holder, ends its threads and the checks they run (their flows are
+ * stopped by then, resumable). Without it, a stopped daemon's process went on compiling
+ * the checks in flight and queued, for as long as they took, before it could exit.
+ */
+export function holdToolChecks(): () => Promise<void> {
+  holders++;
+  let released = false;
+  return async () => {
+    if (released) return;
+    released = true;
+    holders--;
+    if (holders === 0) await closeToolChecks();
+  };
 }
 
 const typeCheck = (task: TypeCheckTask): Promise<string[]> => typeCheckPool().run(task);

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { describeIssues } from '../actors/model/prompt.js';
+import { holdToolChecks } from '../actors/toolCheck.js';
 import { BusError, type Bus, type BusMessage, type BusSubscription, type EventLog, type KeyValueStore } from '../bus/Bus.js';
 import { subjects, type Subjects } from '../bus/subjects.js';
 import type { Flows } from '../flows.js';
@@ -11,6 +12,7 @@ import { FlowHost, newFlowId } from '../flowHost.js';
 import type { SnapshotStore } from '../persistence/SnapshotStore.js';
 import type { MicrotaskResult } from '../actors/microtaskTypes.js';
 import { resultKey } from '../bus/KvResultsStore.js';
+import { scrubSecrets } from '../secrets.js';
 import { zeroUsage } from '../usage.js';
 import type { Journal } from '../journal/Journal.js';
 import type { InspectionEvent } from 'xstate';
@@ -76,6 +78,7 @@ export class Daemon {
   private requests!: KeyValueStore;
   private readonly host: FlowHost;
   private readonly maxBytes: number;
+  private releaseToolChecks: (() => Promise<void>) | undefined;
 
   constructor(private readonly options: DaemonOptions) {
     this.subjects = subjects(options.subjectPrefix);
@@ -101,6 +104,7 @@ export class Daemon {
 
   async start(): Promise<void> {
     const { bus } = this.options;
+    this.releaseToolChecks ??= holdToolChecks();
     this.log = await bus.eventLog(this.subjects.flowLog, {
       subjects: this.subjects.flowLogSubjects,
       ...(this.options.retentionMs ? { maxAgeMs: this.options.retentionMs } : {}),
@@ -128,6 +132,10 @@ export class Daemon {
     await Promise.all(this.subscriptions.splice(0).map((s) => s.unsubscribe()));
     await (graceMs ? this.host.drain(graceMs) : this.host.stop());
     await this.options.journal?.flush();
+    // The flows are stopped: checks still compiling for them would only keep the process up.
+    const release = this.releaseToolChecks;
+    this.releaseToolChecks = undefined;
+    await release?.();
   }
 
   /** What the inspector reads: the snapshot store, the journal and the machines. */
@@ -264,7 +272,8 @@ export class Daemon {
       const error =
         e instanceof ProtocolError
           ? { code: e.code, message: e.message }
-          : { code: 'INTERNAL' as const, message: e instanceof Error ? e.message : String(e) };
+          : // A store's or library's message may quote a credential (ModelErrors are scrubbed when made).
+            { code: 'INTERNAL' as const, message: scrubSecrets(e instanceof Error ? e.message : String(e)) };
       if (error.code === 'INTERNAL') this.options.logger.error({ err: e, subject: message.subject }, 'request failed');
       else this.options.logger.warn({ subject: message.subject, error }, 'bad request');
       answer = { ok: false, error };

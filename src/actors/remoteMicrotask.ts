@@ -91,6 +91,8 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
     else signal.addEventListener('abort', abort, { once: true });
 
     let subscription: BusSubscription | undefined;
+    /** Set once the run is over: a subscription made after that is undone at once. */
+    let released = false;
     const timers: NodeJS.Timeout[] = [];
     try {
       return await new Promise<MicrotaskResult>((resolve, reject) => {
@@ -185,31 +187,52 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
         };
 
         const run = async () => {
-          // Listen first, then read and enqueue: an announcement in between cannot be missed.
-          const subscribed = await retrying(
+          // Subscribe, read and enqueue go out together, in this order on one connection
+          // (each first attempt is made before anything is awaited): the server has the
+          // interest before any worker can take the task, so no announcement is missed,
+          // and the three cost one round trip instead of three.
+          let subscribeAttempts = 0;
+          const subscribing = retrying(
             'subscribe to the results',
-            () =>
-              options.bus.subscribe(names.taskResult(input.key), (message) => {
+            () => {
+              subscribeAttempts++;
+              return options.bus.subscribe(names.taskResult(input.key), (message) => {
                 const result = parseResult(message);
                 if (result) finish(result);
-              }),
+              });
+            },
             setupUntil,
-          );
-          if (finished) return void subscribed.unsubscribe().catch(() => undefined);
-          subscription = subscribed;
-          const entry = await retrying(`read the result of microtask ${input.taskType} (${input.key})`, () => options.results.get(key), setupUntil);
+          ).then((subscribed) => {
+            if (released) void subscribed.unsubscribe().catch(() => undefined);
+            else subscription = subscribed;
+          });
+          const reading = retrying(`read the result of microtask ${input.taskType} (${input.key})`, () => options.results.get(key), setupUntil);
+          // Retried with the same id: an enqueue that timed out but landed is dropped as a duplicate.
+          const enqueue = (jobId: string) =>
+            retrying(`enqueue microtask ${input.taskType} (${input.key})`, () => options.queue.enqueue(jobId, JSON.stringify(task)), setupUntil);
+          const enqueueing = enqueue(input.key);
+          const [, entry, first] = await Promise.all([subscribing, reading, enqueueing]);
+          enqueued = true;
+          if (finished) return;
           const stored = parseResult(entry);
+          // Stored by an earlier run (a resumed flow): the job just enqueued finds it too and costs no model call.
           if (stored && isReusableResult(stored)) return finish({ ...stored, cached: true, durationMs: 0 });
           // A transient failure from an earlier run is not an answer; its revision tells a new one apart.
           initialRevision = entry?.revision ?? 0;
-          if (finished) return;
-          // A retry after a stored transient failure is a new job on purpose: its id names
-          // the failure it follows, so the queue's duplicate window does not drop it.
-          const jobId = initialRevision ? `${input.key}#${initialRevision}` : input.key;
-          // Retried with the same id: an enqueue that timed out but landed is dropped as a duplicate.
-          const { duplicate } = await retrying(`enqueue microtask ${input.taskType} (${input.key})`, () => options.queue.enqueue(jobId, JSON.stringify(task)), setupUntil);
-          enqueued = true;
-          if (finished) return;
+          let duplicate = first.duplicate;
+          let jobId = input.key;
+          if (initialRevision && duplicate) {
+            // The job under the key is the one that failed (still in the duplicate window): a
+            // retry is a new job on purpose, its id naming the failure it follows.
+            jobId = `${input.key}#${initialRevision}`;
+            ({ duplicate } = await enqueue(jobId));
+            if (finished) return;
+          }
+          // A subscription made only on a retry may have missed an announcement: look once.
+          if (subscribeAttempts > 1) {
+            const found = await readStored().catch(() => undefined);
+            if (found) return finish(found);
+          }
           log.debug({ duplicate, jobId }, 'task enqueued');
           const poll = setInterval(
             () =>
@@ -232,6 +255,7 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
     } finally {
       signal.removeEventListener('abort', abort);
       for (const timer of timers) clearTimeout(timer);
+      released = true;
       await subscription?.unsubscribe().catch(() => undefined);
     }
   }), options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS);

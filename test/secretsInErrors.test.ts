@@ -8,6 +8,8 @@ import { createMicrotaskLogic, MicrotaskRunner } from '../src/actors/microtask.j
 import type { MicrotaskResult } from '../src/actors/microtaskTypes.js';
 import type { ModelPort } from '../src/actors/model/ModelPort.js';
 import { MemoryResultsStore, type ResultsStore } from '../src/actors/ResultsStore.js';
+import { MemoryBus } from '../src/bus/MemoryBus.js';
+import { Daemon } from '../src/daemon/Daemon.js';
 import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';
 import { FileJournal } from '../src/journal/FileJournal.js';
@@ -87,6 +89,43 @@ describe('a configured secret in an error that is not a ModelError (issue 11)', 
     expect(record.error?.message).toContain('Authorization Violation: user svc password [redacted]');
     const everything = JSON.stringify(record) + (await filesUnder(dir)) + lines.join('');
     expect(everything).not.toContain(SECRET);
+  });
+
+  it('thrown by the bus while the daemon answers a request: not in the INTERNAL answer', async () => {
+    const bus = new MemoryBus();
+    // The bucket of request ids fails as a NATS client may, quoting its URL and token.
+    const failing = new Proxy(bus, {
+      get: (target, name, receiver) =>
+        name === 'keyValue'
+          ? async (bucket: string) => {
+              const kv = await target.keyValue(bucket);
+              return Object.assign(Object.create(kv) as object, {
+                create: async () => {
+                  throw new Error(`connection refused by nats://svc:${SECRET}@10.0.0.5:4222 (token ${SECRET})`);
+                },
+              });
+            }
+          : Reflect.get(target, name, receiver),
+    });
+    const runner = new MicrotaskRunner({ model: { name: 'unused', call: async () => Promise.reject(new Error('unused')) }, results: new MemoryResultsStore() });
+    const daemon = new Daemon({
+      bus: failing,
+      flows: provideFlows({ microtask: createMicrotaskLogic(runner) }),
+      store: await FileSnapshotStore.open(await mkdtemp(join(tmpdir(), 'secrets-daemon-'))),
+      logger: createLogger('silent'),
+      outRoot: tmpdir(),
+    });
+    await daemon.start();
+    try {
+      const request = JSON.stringify({ requestId: 'r-1', input: { taskType: 'summarize', system: 's', prompt: 'p' } });
+      const answer = new TextDecoder().decode((await bus.request('microtask.flow.start.microtask', request, { timeoutMs: 5_000 })).data);
+      expect(JSON.parse(answer)).toMatchObject({ ok: false, error: { code: 'INTERNAL' } });
+      expect(answer).toContain('connection refused by nats://svc:[redacted]@10.0.0.5:4222 (token [redacted])');
+      expect(answer).not.toContain(SECRET);
+    } finally {
+      await daemon.stop();
+      await bus.close();
+    }
   });
 
   it('a StoreUnavailableError made from any message is scrubbed as it is made', () => {

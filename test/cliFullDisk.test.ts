@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -68,12 +68,13 @@ async function stateOnSmallDisk() {
   await mkdir(state);
   const used = await run(['run', 'microtask', '--input', 'examples/microtask.json', '--no-progress'], { MICROTASK_STATE_DIR: state });
   expect(used.code, used.stderr).toBe(0);
-  return { disk, state, flows: join(state, 'flows') };
+  // Where the embedded stores keep flows (a full disk's line names it).
+  return { disk, state, store: join(state, 'db') };
 }
 
 describe('the CLI on a full disk', { timeout: 120_000 }, () => {
   it('refuses to start a build on a full state directory: exit 2, one line naming ENOSPC and the directory, no stack trace', async () => {
-    const { disk, state, flows } = await stateOnSmallDisk();
+    const { disk, state, store } = await stateOnSmallDisk();
     await using _ = disk;
     await disk.fill();
     const env = { MICROTASK_STATE_DIR: state };
@@ -82,7 +83,7 @@ describe('the CLI on a full disk', { timeout: 120_000 }, () => {
     expect(built.code, built.stderr).toBe(2);
     expect(built.stdout).toBe('');
     expect(causeLines(built.stderr)).toEqual([
-      `microtask: ENOSPC: no space left on ${flows}: the flow did not start (nothing saved, no model call); free space, then run the command again`,
+      `microtask: ENOSPC: no space left on ${store}: the flow did not start (nothing saved, no model call); free space, then run the command again`,
     ]);
 
     const json = await run(['run', 'feedback-loop', '--input', 'examples/feedback-loop.json', '--no-progress', '--json'], env);
@@ -91,14 +92,14 @@ describe('the CLI on a full disk', { timeout: 120_000 }, () => {
       flowId: null,
       pattern: 'feedback-loop',
       status: 'not_started',
-      error: { code: 'STORE_UNAVAILABLE', message: `ENOSPC: no space left on ${flows}` },
+      error: { code: 'STORE_UNAVAILABLE', message: `ENOSPC: no space left on ${store}` },
     });
     expect(json.stderr).not.toMatch(/\n\s+at /);
 
     const detached = await run(['build', 'examples/api-tester.json', '--detach'], env);
     expect(detached.code, detached.stderr).toBe(2);
     expect(causeLines(detached.stderr)).toHaveLength(1);
-    expect(detached.stderr).toContain(`microtask: ENOSPC: no space left on ${flows}: the flow did not start`);
+    expect(detached.stderr).toContain(`microtask: ENOSPC: no space left on ${store}: the flow did not start`);
   });
 
   it('stops a flow whose disk fills mid-way: exit 2, JSON status "halted" with the flow id, step and cause, one line on stderr', async () => {
@@ -108,22 +109,21 @@ describe('the CLI on a full disk', { timeout: 120_000 }, () => {
     const { disk, state } = await stateOnSmallDisk();
     await using _ = disk;
     const env = { ...modelEnv(slow.url), MICROTASK_STATE_DIR: state };
-    const before = new Set(await readdir(join(state, 'flows')));
     const running = start(['run', 'feedback-loop', '--input', 'examples/feedback-loop.json', '--no-progress', '--json'], env);
-    const flowFile = await until(async () => (await readdir(join(state, 'flows'))).find((f) => f.endsWith('.json') && !before.has(f)), 'the flow to be saved');
-    await until(async () => (await readFile(join(state, 'flows', flowFile), 'utf8').catch(() => '')).includes('deadlineAt'), 'the step with the call in flight');
+    // A flow's first step (its microtask in flight) is saved before the microtask starts.
+    await until(() => slow.requests.length > 0 || undefined, 'the first model call');
     await disk.fill();
 
     expect(await running.exited, running.stderr()).toBe(2);
     const halted = JSON.parse(running.stdout()) as Record<string, any>;
-    const flowId = flowFile.replace(/\.json$/, '');
-    expect(halted).toMatchObject({ flowId, pattern: 'feedback-loop', status: 'halted', error: { code: 'STORE_UNAVAILABLE' } });
+    const flowId = halted.flowId as string;
+    expect(flowId).toMatch(/^feedback-loop-/);
+    expect(halted).toMatchObject({ pattern: 'feedback-loop', status: 'halted', error: { code: 'STORE_UNAVAILABLE' } });
     expect(halted.error.message).toMatch(/^ENOSPC: no space left on /);
     expect(halted.step).toBeGreaterThanOrEqual(1);
     expect(causeLines(running.stderr())).toEqual([
       `microtask: ${halted.error.message}: the flow ${flowId} stopped at step ${halted.step} (saved, resumable); free space, then \`microtask resume ${flowId}\``,
     ]);
-    expect(running.stderr().trimEnd().split('\n').at(-1)).toBe(causeLines(running.stderr())[0]);
     expect(running.stderr()).not.toMatch(/unexpected error|\n\s+at /);
     // Stopped, not ended: still running on disk, for \`microtask resume\`.
     const flows = await run(['flows', '--status', 'running', '--json'], env);
@@ -135,17 +135,14 @@ describe('the CLI on a full disk', { timeout: 120_000 }, () => {
     const { disk, state } = await stateOnSmallDisk();
     await using _ = disk;
     const env = { ...modelEnv(slow.url), MICROTASK_STATE_DIR: state };
-    const before = new Set(await readdir(join(state, 'flows')));
     const running = start(['run', 'feedback-loop', '--input', 'examples/feedback-loop.json', '--no-progress'], env);
-    const flowFile = await until(async () => (await readdir(join(state, 'flows'))).find((f) => f.endsWith('.json') && !before.has(f)), 'the flow to be saved');
-    await until(async () => (await readFile(join(state, 'flows', flowFile), 'utf8').catch(() => '')).includes('deadlineAt'), 'the step with the call in flight');
+    await until(() => slow.requests.length > 0 || undefined, 'the first model call');
     await disk.fill();
     expect(await running.exited, running.stderr()).toBe(2);
     expect(running.stdout()).toBe('');
-    const flowId = flowFile.replace(/\.json$/, '');
     expect(causeLines(running.stderr()), running.stderr()).toHaveLength(1);
     expect(causeLines(running.stderr())[0]).toMatch(
-      new RegExp(`^microtask: ENOSPC: no space left on ${state}/(flows|results)\\b.*: the flow ${flowId} stopped at step \\d+ \\(saved, resumable\\); free space, then \`microtask resume ${flowId}\`$`),
+      new RegExp(`^microtask: ENOSPC: no space left on ${state}/db\\b.*: the flow (feedback-loop-\\S+) stopped at step \\d+ \\(saved, resumable\\); free space, then \`microtask resume \\1\`$`),
     );
   });
 });

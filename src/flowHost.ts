@@ -19,6 +19,7 @@ import {
   type SnapshotStore,
 } from './persistence/SnapshotStore.js';
 import { describeStoreError, isStoreUnavailable, StoreUnavailableError } from './persistence/StoreUnavailableError.js';
+import { scrubSecrets } from './secrets.js';
 
 export interface FlowHostOptions {
   flows: Flows;
@@ -466,7 +467,7 @@ export class FlowHost {
       error: (error: unknown) => {
         if (hosted.lost) return;
         this.options.logger.error({ flowId, err: error }, 'flow crashed');
-        this.finish(hosted, 'failed', undefined, { code: 'FLOW_CRASHED', message: (error as Error)?.message ?? String(error) });
+        this.finish(hosted, 'failed', undefined, { code: 'FLOW_CRASHED', message: scrubSecrets((error as Error)?.message ?? String(error)) });
       },
     });
     hosted.record = { ...hosted.record, snapshot: hosted.actor.getPersistedSnapshot(), state: (hosted.actor.getSnapshot() as { value?: unknown }).value ?? null };

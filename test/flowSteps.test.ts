@@ -135,7 +135,7 @@ describe('every transition on disk, announced without a gap', () => {
         read: (flowId) => real.read(flowId),
         follow: (flowId, handler) => real.follow(flowId, handler),
         remove: (flowIds) => real.remove(flowIds),
-        prune: (olderThan) => real.prune(olderThan),
+        prune: () => real.prune(),
         close: () => real.close(),
       };
       const runtime = scripted((request) => handWrittenAnswer(request));

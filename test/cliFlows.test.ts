@@ -94,7 +94,8 @@ describe('the CLI a person drives', { timeout: 90_000 }, () => {
   });
 
   it('cancels an embedded flow another process is running: that run stops with `cancelled`, and it cannot be resumed', async () => {
-    const env = { MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-cancel-')), ...(await slowModel(1_500)) };
+    // Calls long enough that two more CLI processes (`flows`, then `cancel`: each 1-2 s to start on a busy machine) come before the flow ends.
+    const env = { MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-cancel-')), ...(await slowModel(5_000)) };
     // The parallel pattern: its output is a list, which a cancelled flow does not have.
     const running = start(['run', 'parallel', '--input', 'examples/parallel.json', '--no-progress'], env);
     const flowId = await until(async () => {

@@ -5,6 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { LmdbJournal } from '../src/journal/LmdbJournal.js';
+import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
+import { LmdbStore } from '../src/persistence/LmdbStore.js';
 import { startFakeAnthropic } from '../src/testing/fakeAnthropic.js';
 import { startNatsServer } from '../src/testing/natsServer.js';
 import { handWrittenReplies } from './support/handWrittenModel.js';
@@ -90,6 +93,26 @@ describe(`a build killed ${KILLS} times (seed ${SEED}; replay with CRASH_SEED=${
     ).length;
     expect(requests.length, context).toBeLessThanOrEqual(cleanCalls + inFlightAtKills);
     expect(kills.length, context).toBeGreaterThan(0);
+
+    // Every step saved across the kills, numbered 1..N without a gap: in the store (saved with
+    // the record that made each durable) and in the journal (a step saved but not journaled
+    // before a kill is read back from the store).
+    flowId ??= output.flowId as string;
+    const db = await LmdbStore.open(env.MICROTASK_STATE_DIR);
+    try {
+      const store = await LmdbSnapshotStore.open(db);
+      const stored = (await store.load(flowId!))!;
+      const steps = (await store.readSteps(flowId!)).map((s) => s.step);
+      const oneToN = Array.from({ length: stored.record.steps ?? 0 }, (_, i) => i + 1);
+      expect(steps.length, context).toBeGreaterThan(0);
+      expect(steps, context).toEqual(oneToN);
+      const journal = new LmdbJournal(await LmdbStore.open(env.MICROTASK_STATE_DIR));
+      const journaled = (await journal.read(flowId!)).flatMap((e) => (e.kind === 'step' ? [e.step] : []));
+      await journal.close();
+      expect(journaled, context).toEqual(oneToN);
+    } finally {
+      await db.close();
+    }
   }, 240_000);
 });
 

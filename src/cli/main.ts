@@ -844,6 +844,11 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`microtask: ${e.message}\n`);
       return ExitCode.usage;
     }
+    // A store that refused before any flow started (opening the state directory's database on a full disk).
+    if (isStoreUnavailable(e)) {
+      process.stderr.write(`microtask: ${describeStoreStop({ cause: e.message })}\n`);
+      return ExitCode.storeUnavailable;
+    }
     if (e instanceof z.ZodError) {
       process.stderr.write(`microtask: invalid input:\n${describeIssues(e)}\n`);
       return ExitCode.usage;

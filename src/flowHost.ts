@@ -19,6 +19,7 @@ import {
   type SnapshotStore,
 } from './persistence/SnapshotStore.js';
 import { describeStoreError, isStoreUnavailable, StoreUnavailableError } from './persistence/StoreUnavailableError.js';
+import { resumeDeadlines } from './resumeDeadlines.js';
 import { scrubSecrets } from './secrets.js';
 
 export interface FlowHostOptions {
@@ -57,6 +58,8 @@ export interface FlowHostOptions {
   storeRetryMs?: number;
   /** Where the store keeps flows, for messages (`ENOSPC: no space left on <where>`). */
   storeLocation?: string;
+  /** A microtask's timeout when its input sets none (MICROTASK_TIMEOUT_MS): bounds the time a resumed one gets. */
+  defaultTimeoutMs?: number;
 }
 
 type MicrotaskStart = { kind: 'microtask'; actor: string; key: string; taskType: string };
@@ -217,7 +220,10 @@ export class FlowHost {
       }
     }
     const machine = machineFor(this.options.flows, pattern) as AnyStateMachine;
-    const hosted = this.host(flowId, pattern, machine, { snapshot: record.snapshot as Snapshot<unknown> }, record, record.requestId);
+    // No microtask's clock ran while no process ran the flow (a crash, a store outage):
+    // each goes on with the time it had left at the last save.
+    const snapshot = resumeDeadlines(record.snapshot, Date.parse(record.updatedAt), Date.now(), { defaultTimeoutMs: this.options.defaultTimeoutMs });
+    const hosted = this.host(flowId, pattern, machine, { snapshot: snapshot as Snapshot<unknown> }, record, record.requestId);
     hosted.revision = revision;
     hosted.seq = record.seq ?? 0;
     hosted.steps = record.steps ?? 0;

@@ -748,7 +748,8 @@ export class FlowHost {
     hosted.lost = true;
     hosted.pending = [];
     this.leave(hosted);
-    this.options.logger.error({ flowId: hosted.flowId, step: hosted.record.steps }, `flow stopped, resumable: ${cause.message}`);
+    // At warn: the command that ran the flow says it in its own line (exit 2); a daemon's log shows it.
+    this.options.logger.warn({ flowId: hosted.flowId, step: hosted.record.steps }, `flow stopped, resumable: ${cause.message}`);
     // Not from inside the inspection that reported it: XState is delivering an event.
     queueMicrotask(() => hosted.actor.stop());
     hosted.resolveFinished({ ...hosted.record, error: { code: 'STORE_UNAVAILABLE', message: cause.message } });

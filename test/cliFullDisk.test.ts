@@ -102,6 +102,18 @@ describe('the CLI on a full disk', { timeout: 120_000 }, () => {
     expect(detached.stderr).toContain(`microtask: ENOSPC: no space left on ${store}: the flow did not start`);
   });
 
+  it('refuses a new state directory on a full disk the same way (lmdb would SIGBUS creating its file)', async () => {
+    const disk = await smallDisk(256);
+    await using _ = disk;
+    await disk.fill();
+    const state = join(disk.dir, 'fresh');
+    const ran = await run(['run', 'microtask', '--input', 'examples/microtask.json', '--no-progress'], { MICROTASK_STATE_DIR: state });
+    expect(ran.code, ran.stderr).toBe(2);
+    expect(causeLines(ran.stderr)).toHaveLength(1);
+    expect(ran.stderr).toContain(`ENOSPC: no space left on ${join(state, 'db')}`);
+    expect(ran.stderr).not.toMatch(/\n\s+at /);
+  });
+
   it('stops a flow whose disk fills mid-way: exit 2, JSON status "halted" with the flow id, step and cause, one line on stderr', async () => {
     // The first call answers slowly: the disk fills while it is in flight, after the step
     // that started it was saved.

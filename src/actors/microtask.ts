@@ -326,7 +326,7 @@ export class MicrotaskRunner {
       this.scheduleFlush();
       log.error({ err: e, usage: result.usage }, 'results store unavailable: the flow stops; the paid answer is kept in memory');
       throw new ResultsUnavailableError(
-        `${describeStoreError(rootStoreError(e), this.location)} (the paid answer of microtask ${input.taskType} ${key} is kept in memory until it can be stored)`,
+        `${describeStoreError(rootStoreError(e), this.location)} (the paid answer of microtask ${input.taskType} ${key} is held by this process until the store takes it: a resume in another process pays for it again)`,
         { key, usage: result.usage, cause: e },
       );
     }

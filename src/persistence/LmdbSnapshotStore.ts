@@ -85,7 +85,12 @@ export class LmdbSnapshotStore implements SnapshotStore {
       if (!Number.isSafeInteger(step.step) || step.step < 1) throw new InvalidSnapshotError(flowId, `step number ${step.step} is not a positive integer`);
     }
     const revision = LmdbSnapshotStore.nextRevision(expectedRevision);
-    const json = JSON.stringify(checked);
+    // The record's snapshot is its last step's (the host saves them so): kept once, in the
+    // step, and named by the record. Serializing and writing each snapshot once instead of
+    // twice is most of a save's cost.
+    const last = steps.at(-1);
+    const byStep = last !== undefined && typeof last.snapshotJson === 'string' && last.step === checked.steps;
+    const json = byStep ? JSON.stringify({ ...checked, snapshot: undefined, snapshotStep: last.step }) : JSON.stringify(checked);
     const { flows, summaries, steps: stepsDb } = this.dbs;
     const write = () => {
       quiet(flows.put(flowId, json, revision));
@@ -132,7 +137,8 @@ export class LmdbSnapshotStore implements SnapshotStore {
       const entry = this.dbs.flows.getEntry(flowId);
       if (!entry) return;
       const movedAt = new Date().toISOString();
-      const aside = { flowId, reason, movedAt, revision: entry.version, raw: entry.value };
+      // With the snapshot its step holds: the steps go with the record.
+      const aside = { flowId, reason, movedAt, revision: entry.version, raw: this.rawWithSnapshot(flowId, entry.value) };
       if (await this.removeAt(flowId, entry.version ?? 0, () => quiet(this.dbs.aside.put([flowId, movedAt], aside)))) return;
     }
   }
@@ -153,9 +159,30 @@ export class LmdbSnapshotStore implements SnapshotStore {
 
   // -- internals ----------------------------------------------------------------
 
+  /** A stored record's text with its snapshot in it, for a person (a corrupt one as it is). */
+  private rawWithSnapshot(flowId: string, text: string): string {
+    try {
+      const json = JSON.parse(text) as { snapshotStep?: unknown };
+      if (typeof json.snapshotStep !== 'number') return text;
+      const step = this.dbs.steps.get([flowId, json.snapshotStep]);
+      const { snapshotStep: _, ...record } = json;
+      return step ? `${JSON.stringify(record).slice(0, -1)},"snapshot":${step.snapshotJson}}` : text;
+    } catch {
+      return text;
+    }
+  }
+
   private parse(flowId: string, text: string): FlowSnapshotRecord {
     const location = `${this.db.path}, flow ${flowId}`;
-    return parseStoredRecord(flowId, parseStoredJson(flowId, text, location), location);
+    const json = parseStoredJson(flowId, text, location) as { snapshotStep?: unknown; snapshot?: unknown };
+    if (json && typeof json === 'object' && typeof json.snapshotStep === 'number') {
+      // Saved by reference to the step holding its snapshot (see save).
+      const step = this.dbs.steps.get([flowId, json.snapshotStep]);
+      const { snapshotStep, ...record } = json;
+      record.snapshot = step ? parseStoredJson(flowId, step.snapshotJson, `${location}, step ${snapshotStep}`) : undefined;
+      return parseStoredRecord(flowId, record, location);
+    }
+    return parseStoredRecord(flowId, json, location);
   }
 
   /**

@@ -5,6 +5,7 @@ import { getSystemErrorName } from 'node:util';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { mkdirs } from '../mkdirs.js';
 import type { FlowStep, FlowStatus } from './SnapshotStore.js';
+import { describeStoreError, StoreUnavailableError } from './StoreUnavailableError.js';
 
 /**
  * The embedded database of a state directory: one LMDB environment under `<stateDir>/db`
@@ -39,7 +40,11 @@ export class LmdbStore {
     if (!shared) {
       // Node 20's recursive mkdir never returns on some pseudo-filesystems: one level at a time.
       await mkdirs(path);
-      shared = environments.get(path) ?? openEnv(resolve(stateDir), path);
+      // lmdb-js maps a new data file and writes its first pages through the map: on a full
+      // disk that is a SIGBUS, which ends the process before any handler runs. Look first.
+      const free = await statfs(path).then((s) => s.bavail * s.bsize, () => Infinity);
+      if (free < MIN_FREE_BYTES) throw new StoreUnavailableError(describeStoreError({ code: 'ENOSPC' }, path));
+      shared = environments.get(path) ?? openEnvOrRefuse(resolve(stateDir), path);
       environments.set(path, shared);
     }
     const handle = new LmdbStore(shared);
@@ -76,13 +81,20 @@ export class LmdbStore {
    * the stores call it before a write. LMDB itself would fail the commit just as well,
    * but lmdb-js then prints the error to stderr twice (one line from its C code without a
    * newline, and the error with its stack from JavaScript), which no caller can silence;
-   * a person should see one line. The writes that ask at once share one statfs.
+   * a person should see one line. The writes that ask at once share one statfs; while the
+   * disk has plenty free (ROOMY_BYTES) the answer stands for ROOMY_FOR_MS, since no burst
+   * of writes fills that much sooner (a statfs per batch cost a fifth to half of the saves' rate).
    */
   async ensureSpace(): Promise<void> {
     const shared = this.shared;
+    if (shared.roomyUntil > Date.now()) return;
     shared.spaceCheck ??= statfs(shared.path)
       .then(
-        (s) => void (shared.diskFull = s.bavail * s.bsize < MIN_FREE_BYTES),
+        (s) => {
+          const free = s.bavail * s.bsize;
+          shared.diskFull = free < MIN_FREE_BYTES;
+          shared.roomyUntil = free >= ROOMY_BYTES ? Date.now() + ROOMY_FOR_MS : 0;
+        },
         () => void (shared.diskFull = false),
       )
       .finally(() => (shared.spaceCheck = undefined));
@@ -293,6 +305,9 @@ const DB_DIR = 'db';
 const MAX_PLAIN_KEY_BYTES = 1000;
 /** Below this much free space the stores refuse to write (a commit writes a few pages of 4 KB, a large step more). */
 const MIN_FREE_BYTES = 128 * 1024;
+/** With this much free, a check of the free space holds for ROOMY_FOR_MS. */
+const ROOMY_BYTES = 256 * 1024 * 1024;
+const ROOMY_FOR_MS = 1_000;
 
 interface SharedEnv {
   stateDir: string;
@@ -303,12 +318,29 @@ interface SharedEnv {
   /** The disk had less than MIN_FREE_BYTES free at the last check. */
   diskFull: boolean;
   spaceCheck: Promise<void> | undefined;
+  /** Until then the disk is known to have ROOMY_BYTES free: no check needed. */
+  roomyUntil: number;
 }
 
 const ignore = () => undefined;
 
 /** The environments open in this process, by path. */
 const environments = new Map<string, SharedEnv>();
+
+/**
+ * openEnv, with a failure a person can act on: lmdb-js throws its errno as a number
+ * (28, not ENOSPC) from creating the data file on a full disk or a read-only directory.
+ */
+function openEnvOrRefuse(stateDir: string, path: string): SharedEnv {
+  try {
+    return openEnv(stateDir, path);
+  } catch (e) {
+    const errno = (e as { code?: unknown } | undefined)?.code;
+    const code = typeof errno === 'number' && errno > 0 ? systemErrorName(errno) : typeof errno === 'string' ? errno : undefined;
+    if (!code) throw e;
+    throw new StoreUnavailableError(describeStoreError({ code }, path), { cause: e });
+  }
+}
 
 function openEnv(stateDir: string, path: string): SharedEnv {
   const root = open({
@@ -336,7 +368,7 @@ function openEnv(stateDir: string, path: string): SharedEnv {
     journal: root.openDB<string, [string, number, string]>('journal', { encoding: 'string' }),
     journalFlows: root.openDB<number, string>('journalFlows', { useVersions: true }),
   };
-  return { stateDir, path, root, dbs, handles: new Set(), diskFull: false, spaceCheck: undefined };
+  return { stateDir, path, root, dbs, handles: new Set(), diskFull: false, spaceCheck: undefined, roomyUntil: 0 };
 }
 
 /** Where earlier versions of the embedded stores kept their files, under the state directory. */

@@ -79,6 +79,29 @@ describe('LmdbSnapshotStore: steps', () => {
     expect(await store.readSteps('flow-none')).toEqual([]);
   });
 
+  it('keeps a record’s snapshot once, in the last step of its save, and loads it whole (and moved aside whole)', async () => {
+    const { db, store } = await openStore(await tempDir());
+    const snapshot = { status: 'active', value: 'verifying', context: { drafts: ['x'.repeat(5_000)] } };
+    const saved = { ...flowRecord('flow-1'), snapshot, steps: 2 } as never;
+    await store.save(saved, null, { steps: [step('flow-1', 1), step('flow-1', 2, { snapshotJson: JSON.stringify(snapshot) })] });
+    const raw = db.dbs.flows.get('flow-1')!;
+    expect(raw.length).toBeLessThan(2_000);
+    expect(JSON.parse(raw)).toMatchObject({ snapshotStep: 2 });
+    expect((await store.load('flow-1'))!.record).toEqual(saved);
+    // A save whose last step is not the record's (no steps, or another step count) keeps the snapshot in the record.
+    const revision = (await store.load('flow-1'))!.revision;
+    await store.save({ ...flowRecord('flow-1'), snapshot, steps: 7 } as never, revision, { steps: [step('flow-1', 3)] });
+    expect(JSON.parse(db.dbs.flows.get('flow-1')!).snapshot).toEqual(snapshot);
+    expect((await store.load('flow-1'))!.record.snapshot).toEqual(snapshot);
+    const third = await store.save({ ...(saved as object), steps: 5 } as never, revision + 1, {
+      steps: [step('flow-1', 4), step('flow-1', 5, { snapshotJson: JSON.stringify(snapshot) })],
+    });
+    expect(third).toBe(revision + 2);
+    expect(JSON.parse(db.dbs.flows.get('flow-1')!)).toMatchObject({ snapshotStep: 5 });
+    await store.moveAside('flow-1', 'looked odd');
+    expect(JSON.parse(store.movedAside('flow-1')[0]!.raw).snapshot).toEqual(snapshot);
+  });
+
   it('a save that loses the compare-and-set writes no step (same transaction as the record)', async () => {
     const { store } = await openStore(await tempDir());
     const first = await store.save(flowRecord('flow-1'), null, { steps: [step('flow-1', 1)] });

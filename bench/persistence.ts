@@ -24,6 +24,8 @@ import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/machines/answers.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
+import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
+import { LmdbStore } from '../src/persistence/LmdbStore.js';
 import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
 import type { FlowSnapshotRecord, SnapshotStore } from '../src/persistence/SnapshotStore.js';
 import { startNatsServer } from '../src/testing/natsServer.js';
@@ -166,7 +168,8 @@ export async function runPersistence(): Promise<{ rows: PersistenceRow[]; markdo
   let buckets = 0;
   const stores: Array<[string, () => Promise<SnapshotStore>]> = [
     ['in-memory KV (not durable: the floor)', async () => new KvSnapshotStore(await new MemoryBus().keyValue(`m${++buckets}`))],
-    ['file (temp, fsync, rename, dir fsync)', async () => FileSnapshotStore.open(await mkdtemp(join(dir, 'f-')))],
+    ['file (temp, fsync, rename, dir fsync): before', async () => FileSnapshotStore.open(await mkdtemp(join(dir, 'f-')))],
+    ['lmdb (group commit, fsync’d): embedded', async () => LmdbSnapshotStore.open(await LmdbStore.open(await mkdtemp(join(dir, 'l-'))))],
     ['NATS KV (JetStream, compare-and-set)', async () => new KvSnapshotStore(await bus.keyValue(`bench${process.pid}x${++buckets}`))],
   ];
   const n = quick ? 50 : 200;
@@ -196,6 +199,7 @@ export async function runPersistence(): Promise<{ rows: PersistenceRow[]; markdo
   } finally {
     await bus.close();
     await nats.close();
+    await LmdbStore.closeAll();
     await rm(dir, { recursive: true, force: true });
   }
   const rows: PersistenceRow[] = [];

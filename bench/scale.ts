@@ -93,7 +93,7 @@ async function scaleOnce(mode: 'file' | 'nats', count: number): Promise<ScaleRow
     const killToResumedMs = performance.now() - killedAt;
     await kill(second.child);
     note(`scale (${mode}): ${resumed.resumed} resumed in ${fmt(resumed.resumeMs, 0)} ms`);
-    return { store: mode === 'nats' ? 'NATS KV (leases)' : 'file (fsync’d)', started, resumed, killToResumedMs };
+    return { store: mode === 'nats' ? 'NATS KV (leases)' : 'lmdb (embedded)', started, resumed, killToResumedMs };
   } finally {
     await nats?.close();
     await rm(dir, { recursive: true, force: true });

@@ -23,6 +23,9 @@ import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/machines/answers.js';
 import { LogResultsStore } from '../src/persistence/LogResultsStore.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
+import { LmdbResultsStore } from '../src/persistence/LmdbResultsStore.js';
+import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
+import { LmdbStore } from '../src/persistence/LmdbStore.js';
 import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
 import { mapLimit, type SnapshotStore } from '../src/persistence/SnapshotStore.js';
 import { taskQueue } from '../src/services.js';
@@ -48,18 +51,25 @@ if (mode === 'nats') {
   });
 } else {
   const dir = process.env.SCALE_DIR!;
-  store = await FileSnapshotStore.open(join(dir, 'flows'));
-  const runner = new MicrotaskRunner({ model: benchModel(600_000), results: new LogResultsStore(join(dir, 'results')), answers: answerSchemas });
+  // The embedded daemon's stores (SCALE_STORE=files: the file store before it).
+  const db = process.env.SCALE_STORE === 'files' ? undefined : await LmdbStore.open(dir);
+  store = db ? await LmdbSnapshotStore.open(db) : await FileSnapshotStore.open(join(dir, 'flows'));
+  const results = db ? await LmdbResultsStore.open(db) : new LogResultsStore(join(dir, 'results'));
+  const runner = new MicrotaskRunner({ model: benchModel(600_000), results, answers: answerSchemas });
   microtask = createMicrotaskLogic(runner);
 }
 let saves = 0;
 let lastSaveAt = performance.now();
 const counted: SnapshotStore = {
-  save: (record, revision) => {
+  get keepsSteps() {
+    return store.keepsSteps;
+  },
+  save: (record, revision, options) => {
     saves++;
     lastSaveAt = performance.now();
-    return store.save(record, revision);
+    return store.save(record, revision, options);
   },
+  ...(store.readSteps ? { readSteps: (flowId: string) => store.readSteps!(flowId) } : {}),
   load: (flowId) => store.load(flowId),
   list: (filter) => store.list(filter),
   delete: (flowId) => store.delete(flowId),

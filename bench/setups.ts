@@ -28,6 +28,7 @@ import { Daemon } from '../src/daemon/Daemon.js';
 import { provideFlows } from '../src/flows.js';
 import { BusJournal } from '../src/journal/BusJournal.js';
 import { FileJournal } from '../src/journal/FileJournal.js';
+import { LmdbJournal } from '../src/journal/LmdbJournal.js';
 import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/machines/answers.js';
 import { LogResultsStore } from '../src/persistence/LogResultsStore.js';
@@ -176,7 +177,8 @@ export async function embeddedSetup(
     results: db ? await LmdbResultsStore.open(db) : new LogResultsStore(join(dir, 'results')),
     answers: answerSchemas,
   });
-  const journal = options.journal ? new FileJournal({ dir: join(dir, 'journal') }) : undefined;
+  // As the embedded daemon runs: the journal in the same database (its steps are the store's, by reference).
+  const journal = db ? await LmdbJournal.open(dir) : options.journal ? new FileJournal({ dir: join(dir, 'journal') }) : undefined;
   const store: SnapshotStore = db ? await LmdbSnapshotStore.open(db) : await FileSnapshotStore.open(join(dir, 'flows'));
   const daemon = new Daemon({
     bus,
@@ -198,6 +200,7 @@ export async function embeddedSetup(
       await client.close();
       await daemon.stop();
       await bus.close();
+      if (db) await journal?.close();
       await db?.close();
       await rm(dir, { recursive: true, force: true });
     },

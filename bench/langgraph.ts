@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Annotation, END, MemorySaver, START, StateGraph, type BaseCheckpointSaver } from '@langchain/langgraph';
 import { SqliteSaver } from '@langchain/langgraph-checkpoint-sqlite';
-import { answerSchemas, type Verdict } from '../src/machines/answers.js';
+import { answerSchemas, type Verdict } from '../src/contracts/answers.js';
 import { reviewData, revisionPrompt } from '../src/machines/prompts.js';
 import { benchModel, feedbackInput, fmt, met, note, pool, quick, ratio, runs, summarizeRuns, table, type PoolResult } from './lib.js';
 import { bareSetup, embeddedSetup, natsSetup, type Setup } from './setups.js';

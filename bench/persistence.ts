@@ -22,7 +22,7 @@ import { connectNatsBus } from '../src/bus/NatsBus.js';
 import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
-import { answerSchemas } from '../src/machines/answers.js';
+import { answerSchemas } from '../src/contracts/answers.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from '../src/persistence/LmdbStore.js';

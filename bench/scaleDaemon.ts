@@ -20,7 +20,7 @@ import { loadConfig } from '../src/config.js';
 import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
-import { answerSchemas } from '../src/machines/answers.js';
+import { answerSchemas } from '../src/contracts/answers.js';
 import { LogResultsStore } from '../src/persistence/LogResultsStore.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import { LmdbResultsStore } from '../src/persistence/LmdbResultsStore.js';

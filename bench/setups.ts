@@ -30,7 +30,7 @@ import { BusJournal } from '../src/journal/BusJournal.js';
 import { FileJournal } from '../src/journal/FileJournal.js';
 import { LmdbJournal } from '../src/journal/LmdbJournal.js';
 import { silentLogger } from '../src/log.js';
-import { answerSchemas } from '../src/machines/answers.js';
+import { answerSchemas } from '../src/contracts/answers.js';
 import { LogResultsStore } from '../src/persistence/LogResultsStore.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import { LmdbResultsStore } from '../src/persistence/LmdbResultsStore.js';

@@ -9,7 +9,7 @@ import { createActor, type AnyActorRef } from 'xstate';
 import { createMicrotaskLogic, MicrotaskRunner } from '../src/actors/microtask.js';
 import { MemoryResultsStore } from '../src/actors/ResultsStore.js';
 import { provideFlows } from '../src/flows.js';
-import { answerSchemas } from '../src/machines/answers.js';
+import { answerSchemas } from '../src/contracts/answers.js';
 import { benchModel } from './lib.js';
 import type { Pattern } from './setups.js';
 

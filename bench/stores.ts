@@ -15,7 +15,7 @@
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { MicrotaskResult } from '../src/actors/microtaskTypes.js';
+import type { MicrotaskResult } from '../src/contracts/microtask.js';
 import type { ResultsStore } from '../src/actors/ResultsStore.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import { LmdbResultsStore } from '../src/persistence/LmdbResultsStore.js';

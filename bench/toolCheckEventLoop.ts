@@ -16,7 +16,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { renderToolFiles } from '../src/toolFiles.js';
-import type { ToolSpec } from '../src/toolSpec.js';
+import type { ToolSpec } from '../src/contracts/toolSpec.js';
 
 const n = Number(process.argv[2] ?? 20);
 const from = process.argv[3] ? pathToFileURL(resolve(process.argv[3], 'actors/toolCheck.js')).href : '../src/actors/toolCheck.js';

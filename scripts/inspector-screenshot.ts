@@ -21,7 +21,7 @@ import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';
 import { startInspectorServer } from '../src/inspector/server.js';
 import { FileJournal } from '../src/journal/FileJournal.js';
-import { answerSchemas } from '../src/machines/answers.js';
+import { answerSchemas } from '../src/contracts/answers.js';
 import { silentLogger } from '../src/log.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { addSecrets, secretsOfConfig } from './secrets.js';
-import { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS } from './machines/limits.js';
+import { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS } from './contracts/limits.js';
 
 /**
  * The environment, checked once at start. Every variable is optional; an empty value

@@ -4,7 +4,7 @@ import type { FlowDone, FlowEvent } from './daemon/protocol.js';
 import type { Flows } from './flows.js';
 import type { Journal } from './journal/Journal.js';
 import type { Logger } from './log.js';
-import { MicrotaskResultSchema } from './actors/microtaskTypes.js';
+import { MicrotaskResultSchema } from './contracts/microtask.js';
 import type { JournalEntry } from './journal/Journal.js';
 import { errorInfo } from './machines/common.js';
 import { isPatternName, machineFor, machineVersions, type PatternName } from './patterns.js';

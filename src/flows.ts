@@ -1,5 +1,5 @@
 import type { AnyActorLogic } from 'xstate';
-import type { MicrotaskInput, MicrotaskResult } from './actors/microtaskTypes.js';
+import type { MicrotaskInput, MicrotaskResult } from './contracts/microtask.js';
 import { codeOnlyRepairLogic, createWriteToolLogic, toolCheckLogic } from './actors/toolBuilderActors.js';
 import type { PromiseActorLogic } from 'xstate';
 import { feedbackLoopMachine } from './machines/feedbackLoop.js';

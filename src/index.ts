@@ -20,10 +20,10 @@ export {
   type MicrotaskResult,
   type MicrotaskError,
   type MicrotaskErrorKind,
-} from './actors/microtaskTypes.js';
+} from './contracts/microtask.js';
 export { MemoryResultsStore, ResultsUnavailableError, type ResultsStore } from './actors/ResultsStore.js';
 // The failures a program switches on (`code` STORE_UNAVAILABLE): a flow stopped, resumable, not failed.
 export { StoreUnavailableError, isStoreUnavailable } from './persistence/StoreUnavailableError.js';
 export { FlowHaltedError } from './flowHost.js';
 export { loadConfig, ConfigError, EnvSchema, type Config } from './config.js';
-export { addUsage, zeroUsage, totalTokens, type Usage } from './usage.js';
+export { addUsage, zeroUsage, totalTokens, type Usage } from './contracts/usage.js';

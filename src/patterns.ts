@@ -1,9 +1,9 @@
 import { z } from 'zod';
-import { MicrotaskInputSchema } from './actors/microtaskTypes.js';
+import { MicrotaskInputSchema } from './contracts/microtask.js';
 import type { Flows } from './flows.js';
 import { BudgetSchema, TaskSpecSchema } from './machines/common.js';
-import { timeoutMsSchema } from './machines/limits.js';
-import { ToolSpecSchema } from './toolSpec.js';
+import { timeoutMsSchema } from './contracts/limits.js';
+import { ToolSpecSchema } from './contracts/toolSpec.js';
 
 /**
  * The patterns a user can start by name (`microtask run <pattern>`, the bus subject

@@ -1,4 +1,4 @@
-import { MAX_MICROTASK_TIMEOUT_MS } from './actors/microtaskTypes.js';
+import { MAX_MICROTASK_TIMEOUT_MS } from './contracts/microtask.js';
 
 /**
  * A microtask's clock runs only while a process runs its flow. Its absolute deadline

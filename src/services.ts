@@ -21,7 +21,7 @@ import { LmdbSnapshotStore } from './persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from './persistence/LmdbStore.js';
 import type { SnapshotStore } from './persistence/SnapshotStore.js';
 import type { Logger } from './log.js';
-import { answerSchemas } from './machines/answers.js';
+import { answerSchemas } from './contracts/answers.js';
 import { toolsDir } from './runFlow.js';
 import { chooseModel, createRuntime, logJournalError, moveAsideOnCorrupt, type ModelChoice } from './runtime.js';
 import { startWorker } from './worker.js';

@@ -1,4 +1,4 @@
-import type { ToolSpec } from './toolSpec.js';
+import type { ToolSpec } from './contracts/toolSpec.js';
 
 /** The files of a built tool, by path relative to the tool's directory. */
 export type ToolFiles = Record<string, string>;

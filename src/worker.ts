@@ -1,7 +1,7 @@
 import { setMaxListeners } from 'node:events';
 import { MAX_RETRY_AFTER_MS } from './actors/CircuitBreaker.js';
 import { isReusableResult, type MicrotaskRunner } from './actors/microtask.js';
-import { boundedDeadline, flowIdOf, MicrotaskInputSchema, type MicrotaskResult } from './actors/microtaskTypes.js';
+import { boundedDeadline, flowIdOf, MicrotaskInputSchema, type MicrotaskResult } from './contracts/microtask.js';
 import { describeIssues } from './actors/model/prompt.js';
 import type { QueuedTask } from './actors/remoteMicrotask.js';
 import type { Job, WorkConsumer, WorkQueue } from './bus/Bus.js';

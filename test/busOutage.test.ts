@@ -2,7 +2,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { createActor, toPromise } from 'xstate';
 import { MicrotaskRunner } from '../src/actors/microtask.js';
-import type { MicrotaskResult } from '../src/actors/microtaskTypes.js';
+import type { MicrotaskResult } from '../src/contracts/microtask.js';
 import { AnthropicModel } from '../src/actors/model/AnthropicModel.js';
 import { createRemoteMicrotaskLogic, type RemoteMicrotaskOptions } from '../src/actors/remoteMicrotask.js';
 import { KvResultsStore } from '../src/bus/KvResultsStore.js';

@@ -15,7 +15,7 @@ import { Daemon } from '../src/daemon/Daemon.js';
 import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
 import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
-import { answerSchemas } from '../src/machines/answers.js';
+import { answerSchemas } from '../src/contracts/answers.js';
 import type { Worker } from '../src/worker.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
 import { startWorker } from '../src/worker.js';

@@ -10,7 +10,7 @@ import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';
 import { FileJournal } from '../src/journal/FileJournal.js';
 import { silentLogger } from '../src/log.js';
-import { answerSchemas } from '../src/machines/answers.js';
+import { answerSchemas } from '../src/contracts/answers.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import { LogResultsStore } from '../src/persistence/LogResultsStore.js';
 import { OFFLINE_CASSETTE } from '../src/runtime.js';

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { createActor, toPromise } from 'xstate';
 import { createMicrotaskLogic, MicrotaskRunner } from '../src/actors/microtask.js';
-import { MAX_MICROTASK_TIMEOUT_MS, type MicrotaskResult } from '../src/actors/microtaskTypes.js';
+import { MAX_MICROTASK_TIMEOUT_MS, type MicrotaskResult } from '../src/contracts/microtask.js';
 import { AnthropicModel } from '../src/actors/model/AnthropicModel.js';
 import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { MemoryResultsStore } from '../src/actors/ResultsStore.js';

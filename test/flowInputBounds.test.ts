@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS } from '../src/actors/microtaskTypes.js';
+import { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS } from '../src/contracts/microtask.js';
 import { describeIssues } from '../src/actors/model/prompt.js';
 import { loadConfig } from '../src/config.js';
-import { AdjustmentsSchema } from '../src/machines/answers.js';
+import { AdjustmentsSchema } from '../src/contracts/answers.js';
 import { patternInputSchemas, patternNames } from '../src/patterns.js';
 
 const timeoutRange = `a whole number of milliseconds between 1 and ${MAX_MICROTASK_TIMEOUT_MS} (10 minutes)`;

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { fromPromise } from 'xstate';
-import type { MicrotaskInput, MicrotaskResult } from '../src/actors/microtaskTypes.js';
+import type { MicrotaskInput, MicrotaskResult } from '../src/contracts/microtask.js';
 import { ModelError } from '../src/actors/model/ModelError.js';
 import type { ModelRequest } from '../src/actors/model/ModelPort.js';
 import type { Script } from '../src/actors/model/ScriptedModel.js';
-import type { FailureAnalysis } from '../src/machines/answers.js';
-import { zeroUsage } from '../src/usage.js';
+import type { FailureAnalysis } from '../src/contracts/answers.js';
+import { zeroUsage } from '../src/contracts/usage.js';
 import type { CheckInput, CheckResult } from '../src/machines/common.js';
 import { ADJUSTMENTS_HEADING, metacognitiveMachine, type MetacognitiveInput } from '../src/machines/metacognitive.js';
 import { roundTrip, runToEnd, scripted, stateCoverage } from './support/flows.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { MicrotaskRunner } from '../src/actors/microtask.js';
-import { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS, MicrotaskInputSchema } from '../src/actors/microtaskTypes.js';
+import { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS, MicrotaskInputSchema } from '../src/contracts/microtask.js';
 import { describeIssues } from '../src/actors/model/prompt.js';
 import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { MemoryResultsStore } from '../src/actors/ResultsStore.js';

@@ -2,10 +2,10 @@ import { describe, expect, it } from 'vitest';
 import { fromPromise } from 'xstate';
 import type { ModelRequest } from '../src/actors/model/ModelPort.js';
 import { ModelError } from '../src/actors/model/ModelError.js';
-import type { MicrotaskInput, MicrotaskResult } from '../src/actors/microtaskTypes.js';
+import type { MicrotaskInput, MicrotaskResult } from '../src/contracts/microtask.js';
 import type { TaskSpec } from '../src/machines/common.js';
 import { parallelMachine, type ParallelInput, type ParallelOutput } from '../src/machines/parallel.js';
-import { addUsage, zeroUsage } from '../src/usage.js';
+import { addUsage, zeroUsage } from '../src/contracts/usage.js';
 import { roundTrip, runToEnd, scripted, stateCoverage } from './support/flows.js';
 
 const coverage = stateCoverage(parallelMachine);

@@ -1,13 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { fromPromise } from 'xstate';
-import type { MicrotaskInput, MicrotaskResult } from '../src/actors/microtaskTypes.js';
+import type { MicrotaskInput, MicrotaskResult } from '../src/contracts/microtask.js';
 import { ModelError } from '../src/actors/model/ModelError.js';
 import type { ModelRequest } from '../src/actors/model/ModelPort.js';
 import type { ScriptedAnswer } from '../src/actors/model/ScriptedModel.js';
 import type { CheckInput, CheckResult } from '../src/machines/common.js';
 import { ADJUSTMENTS_HEADING, metacognitiveMachine } from '../src/machines/metacognitive.js';
 import { progressiveMachine, type CodeOnlyInput, type CodeOnlyOutput, type ProgressiveInput } from '../src/machines/progressive.js';
-import { zeroUsage } from '../src/usage.js';
+import { zeroUsage } from '../src/contracts/usage.js';
 import { roundTrip, runToEnd, scripted, stateCoverage } from './support/flows.js';
 
 const coverage = stateCoverage(progressiveMachine, metacognitiveMachine);

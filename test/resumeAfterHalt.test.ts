@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { FlowHaltedError } from '../src/flowHost.js';
 import { silentLogger } from '../src/log.js';
-import { answerSchemas } from '../src/machines/answers.js';
+import { answerSchemas } from '../src/contracts/answers.js';
 import { resumeFlow, runFlow } from '../src/runFlow.js';
 import { createRuntime } from '../src/runtime.js';
 import { startFakeAnthropic } from '../src/testing/fakeAnthropic.js';

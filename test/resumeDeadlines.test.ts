@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { createActor, toPromise, type AnyStateMachine } from 'xstate';
 import { handWrittenAnswer } from '../examples/offline/answers.js';
-import { MAX_MICROTASK_TIMEOUT_MS } from '../src/actors/microtaskTypes.js';
+import { MAX_MICROTASK_TIMEOUT_MS } from '../src/contracts/microtask.js';
 import { provideFlows } from '../src/flows.js';
 import { resumeDeadlines } from '../src/resumeDeadlines.js';
 import { scripted } from './support/flows.js';

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { createActor, toPromise } from 'xstate';
 import { CircuitBreaker, MAX_RETRY_AFTER_MS } from '../src/actors/CircuitBreaker.js';
 import { MicrotaskRunner } from '../src/actors/microtask.js';
-import type { MicrotaskResult } from '../src/actors/microtaskTypes.js';
+import type { MicrotaskResult } from '../src/contracts/microtask.js';
 import { AnthropicModel } from '../src/actors/model/AnthropicModel.js';
 import { createRemoteMicrotaskLogic } from '../src/actors/remoteMicrotask.js';
 import { KvResultsStore } from '../src/bus/KvResultsStore.js';

@@ -11,7 +11,7 @@ import type { ModelRequest } from '../src/actors/model/ModelPort.js';
 import type { ScriptedAnswer } from '../src/actors/model/ScriptedModel.js';
 import { provideFlows } from '../src/flows.js';
 import { toolBuilderMachine, type ToolBuilderInput } from '../src/machines/toolBuilder.js';
-import type { ToolSpec } from '../src/toolSpec.js';
+import type { ToolSpec } from '../src/contracts/toolSpec.js';
 import { roundTrip, runToEnd, scripted, stateCoverage } from './support/flows.js';
 
 const coverage = stateCoverage(toolBuilderMachine);

@@ -11,7 +11,7 @@ import { handWrittenAnswer } from '../examples/offline/answers.js';
 import { checkModule, checkTool, closeToolChecks } from '../src/actors/toolCheck.js';
 import { provideFlows } from '../src/flows.js';
 import { renderToolFiles } from '../src/toolFiles.js';
-import type { ToolSpec } from '../src/toolSpec.js';
+import type { ToolSpec } from '../src/contracts/toolSpec.js';
 import { runToEnd, scripted } from './support/flows.js';
 
 // Issue 11: the tool builder's checks under load. 300 concurrent builds on one daemon made

@@ -15,7 +15,7 @@ import { MemoryBus } from '../../src/bus/MemoryBus.js';
 import { KvSnapshotStore } from '../../src/persistence/KvSnapshotStore.js';
 import { loadConfig } from '../../src/config.js';
 import { silentLogger } from '../../src/log.js';
-import { answerSchemas } from '../../src/machines/answers.js';
+import { answerSchemas } from '../../src/contracts/answers.js';
 import { patternInputSchemas } from '../../src/patterns.js';
 import { runFlow } from '../../src/runFlow.js';
 import { OFFLINE_CASSETTE, type Runtime } from '../../src/runtime.js';

@@ -1,6 +1,6 @@
 import { StoreUnavailableError } from '../persistence/StoreUnavailableError.js';
-import { zeroUsage, type Usage } from '../usage.js';
-import type { MicrotaskResult } from './microtaskTypes.js';
+import { zeroUsage, type Usage } from '../contracts/usage.js';
+import type { MicrotaskResult } from '../contracts/microtask.js';
 
 /**
  * Finished microtask results by idempotency key. A result is stored before the flow is

@@ -4,7 +4,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { describeStoreError } from '../persistence/StoreUnavailableError.js';
 import { firstLine, retryStore, rootStoreError } from '../persistence/retryStore.js';
 import { scrubSecrets } from '../secrets.js';
-import { zeroUsage } from '../usage.js';
+import { zeroUsage } from '../contracts/usage.js';
 import { CircuitBreaker } from './CircuitBreaker.js';
 import { describeIssues } from './model/prompt.js';
 import { isModelError, type ModelErrorKind } from './model/ModelError.js';
@@ -16,7 +16,7 @@ import {
   type MicrotaskError,
   type MicrotaskInput,
   type MicrotaskResult,
-} from './microtaskTypes.js';
+} from '../contracts/microtask.js';
 import { ResultsUnavailableError, type ResultsStore } from './ResultsStore.js';
 
 /** Named answer schemas: microtask inputs refer to them by name, as inputs must be JSON. */

@@ -3,10 +3,10 @@ import type { Bus, BusSubscription, KeyValueStore, WorkQueue } from '../bus/Bus.
 import { resultKey } from '../bus/KvResultsStore.js';
 import { subjects } from '../bus/subjects.js';
 import { silentLogger, type Logger } from '../log.js';
-import { zeroUsage } from '../usage.js';
+import { zeroUsage } from '../contracts/usage.js';
 import { firstLine, retryStore } from '../persistence/retryStore.js';
 import { DEFAULT_STORE_RETRY_MS, DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, withDeadline, type Fallbacks } from './microtask.js';
-import { boundedDeadline, flowIdOf, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from './microtaskTypes.js';
+import { boundedDeadline, flowIdOf, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from '../contracts/microtask.js';
 import { ResultsUnavailableError } from './ResultsStore.js';
 
 export interface RemoteMicrotaskOptions {

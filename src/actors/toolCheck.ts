@@ -6,7 +6,7 @@ import { pathToFileURL } from 'node:url';
 import { Piscina } from 'piscina';
 import type { CheckResult } from '../machines/common.js';
 import { ENTRY_PATH, modulePath, type ToolFiles } from '../toolFiles.js';
-import type { ToolSpec } from '../toolSpec.js';
+import type { ToolSpec } from '../contracts/toolSpec.js';
 import { noDebuggerFlags, runSandboxed, SANDBOX_TOOL_DIR, sandboxStatus, sandboxTempDir, SandboxUnavailableError } from './sandbox.js';
 import type { TypeCheckTask } from './typeCheckWorker.js';
 import { writeToolFiles } from './toolWriter.js';

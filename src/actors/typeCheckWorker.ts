@@ -2,7 +2,7 @@ import { builtinModules, createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import type ts from 'typescript';
 import { ENTRY_PATH, modulePath, type ToolFiles } from '../toolFiles.js';
-import type { ToolSpec } from '../toolSpec.js';
+import type { ToolSpec } from '../contracts/toolSpec.js';
 
 /**
  * The TypeScript compiler's part of the tool builder's checks, run in a worker thread

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { MicrotaskResultSchema, type MicrotaskResult } from '../actors/microtaskTypes.js';
+import { MicrotaskResultSchema, type MicrotaskResult } from '../contracts/microtask.js';
 import type { ResultsStore } from '../actors/ResultsStore.js';
 import type { KeyValueStore } from './Bus.js';
 

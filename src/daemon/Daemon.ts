@@ -10,10 +10,10 @@ import type { Logger } from '../log.js';
 import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
 import { FlowHost, newFlowId } from '../flowHost.js';
 import type { SnapshotStore } from '../persistence/SnapshotStore.js';
-import type { MicrotaskResult } from '../actors/microtaskTypes.js';
+import type { MicrotaskResult } from '../contracts/microtask.js';
 import { resultKey } from '../bus/KvResultsStore.js';
 import { scrubSecrets } from '../secrets.js';
-import { zeroUsage } from '../usage.js';
+import { zeroUsage } from '../contracts/usage.js';
 import type { Journal } from '../journal/Journal.js';
 import type { InspectionEvent } from 'xstate';
 import {

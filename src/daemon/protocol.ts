@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ToolSpecSchema } from '../toolSpec.js';
+import { ToolSpecSchema } from '../contracts/toolSpec.js';
 
 /**
  * The daemon's public protocol on the bus: what each subject takes and answers.

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { MicrotaskResultSchema } from '../actors/microtaskTypes.js';
+import { MicrotaskResultSchema } from '../contracts/microtask.js';
 
 /**
  * The flow journal: what happened in a flow, in order, for people (`microtask show`, the

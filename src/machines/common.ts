@@ -1,8 +1,8 @@
 import { fromPromise } from 'xstate';
 import { z } from 'zod';
-import type { MicrotaskInput, MicrotaskResult } from '../actors/microtaskTypes.js';
-import { totalTokens, zeroUsage, type Usage } from '../usage.js';
-import { maxTokensSchema, timeoutMsSchema } from './limits.js';
+import type { MicrotaskInput, MicrotaskResult } from '../contracts/microtask.js';
+import { totalTokens, zeroUsage, type Usage } from '../contracts/usage.js';
+import { maxTokensSchema, timeoutMsSchema } from '../contracts/limits.js';
 
 /**
  * A microtask as a flow's input describes it: everything but the idempotency key, which

@@ -1,7 +1,7 @@
 import { assign, setup } from 'xstate';
-import type { MicrotaskResult } from '../actors/microtaskTypes.js';
-import { addUsage, zeroUsage, type Usage } from '../usage.js';
-import type { Verdict } from './answers.js';
+import type { MicrotaskResult } from '../contracts/microtask.js';
+import { addUsage, zeroUsage, type Usage } from '../contracts/usage.js';
+import type { Verdict } from '../contracts/answers.js';
 import {
   budgetCheck,
   checkCrashed,

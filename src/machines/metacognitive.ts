@@ -1,7 +1,7 @@
 import { assign, setup } from 'xstate';
-import type { MicrotaskErrorKind, MicrotaskResult } from '../actors/microtaskTypes.js';
-import { addUsage, zeroUsage, type Usage } from '../usage.js';
-import type { FailureAnalysis } from './answers.js';
+import type { MicrotaskErrorKind, MicrotaskResult } from '../contracts/microtask.js';
+import { addUsage, zeroUsage, type Usage } from '../contracts/usage.js';
+import type { FailureAnalysis } from '../contracts/answers.js';
 import {
   budgetCheck,
   checkCrashed,

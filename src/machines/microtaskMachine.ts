@@ -1,6 +1,6 @@
 import { assign, setup } from 'xstate';
-import type { MicrotaskInput, MicrotaskResult } from '../actors/microtaskTypes.js';
-import { zeroUsage } from '../usage.js';
+import type { MicrotaskInput, MicrotaskResult } from '../contracts/microtask.js';
+import { zeroUsage } from '../contracts/usage.js';
 import { errorInfo, microtaskNotProvided, type FlowOutputBase } from './common.js';
 
 export interface MicrotaskMachineOutput extends FlowOutputBase {

@@ -1,6 +1,6 @@
 import { and, assign, setup, spawnChild, stopChild } from 'xstate';
-import type { MicrotaskResult } from '../actors/microtaskTypes.js';
-import { addUsage, zeroUsage, type Usage } from '../usage.js';
+import type { MicrotaskResult } from '../contracts/microtask.js';
+import { addUsage, zeroUsage, type Usage } from '../contracts/usage.js';
 import {
   budgetCheck,
   describeFailure,

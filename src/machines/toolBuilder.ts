@@ -1,7 +1,7 @@
 import { assign, setup } from 'xstate';
-import { ToolSpecSchema, type ToolSpec } from '../toolSpec.js';
-import { addUsage, zeroUsage, type Usage } from '../usage.js';
-import type { Code, ToolEntry } from './answers.js';
+import { ToolSpecSchema, type ToolSpec } from '../contracts/toolSpec.js';
+import { addUsage, zeroUsage, type Usage } from '../contracts/usage.js';
+import type { Code, ToolEntry } from '../contracts/answers.js';
 import { answerOf, budgetCheck, notProvided, remainingBudget, type Budget, type FlowOutputBase, type FlowStatus } from './common.js';
 import { feedbackLoopMachine, type FeedbackLoopOutput } from './feedbackLoop.js';
 import { metacognitiveMachine, type MetacognitiveOutput } from './metacognitive.js';

@@ -1,4 +1,4 @@
-import type { ModuleSpec, ToolSpec } from '../toolSpec.js';
+import type { ModuleSpec, ToolSpec } from '../contracts/toolSpec.js';
 import type { TaskSpec } from './common.js';
 
 /**

@@ -1,5 +1,5 @@
 import { readdir } from 'node:fs/promises';
-import { MicrotaskResultSchema, type MicrotaskResult } from '../actors/microtaskTypes.js';
+import { MicrotaskResultSchema, type MicrotaskResult } from '../contracts/microtask.js';
 import { committed, durable, legacyDirs, quiet, storageKey, type LmdbDatabases, type LmdbStore } from './LmdbStore.js';
 import { LogResultsStore, ResultsStoreError, type PrunableResultsStore } from './LogResultsStore.js';
 

@@ -3,7 +3,7 @@ import { open, readdir, readFile, stat, unlink, type FileHandle } from 'node:fs/
 import { join } from 'node:path';
 import { syncDir } from './dirSync.js';
 import { mkdirs } from '../mkdirs.js';
-import { MicrotaskResultSchema, type MicrotaskResult } from '../actors/microtaskTypes.js';
+import { MicrotaskResultSchema, type MicrotaskResult } from '../contracts/microtask.js';
 import type { ResultsStore } from '../actors/ResultsStore.js';
 import { Coalesced } from './dirSync.js';
 

@@ -1,4 +1,4 @@
-import type { MicrotaskResult } from '../../src/actors/microtaskTypes.js';
+import type { MicrotaskResult } from '../../src/contracts/microtask.js';
 
 // No vitest here: child processes of the tests import these too.
 

@@ -5,7 +5,7 @@ import { CircuitBreaker } from '../../src/actors/CircuitBreaker.js';
 import { createMicrotaskLogic, MicrotaskRunner } from '../../src/actors/microtask.js';
 import { ScriptedModel, type Script } from '../../src/actors/model/ScriptedModel.js';
 import { MemoryResultsStore } from '../../src/actors/ResultsStore.js';
-import { answerSchemas } from '../../src/machines/answers.js';
+import { answerSchemas } from '../../src/contracts/answers.js';
 
 /** A scripted model behind the real microtask runner, and the actor logic that runs it. */
 export function scripted(script: Script) {

@@ -2,7 +2,7 @@ import Anthropic, { APIError, APIConnectionError, APIConnectionTimeoutError, API
 import type { z } from 'zod';
 import { addSecrets, displayUrl, urlCredentials } from '../../secrets.js';
 import { depthExceeds, MAX_ANSWER_DEPTH } from '../../jsonInput.js';
-import { addUsage, zeroUsage, type Usage } from '../../usage.js';
+import { addUsage, zeroUsage, type Usage } from '../../contracts/usage.js';
 import { abortedError, sleep } from './abort.js';
 import { ModelError } from './ModelError.js';
 import type { ModelPort, ModelRequest, ModelResponse } from './ModelPort.js';

@@ -1,5 +1,5 @@
 import { scrubSecrets } from '../../secrets.js';
-import type { Usage } from '../../usage.js';
+import type { Usage } from '../../contracts/usage.js';
 
 /**
  * Why a model call failed. A program switches on `kind`; `retryable` says whether the

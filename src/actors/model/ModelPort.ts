@@ -1,5 +1,5 @@
 import type { z } from 'zod';
-import type { Usage } from '../../usage.js';
+import type { Usage } from '../../contracts/usage.js';
 
 /**
  * One model call. Every implementation (Anthropic, scripted, cassette) takes this and

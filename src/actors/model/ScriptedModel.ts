@@ -1,4 +1,4 @@
-import type { Usage } from '../../usage.js';
+import type { Usage } from '../../contracts/usage.js';
 import { abortedError, sleep } from './abort.js';
 import { ModelError } from './ModelError.js';
 import type { ModelPort, ModelRequest, ModelResponse } from './ModelPort.js';

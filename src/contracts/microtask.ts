@@ -1,0 +1,93 @@
+import { z } from 'zod';
+import { maxTokensSchema, timeoutMsSchema } from './limits.js';
+import { UsageSchema } from './usage.js';
+
+import { MAX_MICROTASK_TIMEOUT_MS } from './limits.js';
+
+export { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS } from './limits.js';
+
+/**
+ * The deadline a microtask keeps: its own, but no further than the longest timeout from
+ * now. One years away (a client's, a clock gone wrong) would make every timer set from it
+ * overflow: Node clamps a delay above 2^31-1 ms to 1 ms, so the call was cut off at once.
+ */
+export const boundedDeadline = (deadlineAt: number, now = Date.now()): number => Math.min(deadlineAt, now + MAX_MICROTASK_TIMEOUT_MS);
+
+/**
+ * The input of one microtask. JSON-safe: it is persisted in the flow's snapshot and sent
+ * over the bus, and a restored flow runs the microtask again from it.
+ */
+export const MicrotaskInputSchema = z.object({
+  /** Picks the fallback and names the task in logs: `summarize`, `verify`, ... */
+  taskType: z.string().min(1),
+  /**
+   * Idempotency key (flow id + path + attempt): a result stored under it is returned
+   * without calling the model again.
+   */
+  key: z.string().min(1),
+  system: z.string(),
+  prompt: z.string(),
+  data: z.unknown().optional(),
+  /** Name of a registered answer schema; a text answer when unset. */
+  answer: z.string().optional(),
+  /** Unset: the runner's default (MICROTASK_TIMEOUT_MS). */
+  timeoutMs: timeoutMsSchema().optional(),
+  /**
+   * Absolute deadline (epoch ms). When set it wins over `timeoutMs`, so a microtask that
+   * runs again after a restore keeps its original deadline instead of starting over.
+   */
+  deadlineAt: z.number().optional(),
+  maxTokens: maxTokensSchema().optional(),
+  model: z.string().optional(),
+});
+export type MicrotaskInput = z.input<typeof MicrotaskInputSchema>;
+
+export const MicrotaskErrorKindSchema = z.enum([
+  'timeout',
+  'cancelled',
+  'rate_limited',
+  'unavailable',
+  'invalid_request',
+  'auth',
+  'invalid_output',
+  'refused',
+  'max_tokens',
+  'cassette_miss',
+  'unknown_answer_schema',
+  'unknown',
+]);
+export type MicrotaskErrorKind = z.infer<typeof MicrotaskErrorKindSchema>;
+
+export const MicrotaskErrorSchema = z.object({
+  kind: MicrotaskErrorKindSchema,
+  message: z.string(),
+  retryable: z.boolean(),
+  status: z.number().optional(),
+  requestId: z.string().optional(),
+  retryAfterMs: z.number().optional(),
+});
+export type MicrotaskError = z.infer<typeof MicrotaskErrorSchema>;
+
+/** What every microtask ends with: never a thrown error, always this envelope. */
+export const MicrotaskResultSchema = z.object({
+  success: z.boolean(),
+  taskType: z.string(),
+  key: z.string(),
+  /** The answer: text, or the validated value of the answer schema. */
+  result: z.unknown().optional(),
+  error: MicrotaskErrorSchema.optional(),
+  /** The task type's degraded answer, when it failed. */
+  fallback: z.unknown().optional(),
+  /** Measured, from start to end of this run (0 when served from the results store). */
+  durationMs: z.number().nonnegative(),
+  usage: UsageSchema,
+  model: z.string().optional(),
+  stopReason: z.string().optional(),
+  requestId: z.string().optional(),
+  /** True when the result was found under its key and no model was called. */
+  cached: z.boolean(),
+});
+export type MicrotaskResult = z.infer<typeof MicrotaskResultSchema>;
+
+/** The flow a microtask belongs to, for logs: its key starts with the flow's key (`<flowId>/module/auth/generate/0`). */
+export const flowIdOf = (key: string) => key.split('/', 1)[0] ?? key;

@@ -1,7 +1,13 @@
 import { fromPromise } from 'xstate';
-import type { CheckInput, CheckResult } from '../machines/common.js';
-import type { CodeOnlyInput, CodeOnlyOutput } from '../machines/progressive.js';
-import type { ToolCheckSubject, WriteToolInput, WriteToolOutput } from '../machines/toolBuilder.js';
+import type {
+  CheckInput,
+  CheckResult,
+  CodeOnlyInput,
+  CodeOnlyOutput,
+  ToolCheckSubject,
+  WriteToolInput,
+  WriteToolOutput,
+} from '../contracts/deterministicActors.js';
 import { renderToolFiles } from '../toolFiles.js';
 import { sandboxStatus } from './sandbox.js';
 import { checkModule, checkTool, helpNotRun } from './toolCheck.js';

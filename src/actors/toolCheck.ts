@@ -4,7 +4,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Piscina } from 'piscina';
-import type { CheckResult } from '../machines/common.js';
+import type { CheckResult } from '../contracts/deterministicActors.js';
 import { ENTRY_PATH, modulePath, type ToolFiles } from '../toolFiles.js';
 import type { ToolSpec } from '../contracts/toolSpec.js';
 import { noDebuggerFlags, runSandboxed, SANDBOX_TOOL_DIR, sandboxStatus, sandboxTempDir, SandboxUnavailableError } from './sandbox.js';

@@ -14,6 +14,23 @@ export { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS } from './limits.js';
 export const boundedDeadline = (deadlineAt: number, now = Date.now()): number => Math.min(deadlineAt, now + MAX_MICROTASK_TIMEOUT_MS);
 
 /**
+ * A microtask as a flow's input describes it: everything but the idempotency key, which
+ * the machine derives (flow key + path + attempt) so that a restored flow asks for the
+ * same keys again.
+ */
+export const TaskSpecSchema = z.object({
+  taskType: z.string().min(1),
+  system: z.string(),
+  prompt: z.string(),
+  data: z.unknown().optional(),
+  answer: z.string().optional(),
+  timeoutMs: timeoutMsSchema().optional(),
+  maxTokens: maxTokensSchema().optional(),
+  model: z.string().optional(),
+});
+export type TaskSpec = z.infer<typeof TaskSpecSchema>;
+
+/**
  * The input of one microtask. JSON-safe: it is persisted in the flow's snapshot and sent
  * over the bus, and a restored flow runs the microtask again from it.
  */

@@ -1,25 +1,9 @@
 import { fromPromise } from 'xstate';
 import { z } from 'zod';
-import type { MicrotaskInput, MicrotaskResult } from '../contracts/microtask.js';
+import { TaskSpecSchema, type MicrotaskInput, type MicrotaskResult, type TaskSpec } from '../contracts/microtask.js';
+import type { CheckInput, CheckResult } from '../contracts/deterministicActors.js';
 import { totalTokens, zeroUsage, type Usage } from '../contracts/usage.js';
-import { maxTokensSchema, timeoutMsSchema } from '../contracts/limits.js';
 
-/**
- * A microtask as a flow's input describes it: everything but the idempotency key, which
- * the machine derives (flow key + path + attempt) so that a restored flow asks for the
- * same keys again.
- */
-export const TaskSpecSchema = z.object({
-  taskType: z.string().min(1),
-  system: z.string(),
-  prompt: z.string(),
-  data: z.unknown().optional(),
-  answer: z.string().optional(),
-  timeoutMs: timeoutMsSchema().optional(),
-  maxTokens: maxTokensSchema().optional(),
-  model: z.string().optional(),
-});
-export type TaskSpec = z.infer<typeof TaskSpecSchema>;
 
 /** Limits on what a flow may spend; the flow stops cleanly, keeping its best result, before going over. */
 export const BudgetSchema = z.object({
@@ -110,24 +94,8 @@ export function notProvided<TOutput, TInput>(name: string) {
 
 export const microtaskNotProvided = () => notProvided<MicrotaskResult, MicrotaskInput>('microtask');
 
-export { zeroUsage };
+export { zeroUsage, TaskSpecSchema, type TaskSpec, type CheckInput, type CheckResult };
 
-/**
- * The deterministic check a flow may run on an output before any model reviews it
- * (for the tool builder: it parses, type-checks, runs `--help`). Registered as `check`
- * and provided like the microtask actor; its diagnostics go into the reviewer's prompt
- * and into the revision.
- */
-export interface CheckInput {
-  key: string;
-  output: unknown;
-  /** What the output is for, passed through from the flow's input (`checkSubject`): the check's own context. */
-  subject?: unknown;
-}
-export interface CheckResult {
-  ok: boolean;
-  diagnostics: string[];
-}
 export const checkNotProvided = () => notProvided<CheckResult, CheckInput>('check');
 
 /** The diagnostic of a check that could not run: a failed check, never a pass. */

@@ -2,6 +2,7 @@ import { assign, not, setup } from 'xstate';
 import type { MicrotaskResult } from '../contracts/microtask.js';
 import { addUsage, zeroUsage, type Usage } from '../contracts/usage.js';
 import type { Verdict } from '../contracts/answers.js';
+import type { CodeOnlyInput, CodeOnlyOutput } from '../contracts/deterministicActors.js';
 import {
   budgetCheck,
   checkCrashed,
@@ -45,17 +46,7 @@ export interface ProgressiveInput {
   budget?: Budget;
 }
 
-/** The code-only solver of level 0: deterministic and instant, no model. */
-export interface CodeOnlyInput {
-  key: string;
-  task: TaskSpec;
-}
-export interface CodeOnlyOutput {
-  /** Unset when code alone cannot do this task. */
-  output?: unknown;
-  /** Why there is no output. */
-  reason?: string;
-}
+export type { CodeOnlyInput, CodeOnlyOutput };
 export const codeOnlyNotProvided = () => notProvided<CodeOnlyOutput, CodeOnlyInput>('codeOnly');
 
 export const levelNames = ['code-only', 'general', 'specialized', 'metacognitive'] as const;

@@ -2,6 +2,7 @@ import { assign, setup } from 'xstate';
 import { ToolSpecSchema, type ToolSpec } from '../contracts/toolSpec.js';
 import { addUsage, zeroUsage, type Usage } from '../contracts/usage.js';
 import type { Code, ToolEntry } from '../contracts/answers.js';
+import type { ToolCheckSubject, WriteToolInput, WriteToolOutput } from '../contracts/deterministicActors.js';
 import { answerOf, budgetCheck, notProvided, remainingBudget, type Budget, type FlowOutputBase, type FlowStatus } from './common.js';
 import { feedbackLoopMachine, type FeedbackLoopOutput } from './feedbackLoop.js';
 import { metacognitiveMachine, type MetacognitiveOutput } from './metacognitive.js';
@@ -38,23 +39,7 @@ export interface ToolBuilderInput {
   budget?: Budget;
 }
 
-/** What the check actor is told about the output it checks. */
-export type ToolCheckSubject =
-  | { kind: 'module'; spec: ToolSpec; module: string }
-  | { kind: 'tool'; spec: ToolSpec; modules: Record<string, string> };
-
-export interface WriteToolInput {
-  outRoot: string;
-  spec: ToolSpec;
-  modules: Record<string, string>;
-  entry: ToolEntry;
-}
-export interface WriteToolOutput {
-  dir: string;
-  files: string[];
-  /** Checks that could not run where the tool was built, and why (no sandbox for `--help`). */
-  notRun?: string[];
-}
+export type { ToolCheckSubject, WriteToolInput, WriteToolOutput };
 
 export interface ModuleRecord {
   name: string;

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createActor, type AnyActorRef, type AnyStateMachine, type InspectionEvent, type Snapshot } from 'xstate';
-import type { FlowDone, FlowEvent } from './daemon/protocol.js';
+import type { FlowDone, FlowEvent } from './contracts/flowEvents.js';
 import type { Flows } from './flows.js';
 import type { Journal } from './journal/Journal.js';
 import type { Logger } from './log.js';

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { FlowStatusSchema, type FlowDone, type FlowEvent, type FlowStatus } from '../contracts/flowEvents.js';
 import { ToolSpecSchema } from '../contracts/toolSpec.js';
 
 /**
@@ -26,9 +27,7 @@ export const FlowStartRequestSchema = z.object({
 
 export const FlowIdRequestSchema = z.object({ flowId: z.string().min(1).max(200) });
 
-/** Lifecycle of a flow, as clients see it. How it ended is in `output.status`. */
-export const FlowStatusSchema = z.enum(['running', 'done', 'failed', 'cancelled']);
-export type FlowStatus = z.infer<typeof FlowStatusSchema>;
+export { FlowStatusSchema, type FlowStatus, type FlowEvent, type FlowDone };
 
 export const FlowRecordSchema = z.object({
   flowId: z.string(),
@@ -42,22 +41,6 @@ export const FlowRecordSchema = z.object({
   error: z.object({ code: z.string(), message: z.string() }).optional(),
 });
 export type FlowRecord = z.infer<typeof FlowRecordSchema>;
-
-export interface FlowEvent {
-  flowId: string;
-  /** 1, 2, 3, ... per flow, no gaps. */
-  seq: number;
-  state: unknown;
-  status: FlowStatus;
-  at: string;
-}
-
-export interface FlowDone {
-  flowId: string;
-  status: Exclude<FlowStatus, 'running'>;
-  output?: unknown;
-  error?: { code: string; message: string };
-}
 
 export type Answer<T extends object = { flowId: string }> =
   | ({ ok: true } & T)

@@ -47,6 +47,8 @@ import { renderHistory } from './show.js';
 import { describeStoreStop, formatTokens } from './format.js';
 import { isStoreUnavailable } from '../persistence/StoreUnavailableError.js';
 import { mkdirs } from '../mkdirs.js';
+import { checkRequiredOptions, requiredOption } from './requiredOption.js';
+import { isPortTaken } from './ports.js';
 
 const EXIT_CODES_HELP = `
 Exit codes:
@@ -537,8 +539,15 @@ async function statelyFor(logger: Logger) {
   return stately;
 }
 
+/** A daemon's inspector port taken: the user's to fix, in one line (exit 2). */
+const inspectorPortTaken = (port: number) =>
+  new UsageError(`port ${port} is taken (another daemon serves its inspector there?): choose another with --inspector-port (0: any free port), or --no-inspector`, 'PORT_IN_USE');
+
 async function daemonCommand(options: DaemonOptions) {
   const config = loadConfig();
+  const inspectorPort = options.inspectorPort ?? config.MICROTASK_INSPECTOR_PORT;
+  // Before anything starts: a daemon refused for its port should not have resumed flows first.
+  if (options.inspector !== false && (await isPortTaken(config.MICROTASK_INSPECTOR_HOST, inspectorPort))) throw inspectorPortTaken(inspectorPort);
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'info');
   const bus = await connectBus(config, logger, 'daemon');
   const stately = options.inspect ? await statelyFor(logger) : undefined;
@@ -549,7 +558,14 @@ async function daemonCommand(options: DaemonOptions) {
   const inspector =
     options.inspector === false
       ? undefined
-      : await serveInspector(daemon.parts, config, logger, options.inspectorPort ?? config.MICROTASK_INSPECTOR_PORT).catch((e: unknown) => {
+      : await serveInspector(daemon.parts, config, logger, inspectorPort).catch(async (e: unknown) => {
+          if (e instanceof InspectorServerError && e.code === 'INSPECTOR_PORT_IN_USE') {
+            // Taken since the check above: undo the start, then refuse as the check would have.
+            await Promise.all([daemon.stop(0), worker?.stop()]);
+            stately?.stop();
+            await bus.close();
+            throw inspectorPortTaken(inspectorPort);
+          }
           // The daemon is worth running without its page: say why there is none.
           logger.error({ err: e }, `inspector page not served: ${(e as Error).message}`);
           return undefined;
@@ -682,6 +698,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
   // trace), or only when a paid build writes its tool: every command that keeps something
   // there checks it first.
   program.hook('preAction', async (_program, command) => {
+    checkRequiredOptions(command);
     const config = loadConfig();
     if (usesStateDirectory(command.name(), command.opts(), config)) await assertStateDirectory(config.MICROTASK_STATE_DIR);
   });
@@ -690,7 +707,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .command('run')
     .description('run a pattern in embedded mode and print its output')
     .addArgument(program.createArgument('<pattern>', 'the pattern to run').choices(patternNames))
-    .requiredOption('-i, --input <file>', "JSON file with the pattern's input")
+    .addOption(requiredOption('-i, --input <file>', "JSON file with the pattern's input"))
     .option('--json', 'print the whole output as JSON')
     .option('--out <dir>', 'tool-builder only: write the tool under this directory')
     .option('--no-progress', 'do not print progress on stderr')

@@ -9,7 +9,7 @@ import { KvResultsStore } from './bus/KvResultsStore.js';
 import { MemoryBus } from './bus/MemoryBus.js';
 import { connectNatsBus } from './bus/NatsBus.js';
 import { subjects } from './bus/subjects.js';
-import { UsageError } from './cli/exitCodes.js';
+import { UsageError } from './UsageError.js';
 import type { Config } from './config.js';
 import { Daemon } from './daemon/Daemon.js';
 import { provideFlows } from './flows.js';

@@ -14,12 +14,4 @@ export const ExitCode = {
   internal: 3,
 } as const;
 
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
-  constructor(
-    message: string,
-    readonly code = 'USAGE',
-  ) {
-    super(message);
-  }
-}
+export { UsageError } from '../UsageError.js';

@@ -61,7 +61,7 @@ import {
   subjectMatches,
   subjectsCollide,
   WORK_QUEUE_DEFAULTS,
-} from './MemoryBus.js';
+} from './natsRules.js';
 
 export interface NatsBusOptions {
   /** `nats://host:port` URLs (or `host:port`). */

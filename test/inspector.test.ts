@@ -9,6 +9,7 @@ import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getStateNodes } from 'xstate/graph';
 import { handWrittenAnswer } from '../examples/offline/answers.js';
+import { ModelError } from '../src/actors/model/ModelError.js';
 import { FlowHost } from '../src/flowHost.js';
 import { provideFlows, type Flows } from '../src/flows.js';
 import { startInspectorServer, type InspectorServer } from '../src/inspector/server.js';
@@ -426,7 +427,7 @@ describe('the inspector page in a real browser (headless Chromium)', () => {
       }
       seen.add((await currentState.textContent())!);
       expect(seen.size).toBeGreaterThanOrEqual(3);
-      expect(seen).toContain('done (done)');
+      expect(seen).toContain('done (final state)');
       await expect.poll(() => page.locator('#chart g.state.active').getAttribute('data-state-path')).toBe('done');
       expect(await page.locator('#live').getAttribute('class')).toContain('on');
 
@@ -439,7 +440,7 @@ describe('the inspector page in a real browser (headless Chromium)', () => {
       expect(await page.locator('#chart g.state.active').getAttribute('data-state-path')).toBe(before.rootState);
       expect(await page.locator('#live').getAttribute('class')).not.toContain('on');
       await page.locator('#step-forward').click();
-      await expect.poll(() => currentState.textContent()).toBe('done (done)');
+      await expect.poll(() => currentState.textContent()).toBe('done (final state)');
       await page.locator('#step-back').click();
 
       // The microtask log: prompt, answer, tokens, duration.
@@ -480,7 +481,7 @@ describe('the inspector page in a real browser (headless Chromium)', () => {
       const { page, problems } = await openPage(server);
       await page.goto(`${server.url}#flow=${toolFlow}`);
       await page.locator('#chart svg[data-machine="toolBuilder"]').waitFor();
-      await expect.poll(() => page.locator('#current-state').textContent()).toBe('done (done)');
+      await expect.poll(() => page.locator('#current-state').textContent()).toBe('done (final state)');
 
       // Back to a step where a module's feedback loop ran, then into that child flow.
       const steps = (await s.journal.read(toolFlow)).filter((entry) => entry.kind === 'step');
@@ -512,6 +513,63 @@ describe('the inspector page in a real browser (headless Chromium)', () => {
       const listed = await page.locator('#tab-events li[data-step]').evaluateAll((items) => [...new Set(items.map((li) => Number((li as unknown as { dataset: { step: string } }).dataset.step)))]);
       expect(listed).toEqual(resumedSteps.map((step) => step.step));
       expect(await page.locator('#position-label').textContent()).toContain(`step ${resumedSteps.at(-1)!.step} of ${resumedSteps.at(-1)!.step}`);
+      expect(problems).toEqual([]);
+    } finally {
+      await server.close();
+      await rm(s.dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  // Issue 16: travelling back, the microtasks still to come were tagged RUNNING.
+  it('in time travel, a microtask that starts later is not tagged running', async () => {
+    const s = await setup(300);
+    const server = await startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port: 0 });
+    try {
+      const host = s.host();
+      const flowId = await host.start('feedback-loop', feedbackInput);
+      await host.finished(flowId);
+      await s.journal.flush();
+      const entries = await s.journal.read(flowId);
+      const first = entries.find((entry) => entry.kind === 'step')!;
+      const later = entries.filter((entry) => entry.kind === 'microtask' && entry.phase === 'started' && Date.parse(entry.at) > Date.parse(first.at));
+      expect(later.length, 'the verdict is asked for after the first step').toBeGreaterThan(0);
+
+      const { page, problems } = await openPage(server);
+      await page.goto(`${server.url}#flow=${flowId}`);
+      await page.locator('#chart svg[data-machine="feedbackLoop"]').waitFor();
+      await page.locator('.tabs button[data-tab="microtasks"]').click();
+      await page.locator('#step-first').click();
+      await expect.poll(() => page.locator('#position-label').textContent()).toContain(`step ${first.step} of`);
+      const future = page.locator('#tab-microtasks details.future');
+      await expect.poll(() => future.count()).toBe(later.length);
+      for (const row of await future.all()) {
+        expect(await row.locator('.tag.running').count()).toBe(0);
+        expect(await row.locator('.tag').allTextContents()).toEqual(['not started']);
+      }
+      expect(problems).toEqual([]);
+    } finally {
+      await server.close();
+      await rm(s.dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  // Issue 16: a flow ended in its `failed` state read "State: failed (done)".
+  it('shows the final state of a failed flow as final, not "(done)"', async () => {
+    const s = await setup(10);
+    const failing = scripted(() => new ModelError('invalid_output', 'the answer does not match the schema'));
+    const host = new FlowHost({ flows: provideFlows({ microtask: failing.microtask }), store: s.store, journal: s.journal, logger: silentLogger, outRoot: join(s.dir, 'out') });
+    const server = await startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port: 0 });
+    try {
+      const flowId = await host.start('feedback-loop', feedbackInput);
+      await host.finished(flowId);
+      await s.journal.flush();
+      expect((await s.store.load(flowId))!.record).toMatchObject({ status: 'failed', state: 'failed' });
+
+      const { page, problems } = await openPage(server);
+      await page.goto(`${server.url}#flow=${flowId}`);
+      await page.locator('#chart svg[data-machine="feedbackLoop"]').waitFor();
+      await expect.poll(() => page.locator('#flow-status').textContent()).toBe('failed');
+      await expect.poll(() => page.locator('#current-state').textContent()).toBe('failed (final state)');
       expect(problems).toEqual([]);
     } finally {
       await server.close();

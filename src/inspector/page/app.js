@@ -255,7 +255,7 @@ async function render() {
   );
 
   const value = actor.snapshot?.value;
-  $('current-state').textContent = actor.snapshot ? `${stateText(value)}${actor.snapshot.status && actor.snapshot.status !== 'active' ? ` (${actor.snapshot.status})` : ''}` : '—';
+  $('current-state').textContent = actor.snapshot ? `${stateText(value)}${statusNote(actor.snapshot.status)}` : '—';
   const actorKey = state.actorPath.length === 0 ? 'root' : state.actorPath.join('/');
   const event = step && step.actor === actorKey ? step.event : undefined;
   $('step-event').textContent = step ? `step ${step.step}: ${step.actor} ${describeEvent(step.event)}` : '';
@@ -455,11 +455,14 @@ function renderMicrotasks() {
     details.dataset.key = first.key;
     if (state.openMicrotasks.has(first.key)) details.open = true;
     details.addEventListener('toggle', () => (details.open ? state.openMicrotasks.add(first.key) : state.openMicrotasks.delete(first.key)));
-    if (Date.parse(first.at) > currentAt) details.classList.add('future');
+    const startsLater = Date.parse(first.at) > currentAt;
+    if (startsLater) details.classList.add('future');
     const finishedLater = row.finished && Date.parse(row.finished.at) > currentAt;
     const summary = document.createElement('summary');
     const tags = [];
-    if (!row.finished || finishedLater) tags.push(['running', 'running']);
+    // At a step before it began, a microtask is neither running nor finished.
+    if (startsLater) tags.push(['future', 'not started']);
+    else if (!row.finished || finishedLater) tags.push(['running', 'running']);
     else if (result) {
       tags.push(result.success ? ['ok', 'ok'] : ['error', result.error?.kind ?? 'failed']);
       if (!result.success && result.fallback !== undefined) tags.push(['fallback', 'fallback']);
@@ -543,6 +546,15 @@ function renderOutput() {
 
 // ---------------------------------------------------------------------------------
 // Helpers
+
+/**
+ * What an actor's snapshot status adds to its state. `done` means the machine reached a final
+ * state, whichever: read after a state named `failed` it said "failed (done)".
+ */
+function statusNote(status) {
+  if (!status || status === 'active') return '';
+  return status === 'done' ? ' (final state)' : ` (${status})`;
+}
 
 function stateText(value) {
   if (value === undefined || value === null) return '—';

@@ -5,7 +5,10 @@
  *   LmdbSnapshotStore (lmdb-js: the saves of an event-loop turn in one transaction, one
  *   fsync), the latter also with one 2 KB step per save (as the host saves them);
  * - results: LogResultsStore (one append and one fdatasync per batch) vs LmdbResultsStore;
- * - the disk without our code: 64 writers appending 2 KB to one file + fdatasync.
+ * - the disk without our code: 64 writers appending 2 KB to one file + fdatasync;
+ * - the alternative not chosen: SQLite (better-sqlite3, WAL, synchronous=FULL), the saves of
+ *   an event-loop turn in one transaction (group commit as lmdb does it): its commit, fsync
+ *   included, runs on the event loop, which the event-loop delay column shows.
  *
  * Every write is durable when it resolves, in each store. Each writer saves its own flow
  * (at the revision its last save returned) or puts its own keys, in a loop.
@@ -13,6 +16,8 @@
  *   npx tsx bench/stores.ts [--seconds 5] [--runs 1]
  */
 import { mkdtemp, open, rm } from 'node:fs/promises';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import Database from 'better-sqlite3';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MicrotaskResult } from '../src/contracts/microtask.js';
@@ -60,10 +65,16 @@ function result(key: string): MicrotaskResult {
   };
 }
 
+/** The longest the event loop was blocked (p99, ms) in the last `writers` run. */
+const loopDelay = new Map<string, number[]>();
+let measuring = '';
+
 /** `WRITERS` loops of `one` for `seconds`: operations per second. */
 async function writers(one: (writer: number, i: number) => Promise<unknown>): Promise<number> {
   const until = performance.now() + seconds * 1000;
   let done = 0;
+  const delay = monitorEventLoopDelay({ resolution: 1 });
+  delay.enable();
   const began = performance.now();
   await Promise.all(
     Array.from({ length: WRITERS }, async (_, w) => {
@@ -73,7 +84,56 @@ async function writers(one: (writer: number, i: number) => Promise<unknown>): Pr
       }
     }),
   );
+  delay.disable();
+  if (measuring) loopDelay.set(measuring, [...(loopDelay.get(measuring) ?? []), delay.percentile(99) / 1e6]);
   return done / ((performance.now() - began) / 1000);
+}
+
+/**
+ * SQLite as the embedded store would use it: WAL, synchronous=FULL (every commit fsync'd),
+ * a compare-and-set on a revision column, and the saves of one event-loop turn in one
+ * transaction. better-sqlite3 is synchronous: the commit blocks the loop.
+ */
+function sqliteSaves(path: string) {
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.exec('CREATE TABLE flows (id TEXT PRIMARY KEY, revision INTEGER NOT NULL, json TEXT NOT NULL)');
+  const insert = db.prepare('INSERT INTO flows (id, revision, json) VALUES (?, 1, ?)');
+  const update = db.prepare('UPDATE flows SET revision = revision + 1, json = ? WHERE id = ? AND revision = ?');
+  type Pending = { id: string; json: string; expected: number | null; resolve: (revision: number) => void; reject: (e: Error) => void };
+  let queue: Pending[] = [];
+  const commit = db.transaction((batch: Pending[]) =>
+    batch.map((p) => (p.expected === null ? insert.run(p.id, p.json).changes : update.run(p.json, p.id, p.expected).changes)),
+  );
+  const flush = () => {
+    const batch = queue;
+    queue = [];
+    const changes = commit(batch);
+    batch.forEach((p, i) => (changes[i] === 1 ? p.resolve((p.expected ?? 0) + 1) : p.reject(new Error(`conflict on ${p.id}`))));
+  };
+  return {
+    save(flowId: string, json: string, expected: number | null): Promise<number> {
+      return new Promise((resolve, reject) => {
+        if (queue.length === 0) setImmediate(flush);
+        queue.push({ id: flowId, json, expected, resolve, reject });
+      });
+    },
+    close: () => db.close(),
+  };
+}
+
+async function sqliteRun(path: string): Promise<number> {
+  const sqlite = sqliteSaves(path);
+  const revisions = new Map<number, number>();
+  try {
+    return await writers(async (w, i) => {
+      const r = record(`sqlite-${w}`, i);
+      revisions.set(w, await sqlite.save(r.flowId, JSON.stringify(r), revisions.get(w) ?? null));
+    });
+  } finally {
+    sqlite.close();
+  }
 }
 
 async function saves(store: SnapshotStore, withSteps: boolean): Promise<number> {
@@ -119,6 +179,11 @@ async function withDb<T>(stateDir: string, fn: (db: LmdbStore) => Promise<T>): P
 async function main() {
   const dir = await mkdtemp(join(tmpdir(), 'bench-stores-'));
   const samples: Record<string, number[]> = {};
+  const measure = async (name: string, run: () => Promise<number>) => {
+    measuring = name;
+    add(name, await run());
+    measuring = '';
+  };
   const add = (name: string, value: number) => {
     (samples[name] ??= []).push(value);
     note(`${name}: ${fmt(value, 0)}/s`);
@@ -129,10 +194,13 @@ async function main() {
       const run = join(dir, `run-${r}`);
       add('disk: append 2 KB + fdatasync', await appendFloor(await mkdtemp(join(dir, 'floor-'))));
 
-      add('FileSnapshotStore saves', await saves(await FileSnapshotStore.open(join(run, 'file', 'flows')), false));
+      await measure('FileSnapshotStore saves', async () => saves(await FileSnapshotStore.open(join(run, 'file', 'flows')), false));
       // Each lmdb measurement on a database of its own: none pays for what another left.
-      add('LmdbSnapshotStore saves', await withDb(join(run, 'lmdb-saves'), async (db) => saves(await LmdbSnapshotStore.open(db), false)));
-      add('LmdbSnapshotStore saves + one 2 KB step each', await withDb(join(run, 'lmdb-steps'), async (db) => saves(await LmdbSnapshotStore.open(db), true)));
+      await measure('LmdbSnapshotStore saves', () => withDb(join(run, 'lmdb-saves'), async (db) => saves(await LmdbSnapshotStore.open(db), false)));
+      await measure('LmdbSnapshotStore saves + one 2 KB step each', () =>
+        withDb(join(run, 'lmdb-steps'), async (db) => saves(await LmdbSnapshotStore.open(db), true)),
+      );
+      await measure('SQLite saves (WAL, FULL, one transaction per turn)', () => sqliteRun(join(run, 'sqlite.db')));
       const log = new LogResultsStore(join(run, 'log', 'results'));
       add('LogResultsStore puts', await puts(log));
       await log.close();
@@ -148,17 +216,19 @@ async function main() {
     fmt(m(name), 0),
     spread(name),
     baseline === undefined ? '' : baseline === name ? '1.00x' : ratio(m(name), m(baseline)),
+    loopDelay.has(name) ? fmt(median(loopDelay.get(name)!), 1) : '',
   ];
   const rows = [
     row('disk: append 2 KB + fdatasync', 'disk: append 2 KB + fdatasync (no store)'),
     row('FileSnapshotStore saves', 'FileSnapshotStore saves', 'FileSnapshotStore saves'),
     row('LmdbSnapshotStore saves', 'LmdbSnapshotStore saves', 'FileSnapshotStore saves'),
     row('LmdbSnapshotStore saves + one 2 KB step each', 'LmdbSnapshotStore saves + one 2 KB step each', 'FileSnapshotStore saves'),
+    row('SQLite saves (WAL, FULL, one transaction per turn)', 'SQLite saves (better-sqlite3, WAL, synchronous=FULL, one transaction per turn)', 'FileSnapshotStore saves'),
     row('LogResultsStore puts', 'LogResultsStore puts', 'LogResultsStore puts'),
     row('LmdbResultsStore puts', 'LmdbResultsStore puts', 'LogResultsStore puts'),
   ];
   process.stdout.write(`\n${WRITERS} writers, 2 KB records, ${seconds} s each, median of ${runs} run(s):\n\n`);
-  process.stdout.write(`${table(['store', 'durable writes/s (median)', 'runs min–max', 'vs the one it replaces'], rows)}\n`);
+  process.stdout.write(`${table(['store', 'durable writes/s (median)', 'runs min–max', 'vs the one it replaces', 'event-loop delay p99 ms'], rows)}\n`);
 }
 
 await main();

@@ -1,8 +1,7 @@
-import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { describeIssues } from '../actors/model/prompt.js';
 import { holdToolChecks } from '../actors/toolCheck.js';
-import { BusError, type Bus, type BusMessage, type BusSubscription, type EventLog, type KeyValueStore } from '../bus/Bus.js';
+import { type Bus, type BusMessage, type BusSubscription, type EventLog } from '../bus/Bus.js';
 import { subjects, type Subjects } from '../bus/subjects.js';
 import type { Flows } from '../flows.js';
 import { JsonInputError, parseJsonInput } from '../jsonInput.js';
@@ -24,6 +23,9 @@ import {
   type Answer,
   type FlowRecord,
 } from './protocol.js';
+import { claimRequest, KvRequestIds, type RequestIds } from './requestClaims.js';
+
+export type { RequestIds } from './requestClaims.js';
 
 export interface DaemonOptions {
   bus: Bus;
@@ -53,16 +55,6 @@ export interface DaemonOptions {
   storeLocation?: string;
 }
 
-/** Request ids claimed atomically: of two claims of one id, one wins and both learn its flow. */
-export interface RequestIds {
-  /** Resolves with the flow holding `requestId` now: `flowId` when this call claimed it. */
-  claim(requestId: string, flowId: string): Promise<string>;
-  /** Releases the claim if `flowId` holds it (the flow did not start; a retry must start one). */
-  release(requestId: string, flowId: string): Promise<void>;
-}
-
-const requestKey = (requestId: string) => `request.${createHash('sha256').update(requestId).digest('hex').slice(0, 40)}`;
-
 /**
  * The orchestrator daemon: serves the protocol's subjects (tool builds, starting any
  * pattern, status, cancel), runs each flow durably (FlowHost: a snapshot after every
@@ -75,7 +67,7 @@ export class Daemon {
   private readonly subjects: Subjects;
   private readonly subscriptions: BusSubscription[] = [];
   private log!: EventLog;
-  private requests!: KeyValueStore;
+  private requestIds!: RequestIds;
   private readonly host: FlowHost;
   private readonly maxBytes: number;
   private releaseToolChecks: (() => Promise<void>) | undefined;
@@ -109,7 +101,7 @@ export class Daemon {
       subjects: this.subjects.flowLogSubjects,
       ...(this.options.retentionMs ? { maxAgeMs: this.options.retentionMs } : {}),
     });
-    this.requests = await bus.keyValue(this.subjects.flowsBucket);
+    this.requestIds = this.options.requestIds ?? new KvRequestIds(await bus.keyValue(this.subjects.flowsBucket));
     const { resumed, failed } = await this.host.resumeAll();
     if (resumed.length || failed.length) this.options.logger.info({ resumed: resumed.length, failed: failed.length }, 'unfinished flows resumed');
     this.host.startLeases();
@@ -144,30 +136,19 @@ export class Daemon {
     return { store, journal, flows };
   }
 
-  /** Starts a flow (or finds the one started for the same requestId). */
+  /**
+   * Starts a flow, or finds the one started for the same request (same pattern, requestId
+   * and input); the requestId reused with another input is refused (REQUEST_ID_CONFLICT).
+   */
   async startFlow(pattern: PatternName, input: Record<string, unknown>, requestId?: string): Promise<string> {
     const flowId = newFlowId(pattern);
-    const { requestIds } = this.options;
-    if (requestId && requestIds) {
-      const holder = await requestIds.claim(requestId, flowId);
-      if (holder !== flowId) return holder;
-    } else if (requestId) {
-      try {
-        await this.requests.create(requestKey(requestId), flowId);
-      } catch (e) {
-        if (e instanceof BusError && e.code === 'KV_EXISTS') {
-          const existing = await this.requests.get(requestKey(requestId));
-          if (existing) return existing.string();
-        }
-        throw e;
-      }
-    }
+    const claim = requestId ? await claimRequest(this.requestIds, { pattern, requestId, flowId, input }) : undefined;
+    if (claim && claim.flowId !== flowId) return claim.flowId;
     try {
       await this.host.start(pattern, input, { flowId, ...(requestId ? { requestId } : {}) });
     } catch (e) {
       // A retry of the request must start the flow, not find one that never began.
-      if (requestId && requestIds) await requestIds.release(requestId, flowId).catch(() => undefined);
-      else if (requestId) await this.requests.delete(requestKey(requestId)).catch(() => undefined);
+      await claim?.release().catch(() => undefined);
       throw e;
     }
     this.options.logger.info({ flowId, pattern, requestId }, 'flow started');

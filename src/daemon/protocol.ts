@@ -14,6 +14,7 @@ export const ErrorCodeSchema = z.enum([
   'TOO_LARGE', // the payload is over the daemon's limit
   'FLOW_NOT_FOUND', // no flow has this id
   'FLOW_FINISHED', // cancel of a flow that already ended
+  'REQUEST_ID_CONFLICT', // the requestId already started a flow of this pattern with another input
   'INTERNAL', // the daemon failed; the message says how, the logs say more
 ]);
 export type ErrorCode = z.infer<typeof ErrorCodeSchema>;

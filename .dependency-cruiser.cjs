@@ -17,7 +17,7 @@ const layerRules = [
       'sides need into src/contracts.',
     severity: 'error',
     from: { path: '^src/machines/' },
-    to: { pathNot: ['^src/machines/', '^src/contracts/', '^node_modules/(xstate|zod)/'] },
+    to: { pathNot: ['^src/machines/', '^src/contracts/', '(^|/)node_modules/(xstate|zod)/'] },
   },
   {
     name: 'contracts-pure',
@@ -26,7 +26,7 @@ const layerRules = [
       'imports zod and other contracts only, so importing it never pulls in either side.',
     severity: 'error',
     from: { path: '^src/contracts/' },
-    to: { pathNot: ['^src/contracts/', '^node_modules/zod/'] },
+    to: { pathNot: ['^src/contracts/', '(^|/)node_modules/zod/'] },
   },
   {
     name: 'actors-not-machines',

@@ -42,6 +42,7 @@ export const patternInputSchemas = {
     task: TaskSpecSchema,
     analyze: z.object({ system: z.string().optional(), prompt: z.string().optional(), timeoutMs: timeoutMsSchema().optional() }).optional(),
     maxAttempts: count(10),
+    onAnalysisFailure: z.enum(['retry', 'fail']).optional(),
     budget: BudgetSchema.optional(),
   }),
   progressive: z.object({

@@ -8,6 +8,7 @@ import type { FailureAnalysis } from '../src/contracts/answers.js';
 import { zeroUsage } from '../src/contracts/usage.js';
 import type { CheckInput, CheckResult } from '../src/machines/common.js';
 import { ADJUSTMENTS_HEADING, metacognitiveMachine, type MetacognitiveInput } from '../src/machines/metacognitive.js';
+import { patternInputSchemas } from '../src/patterns.js';
 import { roundTrip, runToEnd, scripted, stateCoverage } from './support/flows.js';
 
 const coverage = stateCoverage(metacognitiveMachine);
@@ -126,13 +127,64 @@ describe('the metacognitive flow', () => {
     expect(result.attempts[0].analysis).toMatchObject({ retry: false });
   });
 
-  it('stops when the analysis itself fails, saying why', async () => {
+  it('retries plainly when the analysis itself fails and attempts remain (the seed\'s behaviour, the default)', async () => {
+    const answers = [new ModelError('unavailable', 'overloaded'), new ModelError('unavailable', 'still overloaded'), 'the summary'];
+    const { output, inputs } = run(answers);
+    const result = await output;
+    expect(result).toMatchObject({ status: 'done', result: 'the summary', usage: { calls: 3 } });
+    expect(inputs.map((i) => i.key)).toEqual(['mc/run/0', 'mc/analyze/0', 'mc/run/1']);
+    // Nothing was learned, so nothing changes: the same system prompt, timeout and model.
+    const [first, , second] = inputs;
+    expect({ ...second, key: first!.key }).toEqual(first);
+    expect(result.attempts[0]).toMatchObject({ analysisError: 'unavailable: still overloaded' });
+    expect(result.attempts[1]).toMatchObject({ attempt: 1, adjustments: { promptAdditions: [] }, envelope: { success: true } });
+  });
+
+  it('keeps the lessons already learned when a later analysis fails, adding none', async () => {
+    // Attempt 0 fails and its analysis adds an instruction; attempt 1 fails too and its
+    // analysis fails; attempt 2 runs with attempt 1's adjustments and succeeds.
+    const answers = [
+      new ModelError('unavailable', 'down'),
+      analysis({ adjustments: { promptAdditions: ['Keep it short.'] } }),
+      new ModelError('rate_limited', 'slow down'),
+      new ModelError('invalid_output', 'not JSON'),
+      'short',
+    ];
+    const { output, inputs } = run(answers);
+    const result = await output;
+    expect(inputs.map((i) => i.key)).toEqual(['mc/run/0', 'mc/analyze/0', 'mc/run/1', 'mc/analyze/1', 'mc/run/2']);
+    expect(inputs[4]!.system).toBe(inputs[2]!.system);
+    expect(inputs[4]!.system).toContain('- Keep it short.');
+    expect(result).toMatchObject({ status: 'done', result: 'short', usage: { calls: 5 } });
+    expect(result.attempts[1]).toMatchObject({ analysisError: 'invalid_output: not JSON' });
+    expect(result.attempts[2]!.adjustments).toEqual(result.attempts[1]!.adjustments);
+  });
+
+  it('is exhausted, not failed, when every analysis fails until no attempt is left', async () => {
+    const script: Script = (request) => (isAnalysis(request) ? new ModelError('unavailable', 'analyst down') : new ModelError('unavailable', 'down'));
+    const { output, inputs } = run(script, { maxAttempts: 2 });
+    const result = await output;
+    expect(result).toMatchObject({ status: 'exhausted', result: { fallback: true }, usage: { calls: 3 } });
+    expect(result.reason).toBe('no attempt succeeded in 2 attempts; in the last one the microtask failed (unavailable: down)');
+    expect(inputs.map((i) => i.key)).toEqual(['mc/run/0', 'mc/analyze/0', 'mc/run/1']);
+  });
+
+  it("stops when the analysis itself fails with onAnalysisFailure: 'fail', saying why", async () => {
     const answers = [new ModelError('unavailable', 'overloaded'), new ModelError('unavailable', 'still overloaded')];
-    const result = await run(answers).output;
+    const result = await run(answers, { onAnalysisFailure: 'fail' }).output;
     expect(result.status).toBe('failed');
     expect(result.reason).toMatch(/the failure analysis failed \(unavailable: still overloaded\) after the microtask failed \(unavailable: overloaded\)/);
     expect(result.attempts[0]).toMatchObject({ analysisError: 'unavailable: still overloaded' });
     expect(result.attempts[0].analysis).toBeUndefined();
+  });
+
+  it('takes onAnalysisFailure from a client as retry or fail, and refuses anything else at the edge', () => {
+    const flowInput = { task: input.task, maxAttempts: 2 };
+    expect(patternInputSchemas.metacognitive.parse({ ...flowInput, onAnalysisFailure: 'fail' })).toMatchObject({ onAnalysisFailure: 'fail' });
+    expect(patternInputSchemas.metacognitive.parse(flowInput)).not.toHaveProperty('onAnalysisFailure');
+    const refused = patternInputSchemas.metacognitive.safeParse({ ...flowInput, onAnalysisFailure: 'sometimes' });
+    expect(refused.success).toBe(false);
+    expect(refused.error?.issues[0]?.path).toEqual(['onAnalysisFailure']);
   });
 
   it('is exhausted at max attempts, without paying for an analysis it could not follow', async () => {

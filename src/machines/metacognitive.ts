@@ -25,6 +25,13 @@ export interface MetacognitiveInput {
   analyze?: { system?: string; prompt?: string; timeoutMs?: number };
   /** Attempts at most, the first one included. */
   maxAttempts: number;
+  /**
+   * When the failure analysis itself fails (its call failed, or its answer was not an
+   * analysis): `retry` runs the next attempt as the last one ran, with no new adjustments
+   * (the lessons of earlier analyses stay), while attempts remain, as the seed does;
+   * `fail` ends the flow, saying why. Default `retry`.
+   */
+  onAnalysisFailure?: 'retry' | 'fail';
   /** Run the deterministic `check` actor on each answer; a failed check is a failed attempt. */
   check?: boolean;
   /** Given to the check with each output: what the output is for. */
@@ -170,7 +177,9 @@ const shownAttempt = (a: MetacognitiveAttempt) => ({
 /**
  * Run → (check) → done; on a failure, a failure analysis decides: retry with its
  * adjustments really applied to the next attempt (system prompt, timeout, model), or stop
- * with its reason. No analysis is asked for when no attempt is left to follow it.
+ * with its reason. An analysis that fails decides nothing: the next attempt runs unchanged
+ * (or the flow fails, with `onAnalysisFailure: 'fail'`). No analysis is asked for when no
+ * attempt is left to follow it.
  */
 export const metacognitiveMachine = setup({
   types: {
@@ -186,6 +195,8 @@ export const metacognitiveMachine = setup({
     checkPassed: (_, params: { check: CheckResult }) => params.check.ok,
     attemptsLeft: ({ context }) => context.attempt + 1 < context.input.maxAttempts,
     analysisSaysRetry: ({ context }) => last(context.attempts)?.analysis?.retry === true,
+    // No attempt-left check here: an analysis is only asked for when an attempt is left.
+    retryWithoutAnalysis: ({ context }) => context.input.onAnalysisFailure !== 'fail',
   },
   actions: {
     countUsage: assign(({ context }, params: { result: MicrotaskResult }) => ({
@@ -225,6 +236,7 @@ export const metacognitiveMachine = setup({
       adjustments: accumulate(context.adjustments, last(context.attempts)!.analysis!.adjustments),
       attempt: context.attempt + 1,
     })),
+    nextAttempt: assign(({ context }) => ({ attempt: context.attempt + 1 })),
     setStatus: assign((_, params: { status: FlowStatus }) => ({ status: params.status })),
     noteBudget: assign(({ context }) => {
       const check = budgetCheck(context.input.budget, context.usage);
@@ -349,6 +361,15 @@ export const metacognitiveMachine = setup({
             actions: [
               { type: 'countUsage', params: ({ event }) => ({ result: event.output }) },
               { type: 'recordAnalysis', params: ({ event }) => ({ result: event.output }) },
+            ],
+          },
+          {
+            guard: 'retryWithoutAnalysis',
+            target: 'budgetGate',
+            actions: [
+              { type: 'countUsage', params: ({ event }) => ({ result: event.output }) },
+              { type: 'recordAnalysis', params: ({ event }) => ({ result: event.output }) },
+              'nextAttempt',
             ],
           },
           {

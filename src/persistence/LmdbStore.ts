@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { join, resolve } from 'node:path';
+import { existsSync } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import { getSystemErrorName } from 'node:util';
 import { open, type Database, type DatabaseOptions, type RootDatabase } from 'lmdb';
@@ -42,8 +43,11 @@ export class LmdbStore {
       await mkdirs(path);
       // lmdb-js maps a new data file and writes its first pages through the map: on a full
       // disk that is a SIGBUS, which ends the process before any handler runs. Look first.
-      const free = await statfs(path).then((s) => s.bavail * s.bsize, () => Infinity);
-      if (free < MIN_FREE_BYTES) throw new StoreUnavailableError(describeStoreError({ code: 'ENOSPC' }, path));
+      // (An existing one opens; its writes are refused one by one: see ensureSpace.)
+      if (!existsSync(join(path, 'data.mdb'))) {
+        const free = await statfs(path).then((s) => s.bavail * s.bsize, () => Infinity);
+        if (free < MIN_FREE_BYTES) throw new StoreUnavailableError(describeStoreError({ code: 'ENOSPC' }, path));
+      }
       shared = environments.get(path) ?? openEnvOrRefuse(resolve(stateDir), path);
       environments.set(path, shared);
     }

@@ -41,7 +41,6 @@ import type { ModuleRecord, ToolBuilderOutput } from '../machines/toolBuilder.js
 import { renderToolFiles } from '../toolFiles.js';
 import type { ToolSpec } from '../contracts/toolSpec.js';
 import { DaemonClient } from './busClient.js';
-import type { Worker } from '../worker.js';
 import { colorWanted, progressDisplay, type Progress } from './liveProgress.js';
 import { renderHistory } from './show.js';
 import { describeStoreStop, formatTokens } from './format.js';
@@ -49,6 +48,8 @@ import { isStoreUnavailable } from '../persistence/StoreUnavailableError.js';
 import { mkdirs } from '../mkdirs.js';
 import { checkRequiredOptions, requiredOption } from './requiredOption.js';
 import { isPortTaken } from './ports.js';
+import { drainWorker } from './drainWorker.js';
+import { devCommand, type DevOptions } from './dev.js';
 
 const EXIT_CODES_HELP = `
 Exit codes:
@@ -598,24 +599,6 @@ async function serveInspector(parts: { store: SnapshotStore; journal?: Journal |
   return server;
 }
 
-/**
- * Stops a worker: no new task, those in flight get `graceMs` to finish (their results
- * stored and acked); then their calls are stopped and their tasks go back to the queue for
- * another worker. Resolves once every handler has settled, so the bus can close after.
- */
-async function drainWorker(worker: Worker, graceMs: number, logger: Logger) {
-  const stopping = worker.stop();
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), graceMs)));
-  const outcome = await Promise.race([stopping.then(() => 'stopped' as const), late]);
-  clearTimeout(timer);
-  if (outcome === 'late') {
-    logger.warn({ graceMs }, 'grace period over: stopping the model calls still running; their tasks go back to the queue');
-    worker.abortInFlight();
-    await stopping;
-  }
-}
-
 async function workerCommand(options: { concurrency?: number }) {
   const config = loadConfig();
   if (!config.NATS_URL) {
@@ -838,6 +821,22 @@ snapshots make that safe, and a restart resumes the flows.`,
     )
     .action(async (options: { concurrency?: number }) => {
       setExit(await workerCommand(options));
+    });
+
+  program
+    .command('dev')
+    .description('the whole local stack: a nats-server, the daemon, a worker and the inspector; Ctrl-C stops them')
+    .addOption(new Option('--nats-port <n>', 'nats-server listens on this port of 127.0.0.1 (default: a free one)').argParser(port))
+    .addOption(new Option('--inspector-port <n>', 'serve the inspector page on this port (default MICROTASK_INSPECTOR_PORT, 7420; 0 = any free)').argParser(port))
+    .addHelpText(
+      'after',
+      `
+nats-server comes from NATS_SERVER_BIN, PATH or /usr/sbin (\`apt-get install nats-server\`, or a release from
+https://github.com/nats-io/nats-server/releases); its JetStream store is $MICROTASK_STATE_DIR/nats, so flows
+outlive a restart. Clients connect to the NATS URL it prints, e.g. NATS_URL=<it> microtask build <spec.json>.`,
+    )
+    .action(async (options: DevOptions) => {
+      setExit(await devCommand(options));
     });
 
   return program;

@@ -132,6 +132,8 @@ describe(`a daemon over NATS killed ${KILLS} times during a tool build (seed ${S
       MICROTASK_ACK_WAIT_MS: '1000',
       MICROTASK_SUBJECT_PREFIX: prefix,
       MICROTASK_STATE_DIR: state,
+      // A daemon refuses a taken inspector port: never the default one another test may hold.
+      MICROTASK_INSPECTOR_PORT: '0',
     });
     /** Starts a daemon and (re)sends the build request: the same requestId is the same flow. */
     const startAndRequest = async (prefix: string, state: string) => {

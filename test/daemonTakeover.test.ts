@@ -29,6 +29,8 @@ describe('two daemons sharing NATS', () => {
       MICROTASK_ACK_WAIT_MS: '1500',
       MICROTASK_STATE_DIR: state,
       MICROTASK_LOG_LEVEL: 'warn',
+      // Two daemons at once: each serves its inspector page on a port of its own.
+      MICROTASK_INSPECTOR_PORT: '0',
     });
     const daemon = (id: string, state: string) => {
       const child = spawn(process.execPath, [CLI, 'daemon', '--worker'], { env: env(id, state), stdio: ['ignore', 'ignore', 'pipe'] });

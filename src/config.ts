@@ -72,8 +72,13 @@ export const EnvSchema = z.object({
       error: 'one of fatal, error, warn, info, debug, trace, silent',
     }),
   ),
-  /** Finished flows older than this are pruned from the snapshot store (at start of the CLI and daemon). */
+  /**
+   * Finished flows older than this are pruned from the snapshot store (when the CLI and the
+   * daemon start); with NATS, every stream and bucket but the snapshots drops what is older.
+   */
   MICROTASK_RETENTION_HOURS: withDefault(count(1, 100_000, 'hours'), 168),
+  /** With NATS on a cluster: copies of each stream and bucket (JetStream allows 1 to 5; a single server, 1). */
+  MICROTASK_STREAM_REPLICAS: withDefault(count(1, 5, 'replicas'), 1),
   /** With NATS: how long a daemon's claim on a flow lasts unrenewed; then another daemon takes it over. */
   MICROTASK_LEASE_MS: withDefault(millis(1_000, 3_600_000), 30_000),
   /** This daemon's name in leases; unset: host name, process id and a random part. */
@@ -92,6 +97,10 @@ export const EnvSchema = z.object({
   MICROTASK_INSPECTOR_HOST: withDefault(z.string().min(1), '127.0.0.1'),
   /** The inspector page's port; 0 picks a free one. */
   MICROTASK_INSPECTOR_PORT: withDefault(count(0, 65_535, 'port number'), 7420),
+  /** Where the daemon and the worker serve /healthz, /readyz and /metrics (0.0.0.0 in a container, for a scraper). */
+  MICROTASK_HTTP_HOST: withDefault(z.string().min(1), '127.0.0.1'),
+  /** Their port (--http-port); unset: not served; 0 picks a free one. */
+  MICROTASK_HTTP_PORT: opt(count(0, 65_535, 'port number')),
   /** The sandbox for generated code: `auto` tries bubblewrap, then unshare; none works: the code is not run. */
   MICROTASK_SANDBOX: withDefault(z.enum(SANDBOX_CHOICES, { error: `one of ${SANDBOX_CHOICES.join(', ')}` }), 'auto'),
   MICROTASK_SUBJECT_PREFIX: withDefault(

@@ -73,6 +73,7 @@ function connectNats(config: Config, logger: Logger, role: string, oneShot: bool
     servers: config.NATS_URL!,
     name: `microtask-${role}@${hostname()}`,
     subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
+    replicas: config.MICROTASK_STREAM_REPLICAS,
     ...(config.NATS_TOKEN ? { token: config.NATS_TOKEN } : {}),
     ...(config.NATS_USER ? { user: config.NATS_USER, pass: config.NATS_PASSWORD ?? '' } : {}),
     ...(config.NATS_NKEY_SEED ? { nkeySeed: config.NATS_NKEY_SEED } : {}),
@@ -95,8 +96,20 @@ export async function taskQueue(bus: Bus, config: Config): Promise<WorkQueue> {
     ackWaitMs: config.MICROTASK_ACK_WAIT_MS,
     maxDeliver: config.MICROTASK_MAX_DELIVER,
     deadLetterSubject: names.deadLetters,
+    // A task nobody took for that long has no flow waiting for it (its deadline is far shorter).
+    maxAgeMs: retentionMs(config),
   });
 }
+
+const retentionMs = (config: Config) => config.MICROTASK_RETENTION_HOURS * 3_600_000;
+
+/**
+ * The results bucket: a result is read by its flow within its deadline (or again when a
+ * flow resumes), so one older than the retention is only kept to save a model call for a
+ * flow stopped that long; it goes with the retention.
+ */
+export const resultsBucket = (bus: Bus, config: Config) =>
+  bus.keyValue(subjects(config.MICROTASK_SUBJECT_PREFIX).resultsBucket, { maxAgeMs: retentionMs(config) });
 
 /**
  * A worker on the bus: the model from the configuration, without its own retries (the
@@ -105,7 +118,7 @@ export async function taskQueue(bus: Bus, config: Config): Promise<WorkQueue> {
 export async function startWorkerService(bus: Bus, config: Config, logger: Logger, given?: ModelChoice) {
   const { model, description } = given ?? (await chooseModel({ ...config, MICROTASK_MAX_RETRIES: 0 }));
   const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
-  const results = new KvResultsStore(await bus.keyValue(names.resultsBucket));
+  const results = new KvResultsStore(await resultsBucket(bus, config));
   // The queue retries a transient failure after a backoff of 1 s or more; the breaker only
   // spares the other tasks of a burst, so it must close before the first retry comes.
   const runner = new MicrotaskRunner({
@@ -152,7 +165,10 @@ class EmbeddedBus extends MemoryBus {
 export async function snapshotStore(bus: Bus, config: Config, logger: Logger): Promise<SnapshotStore> {
   const options = moveAsideOnCorrupt(logger, () => store);
   let store: SnapshotStore;
-  if (bus.transport === 'nats') store = new KvSnapshotStore(await bus.keyValue(subjects(config.MICROTASK_SUBJECT_PREFIX).snapshotsBucket), options);
+  // No max age: it would drop a running flow's snapshot too (the bucket's age is per key,
+  // since its last write, and a flow waiting longer than the retention is not written, or
+  // no daemon runs it); finished flows are pruned instead.
+  if (bus.transport === 'nats') store = new KvSnapshotStore(await bus.keyValue(subjects(config.MICROTASK_SUBJECT_PREFIX).snapshotsBucket, { maxAgeMs: 0 }), options);
   else {
     const db = await LmdbStore.open(config.MICROTASK_STATE_DIR);
     EmbeddedBus.onClose(bus, () => db.close());
@@ -163,9 +179,8 @@ export async function snapshotStore(bus: Bus, config: Config, logger: Logger): P
 
 /** The journal of the mode: a JetStream stream with NATS (any machine reads it), the embedded database otherwise. */
 export async function journalFor(bus: Bus, config: Config, logger: Logger): Promise<Journal> {
-  const retentionMs = config.MICROTASK_RETENTION_HOURS * 3_600_000;
   const onError = logJournalError(logger);
-  if (bus.transport === 'nats') return BusJournal.open(bus, { subjectPrefix: config.MICROTASK_SUBJECT_PREFIX, retentionMs, onError });
+  if (bus.transport === 'nats') return BusJournal.open(bus, { subjectPrefix: config.MICROTASK_SUBJECT_PREFIX, retentionMs: retentionMs(config), onError });
   const journal = await LmdbJournal.open(config.MICROTASK_STATE_DIR, { onError });
   EmbeddedBus.onClose(bus, () => journal.close());
   return journal;
@@ -181,7 +196,6 @@ export async function startDaemonService(
   logger: Logger,
   extra: { inspect?: (event: InspectionEvent) => void; journal?: boolean } = {},
 ) {
-  const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
   // Embedded: microtasks run in this process, their results kept on disk (the CLI's runtime).
   const runtime = bus.transport === 'nats' ? undefined : await createRuntime(config, logger, { answers: answerSchemas });
   if (runtime) EmbeddedBus.onClose(bus, () => runtime.close());
@@ -192,7 +206,7 @@ export async function startDaemonService(
           subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
           defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
           queue: await taskQueue(bus, config),
-          results: await bus.keyValue(names.resultsBucket),
+          results: await resultsBucket(bus, config),
           logger,
         })
       : createMicrotaskLogic(runtime.runner);

@@ -39,6 +39,11 @@ export interface WorkQueueOptions {
   duplicateWindowMs?: number;
   /** Where dead letters are published (durably): `{id, reason, deliveryCount, data}` as JSON. */
   deadLetterSubject?: string;
+  /**
+   * Jobs (and dead letters) older than this are dropped, taken or not; 0: kept until taken.
+   * Given: an existing queue is brought to it; unset: left as it is.
+   */
+  maxAgeMs?: number;
 }
 
 /** One delivery of a job. */
@@ -64,6 +69,16 @@ export interface WorkConsumer {
   stop(): Promise<void>;
 }
 
+/** How much a bucket keeps. Each key keeps its last value only (history 1): nothing reads older ones. */
+export interface KeyValueOptions {
+  /**
+   * A key not written for this long is dropped (NATS: the bucket's max age, for every key:
+   * nats-server 2.9 has no per-key TTL); 0: kept until deleted. Given: an existing bucket
+   * is brought to it; unset: an existing bucket is left as it is (a reader's open).
+   */
+  maxAgeMs?: number;
+}
+
 export interface WorkQueue {
   readonly name: string;
   /** Adds a job; `duplicate` when a job with this id was enqueued within the duplicate window. */
@@ -73,6 +88,11 @@ export interface WorkQueue {
    * the queue (in any process). A handler that throws has its job retried after a short delay.
    */
   consume(handler: (job: Job) => Promise<void>, options: { concurrency: number }): Promise<WorkConsumer>;
+  /**
+   * Jobs not yet taken (`waiting`) and taken but not settled (`inFlight`), across every
+   * consumer. A job waiting for its retry delay counts as waiting in memory, in flight on NATS.
+   */
+  depth(): Promise<{ waiting: number; inFlight: number }>;
 }
 
 export interface KvEntry {
@@ -121,8 +141,12 @@ export interface Bus {
   /** Answers a request (publishes to its reply subject). */
   respond(message: BusMessage, data: Payload): Promise<void>;
   workQueue(name: string, options?: WorkQueueOptions): Promise<WorkQueue>;
-  keyValue(bucket: string): Promise<KeyValueStore>;
-  /** The log named `name` (created when missing) holding `subjects`. */
+  keyValue(bucket: string, options?: KeyValueOptions): Promise<KeyValueStore>;
+  /**
+   * The log named `name` (created when missing) holding `subjects`. With `maxAgeMs`,
+   * messages older than that are dropped and an existing log is brought to it; without,
+   * an existing log is left as it is (a reader's open).
+   */
   eventLog(name: string, options: { subjects: string[]; maxAgeMs?: number }): Promise<EventLog>;
   /** Drains and closes; in-flight handlers finish first. */
   close(): Promise<void>;

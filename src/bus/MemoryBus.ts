@@ -454,6 +454,11 @@ class MemoryWorkQueue implements WorkQueue {
     private readonly bus: MemoryBus,
   ) {}
 
+  async depth(): Promise<{ waiting: number; inFlight: number }> {
+    const inFlight = this.jobs.filter((j) => j.state === 'inflight').length;
+    return { waiting: this.jobs.filter((j) => j.state === 'ready' || j.state === 'delayed').length, inFlight };
+  }
+
   async enqueue(id: string, data: Payload): Promise<{ duplicate: boolean }> {
     this.bus.assertOpen();
     const now = Date.now();

@@ -43,6 +43,7 @@ import {
   type BusSubscription,
   type EventLog,
   type Job,
+  type KeyValueOptions,
   type KeyValueStore,
   type KvEntry,
   type MessageHandler,
@@ -93,6 +94,11 @@ export interface NatsBusOptions {
   retryAfterThrowMs?: number;
   /** Connection events (disconnect, reconnect, errors), for the caller to log. */
   onStatus?: (status: NatsBusStatus) => void;
+  /**
+   * Copies of each stream and bucket on a cluster (1 to 5; default 1, what a single server
+   * allows). Set when one is created, and brought to it when its owner opens it with limits.
+   */
+  replicas?: number;
 }
 
 export type NatsBusStatus =
@@ -222,6 +228,7 @@ export class NatsBus implements Bus {
   /** The prefix as it appears in stream names. */
   private readonly streamPrefix: string;
   private readonly retryAfterThrowMs: number;
+  private readonly replicas: number;
   private readonly statusListeners = new Set<(status: NatsBusStatus) => void>();
   private readonly subscriptions = new Set<Subscription>();
   private readonly handlersInFlight = new Set<Promise<void>>();
@@ -240,6 +247,7 @@ export class NatsBus implements Bus {
     this.prefix = options.subjectPrefix ?? 'microtask';
     this.streamPrefix = sanitize(this.prefix).toUpperCase();
     this.retryAfterThrowMs = options.retryAfterThrowMs ?? WORK_QUEUE_DEFAULTS.retryAfterThrowMs;
+    this.replicas = options.replicas ?? 1;
     if (options.onStatus) this.statusListeners.add(options.onStatus);
     void this.watchStatus();
   }
@@ -325,6 +333,7 @@ export class NatsBus implements Bus {
     this.assertSubject(settings.deadLetterSubject, false);
     const stream = `${this.streamPrefix}_WQ_${name}`;
     const subject = `${this.prefix}.wq.${name}`;
+    const aged = options.maxAgeMs !== undefined;
     try {
       await this.ensureStream(
         {
@@ -333,8 +342,10 @@ export class NatsBus implements Bus {
           retention: RetentionPolicy.Workqueue,
           storage: StorageType.File,
           duplicate_window: nanos(settings.duplicateWindowMs),
+          max_age: nanos(options.maxAgeMs ?? 0),
+          num_replicas: this.replicas,
         },
-        ['duplicate_window'],
+        ['duplicate_window', 'num_replicas', ...(aged ? (['max_age'] as const) : [])],
       );
       await this.ensureConsumer(stream, {
         durable_name: DURABLE,
@@ -343,20 +354,21 @@ export class NatsBus implements Bus {
         ack_wait: nanos(settings.ackWaitMs),
         max_deliver: settings.maxDeliver,
       });
-      await this.ensureDeadLetterStream(settings.deadLetterSubject);
+      await this.ensureDeadLetterStream(settings.deadLetterSubject, options.maxAgeMs);
     } catch (e) {
       throw this.mapError(e, `set up work queue ${name}`);
     }
     return new NatsWorkQueue(this, this.js, name, stream, subject, { ...settings, retryAfterThrowMs: this.retryAfterThrowMs });
   }
 
-  async keyValue(bucket: string): Promise<KeyValueStore> {
+  async keyValue(bucket: string, options: KeyValueOptions = {}): Promise<KeyValueStore> {
     this.assertOpen();
     assertName('KV bucket', bucket);
     const name = `${this.streamPrefix}_${bucket}`;
     let kv: KV;
     try {
-      kv = await this.kvm.create(name, { history: 1 });
+      // An existing bucket is opened as it is (create does not change it): its limits are set below.
+      kv = await this.kvm.create(name, { history: 1, replicas: this.replicas, ...(options.maxAgeMs ? { ttl: options.maxAgeMs } : {}) });
     } catch (e) {
       // Another process may have created it between our look-up and our create.
       try {
@@ -364,6 +376,15 @@ export class NatsBus implements Bus {
         await kv.status();
       } catch {
         throw this.mapError(e, `open KV bucket ${bucket}`);
+      }
+    }
+    if (options.maxAgeMs !== undefined) {
+      // Made by an earlier version (kept forever) or with other limits: brought to these.
+      const limits: Partial<StreamConfig> = { max_age: nanos(options.maxAgeMs), max_msgs_per_subject: 1, num_replicas: this.replicas };
+      try {
+        await this.updateStream(`KV_${name}`, limits);
+      } catch (e) {
+        throw this.mapError(e, `set the limits of KV bucket ${bucket}`);
       }
     }
     return new NatsKeyValue(this, kv);
@@ -533,6 +554,14 @@ export class NatsBus implements Bus {
     return info;
   }
 
+  /** Brings an existing stream to `limits`, updating only what differs (no update, no write, when all match). */
+  private async updateStream(name: string, limits: Partial<StreamConfig>): Promise<StreamInfo> {
+    const info = await this.jsm.streams.info(name);
+    const config = info.config as unknown as Record<string, unknown>;
+    const changes = Object.fromEntries(Object.entries(limits).filter(([k, v]) => config[k] !== v));
+    return Object.keys(changes).length > 0 ? this.jsm.streams.update(name, changes) : info;
+  }
+
   private async ensureConsumer(stream: string, config: Partial<ConsumerConfig> & { durable_name: string }): Promise<ConsumerInfo> {
     let info: ConsumerInfo;
     try {
@@ -565,17 +594,25 @@ export class NatsBus implements Bus {
     return found;
   }
 
-  /** Dead letters are kept: in the stream that already holds their subject, or in one of their own. */
-  private async ensureDeadLetterStream(subject: string): Promise<void> {
+  /**
+   * Dead letters are kept (for `maxAgeMs` when given): in the stream that already holds
+   * their subject (left as it is: not ours), or in one of their own.
+   */
+  private async ensureDeadLetterStream(subject: string, maxAgeMs: number | undefined): Promise<void> {
     const holders = await this.overlapping([subject]);
     if (holders.length > 0) return;
     try {
-      await this.ensureStream({
-        name: `${this.streamPrefix}_DLQ_${sanitize(subject)}`,
-        subjects: [subject],
-        retention: RetentionPolicy.Limits,
-        storage: StorageType.File,
-      });
+      await this.ensureStream(
+        {
+          name: `${this.streamPrefix}_DLQ_${sanitize(subject)}`,
+          subjects: [subject],
+          retention: RetentionPolicy.Limits,
+          storage: StorageType.File,
+          max_age: nanos(maxAgeMs ?? 0),
+          num_replicas: this.replicas,
+        },
+        maxAgeMs === undefined ? [] : ['max_age', 'num_replicas'],
+      );
     } catch (e) {
       // Raced with another process creating a stream for this subject: fine if one holds it now.
       if ((await this.overlapping([subject])).length === 0) throw e;
@@ -595,12 +632,13 @@ export class NatsBus implements Bus {
       retention: RetentionPolicy.Limits,
       storage: StorageType.File,
       max_age: maxAgeMs ? nanos(maxAgeMs) : 0,
+      num_replicas: this.replicas,
     };
     const others = await this.overlapping(subjects, own);
     if (others.length === 0) {
       try {
         // Opened without a max age (a client reading the log): the one its owner set stays.
-        const info = await this.ensureStream(config, maxAgeMs === undefined ? [] : ['max_age']);
+        const info = await this.ensureStream(config, maxAgeMs === undefined ? [] : ['max_age', 'num_replicas']);
         const missing = subjects.filter((s) => !info.config.subjects.includes(s));
         if (missing.length > 0) await this.jsm.streams.update(own, { subjects: [...info.config.subjects, ...missing] });
         return own;
@@ -739,6 +777,16 @@ class NatsWorkQueue implements WorkQueue {
       return { duplicate: ack.duplicate };
     } catch (e) {
       throw this.bus.mapError(e, `enqueue ${id} on work queue ${this.name}`);
+    }
+  }
+
+  async depth(): Promise<{ waiting: number; inFlight: number }> {
+    this.bus.assertOpen();
+    try {
+      const info = await (await this.js.consumers.get(this.stream, DURABLE)).info();
+      return { waiting: info.num_pending, inFlight: info.num_ack_pending };
+    } catch (e) {
+      throw this.bus.mapError(e, `read the depth of work queue ${this.name}`);
     }
   }
 

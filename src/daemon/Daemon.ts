@@ -101,7 +101,10 @@ export class Daemon {
       subjects: this.subjects.flowLogSubjects,
       ...(this.options.retentionMs ? { maxAgeMs: this.options.retentionMs } : {}),
     });
-    this.requestIds = this.options.requestIds ?? new KvRequestIds(await bus.keyValue(this.subjects.flowsBucket));
+    // A request id is answered with its flow for the retention, then forgotten (as the flow's snapshot is).
+    this.requestIds =
+      this.options.requestIds ??
+      new KvRequestIds(await bus.keyValue(this.subjects.flowsBucket, this.options.retentionMs ? { maxAgeMs: this.options.retentionMs } : {}));
     const { resumed, failed } = await this.host.resumeAll();
     if (resumed.length || failed.length) this.options.logger.info({ resumed: resumed.length, failed: failed.length }, 'unfinished flows resumed');
     this.host.startLeases();

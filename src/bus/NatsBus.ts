@@ -599,12 +599,13 @@ export class NatsBus implements Bus {
    * their subject (left as it is: not ours), or in one of their own.
    */
   private async ensureDeadLetterStream(subject: string, maxAgeMs: number | undefined): Promise<void> {
-    const holders = await this.overlapping([subject]);
+    const own = `${this.streamPrefix}_DLQ_${sanitize(subject)}`;
+    const holders = await this.overlapping([subject], own);
     if (holders.length > 0) return;
     try {
       await this.ensureStream(
         {
-          name: `${this.streamPrefix}_DLQ_${sanitize(subject)}`,
+          name: own,
           subjects: [subject],
           retention: RetentionPolicy.Limits,
           storage: StorageType.File,

@@ -160,15 +160,22 @@ export class FlowHost {
     hosted.lastStepAt = first.at;
     hosted.lastCaptured = json;
     hosted.record = { ...hosted.record, steps: 1 };
+    // As in saveBatch: with a store that keeps no steps, the journal has the first step
+    // before the save is acknowledged; otherwise after.
+    const keeps = this.options.store.keepsSteps === true;
+    const journalStart = () => {
+      this.journal(hosted, { kind: 'flow', phase: 'started', pattern, status: 'running', input: flowInput });
+      return this.journalStep(hosted, first);
+    };
+    const journaled = keeps ? undefined : journalStart();
     try {
       hosted.revision = await this.saveRecord(hosted, hosted.record, null, [first]);
     } catch (e) {
       this.flows.delete(flowId);
       throw e;
     }
-    this.journal(hosted, { kind: 'flow', phase: 'started', pattern, status: 'running', input: flowInput });
-    const journaled = this.journalStep(hosted, first);
-    if (journaled && !this.options.store.keepsSteps) this.gateSends(hosted, [journaled]);
+    if (keeps) journalStart();
+    else if (journaled) this.gateSends(hosted, [journaled]);
     hosted.actor.start();
     return flowId;
   }
@@ -607,11 +614,18 @@ export class FlowHost {
       updatedAt: new Date().toISOString(),
     };
     const steps = saving.map((p) => p.step);
+    // Where the store keeps the steps, the journal is a view of them, written once they are
+    // saved. Where it keeps only the last snapshot (NATS KV), the journal's stream is where
+    // the steps are: they go out with the save, not after it, so a process that dies between
+    // the two leaves no step unjournaled (one that dies before the save leaves entries its
+    // resumed run writes again: readers keep a step's last entry), and both acks are
+    // awaited together before the steps are announced.
+    const keeps = this.options.store.keepsSteps === true;
+    const journaled = keeps ? [] : steps.map((step) => this.journalStep(hosted, step)).filter((j): j is Promise<void> => j !== undefined);
     hosted.revision = await this.saveRecord(hosted, record, hosted.revision, steps);
     hosted.record = record;
-    const journaled = steps.map((step) => this.journalStep(hosted, step));
-    // Where the store keeps the steps, the journal is a view of them: nothing waits on it.
-    return this.options.store.keepsSteps ? [] : journaled.filter((j): j is Promise<void> => j !== undefined);
+    if (keeps) for (const step of steps) this.journalStep(hosted, step);
+    return journaled;
   }
 
   /**

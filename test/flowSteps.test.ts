@@ -165,4 +165,51 @@ describe('every transition on disk, announced without a gap', () => {
       await bus.close();
     }
   }, 60_000);
+
+  it('NATS: a process that dies right after a save leaves no step missing from the journal; the resumed flow numbers on, its steps read once each', async () => {
+    await using nats = await startNatsServer();
+    const bus = await connectNatsBus({ servers: [nats.url] });
+    try {
+      const kv = new KvSnapshotStore(await bus.keyValue('snapshots'));
+      const journal = await BusJournal.open(bus);
+      // Calls of 20 ms: the flow's steps are saved over several saves, not one.
+      const runtime = scripted((request) => {
+        const answer = handWrittenAnswer(request);
+        return typeof answer === 'string' ? { text: answer, delayMs: 20 } : { ...(answer as { value: unknown }), delayMs: 20 };
+      });
+      // The first process: its second save holding steps (the first after the start) lands,
+      // and then it dies (the save never returns to it).
+      let saves = 0;
+      const dying: SnapshotStore = {
+        save: async (record, expected, options) => {
+          const revision = await kv.save(record, expected);
+          if (options?.steps?.length && ++saves === 2) await new Promise(() => undefined);
+          return revision;
+        },
+        load: (flowId) => kv.load(flowId),
+        list: (filter) => kv.list(filter),
+        delete: (flowId) => kv.delete(flowId),
+        moveAside: (flowId, reason) => kv.moveAside(flowId, reason),
+        prune: (olderThan, statuses) => kv.prune(olderThan, statuses),
+      };
+      const hostOn = (store: SnapshotStore) =>
+        new FlowHost({ flows: provideFlows({ microtask: runtime.microtask }), store, journal, logger: silentLogger, outRoot: nats.storeDir });
+      const first = hostOn(dying);
+      const flowId = await first.start('feedback-loop', feedbackInput);
+      while (saves < 2) await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 100));
+      // Abandoned, as a killed process is: a second host resumes from what the store holds.
+      const second = hostOn(kv);
+      expect(await second.resume(flowId)).toBe('resumed');
+      const record = (await second.finished(flowId))!;
+      expect(record.status).toBe('done');
+      await journal.flush();
+      const steps = (await journal.read(flowId)).filter((e): e is Step => e.kind === 'step');
+      expect(steps.map((e) => e.step)).toEqual(Array.from({ length: record.steps! }, (_, n) => n + 1));
+      for (const step of steps) expect((step.snapshot as { value: unknown }).value).toEqual(step.rootState);
+      await second.stop();
+    } finally {
+      await bus.close();
+    }
+  }, 60_000);
 });

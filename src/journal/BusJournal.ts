@@ -2,6 +2,7 @@ import type { Bus, EventLog } from '../bus/Bus.js';
 import { subjects, type Subjects } from '../bus/subjects.js';
 import {
   JournalError,
+  latestSteps,
   parseJournalEntry,
   serializeJournalEntry,
   type Journal,
@@ -72,7 +73,7 @@ export class BusJournal implements Journal {
     } catch (e) {
       throw new JournalError('JOURNAL_READ', `cannot read the journal of flow ${flowId}: ${(e as Error).message}`, { cause: e });
     }
-    return messages.flatMap((m) => this.parse(flowId, m.string()));
+    return latestSteps(messages.flatMap((m) => this.parse(flowId, m.string())));
   }
 
   async follow(flowId: string, handler: (entry: JournalEntry) => void): Promise<JournalFollow> {

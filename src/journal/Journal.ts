@@ -138,3 +138,15 @@ export function serializeJournalEntry(entry: JournalEntry, snapshotJson?: string
   const head = JSON.stringify(rest);
   return `${head.slice(0, -1)},"snapshot":${snapshotJson}}`;
 }
+
+/**
+ * A flow's entries with each step's last entry only, where it stands: a process that died
+ * after journaling a step and before saving it leaves an entry its resumed run writes again
+ * (with a store that keeps only the last snapshot, steps are journaled with their save).
+ */
+export function latestSteps(entries: readonly JournalEntry[]): JournalEntry[] {
+  const last = new Map<number, number>();
+  entries.forEach((entry, i) => entry.kind === 'step' && last.set(entry.step, i));
+  if (last.size === entries.filter((e) => e.kind === 'step').length) return [...entries];
+  return entries.filter((entry, i) => entry.kind !== 'step' || last.get(entry.step) === i);
+}

@@ -127,6 +127,8 @@ function follow(flowId, since) {
     const entry = JSON.parse(message.data);
     state.entries.push(entry);
     if (entry.kind === 'step') {
+      // A resumed flow may write a step again (its earlier entry was never saved): the last one stands.
+      if (state.steps.length && state.steps.at(-1).step >= entry.step) state.steps = state.steps.filter((s) => s.step < entry.step);
       state.steps.push(entry);
       if (state.record) {
         state.record = { ...state.record, snapshot: entry.snapshot, state: entry.rootState, steps: entry.step, updatedAt: entry.at };

@@ -101,9 +101,13 @@ export const logJournalError = (logger: Logger) => (error: JournalError) =>
 export async function createRuntime(
   config: Config,
   logger: Logger,
-  registry: { answers?: AnswerSchemas; fallbacks?: Fallbacks } = {},
+  registry: { answers?: AnswerSchemas; fallbacks?: Fallbacks; wrapModel?: (model: ModelPort) => ModelPort } = {},
 ): Promise<Runtime> {
-  const { model, description } = await chooseModel(config);
+  const { wrapModel, ...answersAndFallbacks } = registry;
+  const chosen = await chooseModel(config);
+  // Metered (src/ops/metrics.ts) when the daemon serves metrics: the runner calls the model through it.
+  const model = wrapModel ? wrapModel(chosen.model) : chosen.model;
+  const { description } = chosen;
   logger.info({ model: model.name }, `model: ${description}`);
   // Embedded mode keeps results, snapshots, steps and the journal in one database under the
   // state directory (lmdb: the writes of a turn share one commit and one fsync, several
@@ -113,7 +117,7 @@ export async function createRuntime(
   try {
     const results = await LmdbResultsStore.open(db);
     const store: SnapshotStore = await LmdbSnapshotStore.open(db, moveAsideOnCorrupt(logger, () => store));
-    const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...registry });
+    const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...answersAndFallbacks });
     const journal = await LmdbJournal.open(config.MICROTASK_STATE_DIR, { onError: logJournalError(logger) });
     const close = async () => {
       await journal.close();

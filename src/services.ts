@@ -25,6 +25,8 @@ import { answerSchemas } from './contracts/answers.js';
 import { toolsDir } from './runFlow.js';
 import { chooseModel, createRuntime, logJournalError, moveAsideOnCorrupt, type ModelChoice } from './runtime.js';
 import { startWorker } from './worker.js';
+import type { Metrics } from './ops/metrics.js';
+import { teeJournal } from './journal/tee.js';
 
 /**
  * Builds the long-running services from the configuration: the bus (NATS when NATS_URL is
@@ -115,8 +117,10 @@ export const resultsBucket = (bus: Bus, config: Config) =>
  * A worker on the bus: the model from the configuration, without its own retries (the
  * queue owns them), unless one is given (the benchmark's instant model).
  */
-export async function startWorkerService(bus: Bus, config: Config, logger: Logger, given?: ModelChoice) {
-  const { model, description } = given ?? (await chooseModel({ ...config, MICROTASK_MAX_RETRIES: 0 }));
+export async function startWorkerService(bus: Bus, config: Config, logger: Logger, given?: ModelChoice, extra: { metrics?: Metrics } = {}) {
+  const { model: chosen, description } = given ?? (await chooseModel({ ...config, MICROTASK_MAX_RETRIES: 0 }));
+  const { metrics } = extra;
+  const model = metrics ? metrics.meterModel(chosen) : chosen;
   const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
   const results = new KvResultsStore(await resultsBucket(bus, config));
   // The queue retries a transient failure after a backoff of 1 s or more; the breaker only
@@ -129,8 +133,10 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
     breaker: new CircuitBreaker(500),
     defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
   });
+  const queue = await taskQueue(bus, config);
+  metrics?.watchQueue(queue);
   const consumer = await startWorker({
-    queue: await taskQueue(bus, config),
+    queue: metrics ? metrics.meterQueue(queue) : queue,
     runner,
     results,
     announce: (key, result) => bus.publish(names.taskResult(key), JSON.stringify(result)),
@@ -194,10 +200,14 @@ export async function startDaemonService(
   bus: Bus,
   config: Config,
   logger: Logger,
-  extra: { inspect?: (event: InspectionEvent) => void; journal?: boolean } = {},
+  extra: { inspect?: (event: InspectionEvent) => void; journal?: boolean; metrics?: Metrics } = {},
 ) {
+  const { metrics } = extra;
   // Embedded: microtasks run in this process, their results kept on disk (the CLI's runtime).
-  const runtime = bus.transport === 'nats' ? undefined : await createRuntime(config, logger, { answers: answerSchemas });
+  const runtime =
+    bus.transport === 'nats'
+      ? undefined
+      : await createRuntime(config, logger, { answers: answerSchemas, ...(metrics ? { wrapModel: (model) => metrics.meterModel(model) } : {}) });
   if (runtime) EmbeddedBus.onClose(bus, () => runtime.close());
   const microtask =
     !runtime
@@ -205,14 +215,16 @@ export async function startDaemonService(
           bus,
           subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
           defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
-          queue: await taskQueue(bus, config),
+          queue: await taskQueue(bus, config).then((queue) => (metrics?.watchQueue(queue), queue)),
           results: await resultsBucket(bus, config),
           logger,
         })
       : createMicrotaskLogic(runtime.runner);
   // Embedded: the runtime's stores, in the state directory's database.
   const store = runtime?.store ?? (await snapshotStore(bus, config, logger));
-  const journal = extra.journal === false ? undefined : (runtime?.journal ?? (await journalFor(bus, config, logger)));
+  const stored = extra.journal === false ? undefined : (runtime?.journal ?? (await journalFor(bus, config, logger)));
+  // The journal sees every flow's start, transitions, saves, microtasks and end: the flow metrics come from there.
+  const journal = stored && metrics ? teeJournal(stored, (entry) => metrics.observe(entry)) : stored;
   const before = new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000);
   const pruned = await store.prune(before);
   const resultFiles = (await runtime?.results.prune(before)) ?? 0;

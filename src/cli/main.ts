@@ -50,6 +50,7 @@ import { checkRequiredOptions, requiredOption } from './requiredOption.js';
 import { isPortTaken } from './ports.js';
 import { drainWorker } from './drainWorker.js';
 import { devCommand, type DevOptions } from './dev.js';
+import { OpsEndpoint } from './opsEndpoint.js';
 
 const EXIT_CODES_HELP = `
 Exit codes:
@@ -529,6 +530,7 @@ interface DaemonOptions {
   inspect?: boolean;
   inspector?: boolean;
   inspectorPort?: number;
+  httpPort?: number;
 }
 
 /** Stately's inspector (@statelyai/inspect) for `--inspect`. */
@@ -549,13 +551,21 @@ async function daemonCommand(options: DaemonOptions) {
   const inspectorPort = options.inspectorPort ?? config.MICROTASK_INSPECTOR_PORT;
   // Before anything starts: a daemon refused for its port should not have resumed flows first.
   if (options.inspector !== false && (await isPortTaken(config.MICROTASK_INSPECTOR_HOST, inspectorPort))) throw inspectorPortTaken(inspectorPort);
+  const ops = await OpsEndpoint.prepare(config, options.httpPort ?? config.MICROTASK_HTTP_PORT, '--http-port');
+  const metrics = ops ? { metrics: ops.metrics } : {};
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'info');
   const bus = await connectBus(config, logger, 'daemon');
   const stately = options.inspect ? await statelyFor(logger) : undefined;
   // Embedded, microtasks run in the daemon itself; with NATS, on workers (or here with --worker).
   const withWorker = options.worker === true && bus.transport === 'nats';
-  const worker = withWorker ? await startWorkerService(bus, config, logger) : undefined;
-  const daemon = await startDaemonService(bus, config, logger, stately ? { inspect: stately.inspect } : {});
+  const worker = withWorker ? await startWorkerService(bus, config, logger, undefined, metrics) : undefined;
+  const daemon = await startDaemonService(bus, config, logger, { ...(stately ? { inspect: stately.inspect } : {}), ...metrics });
+  const http = await ops?.serve(bus, logger, '--http-port').catch(async (e: unknown) => {
+    await Promise.all([daemon.stop(0), worker?.stop()]);
+    stately?.stop();
+    await bus.close();
+    throw e;
+  });
   const inspector =
     options.inspector === false
       ? undefined
@@ -572,9 +582,11 @@ async function daemonCommand(options: DaemonOptions) {
           return undefined;
         });
   const where = bus.transport === 'nats' ? `NATS ${config.NATS_URL!.join(', ')}` : 'embedded (no NATS_URL): requests from this process only';
-  logger.info({ transport: bus.transport, worker: withWorker, inspector: inspector?.url }, `daemon ready: ${where}`);
+  logger.info({ transport: bus.transport, worker: withWorker, inspector: inspector?.url, http }, `daemon ready: ${where}`);
   const grace = config.MICROTASK_SHUTDOWN_GRACE_MS;
   return serveUntilSignal(async () => {
+    // /readyz answers 503 from here on, until the process exits.
+    ops?.drain();
     await inspector?.close();
     // Embedded, the microtasks run here: they get the grace period to finish. With NATS they
     // run on workers, which store each result for the flow whatever the daemon does: its
@@ -583,6 +595,7 @@ async function daemonCommand(options: DaemonOptions) {
     await Promise.all([daemon.stop(bus.transport === 'nats' ? 0 : grace), worker ? drainWorker(worker, grace, logger) : undefined]);
     stately?.stop();
     await bus.close();
+    await ops?.close();
   }, logger, {
     stopping:
       bus.transport === 'nats'
@@ -599,21 +612,32 @@ async function serveInspector(parts: { store: SnapshotStore; journal?: Journal |
   return server;
 }
 
-async function workerCommand(options: { concurrency?: number }) {
+async function workerCommand(options: { concurrency?: number; httpPort?: number }) {
   const config = loadConfig();
   if (!config.NATS_URL) {
     throw new UsageError('a worker takes tasks from NATS: set NATS_URL (an embedded `microtask daemon` runs its own worker)');
   }
+  const ops = await OpsEndpoint.prepare(config, options.httpPort ?? config.MICROTASK_HTTP_PORT, '--http-port');
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'info');
   const bus = await connectBus(config, logger, 'worker');
   const worker = await startWorkerService(
     bus,
     options.concurrency ? { ...config, MICROTASK_WORKER_CONCURRENCY: options.concurrency } : config,
     logger,
+    undefined,
+    ops ? { metrics: ops.metrics } : {},
   );
+  const http = await ops?.serve(bus, logger, '--http-port').catch(async (e: unknown) => {
+    await worker.stop();
+    await bus.close();
+    throw e;
+  });
+  if (http) logger.info({ http }, `worker health and metrics on ${http}`);
   return serveUntilSignal(async () => {
+    ops?.drain();
     await drainWorker(worker, config.MICROTASK_SHUTDOWN_GRACE_MS, logger);
     await bus.close();
+    await ops?.close();
   }, logger, {
     stopping: `no new tasks; those in flight get ${config.MICROTASK_SHUTDOWN_GRACE_MS} ms to finish, then go back to the queue`,
     abandon: 'tasks in flight go back to the queue when their ack wait runs out, for another worker',
@@ -796,6 +820,7 @@ block; piped, a line per change. Stdout gets the tool's directory (or the output
     .option('--inspect', "send every flow's actors to Stately's inspector (@statelyai/inspect)")
     .addOption(new Option('--inspector-port <n>', 'serve the inspector page on this port (default MICROTASK_INSPECTOR_PORT, 7420)').argParser(port))
     .option('--no-inspector', 'do not serve the inspector page')
+    .addOption(new Option('--http-port <n>', 'serve /healthz, /readyz and /metrics on this port (default MICROTASK_HTTP_PORT; unset: not served)').argParser(port))
     .addHelpText(
       'after',
       `
@@ -815,11 +840,12 @@ snapshots make that safe, and a restart resumes the flows.`,
     .command('worker')
     .description('take microtasks from the NATS work queue and run them (needs NATS_URL)')
     .addOption(new Option('-c, --concurrency <n>', 'tasks in flight at most (default MICROTASK_WORKER_CONCURRENCY, 8)').argParser(positiveInt('--concurrency')))
+    .addOption(new Option('--http-port <n>', 'serve /healthz, /readyz and /metrics on this port (default MICROTASK_HTTP_PORT; unset: not served)').argParser(port))
     .addHelpText(
       'after',
       '\nRun as many as you like, on any machines, against the same NATS: they share the queue.\nSIGINT/SIGTERM: take no new task, finish those in flight (MICROTASK_SHUTDOWN_GRACE_MS), exit 0.',
     )
-    .action(async (options: { concurrency?: number }) => {
+    .action(async (options: { concurrency?: number; httpPort?: number }) => {
       setExit(await workerCommand(options));
     });
 

@@ -120,7 +120,7 @@ export const resultsBucket = (bus: Bus, config: Config) =>
 export async function startWorkerService(bus: Bus, config: Config, logger: Logger, given?: ModelChoice, extra: { metrics?: Metrics } = {}) {
   const { model: chosen, description } = given ?? (await chooseModel({ ...config, MICROTASK_MAX_RETRIES: 0 }));
   const { metrics } = extra;
-  const model = metrics ? metrics.meterModel(chosen) : chosen;
+  const model = metrics ? metrics.meterModel(chosen, config.MICROTASK_MODEL) : chosen;
   const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
   const results = new KvResultsStore(await resultsBucket(bus, config));
   // The queue retries a transient failure after a backoff of 1 s or more; the breaker only
@@ -207,7 +207,7 @@ export async function startDaemonService(
   const runtime =
     bus.transport === 'nats'
       ? undefined
-      : await createRuntime(config, logger, { answers: answerSchemas, ...(metrics ? { wrapModel: (model) => metrics.meterModel(model) } : {}) });
+      : await createRuntime(config, logger, { answers: answerSchemas, ...(metrics ? { wrapModel: (model) => metrics.meterModel(model, config.MICROTASK_MODEL) } : {}) });
   if (runtime) EmbeddedBus.onClose(bus, () => runtime.close());
   const microtask =
     !runtime

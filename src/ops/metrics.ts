@@ -164,13 +164,17 @@ export class Metrics {
     }
   }
 
-  /** The same model, each call timed and its tokens counted. */
-  meterModel(model: ModelPort): ModelPort {
+  /**
+   * The same model, each call timed and its tokens counted, labelled with the model asked
+   * for (the request's, else `defaultModel`): a failed call has no answer to name one.
+   */
+  meterModel(model: ModelPort, defaultModel: string): ModelPort {
     const calls = this.modelCalls;
     const tokens = this.tokens;
     return {
       name: model.name,
       async call<T = string>(request: ModelRequest<T>): Promise<ModelResponse<T>> {
+        const name = request.model ?? defaultModel;
         const started = process.hrtime.bigint();
         const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
         let response: ModelResponse<T>;
@@ -178,10 +182,9 @@ export class Metrics {
           response = await model.call(request);
         } catch (e) {
           const kind = (e as { kind?: unknown }).kind;
-          calls.observe({ model: request.model ?? model.name, outcome: typeof kind === 'string' ? kind : 'unknown' }, seconds());
+          calls.observe({ model: name, outcome: typeof kind === 'string' ? kind : 'unknown' }, seconds());
           throw e;
         }
-        const name = response.model;
         calls.observe({ model: name, outcome: 'ok' }, seconds());
         tokens.inc({ model: name, kind: 'input' }, response.usage.inputTokens);
         tokens.inc({ model: name, kind: 'output' }, response.usage.outputTokens);

@@ -1,4 +1,5 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +16,7 @@ import { findNatsServer, freePort, startNatsServer } from '../src/testing/natsSe
 // client. It also keeps the compose file from drifting away from src/config.ts.
 
 const ROOT = new URL('..', import.meta.url).pathname;
+const execFileAsync = promisify(execFile);
 const read = (path: string) => readFile(join(ROOT, path), 'utf8');
 const children: ChildProcess[] = [];
 const tempDirs: string[] = [];
@@ -391,15 +393,24 @@ describe('the compose topology as processes: nats-server, a daemon, two workers'
       MICROTASK_STATE_DIR: state,
       MICROTASK_INSPECTOR_HOST: '127.0.0.1',
       MICROTASK_INSPECTOR_PORT: String(await freePort()),
+      // Each container has its own 9464; here they share one host.
+      MICROTASK_HTTP_PORT: String(await freePort()),
     };
-    const workerEnv = { ...(await composeEnvironment(workerService!)), NATS_URL: nats.url };
+    const workerEnv = async () => ({ ...(await composeEnvironment(workerService!)), NATS_URL: nats.url, MICROTASK_HTTP_PORT: String(await freePort()) });
 
     const replicas = workerService!.deploy?.replicas ?? 1;
     expect(replicas).toBe(2);
     const daemon = await startService('daemon', daemonService!.command!, daemonEnv);
-    const workers = await Promise.all(Array.from({ length: replicas }, (_, n) => startService(`worker-${n + 1}`, workerService!.command!, workerEnv)));
+    const workerEnvs = await Promise.all(Array.from({ length: replicas }, workerEnv));
+    const workers = await Promise.all(workerEnvs.map((env, n) => startService(`worker-${n + 1}`, workerService!.command!, env)));
     await waitForLog(daemon, /^daemon serving$/);
     for (const worker of workers) await waitForLog(worker, /^worker taking tasks/);
+    // The compose health checks, run as Docker runs them (in the service's environment): ready.
+    for (const [service, env] of [[daemonService!, daemonEnv], ...workerEnvs.map((env) => [workerService!, env] as const)] as const) {
+      const [kind, command, ...args] = (service.healthcheck as { test: string[] }).test;
+      expect(kind).toBe('CMD');
+      await expect(execFileAsync(command!, args, { env, timeout: 10_000 })).resolves.toBeDefined();
+    }
 
     const done = await buildToolOverNats(nats.url, 'deploy-test-1');
     // The tool's files are on the daemon's disk (its /data volume in compose).
@@ -458,6 +469,10 @@ describe('several machines against one NATS cluster', () => {
         MICROTASK_STATE_DIR: join(disk, 'state'),
         TMPDIR: disk,
         HOME: disk,
+        // As the README says for a cluster: three copies of every stream and bucket.
+        MICROTASK_STREAM_REPLICAS: '3',
+        MICROTASK_HTTP_HOST: '127.0.0.1',
+        MICROTASK_HTTP_PORT: String(await freePort()),
         ...extra,
       };
     };
@@ -471,14 +486,14 @@ describe('several machines against one NATS cluster', () => {
     for (const daemon of daemons) await waitForLog(daemon, /^daemon serving$/);
     for (const worker of workers) await waitForLog(worker, /^worker taking tasks/);
 
-    // What the README says to do on a cluster: give every stream and bucket three replicas.
-    // The processes made them with one; a restart must keep the three.
+    // MICROTASK_STREAM_REPLICAS=3: every stream and bucket the processes made has three
+    // copies; a restart keeps them.
     const streams: string[] = [];
     for await (const info of jsm.streams.list()) {
       streams.push(info.config.name);
-      await jsm.streams.update(info.config.name, { ...info.config, num_replicas: 3 });
+      expect(info.config.num_replicas, info.config.name).toBe(3);
     }
-    expect(streams).toEqual(expect.arrayContaining(['MICROTASK_WQ_tasks', 'KV_MICROTASK_snapshots', 'KV_MICROTASK_results', 'MICROTASK_LOG_flows']));
+    expect(streams).toEqual(expect.arrayContaining(['MICROTASK_WQ_tasks', 'KV_MICROTASK_snapshots', 'KV_MICROTASK_results', 'KV_MICROTASK_flows', 'MICROTASK_LOG_flows', 'MICROTASK_LOG_history']));
     workers[1]!.kill('SIGTERM');
     await new Promise((resolve) => workers[1]!.once('exit', resolve));
     workers[1] = await startService('worker-2', ['worker'], await machine(compose.services.worker!, 2));

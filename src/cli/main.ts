@@ -17,7 +17,7 @@ import {
   type FlowSummary,
   type SnapshotStore,
 } from '../persistence/SnapshotStore.js';
-import { resumeFlow, runFlow, startDetached, stateDirs, toolsDir, type FlowOutput } from '../runFlow.js';
+import { resumeFlow, runFlow, startDetached, toolsDir, type FlowOutput } from '../runFlow.js';
 import { createRuntime } from '../runtime.js';
 import { ToolSpecSchema } from '../contracts/toolSpec.js';
 import type { Usage } from '../contracts/usage.js';
@@ -192,7 +192,7 @@ async function flowsCommand(options: { json?: boolean; status?: string }) {
     const statuses = options.status ? parseStatuses(options.status) : undefined;
     const flows = await store.list(statuses ? { status: statuses } : {});
     if (options.json) printData(flows);
-    else if (!flows.length) process.stderr.write(`no flows${statuses ? ` with status ${statuses.join(' or ')}` : ''} in ${bus.transport === 'nats' ? 'NATS KV' : stateDirs(config.MICROTASK_STATE_DIR).flows}\n`);
+    else if (!flows.length) process.stderr.write(`no flows${statuses ? ` with status ${statuses.join(' or ')}` : ''} in ${bus.transport === 'nats' ? 'NATS KV' : join(config.MICROTASK_STATE_DIR, 'db')}\n`);
     else {
       const rows = flows.map((f) => [f.flowId, f.pattern, f.status, typeof f.state === 'string' ? f.state : JSON.stringify(f.state), f.updatedAt]);
       const widths = [0, 1, 2, 3].map((i) => Math.max(...rows.map((r) => r[i]!.length), ['FLOW', 'PATTERN', 'STATUS', 'STATE'][i]!.length));

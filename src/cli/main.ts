@@ -238,6 +238,9 @@ async function showCommand(flowId: string, options: { json?: boolean; verbose?: 
   }
 }
 
+/** How long `show --follow` waits for a flow's end in the journal once its record says it ended. */
+const JOURNAL_CATCH_UP_MS = 3_000;
+
 /** `show --follow`: the live progress of a flow until it ends (or Ctrl-C), from any process. */
 async function followFlow(flowId: string, record: FlowSnapshotRecord | undefined, journal: Journal, store: SnapshotStore) {
   if (!record) throw new UsageError(`no flow ${flowId}: \`microtask flows\` lists them`, 'FLOW_NOT_FOUND');
@@ -249,12 +252,21 @@ async function followFlow(flowId: string, record: FlowSnapshotRecord | undefined
     if (e.kind === 'flow' && e.phase === 'ended') ended(e.status);
   });
   // A flow that ended before the journal saw it (or whose end was not journaled) ends the follow too.
+  // The record is saved before the end is journaled, and the journal is read by polling
+  // from another process: give it time to deliver the end (and what came before it).
+  let grace: NodeJS.Timeout | undefined;
   const poll = setInterval(() => {
-    void store.load(flowId).then((s) => s && s.record.status !== 'running' && ended(s.record.status), () => undefined);
+    void store.load(flowId).then(
+      (s) => {
+        if (s && s.record.status !== 'running' && !grace) grace = setTimeout(() => ended(s.record.status), JOURNAL_CATCH_UP_MS);
+      },
+      () => undefined,
+    );
   }, 1_000);
   process.once('SIGINT', () => ended('interrupted'));
   const status = await end;
   clearInterval(poll);
+  clearTimeout(grace);
   await follow.stop();
   progress.done();
   return status === 'done' ? ExitCode.ok : status === 'interrupted' ? ExitCode.ok : ExitCode.flowFailed;

@@ -48,8 +48,9 @@ if (only.has('4')) {
   const { markdown } = await runPersistence();
   out(`\n## 4. Persistence per transition, by snapshot size\n\n${markdown}`);
   out(
-    '\nIn situ, a save takes the latest snapshot when it runs: with an instant model several transitions may go into one save ' +
-      '(fewer saves per flow on slower stores); with a real model every transition is saved.',
+    '\nIn situ, the steps a flow takes while its previous save is being written join its next save (one write, one fsync): ' +
+      '"saves per flow" counts writes, not steps. lmdb keeps every step in the save; NATS KV keeps the last snapshot, and the ' +
+      'daemon puts the steps in the journal stream with the save (parts 1 and 2 check every step is stored).',
   );
 }
 out(`\nTotal: ${((performance.now() - began) / 1000).toFixed(0)} s.`);

@@ -191,7 +191,7 @@ export async function embeddedSetup(
   await daemon.start();
   const client = await protocolClient(bus);
   return {
-    name: options.name ?? 'embedded (in-process bus, fsync’d files)',
+    name: options.name ?? (db ? 'embedded (in-process bus, lmdb)' : 'embedded (in-process bus, fsync’d files)'),
     run: client.run,
     cpu: () => ({ 'daemon + client': ownCpuMs() }),
     // lmdb keeps the steps with the record; the file store (the one before) only the last snapshot.

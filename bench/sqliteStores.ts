@@ -62,8 +62,8 @@ const SCHEMA = `
 export class SqliteDatabase {
   readonly db: Database.Database;
   private queue: Pending[] = [];
-  /** Transactions committed and writes in them, to say how well the grouping works. */
-  readonly stats = { commits: 0, writes: 0 };
+  /** Transactions committed, writes in them, and the time the loop was blocked committing them (ms). */
+  readonly stats = { commits: 0, writes: 0, blockedMs: 0 };
   private readonly commit: (batch: Pending[]) => boolean[];
 
   constructor(readonly path: string) {
@@ -89,11 +89,14 @@ export class SqliteDatabase {
     const batch = this.queue;
     this.queue = [];
     let applied: boolean[];
+    const began = performance.now();
     try {
       applied = this.commit(batch);
     } catch (e) {
       for (const p of batch) p.reject(e);
       return;
+    } finally {
+      this.stats.blockedMs += performance.now() - began;
     }
     this.stats.commits++;
     this.stats.writes += batch.length;

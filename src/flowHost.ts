@@ -85,6 +85,8 @@ interface Ending {
 
 interface HostedFlow {
   flowId: string;
+  /** True while resume starts the restored actor (its root's init report is no transition). */
+  restoring?: boolean;
   actor: AnyActorRef;
   record: FlowSnapshotRecord;
   revision: number;
@@ -216,9 +218,15 @@ export class FlowHost {
       );
       throw new FlowHostError('INCOMPATIBLE_SNAPSHOT', `flow ${flowId} cannot be resumed: ${message}`);
     }
+    // No microtask's clock ran while no process ran the flow (a crash, a store outage):
+    // each goes on with the time it had left at the last save.
+    const now = Date.now();
+    const snapshot = resumeDeadlines(record.snapshot, Date.parse(record.updatedAt), now, { defaultTimeoutMs: this.options.defaultTimeoutMs });
     if (lease) {
-      // Claim it first (compare-and-set): of two hosts taking it over, one wins, the other leaves it.
-      record = { ...record, owner: lease.owner, leaseUntil: new Date(Date.now() + lease.durationMs).toISOString() };
+      // Claim it first (compare-and-set): of two hosts taking it over, one wins, the other
+      // leaves it. The claim saves the moved deadlines too (as of now), so starting the
+      // restored actor finds nothing new to save.
+      record = { ...record, snapshot, updatedAt: new Date(now).toISOString(), owner: lease.owner, leaseUntil: new Date(now + lease.durationMs).toISOString() };
       try {
         revision = await this.options.store.save(record, revision);
       } catch (e) {
@@ -227,9 +235,6 @@ export class FlowHost {
       }
     }
     const machine = machineFor(this.options.flows, pattern) as AnyStateMachine;
-    // No microtask's clock ran while no process ran the flow (a crash, a store outage):
-    // each goes on with the time it had left at the last save.
-    const snapshot = resumeDeadlines(record.snapshot, Date.parse(record.updatedAt), Date.now(), { defaultTimeoutMs: this.options.defaultTimeoutMs });
     const hosted = this.host(flowId, pattern, machine, { snapshot: snapshot as Snapshot<unknown> }, record, record.requestId);
     hosted.revision = revision;
     hosted.seq = record.seq ?? 0;
@@ -243,7 +248,14 @@ export class FlowHost {
       const event = { flowId, seq: hosted.seq, state: record.state, status: 'running' as const, at: record.updatedAt };
       hosted.chain = hosted.chain.then(() => this.options.onEvent!(event)).catch((e: unknown) => this.failed(hosted, e, 'announce'));
     }
-    hosted.actor.start();
+    // Starting the restored actor reports its root with 'xstate.init': not a transition (the
+    // last one was re-announced above), so it takes no seq, no save and no announcement.
+    hosted.restoring = true;
+    try {
+      hosted.actor.start();
+    } finally {
+      hosted.restoring = false;
+    }
     return 'resumed';
   }
 
@@ -512,7 +524,7 @@ export class FlowHost {
       // reports the transition itself, so a root transition can find its snapshot already
       // taken, under a child's start: the step is the root's (relabelled while unsaved),
       // and it is announced with its own seq.
-      if (!isRoot) return;
+      if (!isRoot || hosted.restoring) return;
       const last = hosted.pending.at(-1);
       if (last && last.seq === undefined && !last.announceOnly) {
         Object.assign(last.step, cause);

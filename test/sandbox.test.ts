@@ -36,7 +36,7 @@ const tempDirs: string[] = [];
 beforeAll(async () => {
   // Say how to get bubblewrap rather than test less: its absence is a failure, never a skip.
   if (!['/usr/bin/bwrap', '/bin/bwrap', '/usr/local/bin/bwrap'].some((path) => existsSync(path))) {
-    throw new Error('bubblewrap is missing: apt-get install -y bubblewrap (Debian, Ubuntu); npm test's set-up step (scripts/test-setup.mjs) installs it when run as root');
+    throw new Error('bubblewrap is missing: apt-get install -y bubblewrap (Debian, Ubuntu); the set-up step of npm test (scripts/test-setup.mjs) installs it when run as root');
   }
   nats = await startNatsServer();
   local = createServer((socket) => socket.end(`${GREETING}\n`));

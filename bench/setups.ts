@@ -117,7 +117,7 @@ export function bareSetup(choice: ModelChoice = { kind: 'scripted' }): Setup {
  * A client of the daemon's protocol on `bus`: starts a flow by request, resolves when its
  * done message comes (one subscription for all flows).
  */
-async function protocolClient(bus: Bus) {
+export async function protocolClient(bus: Bus) {
   const names = subjects();
   const waiting = new Map<string, (ok: boolean) => void>();
   const early = new Map<string, boolean>();

@@ -22,9 +22,7 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createMicrotaskLogic, MicrotaskRunner } from '../src/actors/microtask.js';
 import type { ResultsStore } from '../src/actors/ResultsStore.js';
-import type { Bus } from '../src/bus/Bus.js';
 import { MemoryBus } from '../src/bus/MemoryBus.js';
-import { subjects } from '../src/bus/subjects.js';
 import { answerSchemas } from '../src/contracts/answers.js';
 import { Daemon } from '../src/daemon/Daemon.js';
 import { provideFlows } from '../src/flows.js';
@@ -35,45 +33,11 @@ import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from '../src/persistence/LmdbStore.js';
 import type { SnapshotStore } from '../src/persistence/SnapshotStore.js';
 import { benchModel, feedbackInput, flag, fmt, median, microtaskInput, note, percentile, pool, table, type PoolResult } from './lib.js';
-import { bareSetup, embeddedSetup, type Pattern, type Setup } from './setups.js';
+import { bareSetup, embeddedSetup, protocolClient, type Pattern, type Setup } from './setups.js';
 import { SqliteDatabase, SqliteResultsStore, SqliteSnapshotStore } from './sqliteStores.js';
 import { checkSteps, stepProblems, stepsVerdict, transitionsOf, type StoredSteps } from './steps.js';
 
 const rounds = Number(flag('rounds') ?? 3);
-
-/** Copied from bench/setups.ts (not exported there): starts flows by request, resolves on their done message. */
-async function protocolClient(bus: Bus) {
-  const names = subjects();
-  const waiting = new Map<string, (ok: boolean) => void>();
-  const early = new Map<string, boolean>();
-  const recent: string[] = [];
-  const subscription = await bus.subscribe(names.flowDone('*'), (message) => {
-    const done = message.json() as { flowId: string; status: string; output?: { status?: string } };
-    const ok = done.status === 'done' && done.output?.status === 'done';
-    const resolve = waiting.get(done.flowId);
-    if (resolve) {
-      waiting.delete(done.flowId);
-      resolve(ok);
-    } else early.set(done.flowId, ok);
-  });
-  return {
-    async run(pattern: Pattern, input: Record<string, unknown>): Promise<boolean> {
-      const answer = (await bus.request(names.flowStart(pattern), JSON.stringify({ input }), { timeoutMs: 60_000 })).json() as { ok: boolean; flowId?: string; error?: unknown };
-      if (!answer.ok || !answer.flowId) throw new Error(`flow not started: ${JSON.stringify(answer.error)}`);
-      const flowId = answer.flowId;
-      recent.push(flowId);
-      if (recent.length > 20) recent.shift();
-      if (early.has(flowId)) {
-        const ok = early.get(flowId)!;
-        early.delete(flowId);
-        return ok;
-      }
-      return new Promise<boolean>((resolve) => waiting.set(flowId, resolve));
-    },
-    close: () => subscription.unsubscribe(),
-    recent: () => [...recent],
-  };
-}
 
 /** embeddedSetup's wiring, with the stores (and journal) chosen here. */
 async function daemonSetup(name: string, kind: 'lmdb' | 'sqlite', withJournal: boolean): Promise<Setup & { commits?: () => string }> {

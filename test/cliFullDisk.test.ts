@@ -1,11 +1,10 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startFakeAnthropic } from '../src/testing/fakeAnthropic.js';
 import { smallDisk } from './support/fullDisk.js';
 import { handWrittenReplies } from './support/handWrittenModel.js';
+import { runCli as run, startCli as start, until } from './support/cliProcess.js';
 
 /**
  * Issue 11, "A full disk", as a person meets it: the built CLI (dist/cli.js, `npm run build`)
@@ -14,39 +13,6 @@ import { handWrittenReplies } from './support/handWrittenModel.js';
  * (or a stack trace). Both must exit 2 with one line naming the cause and what to do.
  */
 
-const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
-const cwd = new URL('..', import.meta.url).pathname;
-const baseEnv = () => ({ PATH: process.env.PATH ?? '', NO_COLOR: '1' });
-const run = (args: string[], env: Record<string, string>) =>
-  promisify(execFile)(process.execPath, [CLI, ...args], { env: { ...baseEnv(), ...env }, cwd }).then(
-    ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
-    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
-  );
-
-const children: ChildProcess[] = [];
-function start(args: string[], env: Record<string, string>) {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...baseEnv(), ...env }, cwd });
-  children.push(child);
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (err += d));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { stdout: () => out, stderr: () => err, exited };
-}
-afterEach(() => {
-  for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
-});
-
-async function until<T>(check: () => Promise<T | undefined> | T | undefined, what: string, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /**
  * The real SDK against a local fake server. A short timeout: a paid answer whose store
@@ -123,7 +89,7 @@ describe('the CLI on a full disk', { timeout: 120_000 }, () => {
     const env = { ...modelEnv(slow.url), MICROTASK_STATE_DIR: state };
     const running = start(['run', 'feedback-loop', '--input', 'examples/feedback-loop.json', '--no-progress', '--json'], env);
     // A flow's first step (its microtask in flight) is saved before the microtask starts.
-    await until(() => slow.requests.length > 0 || undefined, 'the first model call');
+    await until(() => slow.requests.length > 0 || undefined, 'the first model call', 20_000);
     await disk.fill();
 
     expect(await running.exited, running.stderr()).toBe(2);
@@ -148,7 +114,7 @@ describe('the CLI on a full disk', { timeout: 120_000 }, () => {
     await using _ = disk;
     const env = { ...modelEnv(slow.url), MICROTASK_STATE_DIR: state };
     const running = start(['run', 'feedback-loop', '--input', 'examples/feedback-loop.json', '--no-progress'], env);
-    await until(() => slow.requests.length > 0 || undefined, 'the first model call');
+    await until(() => slow.requests.length > 0 || undefined, 'the first model call', 20_000);
     await disk.fill();
     expect(await running.exited, running.stderr()).toBe(2);
     expect(running.stdout()).toBe('');

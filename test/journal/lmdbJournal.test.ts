@@ -28,6 +28,8 @@ runJournalContract('LmdbJournal', async () => {
   const db = await LmdbStore.open(dir);
   const journal = new LmdbJournal(db, { onError, pollMs: 50 });
   const others: LmdbJournal[] = [];
+  // Two corrupt entries written in one millisecond must not share a key (one would replace the other).
+  let corrupted = 0;
   return {
     journal,
     errors,
@@ -37,7 +39,7 @@ runJournalContract('LmdbJournal', async () => {
       return other;
     },
     corrupt: async (flowId, raw) => {
-      await db.dbs.journal.put([flowId, Date.now() * 1000 + 900, 'corrupt'], raw);
+      await db.dbs.journal.put([flowId, Date.now() * 1000 + 900 + corrupted++, 'corrupt'], raw);
     },
     close: async () => {
       for (const other of others) await other.close();

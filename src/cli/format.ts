@@ -1,3 +1,5 @@
+import { actorLabel } from '../inspector/page/actorLabel.js';
+
 /** A state value as people read it: `verifying`, `building.modules`, `a.x, b.y` for parallel regions. */
 export function formatState(value: unknown): string {
   if (value === null || value === undefined) return '-';
@@ -9,6 +11,13 @@ export function formatState(value: unknown): string {
   });
   return parts.join(', ');
 }
+
+/**
+ * An actor of a flow and its state, by the name a person knows (the inspector uses the same
+ * labels): `toolBuilder: analyzing`, `module auth: verifying`, `integration: reviewing`.
+ * `actor` is the journal's path (`root`, `module:auth`), `machine` the root's machine id.
+ */
+export const formatActorState = (actor: string, machine: string, state: string) => `${actorLabel(actor, machine)}: ${state}`;
 
 export const formatTokens = (input: number, output: number) =>
   `${(input + output).toLocaleString('en-US')} tokens (${input.toLocaleString('en-US')} in, ${output.toLocaleString('en-US')} out)`;

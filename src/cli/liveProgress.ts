@@ -1,7 +1,7 @@
 import { createLogUpdate } from 'log-update';
 import pc from 'picocolors';
 import type { JournalEntry } from '../journal/Journal.js';
-import { formatState, formatTokens } from './format.js';
+import { formatActorState, formatState, formatTokens } from './format.js';
 
 /** Child machines in the live block: the latest ones that moved (a tool build has dozens). */
 const MAX_CHILDREN_SHOWN = 6;
@@ -48,14 +48,13 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
   const started = Date.now();
 
   const depth = (actor: string) => (actor === 'root' ? 0 : actor.split('/').length);
-  const actorName = (actor: string) => (actor === 'root' ? '' : ` ${c.dim(actor)}`);
 
   const render = () => {
     const lines = [`${c.bold(header)} ${status === 'running' ? c.cyan(status) : status === 'done' ? c.green(status) : c.red(status)} ${c.dim(`${((Date.now() - started) / 1000).toFixed(1)}s`)}`];
     const children = [...machines].filter(([actor]) => actor !== 'root');
     const root = machines.get('root');
     const shown = [...(root ? [['root', root] as const] : []), ...children.slice(-MAX_CHILDREN_SHOWN)];
-    for (const [actor, { machine, state }] of shown) lines.push(`${'  '.repeat(depth(actor) + 1)}${machine}${actorName(actor)}: ${c.yellow(state)}`);
+    for (const [actor, { machine, state }] of shown) lines.push(`${'  '.repeat(depth(actor) + 1)}${formatActorState(actor, machine, c.yellow(state))}`);
     const frame = '⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏'[Math.floor(Date.now() / 100) % 10];
     for (const { entry, since } of inFlight.values()) {
       lines.push(`  ${c.cyan(frame ?? '*')} ${entry.taskType} ${c.dim(entry.key)} ${c.dim(`${((Date.now() - since) / 1000).toFixed(1)}s`)}`);
@@ -86,7 +85,7 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
           // The most recently moved last: the live block shows the root and the latest few.
           machines.delete(entry.actor);
           machines.set(entry.actor, { machine: entry.machine, state });
-          if (!live) write(`${'  '.repeat(depth(entry.actor) + 1)}${entry.machine}${entry.actor === 'root' ? '' : ` ${entry.actor}`}: ${state}`);
+          if (!live) write(`${'  '.repeat(depth(entry.actor) + 1)}${formatActorState(entry.actor, entry.machine, state)}`);
           break;
         }
         case 'microtask': {

@@ -1,4 +1,4 @@
-import { assign, setup } from 'xstate';
+import { assign, setup, spawnChild, stopChild } from 'xstate';
 import { ToolSpecSchema, type ToolSpec } from '../contracts/toolSpec.js';
 import { addUsage, zeroUsage, type Usage } from '../contracts/usage.js';
 import type { Code, ToolEntry } from '../contracts/answers.js';
@@ -97,8 +97,27 @@ const entryOf = (value: unknown): ToolEntry | undefined =>
 
 const currentModule = (context: ToolBuilderContext) => context.spec.modules[context.moduleIndex]!;
 const moduleKey = (context: ToolBuilderContext) => `${context.input.key}/module/${currentModule(context).name}`;
+/**
+ * The child actors' ids, names a person knows (the journal, progress and the inspector show
+ * them): `analysis`, `module:auth` (its feedback loop), `module:auth:improve` (progressive
+ * improvement), `integration`, `recovery`. Each module's children have ids of their own, so
+ * each module's microtasks sit under it alone. Snapshots name children by id: changing
+ * these makes older snapshots unsafe to resume (bump the pattern's machine version).
+ */
+export const toolBuilderChildIds = {
+  analysis: 'analysis',
+  module: (name: string) => `module:${name}`,
+  improve: (name: string) => `module:${name}:improve`,
+  integration: 'integration',
+  recovery: 'recovery',
+} as const;
+const loopId = (context: ToolBuilderContext) => toolBuilderChildIds.module(currentModule(context).name);
+const improveId = (context: ToolBuilderContext) => toolBuilderChildIds.improve(currentModule(context).name);
 const moduleCode = (context: ToolBuilderContext): Record<string, string> =>
   Object.fromEntries(context.modules.filter((m) => m.code !== undefined).map((m) => [m.name, m.code!]));
+/** The output of a spawned child's done event (wildcard handlers type it as unknown). */
+const loopOutput = (event: { type: string }) => (event as { output?: unknown }).output as FeedbackLoopOutput;
+const improvedOutput = (event: { type: string }) => (event as { output?: unknown }).output as ProgressiveOutput;
 const textOf = (value: unknown): string => (typeof value === 'string' ? value : JSON.stringify(value));
 
 /**
@@ -129,6 +148,8 @@ export const toolBuilderMachine = setup({
     improved: (_, params: { output: ProgressiveOutput }) => params.output.status === 'done',
     allModulesPassed: ({ context }) => context.modules.every((m) => m.passed),
     moreModules: ({ context }) => context.moduleIndex + 1 < context.spec.modules.length,
+    // A done event of a child that is not the one this state waits for (none is expected).
+    otherChild: (_, params: { actorId: string; expected: string }) => params.actorId !== params.expected,
     integrated: (_, params: { output: ReentrantOutput }) => params.output.status === 'done' && params.output.approved,
     recovered: (_, params: { output: MetacognitiveOutput }) =>
       params.output.status === 'done' && entryOf(params.output.result) !== undefined,
@@ -220,6 +241,51 @@ export const toolBuilderMachine = setup({
         : {};
     }),
     setStatus: assign((_, params: { status: FlowStatus }) => ({ status: params.status })),
+    startModuleLoop: spawnChild('feedbackLoop', {
+      id: ({ context }) => loopId(context),
+      input: ({ context }) => ({
+        key: moduleKey(context),
+        task: moduleTask(context.spec, currentModule(context), context.analysis!, context.input.timeoutMs),
+        verify: moduleVerifyTask(context.spec, currentModule(context), context.input.timeoutMs),
+        threshold: setting(context.input, 'threshold'),
+        maxIterations: setting(context.input, 'maxIterations'),
+        check: true,
+        checkSubject: { kind: 'module', spec: context.spec, module: currentModule(context).name } satisfies ToolCheckSubject,
+        budget: remainingBudget(context.input.budget, context.usage),
+      }),
+    }),
+    // A finished child stays in the snapshot until stopped (a second copy of its output).
+    stopModuleLoop: stopChild(({ context }) => loopId(context)),
+    startImprovement: spawnChild('progressive', {
+      id: ({ context }) => improveId(context),
+      input: ({ context }) => {
+        const module = currentModule(context);
+        const loop = context.pending!;
+        const task = moduleTask(context.spec, module, context.analysis!, context.input.timeoutMs);
+        return {
+          key: `${moduleKey(context)}/improve`,
+          // The loop's best attempt and what was said of it: level 0 repairs it by code,
+          // the higher levels start from it.
+          task: {
+            ...task,
+            data: {
+              ...(task.data as object),
+              candidate: loop.result,
+              lastFeedback: loop.history.filter((a) => a.feedback).map((a) => a.feedback).slice(-1)[0] ?? '',
+              lastDiagnostics: loop.history[loop.history.length - 1]?.diagnostics ?? [],
+            },
+          },
+          verify: moduleVerifyTask(context.spec, module, context.input.timeoutMs),
+          threshold: setting(context.input, 'threshold'),
+          specialist: { system: moduleSpecialistSystem(context.spec, module) },
+          maxAttempts: setting(context.input, 'maxAttempts'),
+          check: true,
+          checkSubject: { kind: 'module', spec: context.spec, module: module.name } satisfies ToolCheckSubject,
+          budget: remainingBudget(context.input.budget, context.usage),
+        };
+      },
+    }),
+    stopImprovement: stopChild(({ context }) => improveId(context)),
   },
 }).createMachine({
   id: 'toolBuilder',
@@ -245,6 +311,7 @@ export const toolBuilderMachine = setup({
     },
     analyzing: {
       invoke: {
+        id: toolBuilderChildIds.analysis,
         src: 'parallel',
         input: ({ context }) => ({
           key: `${context.input.key}/analysis`,
@@ -271,90 +338,61 @@ export const toolBuilderMachine = setup({
         ],
       },
     },
+    // A module's feedback loop and its improvement are spawned, not invoked: an invoke's id
+    // is fixed in the definition, so every module's loop had one id
+    // (`0.toolBuilder.generatingModule`) and all their microtasks sat under it.
     generatingModule: {
-      invoke: {
-        src: 'feedbackLoop',
-        input: ({ context }) => ({
-          key: moduleKey(context),
-          task: moduleTask(context.spec, currentModule(context), context.analysis!, context.input.timeoutMs),
-          verify: moduleVerifyTask(context.spec, currentModule(context), context.input.timeoutMs),
-          threshold: setting(context.input, 'threshold'),
-          maxIterations: setting(context.input, 'maxIterations'),
-          check: true,
-          checkSubject: { kind: 'module', spec: context.spec, module: currentModule(context).name } satisfies ToolCheckSubject,
-          budget: remainingBudget(context.input.budget, context.usage),
-        }),
-        onDone: [
+      entry: 'startModuleLoop',
+      exit: 'stopModuleLoop',
+      on: {
+        'xstate.done.actor.*': [
+          { guard: { type: 'otherChild', params: ({ context, event }) => ({ actorId: event.actorId, expected: loopId(context) }) } },
           {
-            guard: { type: 'overBudget', params: ({ event }) => ({ status: event.output.status }) },
+            guard: { type: 'overBudget', params: ({ event }) => ({ status: loopOutput(event).status }) },
             target: 'budgetExceeded',
             actions: [
-              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
-              { type: 'noteBudget', params: ({ event }) => ({ childReason: event.output.reason }) },
+              { type: 'countUsage', params: ({ event }) => ({ usage: loopOutput(event).usage }) },
+              { type: 'noteBudget', params: ({ event }) => ({ childReason: loopOutput(event).reason }) },
             ],
           },
           {
-            guard: { type: 'loopPassed', params: ({ event }) => ({ output: event.output }) },
+            guard: { type: 'loopPassed', params: ({ event }) => ({ output: loopOutput(event) }) },
             target: 'moduleDone',
             actions: [
-              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
-              { type: 'recordLoopModule', params: ({ event }) => ({ output: event.output }) },
+              { type: 'countUsage', params: ({ event }) => ({ usage: loopOutput(event).usage }) },
+              { type: 'recordLoopModule', params: ({ event }) => ({ output: loopOutput(event) }) },
             ],
           },
           {
             target: 'improvingModule',
             actions: [
-              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
-              { type: 'holdForImprovement', params: ({ event }) => ({ output: event.output }) },
+              { type: 'countUsage', params: ({ event }) => ({ usage: loopOutput(event).usage }) },
+              { type: 'holdForImprovement', params: ({ event }) => ({ output: loopOutput(event) }) },
             ],
           },
         ],
       },
     },
     improvingModule: {
-      invoke: {
-        src: 'progressive',
-        input: ({ context }) => {
-          const module = currentModule(context);
-          const loop = context.pending!;
-          const task = moduleTask(context.spec, module, context.analysis!, context.input.timeoutMs);
-          return {
-            key: `${moduleKey(context)}/improve`,
-            // The loop's best attempt and what was said of it: level 0 repairs it by code,
-            // the higher levels start from it.
-            task: {
-              ...task,
-              data: {
-                ...(task.data as object),
-                candidate: loop.result,
-                lastFeedback: loop.history.filter((a) => a.feedback).map((a) => a.feedback).slice(-1)[0] ?? '',
-                lastDiagnostics: loop.history[loop.history.length - 1]?.diagnostics ?? [],
-              },
-            },
-            verify: moduleVerifyTask(context.spec, module, context.input.timeoutMs),
-            threshold: setting(context.input, 'threshold'),
-            specialist: { system: moduleSpecialistSystem(context.spec, module) },
-            maxAttempts: setting(context.input, 'maxAttempts'),
-            check: true,
-            checkSubject: { kind: 'module', spec: context.spec, module: module.name } satisfies ToolCheckSubject,
-            budget: remainingBudget(context.input.budget, context.usage),
-          };
-        },
-        onDone: [
+      entry: 'startImprovement',
+      exit: 'stopImprovement',
+      on: {
+        'xstate.done.actor.*': [
+          { guard: { type: 'otherChild', params: ({ context, event }) => ({ actorId: event.actorId, expected: improveId(context) }) } },
           {
-            guard: { type: 'overBudget', params: ({ event }) => ({ status: event.output.status }) },
+            guard: { type: 'overBudget', params: ({ event }) => ({ status: improvedOutput(event).status }) },
             target: 'budgetExceeded',
             actions: [
-              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
-              { type: 'recordImprovedModule', params: ({ event }) => ({ output: event.output }) },
-              { type: 'noteBudget', params: ({ event }) => ({ childReason: event.output.reason }) },
+              { type: 'countUsage', params: ({ event }) => ({ usage: improvedOutput(event).usage }) },
+              { type: 'recordImprovedModule', params: ({ event }) => ({ output: improvedOutput(event) }) },
+              { type: 'noteBudget', params: ({ event }) => ({ childReason: improvedOutput(event).reason }) },
             ],
           },
           {
             target: 'moduleDone',
             actions: [
-              { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
-              { type: 'recordImprovedModule', params: ({ event }) => ({ output: event.output }) },
+              { type: 'countUsage', params: ({ event }) => ({ usage: improvedOutput(event).usage }) },
+              { type: 'recordImprovedModule', params: ({ event }) => ({ output: improvedOutput(event) }) },
             ],
           },
         ],
@@ -365,6 +403,7 @@ export const toolBuilderMachine = setup({
     },
     integrating: {
       invoke: {
+        id: toolBuilderChildIds.integration,
         src: 'reentrant',
         input: ({ context }) => ({
           key: `${context.input.key}/integrate`,
@@ -411,6 +450,7 @@ export const toolBuilderMachine = setup({
     },
     recovering: {
       invoke: {
+        id: toolBuilderChildIds.recovery,
         src: 'metacognitive',
         input: ({ context }) => {
           const task = entryTask(

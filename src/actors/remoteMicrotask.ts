@@ -1,7 +1,7 @@
 import { fromPromise } from 'xstate';
-import type { Bus, BusSubscription, KeyValueStore, WorkQueue } from '../bus/Bus.js';
+import type { Bus, KeyValueStore, KvEntry, WorkQueue } from '../bus/Bus.js';
 import { resultKey } from '../bus/KvResultsStore.js';
-import { subjects } from '../bus/subjects.js';
+import { ResultsWatch, type ResultWaiter } from '../bus/ResultsWatch.js';
 import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../contracts/usage.js';
 import { firstLine, retryStore } from '../persistence/retryStore.js';
@@ -13,6 +13,12 @@ export interface RemoteMicrotaskOptions {
   bus: Bus;
   queue: WorkQueue;
   results: KeyValueStore;
+  /**
+   * The one watch of the results bucket the runs share (made from `results` when not given).
+   * Given: the caller closes it; made here, it closes itself a while after its last waiter.
+   */
+  resultsWatch?: ResultsWatch;
+  /** Not used any more: results are watched in the bucket, not heard on their subjects. Kept so callers compile. */
   subjectPrefix?: string;
   /**
    * How long past a task's deadline to wait for a worker's answer before giving up on
@@ -26,7 +32,10 @@ export interface RemoteMicrotaskOptions {
    * worker retries storing a paid answer (the runner's storeRetryMs). Default 30 s.
    */
   busOutageMs?: number;
-  /** How often the results bucket is read, in case an announcement was missed (a reconnect). */
+  /**
+   * Ignored: the bucket is watched, never polled (a missed write is caught up after a
+   * reconnect by reading the waiting keys once). Kept so callers compile.
+   */
   pollMs?: number;
   /** The task types' fallbacks, for when no worker answers. */
   fallbacks?: Fallbacks;
@@ -51,9 +60,15 @@ const parseResult = (entry: { json(): unknown } | undefined): MicrotaskResult | 
 /**
  * The microtask actor when microtasks run on workers: it enqueues the task (its
  * idempotency key as the message id, so a duplicate enqueue is dropped) and waits for
- * the worker's result: announced on a result subject, stored in the results bucket. A
- * result already stored is returned without enqueuing anything. The deadline is fixed at
- * the first enqueue and travels with the task, so time spent queued counts against it.
+ * the worker's result to be stored in the results bucket. A result already stored is
+ * returned without waiting (the job enqueued with the read finds it too and costs no model
+ * call). The deadline is fixed at the first enqueue and travels with the task, so time
+ * spent queued counts against it.
+ *
+ * Waiting costs the bus nothing: the runs of a daemon share one watch of the bucket
+ * ({@link ResultsWatch}), which hands each write to the run waiting on its key; no run polls
+ * and none subscribes. Writes the watch may have missed (the connection was lost) are
+ * caught up by reading each waiting key once after the reconnect.
  *
  * A slow or restarting bus is never a reason to fall back: subscribing, reading and
  * enqueuing are retried with backoff until the deadline (a task enqueued later would only
@@ -64,9 +79,8 @@ const parseResult = (entry: { json(): unknown } | undefined): MicrotaskResult | 
 export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
   const graceMs = options.graceMs ?? 5_000;
   const busOutageMs = options.busOutageMs ?? DEFAULT_STORE_RETRY_MS;
-  const pollMs = options.pollMs ?? 5_000;
   const logger = options.logger ?? silentLogger;
-  const names = subjects(options.subjectPrefix);
+  const watch = options.resultsWatch ?? new ResultsWatch(options.results);
 
   return withDeadline(fromPromise<MicrotaskResult, MicrotaskInput>(async ({ input, signal }) => {
     const started = performance.now();
@@ -90,8 +104,9 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
     if (signal.aborted) abort();
     else signal.addEventListener('abort', abort, { once: true });
 
-    let subscription: BusSubscription | undefined;
-    /** Set once the run is over: a subscription made after that is undone at once. */
+    /** Takes this run off the watch. */
+    let release: (() => void) | undefined;
+    /** Set once the run is over: a waiter added after that is taken off at once. */
     let released = false;
     const timers: NodeJS.Timeout[] = [];
     try {
@@ -172,7 +187,8 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
             return;
           }
           if (found) return finish(found);
-          const quietAt = troubleAt + graceMs;
+          // A gap the watch reported counts as trouble too (a run added after it did not hear of it).
+          const quietAt = Math.max(troubleAt, watch.lastGapAt) + graceMs;
           if (Date.now() < quietAt && quietAt < giveUpAt) {
             timers.push(setTimeout(() => void settle(), quietAt - Date.now()));
             return;
@@ -187,31 +203,37 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
         };
 
         const run = async () => {
-          // Subscribe, read and enqueue go out together, in this order on one connection
-          // (each first attempt is made before anything is awaited): the server has the
-          // interest before any worker can take the task, so no announcement is missed,
-          // and the three cost one round trip instead of three.
-          let subscribeAttempts = 0;
-          const subscribing = retrying(
-            'subscribe to the results',
-            () => {
-              subscribeAttempts++;
-              return options.bus.subscribe(names.taskResult(input.key), (message) => {
-                const result = parseResult(message);
-                if (result) finish(result);
-              });
+          /** Set once the read below is in: a write seen before it may be older than what it read. */
+          let read = false;
+          let early: KvEntry | undefined;
+          const waiter: ResultWaiter = {
+            onEntry: (entry) => {
+              if (!read) {
+                if (!early || entry.revision > early.revision) early = entry;
+                return;
+              }
+              const result = entry.revision > initialRevision ? parseResult(entry) : undefined;
+              if (result) finish(result);
             },
-            setupUntil,
-          ).then((subscribed) => {
-            if (released) void subscribed.unsubscribe().catch(() => undefined);
-            else subscription = subscribed;
-          });
+            onGap: async () => {
+              troubleAt = Date.now();
+              if (!read || finished) return;
+              const found = await retrying(`read the result of microtask ${input.taskType} (${input.key})`, readStored, giveUpAt).catch(() => undefined);
+              if (found) finish(found);
+            },
+          };
+          // On the watch first (at once when it is open): a write after this reaches the
+          // waiter, so the read below and the enqueue (out together, one round trip) miss nothing.
+          const releasing = await retrying('watch the results', () => watch.wait(key, waiter), setupUntil);
+          if (released) releasing();
+          else release = releasing;
+          if (finished) return;
           const reading = retrying(`read the result of microtask ${input.taskType} (${input.key})`, () => options.results.get(key), setupUntil);
           // Retried with the same id: an enqueue that timed out but landed is dropped as a duplicate.
           const enqueue = (jobId: string) =>
             retrying(`enqueue microtask ${input.taskType} (${input.key})`, () => options.queue.enqueue(jobId, JSON.stringify(task)), setupUntil);
           const enqueueing = enqueue(input.key);
-          const [, entry, first] = await Promise.all([subscribing, reading, enqueueing]);
+          const [entry, first] = await Promise.all([reading, enqueueing]);
           enqueued = true;
           if (finished) return;
           const stored = parseResult(entry);
@@ -219,6 +241,9 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
           if (stored && isReusableResult(stored)) return finish({ ...stored, cached: true, durationMs: 0 });
           // A transient failure from an earlier run is not an answer; its revision tells a new one apart.
           initialRevision = entry?.revision ?? 0;
+          read = true;
+          const written = early && early.revision > initialRevision ? parseResult(early) : undefined;
+          if (written) return finish(written);
           let duplicate = first.duplicate;
           let jobId = input.key;
           if (initialRevision && duplicate) {
@@ -228,24 +253,7 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
             ({ duplicate } = await enqueue(jobId));
             if (finished) return;
           }
-          // A subscription made only on a retry may have missed an announcement: look once.
-          if (subscribeAttempts > 1) {
-            const found = await readStored().catch(() => undefined);
-            if (found) return finish(found);
-          }
           log.debug({ duplicate, jobId }, 'task enqueued');
-          const poll = setInterval(
-            () =>
-              void readStored().then(
-                (found) => found && finish(found),
-                (e: unknown) => {
-                  troubleAt = Date.now();
-                  lastError = e;
-                },
-              ),
-            pollMs,
-          );
-          timers.push(poll);
           timers.push(setTimeout(() => void settle(), Math.max(0, fallbackAt - Date.now())));
         };
         run().catch((e: unknown) => {
@@ -256,7 +264,7 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
       signal.removeEventListener('abort', abort);
       for (const timer of timers) clearTimeout(timer);
       released = true;
-      await subscription?.unsubscribe().catch(() => undefined);
+      release?.();
     }
   }), options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS);
 }

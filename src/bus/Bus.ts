@@ -117,6 +117,14 @@ export interface KeyValueStore {
   keys(filter?: string): Promise<string[]>;
   /** The key's current entry (or undefined), then every change; undefined again when deleted. */
   watch(key: string, handler: (entry: KvEntry | undefined) => void): Promise<BusSubscription>;
+  /**
+   * Every write to any key of the bucket from now on (not the entries already there), with
+   * its key; undefined for a delete. Resolves once the server has the watch: a write after
+   * that reaches `handler`, or, when it may have been missed (the connection was lost, the
+   * watch had to be opened again), `onGap` is called after the watch is back: read again
+   * the keys that matter. One watch serves many keys (one per process, not one per key).
+   */
+  watchUpdates(handler: (key: string, entry: KvEntry | undefined) => void, options?: { onGap?: () => void }): Promise<BusSubscription>;
 }
 
 /** A durable, replayable log of messages on some subjects (a JetStream stream). */

@@ -656,6 +656,7 @@ class MemoryKeyValue implements KeyValueStore {
   private revision = 0;
   private readonly records = new Map<string, KvRecord>();
   private readonly watchers = new Set<{ key: string; handler: (entry: KvEntry | undefined) => void; active: boolean }>();
+  private readonly updateWatchers = new Set<{ handler: (key: string, entry: KvEntry | undefined) => void; active: boolean }>();
 
   constructor(private readonly bus: MemoryBus) {}
 
@@ -719,9 +720,24 @@ class MemoryKeyValue implements KeyValueStore {
     };
   }
 
+  async watchUpdates(handler: (key: string, entry: KvEntry | undefined) => void): Promise<BusSubscription> {
+    this.bus.assertOpen();
+    // One process, no connection to lose: no gap, ever.
+    const watcher = { handler, active: true };
+    this.updateWatchers.add(watcher);
+    return {
+      unsubscribe: async () => {
+        watcher.active = false;
+        this.updateWatchers.delete(watcher);
+      },
+    };
+  }
+
   close(): void {
     for (const w of this.watchers) w.active = false;
     this.watchers.clear();
+    for (const w of this.updateWatchers) w.active = false;
+    this.updateWatchers.clear();
   }
 
   private entry(key: string): KvEntry | undefined {
@@ -738,6 +754,7 @@ class MemoryKeyValue implements KeyValueStore {
     for (const w of this.watchers) {
       if (w.key === key) void this.bus.spawn(() => (w.active ? w.handler(entry) : undefined));
     }
+    for (const w of this.updateWatchers) void this.bus.spawn(() => (w.active ? w.handler(key, entry) : undefined));
     return revision;
   }
 }

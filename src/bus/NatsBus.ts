@@ -32,7 +32,7 @@ import {
   type StreamConfig,
   type StreamInfo,
 } from '@nats-io/jetstream';
-import { Kvm, type KV } from '@nats-io/kv';
+import { KvWatchInclude, Kvm, type KV } from '@nats-io/kv';
 import {
   BusError,
   parseJson,
@@ -1039,6 +1039,78 @@ class NatsKeyValue implements KeyValueStore {
     const stop = async () => {
       unregister();
       iterator.stop();
+      await loop;
+    };
+    const unregister = this.bus.register({ stop });
+    return { unsubscribe: stop };
+  }
+
+  /**
+   * One ordered consumer on the whole bucket, new writes only. The client recreates it on
+   * its own when it notices a gap, but it notices one only when the next write comes (or
+   * heartbeats go missing): a write made while this connection was down may wait for
+   * another. So every reconnect is a gap for the caller; and a watch that ends (its
+   * consumer not recreated: the stream gone, the server away too long) is opened again,
+   * with backoff, then reported as a gap too.
+   */
+  async watchUpdates(handler: (key: string, entry: KvEntry | undefined) => void, options: { onGap?: () => void } = {}): Promise<BusSubscription> {
+    this.bus.assertOpen();
+    const open = () => this.kv.watch({ key: '>', include: KvWatchInclude.UpdatesOnly });
+    let iterator: Awaited<ReturnType<KV['watch']>> | undefined;
+    try {
+      iterator = await open();
+    } catch (e) {
+      throw this.bus.mapError(e, 'watch the bucket');
+    }
+    let stopped = false;
+    const wakers = new Set<() => void>();
+    const gap = () => {
+      if (stopped) return;
+      try {
+        options.onGap?.();
+      } catch {
+        // the caller's own failure
+      }
+    };
+    const offStatus = this.bus.onStatus((status) => {
+      if (status.type === 'reconnect') gap();
+    });
+    const loop = (async () => {
+      for (let failures = 0; !stopped; ) {
+        if (iterator) {
+          try {
+            for await (const e of iterator) {
+              try {
+                handler(e.key, e.operation === 'PUT' ? new NatsKvEntry(e.key, e.value, e.revision) : undefined);
+              } catch {
+                // the handler's own failure
+              }
+            }
+          } catch {
+            // The watch failed: opened again below.
+          }
+          iterator = undefined;
+          if (stopped) return;
+        }
+        await pause(Math.min(30_000, 250 * 2 ** failures), wakers);
+        if (stopped) return;
+        try {
+          iterator = await open();
+          if (stopped) return iterator.stop();
+          failures = 0;
+          gap();
+        } catch {
+          failures++;
+        }
+      }
+    })();
+    const stop = async () => {
+      if (stopped) return;
+      stopped = true;
+      unregister();
+      offStatus();
+      for (const wake of [...wakers]) wake();
+      iterator?.stop();
       await loop;
     };
     const unregister = this.bus.register({ stop });

@@ -469,6 +469,28 @@ export function runBusContract(name: string, makeBus: () => Promise<BusUnderTest
         expect(current[0]).toEqual({ value: '3', revision: r });
         await sub2.unsubscribe();
       });
+
+      it('watches the updates of a whole bucket: each write after the watch, with its key, none from before, none after unsubscribing', async () => {
+        const bucket = unique('updates');
+        const kv = await bus.keyValue(bucket);
+        await kv.put('before', 'old');
+        const elsewhere = await other.keyValue(bucket);
+        const seen: [string, string | undefined, number | undefined][] = [];
+        const sub = await elsewhere.watchUpdates((key, e) => void seen.push([key, e?.string(), e?.revision]));
+        const r1 = await kv.put('a/1', 'x');
+        const r2 = await kv.put('sha256.b', 'y');
+        await kv.delete('a/1');
+        await until(() => seen.length === 3, { what: 'three updates' });
+        expect(seen).toEqual([
+          ['a/1', 'x', r1],
+          ['sha256.b', 'y', r2],
+          ['a/1', undefined, undefined],
+        ]);
+        await sub.unsubscribe();
+        await kv.put('after', 'z');
+        await sleep(100);
+        expect(seen).toHaveLength(3);
+      });
     });
 
     describe('event log', () => {

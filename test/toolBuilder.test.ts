@@ -187,6 +187,8 @@ describe('the tool builder', () => {
       coverage.inspect,
     );
     expect(JSON.stringify(persisted)).toContain('"generatingModule"');
+    // Issue 16: the second module's loop is restored under its own id (the first one's is gone).
+    expect(Object.keys((persisted as { children: object }).children)).toEqual(['module:requests']);
     expect(output).toEqual(uninterrupted);
   });
 });

@@ -20,6 +20,7 @@ import {
 } from './persistence/SnapshotStore.js';
 import { describeStoreError, isStoreUnavailable, StoreUnavailableError } from './persistence/StoreUnavailableError.js';
 import { resumeDeadlines } from './resumeDeadlines.js';
+import { matchWait, publicWaits, waitsOf, type FlowWait, type SentEvent } from './flowWaits.js';
 import { scrubSecrets } from './secrets.js';
 
 export interface FlowHostOptions {
@@ -60,7 +61,18 @@ export interface FlowHostOptions {
   storeLocation?: string;
   /** A microtask's timeout when its input sets none (MICROTASK_TIMEOUT_MS): bounds the time a resumed one gets. */
   defaultTimeoutMs?: number;
+  /**
+   * The events kept for a flow (sent while no process ran it: src/inbox), oldest first:
+   * read when a flow that waits is resumed, and applied before anything else happens.
+   */
+  keptEvents?: (flowId: string) => Promise<KeptEvent[]>;
 }
+
+/** An event sent to a flow, with when it was sent (epoch ms) when that is known. */
+export type KeptEvent = SentEvent & { sentAt?: number };
+
+/** The ids of the events applied to a flow kept in its record: a resend of one of these is not applied again. */
+const RECEIVED_KEPT = 1_000;
 
 type MicrotaskStart = { kind: 'microtask'; actor: string; key: string; taskType: string };
 
@@ -71,6 +83,8 @@ interface PendingStep {
   snapshot: unknown;
   /** Set for a transition of the root: announced with this seq once durable. */
   seq?: number;
+  /** What the flow waits for after this step (people, outside events); empty: nothing. */
+  waiting?: FlowWait[];
   /** A root transition whose snapshot an earlier step, already saved, holds: announced, not saved again. */
   announceOnly?: boolean;
 }
@@ -121,6 +135,10 @@ interface HostedFlow {
   microtasks: Map<AnyActorRef, MicrotaskStart>;
   /** While draining: the microtasks that were in flight when it began, not yet finished. */
   awaiting: Set<AnyActorRef> | undefined;
+  /** The ids of the events applied to the flow, oldest first (the last RECEIVED_KEPT), saved with its record. */
+  received: string[];
+  /** Resolves once the actor is started (a resume may first read the events kept for it). */
+  started: Promise<void>;
 }
 
 /** Flows resumed at once when a host starts. */
@@ -248,6 +266,21 @@ export class FlowHost {
       const event = { flowId, seq: hosted.seq, state: record.state, status: 'running' as const, at: record.updatedAt };
       hosted.chain = hosted.chain.then(() => this.options.onEvent!(event)).catch((e: unknown) => this.failed(hosted, e, 'announce'));
     }
+    // A flow that waits may have been sent its answer while no process ran it: those
+    // events are read first and applied right after the start, before a deadline that
+    // passed meanwhile fires (the wait timer fires on a later turn), in the order sent.
+    let kept: KeptEvent[] = [];
+    if (this.options.keptEvents && waitsOf(hosted.actor).length > 0) {
+      let release!: () => void;
+      hosted.started = new Promise((resolve) => (release = resolve));
+      try {
+        kept = await this.options.keptEvents(flowId);
+      } catch (e) {
+        this.options.logger.error({ flowId, err: e }, 'could not read the events kept for a waiting flow; they are applied when sent again');
+      } finally {
+        release();
+      }
+    }
     // Starting the restored actor reports its root with 'xstate.init': not a transition (the
     // last one was re-announced above), so it takes no seq, no save and no announcement.
     hosted.restoring = true;
@@ -255,6 +288,13 @@ export class FlowHost {
       hosted.actor.start();
     } finally {
       hosted.restoring = false;
+    }
+    for (const event of kept) {
+      try {
+        this.apply(hosted, event);
+      } catch (e) {
+        this.options.logger.warn({ flowId, eventId: event.eventId, err: e }, 'an event kept for the flow was not applied');
+      }
     }
     return 'resumed';
   }
@@ -332,6 +372,38 @@ export class FlowHost {
 
   running(flowId: string): FlowSnapshotRecord | undefined {
     return this.flows.get(flowId)?.record;
+  }
+
+  /**
+   * Applies an event sent to a flow this host runs (a person's answer, an outside
+   * event): checked against what the flow waits for now, given to the actor that waits
+   * (the root or a child), once per `eventId`. `not-here` when this host does not run the
+   * flow; throws EventRefusedError when no wait accepts it or its data is wrong.
+   */
+  async send(flowId: string, event: KeptEvent): Promise<'applied' | 'duplicate' | 'not-here'> {
+    const hosted = this.flows.get(flowId);
+    if (!hosted) return 'not-here';
+    await hosted.started;
+    if (hosted.ending || hosted.lost || hosted.frozen) return 'not-here';
+    return this.apply(hosted, event);
+  }
+
+  /** What a flow this host runs waits for now; undefined when it does not run it. */
+  waiting(flowId: string): FlowWait[] | undefined {
+    const hosted = this.flows.get(flowId);
+    return hosted ? publicWaits(waitsOf(hosted.actor)) : undefined;
+  }
+
+  private apply(hosted: HostedFlow, event: KeptEvent): 'applied' | 'duplicate' {
+    if (hosted.received.includes(event.eventId)) return 'duplicate';
+    const { wait, data } = matchWait(hosted.flowId, waitsOf(hosted.actor), event, event.sentAt);
+    // Saved with the step the event causes (the same record write): applied once, even
+    // when the process dies right after and the event is delivered again.
+    hosted.received.push(event.eventId);
+    if (hosted.received.length > RECEIVED_KEPT) hosted.received.splice(0, hosted.received.length - RECEIVED_KEPT);
+    this.options.logger.info({ flowId: hosted.flowId, eventId: event.eventId, type: event.type, actor: wait.actor }, 'event applied to the flow');
+    wait.ref.send({ type: event.type, data, eventId: event.eventId });
+    return 'applied';
   }
 
   /** Cancels a flow this host runs; false when it runs elsewhere or not at all. */
@@ -463,6 +535,8 @@ export class FlowHost {
       steps: 0,
       microtasks: new Map(),
       awaiting: undefined,
+      received: [...(previous?.received ?? [])],
+      started: Promise.resolve(),
     };
     const inspect = (event: InspectionEvent) => {
       this.options.inspect?.(event);
@@ -541,7 +615,7 @@ export class FlowHost {
     const rootState = (hosted.actor.getSnapshot() as { value?: unknown }).value ?? null;
     const step: FlowStep = { ...cause, step: ++hosted.steps, at: new Date().toISOString(), rootState, snapshotJson: json };
     hosted.lastStepAt = step.at;
-    hosted.pending.push({ step, snapshot: jsonSafe, ...(isRoot ? { seq: ++hosted.seq } : {}) });
+    hosted.pending.push({ step, snapshot: jsonSafe, waiting: publicWaits(waitsOf(hosted.actor)), ...(isRoot ? { seq: ++hosted.seq } : {}) });
     this.queueWrite(hosted);
   }
 
@@ -622,9 +696,14 @@ export class FlowHost {
       ...(lease ? { owner: lease.owner, leaseUntil: new Date(Date.now() + lease.durationMs).toISOString() } : {}),
       status: ending?.status ?? 'running',
       ...(last ? { state: last.step.rootState as FlowSnapshotRecord['state'], snapshot: last.snapshot as FlowSnapshotRecord['snapshot'], steps: last.step.step } : {}),
+      ...(hosted.received.length ? { received: [...hosted.received] } : {}),
       seq: ending?.seq ?? seq,
       updatedAt: new Date().toISOString(),
     };
+    // What the flow waits for as of the last step saved; an ended flow waits for nothing.
+    const waiting = ending ? undefined : last ? last.waiting : hosted.record.waiting;
+    if (waiting?.length) record.waiting = waiting;
+    else delete record.waiting;
     const steps = saving.map((p) => p.step);
     // Where the store keeps the steps, the journal is a view of them, written once they are
     // saved. Where it keeps only the last snapshot (NATS KV), the journal's stream is where

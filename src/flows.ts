@@ -10,6 +10,7 @@ import { parallelMachine } from './machines/parallel.js';
 import { progressiveMachine } from './machines/progressive.js';
 import { reentrantMachine } from './machines/reentrant.js';
 import { toolBuilderMachine } from './machines/toolBuilder.js';
+import { createWaitTimerLogic } from './actors/waitTimer.js';
 
 /**
  * The actors the machines name, given for real. Whether `microtask` runs the model here
@@ -32,12 +33,13 @@ export function provideFlows(actors: FlowActors) {
   const check = actors.check ?? toolCheckLogic;
   const codeOnly = actors.codeOnly ?? codeOnlyRepairLogic;
   const writeTool = actors.writeTool ?? createWriteToolLogic();
+  const waitTimer = createWaitTimerLogic();
 
-  const feedbackLoop = feedbackLoopMachine.provide({ actors: { microtask, check } });
+  const feedbackLoop = feedbackLoopMachine.provide({ actors: { microtask, check, waitTimer } });
   const parallel = parallelMachine.provide({ actors: { microtask } });
   const metacognitive = metacognitiveMachine.provide({ actors: { microtask, check } });
   const progressive = progressiveMachine.provide({ actors: { microtask, check, codeOnly, metacognitive } });
-  const reentrant = reentrantMachine.provide({ actors: { microtask, check } });
+  const reentrant = reentrantMachine.provide({ actors: { microtask, check, waitTimer } });
   return {
     microtask: microtaskMachine.provide({ actors: { microtask } }),
     incremental: incrementalMachine.provide({ actors: { microtask } }),

@@ -4,6 +4,7 @@ import type { Flows } from './flows.js';
 import { BudgetSchema, TaskSpecSchema } from './machines/common.js';
 import { timeoutMsSchema } from './contracts/limits.js';
 import { ToolSpecSchema } from './contracts/toolSpec.js';
+import { PersonOptionSchema } from './machines/waits.js';
 
 /**
  * The patterns a user can start by name (`microtask run <pattern>`, the bus subject
@@ -23,14 +24,20 @@ export const patternInputSchemas = {
     previous: z.object({ results: z.array(z.any()) }).optional(),
     budget: BudgetSchema.optional(),
   }),
-  'feedback-loop': z.object({
-    key,
-    task: TaskSpecSchema,
-    verify: TaskSpecSchema,
-    threshold,
-    maxIterations: count(20),
-    budget: BudgetSchema.optional(),
-  }),
+  'feedback-loop': z
+    .object({
+      key,
+      task: TaskSpecSchema,
+      verify: TaskSpecSchema.optional(),
+      personVerify: PersonOptionSchema.optional(),
+      threshold,
+      maxIterations: count(20),
+      budget: BudgetSchema.optional(),
+    })
+    .refine((i) => (i.verify === undefined) !== (i.personVerify === undefined), {
+      error: 'give `verify` (the model scores each attempt) or `personVerify` (a person does), one of the two',
+      path: ['verify'],
+    }),
   parallel: z.object({
     key,
     tasks: z.array(TaskSpecSchema).min(1).max(10_000),
@@ -55,14 +62,20 @@ export const patternInputSchemas = {
     startLevel: z.union([z.literal(0), z.literal(1), z.literal(2), z.literal(3)]).optional(),
     budget: BudgetSchema.optional(),
   }),
-  reentrant: z.object({
-    key,
-    task: TaskSpecSchema,
-    review: TaskSpecSchema,
-    input: z.unknown(),
-    maxRevisions: z.number().int().min(0).max(20),
-    budget: BudgetSchema.optional(),
-  }),
+  reentrant: z
+    .object({
+      key,
+      task: TaskSpecSchema,
+      review: TaskSpecSchema.optional(),
+      personReview: PersonOptionSchema.optional(),
+      input: z.unknown(),
+      maxRevisions: z.number().int().min(0).max(20),
+      budget: BudgetSchema.optional(),
+    })
+    .refine((i) => (i.review === undefined) !== (i.personReview === undefined), {
+      error: 'give `review` (the model reviews each pass) or `personReview` (a person does), one of the two',
+      path: ['review'],
+    }),
   // The output root is the runner's to choose (MICROTASK_STATE_DIR or --out), never a client's.
   'tool-builder': z.object({
     key,

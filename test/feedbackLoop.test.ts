@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { fromPromise } from 'xstate';
+import { createActor, fromPromise, toPromise, waitFor } from 'xstate';
+import { createWaitTimerLogic } from '../src/actors/waitTimer.js';
 import type { ModelRequest } from '../src/actors/model/ModelPort.js';
 import { ModelError } from '../src/actors/model/ModelError.js';
 import type { CheckInput, CheckResult } from '../src/machines/common.js';
@@ -127,5 +128,23 @@ describe('the feedback loop', () => {
     );
     expect(JSON.stringify(persisted)).toContain('"iteration":1');
     expect(output).toEqual(uninterrupted);
+  });
+});
+
+describe('the feedback loop scored by a person', () => {
+  it('waits in awaitingScore for each attempt, revises with the score and feedback, and times out to the best so far', async () => {
+    const s = scripted(writerAndJudge([]));
+    const machine = feedbackLoopMachine.provide({ actors: { microtask: s.microtask, waitTimer: createWaitTimerLogic() } });
+    const actor = createActor(machine, { input: { ...input, verify: undefined, personVerify: { timeoutMs: 200 } }, inspect: coverage.inspect });
+    actor.start();
+    await waitFor(actor, (snap) => snap.matches('awaitingScore'));
+    actor.send({ type: 'score', data: { score: 0.5, feedback: 'more imagery' } });
+    await waitFor(actor, (snap) => snap.matches('awaitingScore') && snap.context.iteration === 1);
+    expect(s.model.calls[1]!.request.prompt).toContain('more imagery');
+    const output = await toPromise(actor);
+    // No verifier call: a person scores; the second attempt timed out unscored.
+    expect(s.model.calls.map((c) => c.request.schemaName)).toEqual([undefined, undefined]);
+    expect(output).toMatchObject({ status: 'exhausted', result: 'draft 0', score: 0.5, iterations: 2 });
+    expect(output.reason).toContain('no person scored attempt 2 within 200 ms');
   });
 });

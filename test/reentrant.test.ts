@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { fromPromise } from 'xstate';
+import { createActor, fromPromise, toPromise, waitFor } from 'xstate';
+import { createWaitTimerLogic } from '../src/actors/waitTimer.js';
 import { ModelError } from '../src/actors/model/ModelError.js';
 import type { ModelRequest } from '../src/actors/model/ModelPort.js';
 import type { ScriptedAnswer, ScriptedCall } from '../src/actors/model/ScriptedModel.js';
@@ -60,7 +61,7 @@ describe('the re-entrant pipeline', () => {
       { pass: 0, input: 'v0', output: 'v1', review: { approved: true, feedback: '' }, diagnostics: [], checkOk: true },
     ]);
     expect(model.calls[0]!.request).toMatchObject({ prompt: input.task.prompt, data: { input: 'v0' } });
-    expect(model.calls[1]!.request).toMatchObject({ system: input.review.system, schemaName: 'review' });
+    expect(model.calls[1]!.request).toMatchObject({ system: input.review!.system, schemaName: 'review' });
     // The reviewer judges against the task with the flow's input, and sees the output.
     expect(model.calls[1]!.request.data).toMatchObject({ task: { prompt: input.task.prompt, data: { input: 'v0' } }, output: 'v1' });
     expect(await results.get('re/process/0')).toMatchObject({ result: 'v1' });
@@ -205,5 +206,22 @@ describe('the re-entrant pipeline', () => {
     expect(output).toEqual(uninterrupted);
     // The restored flow went on from pass 1: no process call was made twice.
     expect(processCalls(s.model.calls).map((call) => (call.request.data as { input: string }).input)).toEqual(['v0', 'v1', 'v2']);
+  });
+});
+
+describe('the reentrant pipeline reviewed by a person', () => {
+  it('waits in awaitingReview for each pass and goes on with the answer', async () => {
+    const s = scripted(editorAndReviewer([]));
+    const machine = reentrantMachine.provide({ actors: { microtask: s.microtask, waitTimer: createWaitTimerLogic() } });
+    const actor = createActor(machine, { input: { ...input, review: undefined, personReview: {} }, inspect: coverage.inspect });
+    actor.start();
+    await waitFor(actor, (snap) => snap.matches('awaitingReview'));
+    actor.send({ type: 'review', data: { approved: false, feedback: 'say who benefits' } });
+    await waitFor(actor, (snap) => snap.matches('awaitingReview') && snap.context.pass === 1);
+    expect(s.model.calls[1]!.request.prompt).toContain('say who benefits');
+    actor.send({ type: 'review', data: { approved: true, feedback: '' } });
+    const output = await toPromise(actor);
+    expect(output).toMatchObject({ status: 'done', output: 'v2', approved: true, passes: 2 });
+    expect(s.model.calls.every((c) => c.request.schemaName !== 'review')).toBe(true);
   });
 });

@@ -16,14 +16,20 @@ import {
   type TaskSpec,
 } from './common.js';
 import { reviewData, revisionPrompt } from './prompts.js';
+import { ScoreAnswerSchema, WAIT_TIMEOUT, waitTimerNotProvided, type PersonOption, type ScoreAnswer, type WaitDeclaration } from './waits.js';
 
 export interface FeedbackLoopInput {
   /** Prefix of every microtask key of this flow (flow id + path). */
   key: string;
   /** What to generate. */
   task: TaskSpec;
-  /** How to judge an attempt; asked for a `verdict` ({score, feedback}). */
-  verify: TaskSpec;
+  /** How the model judges an attempt; asked for a `verdict` ({score, feedback}). Unused when a person scores. */
+  verify?: TaskSpec;
+  /**
+   * A person scores each attempt instead of the model: the flow waits in `awaitingScore`
+   * for a `score` event ({score, feedback}); past `timeoutMs` it ends with the best so far.
+   */
+  personVerify?: PersonOption;
   /** Done when an attempt scores at least this (0..1). */
   threshold: number;
   /** Attempts at most, the first one included. */
@@ -44,6 +50,8 @@ export interface FeedbackAttempt {
   diagnostics: string[];
   checkOk: boolean;
   error?: string;
+  /** Set when a person gave the score. */
+  by?: 'person';
 }
 
 export interface FeedbackLoopOutput extends FlowOutputBase {
@@ -97,9 +105,11 @@ export const feedbackLoopMachine = setup({
     input: {} as FeedbackLoopInput,
     context: {} as FeedbackLoopContext,
     output: {} as FeedbackLoopOutput,
+    events: {} as { type: 'score'; data: ScoreAnswer; eventId?: string } | { type: typeof WAIT_TIMEOUT },
   },
-  actors: { microtask: microtaskNotProvided(), check: checkNotProvided() },
+  actors: { microtask: microtaskNotProvided(), check: checkNotProvided(), waitTimer: waitTimerNotProvided() },
   guards: {
+    personScores: ({ context }) => context.input.personVerify !== undefined,
     withinBudget: ({ context }) => budgetCheck(context.input.budget, context.usage).ok,
     generated: (_, params: { result: MicrotaskResult }) => params.result.success,
     checkEnabled: ({ context }) => context.input.check === true,
@@ -159,6 +169,37 @@ export const feedbackLoopMachine = setup({
         current: undefined,
       };
     }),
+    recordPersonScore: assign(({ context }, params: { answer: ScoreAnswer }) => ({
+      history: [
+        ...context.history,
+        {
+          iteration: context.iteration,
+          output: context.current!.output,
+          score: params.answer.score,
+          feedback: params.answer.feedback,
+          diagnostics: context.current!.diagnostics,
+          checkOk: context.current!.checkOk,
+          by: 'person' as const,
+        },
+      ],
+      current: undefined,
+    })),
+    recordScoreTimeout: assign(({ context }) => ({
+      history: [
+        ...context.history,
+        {
+          iteration: context.iteration,
+          output: context.current!.output,
+          score: null,
+          feedback: '',
+          diagnostics: context.current!.diagnostics,
+          checkOk: context.current!.checkOk,
+          error: `not scored: no person answered within ${context.input.personVerify?.timeoutMs} ms`,
+        },
+      ],
+      current: undefined,
+      reason: `no person scored attempt ${context.iteration + 1} within ${context.input.personVerify?.timeoutMs} ms; the best attempt so far is returned`,
+    })),
     recordUnverified: assign(({ context }) => ({
       history: [
         ...context.history,
@@ -247,18 +288,27 @@ export const feedbackLoopMachine = setup({
     },
     verifyGate: {
       always: [
+        { guard: 'personScores', target: 'awaitingScore' },
         { guard: 'withinBudget', target: 'verifying' },
         { target: 'budgetExceeded', actions: ['recordUnverified', 'noteBudget'] },
       ],
+    },
+    awaitingScore: {
+      meta: { wait: { for: "a person's score of the latest attempt", events: { score: ScoreAnswerSchema } } satisfies WaitDeclaration },
+      invoke: { src: 'waitTimer', id: 'waitTimer', input: ({ context }) => ({ timeoutMs: context.input.personVerify?.timeoutMs }) },
+      on: {
+        score: { target: 'judged', actions: { type: 'recordPersonScore', params: ({ event }) => ({ answer: event.data }) } },
+        [WAIT_TIMEOUT]: { target: 'exhausted', actions: 'recordScoreTimeout' },
+      },
     },
     verifying: {
       invoke: {
         src: 'microtask',
         input: ({ context }) =>
-          microtaskInput(context.input.verify, `${context.input.key}/verify/${context.iteration}`, {
+          microtaskInput(context.input.verify!, `${context.input.key}/verify/${context.iteration}`, {
             answer: 'verdict',
             data: {
-              ...(context.input.verify.data === undefined ? {} : { context: context.input.verify.data }),
+              ...(context.input.verify!.data === undefined ? {} : { context: context.input.verify!.data }),
               ...reviewData(context.input.task, context.current!.output, context.current!.diagnostics),
             },
           }),

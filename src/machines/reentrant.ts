@@ -16,14 +16,21 @@ import {
   type TaskSpec,
 } from './common.js';
 import { reviewData } from './prompts.js';
+import { ReviewAnswerSchema, WAIT_TIMEOUT, waitTimerNotProvided, type PersonOption, type ReviewAnswer, type WaitDeclaration } from './waits.js';
 
 export interface ReentrantInput {
   /** Prefix of every microtask key of this flow (flow id + path). */
   key: string;
   /** The process step, run once per pass. */
   task: TaskSpec;
-  /** How to review a pass's output; asked for a `review` ({approved, feedback}). */
-  review: TaskSpec;
+  /** How the model reviews a pass's output; asked for a `review` ({approved, feedback}). Unused when a person reviews. */
+  review?: TaskSpec;
+  /**
+   * A person reviews each pass instead of the model: the flow waits in `awaitingReview`
+   * for a `review` event ({approved, feedback}); past `timeoutMs` it ends with the best
+   * so far, not approved.
+   */
+  personReview?: PersonOption;
   /** The first pass's input; every later pass gets the previous pass's output instead. */
   input: unknown;
   /** Revisions at most after the first pass (0: one pass only). */
@@ -42,8 +49,8 @@ export interface Revision {
   input: unknown;
   /** undefined when the process step failed. */
   output: unknown;
-  /** null when there is no review: the process step or the review failed, or the budget was spent. */
-  review: Review | null;
+  /** null when there is no review: the process step or the review failed, the budget was spent, or no person answered in time. */
+  review: (Review & { by?: 'person' }) | null;
   diagnostics: string[];
   checkOk: boolean;
   error?: string;
@@ -124,9 +131,11 @@ export const reentrantMachine = setup({
     input: {} as ReentrantInput,
     context: {} as ReentrantContext,
     output: {} as ReentrantOutput,
+    events: {} as { type: 'review'; data: ReviewAnswer; eventId?: string } | { type: typeof WAIT_TIMEOUT },
   },
-  actors: { microtask: microtaskNotProvided(), check: checkNotProvided() },
+  actors: { microtask: microtaskNotProvided(), check: checkNotProvided(), waitTimer: waitTimerNotProvided() },
   guards: {
+    personReviews: ({ context }) => context.input.personReview !== undefined,
     withinBudget: ({ context }) => budgetCheck(context.input.budget, context.usage).ok,
     processed: (_, params: { result: MicrotaskResult }) => params.result.success,
     checkEnabled: ({ context }) => context.input.check === true,
@@ -187,6 +196,36 @@ export const reentrantMachine = setup({
         current: undefined,
       };
     }),
+    recordPersonReview: assign(({ context }, params: { answer: ReviewAnswer }) => ({
+      revisions: [
+        ...context.revisions,
+        {
+          pass: context.pass,
+          input: context.current!.input,
+          output: context.current!.output,
+          review: { approved: params.answer.approved, feedback: params.answer.feedback, by: 'person' as const },
+          diagnostics: context.current!.diagnostics,
+          checkOk: context.current!.checkOk,
+        },
+      ],
+      current: undefined,
+    })),
+    recordReviewTimeout: assign(({ context }) => ({
+      revisions: [
+        ...context.revisions,
+        {
+          pass: context.pass,
+          input: context.current!.input,
+          output: context.current!.output,
+          review: null,
+          diagnostics: context.current!.diagnostics,
+          checkOk: context.current!.checkOk,
+          error: `not reviewed: no person answered within ${context.input.personReview?.timeoutMs} ms`,
+        },
+      ],
+      current: undefined,
+      reason: `no person reviewed pass ${context.pass} within ${context.input.personReview?.timeoutMs} ms; the output of pass ${context.pass} is returned, not approved`,
+    })),
     recordUnreviewed: assign(({ context }) => ({
       revisions: [
         ...context.revisions,
@@ -291,9 +330,21 @@ export const reentrantMachine = setup({
     },
     reviewGate: {
       always: [
+        { guard: 'personReviews', target: 'awaitingReview' },
         { guard: 'withinBudget', target: 'reviewing' },
         { target: 'budgetExceeded', actions: ['recordUnreviewed', 'noteBudget'] },
       ],
+    },
+    awaitingReview: {
+      meta: { wait: { for: "a person's review of the latest pass", events: { review: ReviewAnswerSchema } } satisfies WaitDeclaration },
+      invoke: { src: 'waitTimer', id: 'waitTimer', input: ({ context }) => ({ timeoutMs: context.input.personReview?.timeoutMs }) },
+      on: {
+        review: {
+          target: 'reviewed',
+          actions: { type: 'recordPersonReview', params: ({ event }) => ({ answer: event.data }) },
+        },
+        [WAIT_TIMEOUT]: { target: 'exhausted', actions: 'recordReviewTimeout' },
+      },
     },
     reviewing: {
       invoke: {
@@ -301,10 +352,10 @@ export const reentrantMachine = setup({
         // The reviewer judges against the task as first asked, with the flow's own input:
         // a later pass's input is only an earlier draft, which says nothing of what was wanted.
         input: ({ context }) =>
-          microtaskInput(context.input.review, `${context.input.key}/review/${context.pass}`, {
+          microtaskInput(context.input.review!, `${context.input.key}/review/${context.pass}`, {
             answer: 'review',
             data: {
-              ...(context.input.review.data === undefined ? {} : { context: context.input.review.data }),
+              ...(context.input.review!.data === undefined ? {} : { context: context.input.review!.data }),
               ...reviewData(
                 { ...context.input.task, data: processData(context.input.task, context.input.input) },
                 context.current!.output,

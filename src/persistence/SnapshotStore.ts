@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { FlowWaitSchema } from '../contracts/waits.js';
 import { MAX_RECORD_DEPTH } from '../jsonInput.js';
 
 /**
@@ -55,6 +56,10 @@ export const FlowSnapshotRecordSchema = z.object({
   leaseUntil: z.iso.datetime({ offset: true }).optional(),
   output: z.unknown().optional(),
   error: z.object({ code: z.string(), message: z.string() }).optional(),
+  /** What the flow waits for (a person, an outside event), as of its last step; absent: nothing. */
+  waiting: z.array(FlowWaitSchema).optional(),
+  /** The ids of the last events applied to the flow: one sent again is not applied twice. */
+  received: z.array(z.string()).optional(),
 });
 export type FlowSnapshotRecord = z.infer<typeof FlowSnapshotRecordSchema>;
 

@@ -493,7 +493,9 @@ describe('the inspector page in a real browser (headless Chromium)', () => {
       await expect.poll(() => page.locator('#position-label').textContent()).toContain(`step ${during.step} of`);
       await page.locator(`#children .chip.machine[data-child-id="${childId}"]`).click();
       await page.locator('#chart svg[data-machine="feedbackLoop"]').waitFor();
-      expect(await page.locator('#breadcrumb').textContent()).toContain(`${childId} (feedbackLoop)`);
+      // Issue 16: the child is named after its module (`module:auth` reads `module auth`).
+      expect(childId).toMatch(/^module:\w+$/);
+      expect(await page.locator('#breadcrumb').textContent()).toContain(`${childId.replace(':', ' ')} (feedbackLoop)`);
       await expect.poll(() => page.locator('#current-state').textContent()).toBe(String(child.snapshot.value));
       expect(await page.locator('#chart g.state.active').getAttribute('data-state-path')).toBe(String(child.snapshot.value));
       // At the end the child is gone: its chart stays, nothing is highlighted.
@@ -513,6 +515,52 @@ describe('the inspector page in a real browser (headless Chromium)', () => {
       const listed = await page.locator('#tab-events li[data-step]').evaluateAll((items) => [...new Set(items.map((li) => Number((li as unknown as { dataset: { step: string } }).dataset.step)))]);
       expect(listed).toEqual(resumedSteps.map((step) => step.step));
       expect(await page.locator('#position-label').textContent()).toContain(`step ${resumedSteps.at(-1)!.step} of ${resumedSteps.at(-1)!.step}`);
+      expect(problems).toEqual([]);
+    } finally {
+      await server.close();
+      await rm(s.dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  // Issue 16: all three modules' calls were listed under one child id
+  // (`0.toolBuilder.generatingModule`), and the log named actors by XState's ids.
+  it("a tool build's child view of one module lists that module's microtasks only, by the names a person knows", async () => {
+    const s = await setup(10);
+    const server = await startInspectorServer({ journal: s.journal, store: s.store, flows: s.flows, logger: silentLogger, port: 0 });
+    try {
+      const host = s.host();
+      const toolInput = JSON.parse(await readFile(new URL('../examples/tool-builder.json', import.meta.url), 'utf8'));
+      const flowId = await host.start('tool-builder', toolInput);
+      await host.finished(flowId);
+      await s.journal.flush();
+      const names = (toolInput.spec.modules as Array<{ name: string }>).map((m) => m.name);
+      const entries = await s.journal.read(flowId);
+
+      const { page, problems } = await openPage(server);
+      await page.goto(`${server.url}#flow=${flowId}`);
+      await page.locator('#chart svg[data-machine="toolBuilder"]').waitFor();
+      // The event log names each module's loop, not an id XState made up.
+      await expect.poll(() => page.locator('#tab-events').textContent()).toContain('module auth (feedbackLoop)');
+      const logActors = await page.locator('#tab-events .actor').allTextContents();
+      for (const name of names) expect(logActors).toContain(`module ${name} (feedbackLoop)`);
+      expect(logActors.filter((text) => text.includes('0.toolBuilder'))).toEqual([]);
+      // The chart says what the module states spawn.
+      expect(await page.locator('g.state[data-state-path="generatingModule"] .invoke').textContent()).toBe('spawn feedbackLoop');
+
+      await page.locator('.tabs button[data-tab="microtasks"]').click();
+      for (const name of names) {
+        await page.goto(`${server.url}#flow=${flowId}&actor=module:${name}`);
+        await page.locator('#chart svg[data-machine="feedbackLoop"]').waitFor();
+        const mine = entries.filter((e) => e.kind === 'microtask' && e.phase === 'started' && e.key.includes(`/module/${name}/`)).map((e) => (e as { key: string }).key);
+        expect(mine.length).toBeGreaterThanOrEqual(2);
+        const rows = page.locator('#tab-microtasks details');
+        await expect.poll(() => rows.evaluateAll((items) => items.map((item) => (item as unknown as { dataset: { key: string } }).dataset.key))).toEqual(mine);
+        expect(await page.locator('#tab-microtasks p.muted').textContent()).toMatch(new RegExp(`^${mine.length} microtasks of module ${name} `));
+        expect(new Set(await page.locator('#tab-microtasks summary .actor').allTextContents())).toEqual(
+          new Set([`module ${name} › generating`, `module ${name} › verifying`]),
+        );
+        expect(await page.locator('#breadcrumb').textContent()).toContain(`module ${name} (feedbackLoop)`);
+      }
       expect(problems).toEqual([]);
     } finally {
       await server.close();

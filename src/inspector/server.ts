@@ -257,6 +257,7 @@ const ASSET_TYPES = new Map<string, string>([
   ['index.html', 'text/html; charset=utf-8'],
   ['app.js', 'text/javascript; charset=utf-8'],
   ['statechart.js', 'text/javascript; charset=utf-8'],
+  ['actorLabel.js', 'text/javascript; charset=utf-8'],
   ['style.css', 'text/css; charset=utf-8'],
   ['favicon.svg', 'image/svg+xml'],
 ]);

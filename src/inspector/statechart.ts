@@ -38,8 +38,11 @@ export interface StatechartNode {
   type: StateNodeType;
   /** The key of the initial child state of a compound state. */
   initial?: string;
-  /** What the state invokes while it is active. */
-  invokes: Array<{ id: string; src: string }>;
+  /**
+   * What the state invokes while it is active, and the children its entry spawns
+   * (`spawned`: their id is chosen when it runs, `*` here: one module's loop, `module:auth`).
+   */
+  invokes: Array<{ id: string; src: string; spawned?: true }>;
   /** Named entry actions (`setStatus`), for the tooltip. */
   entry: string[];
   description?: string;
@@ -107,7 +110,10 @@ export function describeMachine(machine: AnyStateMachine): StatechartModel {
       path: [...stateNode.path],
       type: stateNode.type as StateNodeType,
       ...(initialTarget ? { initial: initialTarget.key } : {}),
-      invokes: stateNode.invoke.map((invoke) => ({ id: invoke.id, src: typeof invoke.src === 'string' ? invoke.src : 'inline' })),
+      invokes: [
+        ...stateNode.invoke.map((invoke) => ({ id: invoke.id, src: typeof invoke.src === 'string' ? invoke.src : 'inline' })),
+        ...spawnedOnEntry(stateNode),
+      ],
       entry: (stateNode.entry as unknown[]).map(actionName).filter((name): name is string => name !== undefined),
       ...(stateNode.description ? { description: stateNode.description } : {}),
       children: children.map(toNode),
@@ -124,6 +130,17 @@ export function describeMachine(machine: AnyStateMachine): StatechartModel {
     for (const invoke of stateNode.invoke) srcOfInvoke.set(invoke.id, typeof invoke.src === 'string' ? invoke.src : 'inline');
   }
 
+  // A spawned child's id is chosen when it runs: its state's `xstate.done.actor.*` names what it spawned.
+  const spawnedSrc = (source: AnyStateNode): string | undefined => {
+    const srcs = [...new Set(spawnedOnEntry(source).map((spawned) => spawned.src))];
+    return srcs.length === 1 ? srcs[0] : undefined;
+  };
+  const spawnedSrcOf = (source: AnyStateNode, event: string) => {
+    if (!/^xstate\.(done|error)\.actor\.\*$/.test(event)) return srcOfInvoke;
+    const src = spawnedSrc(source);
+    return src ? new Map([...srcOfInvoke, ['*', src]]) : srcOfInvoke;
+  };
+
   const edges: StatechartEdge[] = [];
   const add = (source: AnyStateNode, transition: TransitionLike, kind: TransitionKind, event: string) => {
     const guard = guardName(transition.guard);
@@ -137,7 +154,7 @@ export function describeMachine(machine: AnyStateMachine): StatechartModel {
         target: target.id,
         event,
         kind,
-        label: `${eventLabel(kind, event, srcOfInvoke)}${guard ? ` [${guard}]` : ''}`,
+        label: `${eventLabel(kind, event, spawnedSrcOf(source, event))}${guard ? ` [${guard}]` : ''}`,
         ...(guard ? { guard } : {}),
         points: [],
         labelBox: { x: 0, y: 0, width: 0, height: 0 },
@@ -157,8 +174,26 @@ export function describeMachine(machine: AnyStateMachine): StatechartModel {
   }
   // Invoked by a name the machine registered but was not given an implementation of.
   for (const src of srcOfInvoke.values()) actors[src] ??= { kind: 'logic' };
+  for (const stateNode of getStateNodes(machine.root)) for (const { src } of spawnedOnEntry(stateNode)) actors[src] ??= { kind: 'logic' };
 
   return { machineId: machine.id, root: toNode(machine.root), edges, actors, width: 0, height: 0 };
+}
+
+/**
+ * The children a state's entry actions spawn (`spawnChild('feedbackLoop', { id: ... })`,
+ * named in `setup({ actions })` or inline): what they run, by the registered name.
+ */
+function spawnedOnEntry(stateNode: AnyStateNode): Array<{ id: string; src: string; spawned: true }> {
+  const named = (stateNode.machine.implementations.actions ?? {}) as Record<string, unknown>;
+  const spawned: Array<{ id: string; src: string; spawned: true }> = [];
+  for (const action of stateNode.entry as unknown[]) {
+    const type = typeof action === 'string' ? action : (action as { type?: unknown } | null)?.type;
+    const implementation = typeof action === 'function' ? action : typeof type === 'string' ? named[type] : undefined;
+    const spawn = implementation as { type?: unknown; src?: unknown; id?: unknown } | undefined;
+    if (spawn?.type !== 'xstate.spawnChild') continue;
+    spawned.push({ id: typeof spawn.id === 'string' ? spawn.id : '*', src: typeof spawn.src === 'string' ? spawn.src : 'inline', spawned: true });
+  }
+  return spawned;
 }
 
 function kindOf(event: string): TransitionKind {
@@ -212,7 +247,7 @@ const elk = new Elk();
 export async function layoutStatechart(model: StatechartModel): Promise<StatechartModel> {
   const toElk = (node: StatechartNode, isRoot: boolean): ElkNode => {
     const title = node.key || model.machineId;
-    const invokeLines = node.invokes.map((invoke) => `invoke ${invoke.src}`);
+    const invokeLines = node.invokes.map((invoke) => `${invoke.spawned ? 'spawn' : 'invoke'} ${invoke.src}`);
     const textWidth = Math.max(title.length * (CHAR + 1), ...invokeLines.map((line) => line.length * CHAR));
     const header = LINE + 10 + invokeLines.length * LINE;
     if (node.children.length === 0) {

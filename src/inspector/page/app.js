@@ -1,6 +1,7 @@
 // The inspector page: flows list, a flow's statechart with its current state (live over
 // Server-Sent Events), its event and microtask logs, and time travel over its saved steps.
 // Plain ES modules, no build step, nothing loaded from elsewhere.
+import { actorLabel, childLabel, eventLabel } from './actorLabel.js';
 import { activePaths, renderStatechart } from './statechart.js';
 
 const $ = (id) => document.getElementById(id);
@@ -217,7 +218,7 @@ async function actorAt(snapshot) {
     }
     machineId = state.machineOfPath.get(key);
     current = child?.snapshot;
-    crumbs.push({ label: `${id}${machineId ? ` (${machineId})` : ''}`, path: state.actorPath.slice(0, i + 1) });
+    crumbs.push({ label: `${childLabel(id)}${machineId ? ` (${machineId})` : ''}`, title: id, path: state.actorPath.slice(0, i + 1) });
   }
   return { machineId, snapshot: current, crumbs };
 }
@@ -250,6 +251,7 @@ async function render() {
     ...actor.crumbs.flatMap((crumb, i) => {
       const link = document.createElement('a');
       link.textContent = crumb.label;
+      if (crumb.title) link.title = crumb.title;
       link.dataset.actorPath = crumb.path.join('/');
       link.addEventListener('click', () => navigate({ actor: crumb.path }));
       return i === 0 ? [link] : [Object.assign(document.createElement('span'), { className: 'sep', textContent: '›' }), link];
@@ -260,7 +262,7 @@ async function render() {
   $('current-state').textContent = actor.snapshot ? `${stateText(value)}${statusNote(actor.snapshot.status)}` : '—';
   const actorKey = state.actorPath.length === 0 ? 'root' : state.actorPath.join('/');
   const event = step && step.actor === actorKey ? step.event : undefined;
-  $('step-event').textContent = step ? `step ${step.step}: ${step.actor} ${describeEvent(step.event)}` : '';
+  $('step-event').textContent = step ? `step ${step.step}: ${actorLabel(step.actor, step.machine)} ${eventLabel(step.event)}` : '';
 
   renderChildren(actor.snapshot);
 
@@ -359,8 +361,8 @@ function renderChildren(snapshot) {
       const isMachine = child.snapshot && typeof child.snapshot === 'object' && 'value' in child.snapshot;
       chip.className = `chip ${isMachine ? 'machine' : 'promise'}`;
       chip.dataset.childId = id;
-      chip.textContent = isMachine ? `${child.src} · ${stateText(child.snapshot.value)}` : `${child.src}${child.snapshot?.input?.key ? ` · ${child.snapshot.input.key}` : ''} (in flight)`;
-      chip.title = id;
+      chip.textContent = isMachine ? `${childLabel(id)} · ${stateText(child.snapshot.value)}` : `${child.src}${child.snapshot?.input?.key ? ` · ${child.snapshot.input.key}` : ''} (in flight)`;
+      chip.title = `${id} (${child.src})`;
       if (isMachine) chip.addEventListener('click', () => navigate({ actor: [...state.actorPath, id] }));
       return chip;
     }),
@@ -404,8 +406,9 @@ function renderEvents() {
       li.querySelector('.when').textContent = time(entry.at);
       li.querySelector('.step').textContent = step ? `#${step.step}` : '#…';
       li.querySelector('.step').title = step ? `saved in step ${step.step}` : 'not saved yet';
-      li.querySelector('.actor').textContent = entry.actor === 'root' ? entry.machine : `${entry.actor} (${entry.machine})`;
-      li.querySelector('.event').textContent = describeEvent(entry.event);
+      li.querySelector('.actor').textContent = entry.actor === 'root' ? entry.machine : `${actorLabel(entry.actor)} (${entry.machine})`;
+      li.querySelector('.actor').title = entry.actor;
+      li.querySelector('.event').textContent = eventLabel(entry.event);
       li.querySelector('.target').textContent = stateText(entry.state);
       const index = step ? state.steps.indexOf(step) : -1;
       if (index >= 0) {
@@ -472,7 +475,8 @@ function renderMicrotasks() {
     }
     summary.innerHTML = '<span class="type"></span><span class="actor"></span><span class="tags"></span><span class="nums"></span>';
     summary.querySelector('.type').textContent = first.taskType;
-    summary.querySelector('.actor').textContent = first.actor;
+    summary.querySelector('.actor').textContent = actorLabel(first.actor);
+    summary.querySelector('.actor').title = first.actor;
     summary.querySelector('.tags').append(
       ...tags.map(([kind, label]) => Object.assign(document.createElement('span'), { className: `tag ${kind}`, textContent: label })),
     );
@@ -510,7 +514,7 @@ function renderMicrotasks() {
   }
   const head = document.createElement('p');
   head.className = 'muted';
-  const of = prefix ? ` of ${prefix}` : '';
+  const of = prefix ? ` of ${actorLabel(prefix)}` : '';
   head.textContent = rows.length === 0 ? `No microtasks${of} yet.` : `${rows.length} microtasks${of} · ${totals.calls} calls · ${totals.input} tokens in, ${totals.output} out`;
   $('tab-microtasks').replaceChildren(head, container);
 }
@@ -562,14 +566,6 @@ function stateText(value) {
   if (value === undefined || value === null) return '—';
   if (typeof value === 'string') return value;
   return activePaths(value).filter((path, _, all) => !all.some((other) => other.startsWith(`${path}.`))).join(', ');
-}
-
-/** `xstate.done.actor.0.feedbackLoop.generating` → `done: generating` (the invoking state). */
-function describeEvent(event) {
-  if (!event) return '';
-  const actor = /^xstate\.(done|error)\.actor\.(.+)$/.exec(event);
-  if (actor) return `${actor[1]}: ${/^\d+\.[^.]+\.(.+)$/.exec(actor[2])?.[1] ?? actor[2]}`;
-  return event;
 }
 
 function time(at) {

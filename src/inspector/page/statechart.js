@@ -19,6 +19,11 @@ function text(content, attributes) {
 }
 
 /** The paths ('a', 'a.b') a state value makes active: 'x' → ['x']; {a: 'b'} → ['a', 'a.b']. */
+/** Whether a transition on `descriptor` takes `event`: equal, or a wildcard (`xstate.done.actor.*`, as XState matches it). */
+function matches(descriptor, event) {
+  return descriptor === event || (descriptor.endsWith('.*') && event.startsWith(descriptor.slice(0, -1)));
+}
+
 export function activePaths(value, prefix = []) {
   if (value === undefined || value === null) return [];
   if (typeof value === 'string') return [[...prefix, value].join('.')];
@@ -79,7 +84,7 @@ export function renderStatechart(container, model) {
       const anchor = compound ? 'start' : 'middle';
       g.append(text(node.key, { class: 'title', x: tx, y: node.y + 17, 'text-anchor': anchor }));
       node.invokes.forEach((invoke, i) => {
-        g.append(text(`invoke ${invoke.src}`, { class: 'invoke', x: tx, y: node.y + 32 + i * 14, 'text-anchor': anchor }));
+        g.append(text(`${invoke.spawned ? 'spawn' : 'invoke'} ${invoke.src}`, { class: 'invoke', x: tx, y: node.y + 32 + i * 14, 'text-anchor': anchor }));
       });
     }
     svg.append(g);
@@ -130,7 +135,7 @@ export function renderStatechart(container, model) {
       const pathOf = (id) => nodesById.get(id)?.path.join('.');
       const taken = new Set();
       if (takenEvent) {
-        const candidates = edges.filter(({ edge }) => edge.event === takenEvent && (before.size === 0 || before.has(pathOf(edge.source))));
+        const candidates = edges.filter(({ edge }) => matches(edge.event, takenEvent) && (before.size === 0 || before.has(pathOf(edge.source))));
         // Follow eventless (`always`) transitions from each candidate's target: the route
         // that ends in a state active now is the one taken, guards and all.
         for (const candidate of candidates) {

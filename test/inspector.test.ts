@@ -546,6 +546,15 @@ describe('the inspector page in a real browser (headless Chromium)', () => {
       expect(logActors.filter((text) => text.includes('0.toolBuilder'))).toEqual([]);
       // The chart says what the module states spawn.
       expect(await page.locator('g.state[data-state-path="generatingModule"] .invoke').textContent()).toBe('spawn feedbackLoop');
+      // The step the first module's loop ended: its transition (`xstate.done.actor.*`) is the one drawn as taken.
+      const loopDone = entries.find((e) => e.kind === 'step' && e.actor === 'root' && e.event === `xstate.done.actor.module:${names[0]}`) as { step: number } | undefined;
+      expect(loopDone).toBeDefined();
+      await page.locator(`#tab-events li[data-step="${loopDone!.step}"]`).first().click();
+      await expect.poll(() => page.locator('#step-event').textContent()).toBe(`step ${loopDone!.step}: toolBuilder done: module ${names[0]}`);
+      await expect
+        .poll(() => page.locator('#chart g.edge.taken').evaluateAll((items) => items.map((g) => `${g.getAttribute('data-event')} → ${g.getAttribute('data-target')}`)))
+        .toContain('xstate.done.actor.* → toolBuilder.moduleDone');
+      await page.locator('#live').click();
 
       await page.locator('.tabs button[data-tab="microtasks"]').click();
       for (const name of names) {

@@ -20,7 +20,8 @@ import {
 } from './persistence/SnapshotStore.js';
 import { describeStoreError, isStoreUnavailable, StoreUnavailableError } from './persistence/StoreUnavailableError.js';
 import { resumeDeadlines } from './resumeDeadlines.js';
-import { matchWait, publicWaits, waitsOf, type FlowWait, type SentEvent } from './flowWaits.js';
+import { matchWait, publicWaits, waitsOf, type FlowWait } from './flowWaits.js';
+import type { KeptEvent } from './contracts/waits.js';
 import { scrubSecrets } from './secrets.js';
 
 export interface FlowHostOptions {
@@ -68,8 +69,7 @@ export interface FlowHostOptions {
   keptEvents?: (flowId: string) => Promise<KeptEvent[]>;
 }
 
-/** An event sent to a flow, with when it was sent (epoch ms) when that is known. */
-export type KeptEvent = SentEvent & { sentAt?: number };
+export type { KeptEvent };
 
 /** The ids of the events applied to a flow kept in its record: a resend of one of these is not applied again. */
 const RECEIVED_KEPT = 1_000;

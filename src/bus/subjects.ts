@@ -15,6 +15,17 @@ export function subjects(prefix = 'microtask') {
     flowDone: (flowId: string) => `${prefix}.flow.${flowId}.done`,
     /** A flow's journal: its steps (with snapshots), microtasks and lifecycle, for people. */
     flowHistory: (flowId: string) => `${prefix}.flow.${flowId}.history`,
+    /** Sends an event to a flow (a person's answer): checked against what it waits for, then kept in its inbox. */
+    flowSend: `${prefix}.flow.send`,
+    /** A flow's inbox: events kept until the flow applies them; any client may publish here, daemon running or not. */
+    flowInbox: (flowId: string) => `${prefix}.flow.${flowId}.inbox`,
+    /** The flow id of an inbox subject; undefined when it is not one. */
+    flowOfInbox: (subject: string) => {
+      const parts = subject.split('.');
+      return parts.length === prefix.split('.').length + 3 && parts.at(-1) === 'inbox' ? parts.at(-2) : undefined;
+    },
+    /** The stream holding every flow's inbox. */
+    inboxLog: 'inbox',
     /** Errors of requests that had no reply subject to answer on. */
     errors: `${prefix}.errors`,
     /** Where a worker announces a task's result (also stored in the results bucket). */

@@ -40,3 +40,6 @@ export interface WaitTimerInput {
   /** Epoch ms; kept across restores, never moved (a person's deadline is wall-clock time). */
   waitUntil?: number;
 }
+
+/** An event sent to a flow, with when it was sent (epoch ms) when that is known. */
+export type KeptEvent = SentEvent & { sentAt?: number };

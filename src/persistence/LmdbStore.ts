@@ -223,6 +223,10 @@ export interface LmdbDatabases {
   journal: Database<string, [string, number, string]>;
   /** flowId → when its journal was last written to (µs, also the version): what retention reads. */
   journalFlows: Database<number, string>;
+  /** [flowId, time (µs), writer] → an event sent to the flow, kept until applied (src/inbox/LmdbInbox.ts). */
+  inbox: Database<string, [string, number, string]>;
+  /** [time (µs), flowId, writer] → true: the inbox in the order written, for followers. */
+  inboxTimes: Database<true, [number, string, string]>;
 }
 
 /** A write of lmdb-js with `separateFlushed`: `flushed` settles once the commit is on disk. */
@@ -387,6 +391,8 @@ function openEnv(stateDir: string, path: string): SharedEnv {
     requests: root.openDB<{ requestId: string; flowId: string; at: number }, string>('requests', { useVersions: true }),
     journal: root.openDB<string, [string, number, string]>('journal', { encoding: 'string' }),
     journalFlows: root.openDB<number, string>('journalFlows', { useVersions: true }),
+    inbox: root.openDB<string, [string, number, string]>('inbox', { encoding: 'string' }),
+    inboxTimes: root.openDB<true, [number, string, string]>('inboxTimes', {}),
   };
   return { stateDir, path, root, dbs, handles: new Set(), diskFull: false, spaceCheck: undefined, roomyUntil: 0 };
 }

@@ -1,0 +1,55 @@
+import type { Bus, EventLog } from '../bus/Bus.js';
+import { subjects, type Subjects } from '../bus/subjects.js';
+import type { KeptEvent } from '../contracts/waits.js';
+import { parseKeptEvent, type Inbox } from './Inbox.js';
+
+/**
+ * The inbox on the bus: a JetStream stream of `<prefix>.flow.<flowId>.inbox`. A client
+ * with no code of this project publishes an event there (`nats pub`), kept whether or
+ * not a daemon runs; the daemon that runs the flow follows the stream.
+ */
+export class BusInbox implements Inbox {
+  private constructor(
+    private readonly log: EventLog,
+    private readonly names: Subjects,
+    private readonly onError: (message: string) => void,
+  ) {}
+
+  static async open(bus: Bus, options: { subjectPrefix?: string; retentionMs?: number; onError?: (message: string) => void } = {}): Promise<BusInbox> {
+    const names = subjects(options.subjectPrefix);
+    const log = await bus.eventLog(names.inboxLog, {
+      subjects: [names.flowInbox('*')],
+      ...(options.retentionMs ? { maxAgeMs: options.retentionMs } : {}),
+    });
+    return new BusInbox(log, names, options.onError ?? (() => undefined));
+  }
+
+  async append(flowId: string, event: KeptEvent): Promise<void> {
+    await this.log.append(this.names.flowInbox(flowId), JSON.stringify({ ...event, sentAt: event.sentAt ?? Date.now() }));
+  }
+
+  async read(flowId: string): Promise<KeptEvent[]> {
+    const out: KeptEvent[] = [];
+    for (const message of await this.log.read(this.names.flowInbox(flowId))) {
+      const event = parseKeptEvent(flowId, message.string(), this.onError);
+      if (event) out.push(event);
+    }
+    return out;
+  }
+
+  async follow(handler: (flowId: string, event: KeptEvent) => void): Promise<{ stop(): Promise<void> }> {
+    // The stream replays what it holds, then the live ones: what is stored was read by
+    // whoever resumed the flows (`read`), and the host applies an id once.
+    const subscription = await this.log.replay(this.names.flowInbox('*'), (message) => {
+      const flowId = this.names.flowOfInbox(message.subject);
+      if (!flowId) return;
+      const event = parseKeptEvent(flowId, message.string(), this.onError);
+      if (event) handler(flowId, event);
+    });
+    return { stop: () => subscription.unsubscribe() };
+  }
+
+  async remove(flowIds: readonly string[]): Promise<void> {
+    for (const flowId of flowIds) await this.log.purge(this.names.flowInbox(flowId));
+  }
+}

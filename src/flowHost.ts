@@ -20,7 +20,7 @@ import {
 } from './persistence/SnapshotStore.js';
 import { describeStoreError, isStoreUnavailable, StoreUnavailableError } from './persistence/StoreUnavailableError.js';
 import { resumeDeadlines } from './resumeDeadlines.js';
-import { matchWait, publicWaits, waitsOf, type FlowWait } from './flowWaits.js';
+import { matchWait, publicWaits, waitsOf, type FlowWait, type LiveWait } from './flowWaits.js';
 import type { KeptEvent } from './contracts/waits.js';
 import { scrubSecrets } from './secrets.js';
 
@@ -390,8 +390,14 @@ export class FlowHost {
 
   /** What a flow this host runs waits for now; undefined when it does not run it. */
   waiting(flowId: string): FlowWait[] | undefined {
+    const waits = this.liveWaits(flowId);
+    return waits && publicWaits(waits);
+  }
+
+  /** The waits of a flow this host runs, with their actors and schemas (to check an event before it is kept). */
+  liveWaits(flowId: string): LiveWait[] | undefined {
     const hosted = this.flows.get(flowId);
-    return hosted ? publicWaits(waitsOf(hosted.actor)) : undefined;
+    return hosted ? waitsOf(hosted.actor) : undefined;
   }
 
   private apply(hosted: HostedFlow, event: KeptEvent): 'applied' | 'duplicate' {

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { AnyActorRef } from 'xstate';
+import { createActor, type AnyActorRef, type AnyStateMachine, type Snapshot } from 'xstate';
 import type { WaitDeclaration } from './machines/waits.js';
 import type { FlowWait, SentEvent } from './contracts/waits.js';
 
@@ -91,3 +91,11 @@ export function matchWait(flowId: string, waits: readonly LiveWait[], event: Sen
 /** The protocol's view of waits (no actor refs, no schemas). */
 export const publicWaits = (waits: readonly LiveWait[]): FlowWait[] =>
   waits.map(({ actor, state, for: what, events, until }) => ({ actor, state, for: what, events, ...(until ? { until } : {}) }));
+
+/**
+ * The waits of a flow no process here runs, from its stored snapshot: the machine is
+ * restored (its actors created, none started: no side effect) only to be read.
+ */
+export function storedWaits(machine: AnyStateMachine, snapshot: unknown): LiveWait[] {
+  return waitsOf(createActor(machine, { snapshot: snapshot as Snapshot<unknown> }) as AnyActorRef);
+}

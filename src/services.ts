@@ -19,6 +19,7 @@ import { LmdbJournal } from './journal/LmdbJournal.js';
 import { KvSnapshotStore } from './persistence/KvSnapshotStore.js';
 import { LmdbSnapshotStore } from './persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from './persistence/LmdbStore.js';
+import { LmdbInbox } from './inbox/LmdbInbox.js';
 import type { SnapshotStore } from './persistence/SnapshotStore.js';
 import type { Logger } from './log.js';
 import { answerSchemas } from './contracts/answers.js';
@@ -230,7 +231,10 @@ export async function startDaemonService(
   const resultFiles = (await runtime?.results.prune(before)) ?? 0;
   const journals = (await journal?.prune(before)) ?? 0;
   const requestIds = (await runtime?.db.pruneRequests(before)) ?? 0;
-  if (pruned || resultFiles || journals || requestIds) logger.info({ pruned, resultFiles, journals, requestIds }, 'old finished flows pruned');
+  // Embedded: events sent to flows kept in the database, where `microtask send` in another process puts them.
+  const inbox = runtime ? new LmdbInbox(runtime.db, { onError: (message) => logger.warn({ inbox: true }, message) }) : undefined;
+  const events = (await inbox?.prune(before)) ?? 0;
+  if (pruned || resultFiles || journals || requestIds || events) logger.info({ pruned, resultFiles, journals, requestIds, events }, 'old finished flows pruned');
   const daemon = new Daemon({
     bus,
     flows: provideFlows({ microtask }),
@@ -241,6 +245,7 @@ export async function startDaemonService(
     // Embedded: request ids claimed in the database, so that two processes on one state directory agree.
     ...(runtime ? { requestIds: { claim: (requestId: string, flowId: string) => runtime.db.claimRequest(requestId, flowId), release: (requestId: string, flowId: string) => runtime.db.releaseRequest(requestId, flowId) }, storeLocation: runtime.storeLocation } : {}),
     ...(extra.inspect ? { inspect: extra.inspect } : {}),
+    ...(inbox ? { inbox } : {}),
     retentionMs: config.MICROTASK_RETENTION_HOURS * 3_600_000,
     subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
     // Daemons sharing NATS KV hold leases, so one takes over the flows of another that died.

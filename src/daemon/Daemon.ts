@@ -17,6 +17,7 @@ import type { Journal } from '../journal/Journal.js';
 import type { InspectionEvent } from 'xstate';
 import {
   FlowIdRequestSchema,
+  FlowSendRequestSchema,
   FlowStartRequestSchema,
   ProtocolError,
   ToolBuildRequestSchema,
@@ -24,6 +25,13 @@ import {
   type FlowRecord,
 } from './protocol.js';
 import { claimRequest, KvRequestIds, type RequestIds } from './requestClaims.js';
+import { randomUUID } from 'node:crypto';
+import type { AnyStateMachine } from 'xstate';
+import { BusInbox } from '../inbox/BusInbox.js';
+import type { Inbox } from '../inbox/Inbox.js';
+import { EventRefusedError, matchWait, storedWaits } from '../flowWaits.js';
+import { machineFor } from '../patterns.js';
+import type { KeptEvent } from '../contracts/waits.js';
 
 export type { RequestIds } from './requestClaims.js';
 
@@ -53,6 +61,11 @@ export interface DaemonOptions {
   requestIds?: RequestIds;
   /** Where the store keeps flows, for messages (`ENOSPC: no space left on <where>`). */
   storeLocation?: string;
+  /**
+   * Where events sent to flows are kept until applied (embedded: the state directory's
+   * database, shared with `microtask send` in other processes); unset: a stream on the bus.
+   */
+  inbox?: Inbox;
 }
 
 /**
@@ -71,6 +84,8 @@ export class Daemon {
   private readonly host: FlowHost;
   private readonly maxBytes: number;
   private releaseToolChecks: (() => Promise<void>) | undefined;
+  private inbox!: Inbox;
+  private following: { stop(): Promise<void> } | undefined;
 
   constructor(private readonly options: DaemonOptions) {
     this.subjects = subjects(options.subjectPrefix);
@@ -91,6 +106,7 @@ export class Daemon {
         await this.log.append(this.subjects.flowDone(done.flowId), JSON.stringify(done));
       },
       onCancel: (flowId, keys) => this.withdraw(flowId, keys),
+      keptEvents: (flowId) => this.inbox.read(flowId),
     });
   }
 
@@ -105,6 +121,16 @@ export class Daemon {
     this.requestIds =
       this.options.requestIds ??
       new KvRequestIds(await bus.keyValue(this.subjects.flowsBucket, this.options.retentionMs ? { maxAgeMs: this.options.retentionMs } : {}));
+    this.inbox =
+      this.options.inbox ??
+      (await BusInbox.open(bus, {
+        ...(this.options.subjectPrefix ? { subjectPrefix: this.options.subjectPrefix } : {}),
+        ...(this.options.retentionMs ? { retentionMs: this.options.retentionMs } : {}),
+        onError: (message) => this.options.logger.warn({ inbox: true }, message),
+      }));
+    // Followed before the flows are resumed: an event sent while one resumes is either in
+    // what its resume reads or delivered here (the host applies an id once).
+    this.following = await this.inbox.follow((flowId, event) => void this.deliver(flowId, event));
     const { resumed, failed } = await this.host.resumeAll();
     if (resumed.length || failed.length) this.options.logger.info({ resumed: resumed.length, failed: failed.length }, 'unfinished flows resumed');
     this.host.startLeases();
@@ -115,6 +141,7 @@ export class Daemon {
       await bus.subscribe(this.subjects.flowStartAll, (m) => this.serve(m, () => this.onFlowStart(m)), queue),
       await bus.subscribe(this.subjects.flowGet, (m) => this.serve(m, () => this.onFlowGet(m)), queue),
       await bus.subscribe(this.subjects.flowCancel, (m) => this.serve(m, () => this.onCancel(m))),
+      await bus.subscribe(this.subjects.flowSend, (m) => this.serve(m, () => this.onSend(m)), queue),
     );
     this.options.logger.info({ patterns: patternNames }, 'daemon serving');
   }
@@ -125,6 +152,8 @@ export class Daemon {
    */
   async stop(graceMs?: number): Promise<void> {
     await Promise.all(this.subscriptions.splice(0).map((s) => s.unsubscribe()));
+    await this.following?.stop();
+    this.following = undefined;
     await (graceMs ? this.host.drain(graceMs) : this.host.stop());
     await this.options.journal?.flush();
     // The flows are stopped: checks still compiling for them would only keep the process up.
@@ -175,10 +204,59 @@ export class Daemon {
     return { ok: true, flowId: await this.startFlow(pattern, input.data as Record<string, unknown>, request.requestId) };
   }
 
+  /**
+   * An event for a flow, from its inbox: applied when this daemon runs the flow (another
+   * daemon applies it otherwise, or the flow's resume). One the flow does not accept is
+   * reported on the errors subject: a client that published to the inbox has no answer.
+   */
+  private async deliver(flowId: string, event: KeptEvent): Promise<void> {
+    try {
+      const outcome = await this.host.send(flowId, event);
+      if (outcome === 'duplicate') this.options.logger.debug({ flowId, eventId: event.eventId }, 'event already applied');
+    } catch (e) {
+      if (!(e instanceof EventRefusedError)) {
+        this.options.logger.error({ flowId, eventId: event.eventId, err: e }, 'could not apply an event');
+        return;
+      }
+      this.options.logger.warn({ flowId, eventId: event.eventId, code: e.code }, e.message);
+      const error = { code: e.code, message: e.message };
+      await this.options.bus
+        .publish(this.subjects.errors, JSON.stringify({ subject: this.subjects.flowInbox(flowId), eventId: event.eventId, error }))
+        .catch(() => undefined);
+    }
+  }
+
+  /**
+   * flow.send: checks the event against what the flow waits for now (the flow running
+   * here, or its stored snapshot), keeps it in the flow's inbox, and answers once it is
+   * kept; the daemon that runs the flow applies it.
+   */
+  private async onSend(message: BusMessage): Promise<Answer<{ flowId: string; eventId: string; duplicate?: boolean }>> {
+    const request = this.parse(message, FlowSendRequestSchema, 'flow send request');
+    const { flowId, type, data } = request;
+    const eventId = request.eventId ?? randomUUID();
+    const event: KeptEvent = { eventId, type, ...(data !== undefined ? { data } : {}), sentAt: Date.now() };
+    const running = this.host.running(flowId);
+    const record = running ?? (await this.options.store.load(flowId).catch(() => undefined))?.record;
+    if (!record) throw new ProtocolError('FLOW_NOT_FOUND', `no flow ${flowId}`);
+    if (record.status !== 'running') throw new ProtocolError('FLOW_FINISHED', `flow ${flowId} already ended: ${record.status}`);
+    if (record.received?.includes(eventId)) return { ok: true, flowId, eventId, duplicate: true };
+    try {
+      const waits = running ? this.host.liveWaits(flowId) : isPatternName(record.pattern) ? storedWaits(machineFor(this.options.flows, record.pattern) as AnyStateMachine, record.snapshot) : [];
+      matchWait(flowId, waits ?? [], event);
+    } catch (e) {
+      if (e instanceof EventRefusedError) throw new ProtocolError(e.code, e.message);
+      throw e;
+    }
+    await this.inbox.append(flowId, event);
+    this.options.logger.info({ flowId, eventId, type }, 'event kept for the flow');
+    return { ok: true, flowId, eventId };
+  }
+
   private async record(flowId: string): Promise<FlowRecord | undefined> {
     const record = this.host.running(flowId) ?? (await this.options.store.load(flowId).catch(() => undefined))?.record;
     if (!record) return undefined;
-    const { flowId: id, pattern, status, state, updatedAt, requestId, output, error } = record;
+    const { flowId: id, pattern, status, state, updatedAt, requestId, output, error, waiting } = record;
     return {
       flowId: id,
       pattern,
@@ -188,6 +266,7 @@ export class Daemon {
       ...(requestId ? { requestId } : {}),
       ...(output !== undefined ? { output } : {}),
       ...(error ? { error } : {}),
+      ...(waiting?.length ? { waiting } : {}),
     };
   }
 

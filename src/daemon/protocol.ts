@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { FlowStatusSchema, type FlowDone, type FlowEvent, type FlowStatus } from '../contracts/flowEvents.js';
 import { ToolSpecSchema } from '../contracts/toolSpec.js';
+import { FlowWaitSchema, SentEventSchema } from '../contracts/waits.js';
 
 /**
  * The daemon's public protocol on the bus: what each subject takes and answers.
@@ -15,6 +16,9 @@ export const ErrorCodeSchema = z.enum([
   'FLOW_NOT_FOUND', // no flow has this id
   'FLOW_FINISHED', // cancel of a flow that already ended
   'REQUEST_ID_CONFLICT', // the requestId already started a flow of this pattern with another input
+  'EVENT_NOT_ACCEPTED', // flow.send: the flow waits for no event of this type now; the message lists what it waits for
+  'INVALID_EVENT', // flow.send: the event's data is not what the flow waits for; the message lists each problem
+  'WAIT_EXPIRED', // flow.send: the wait's deadline passed
   'INTERNAL', // the daemon failed; the message says how, the logs say more
 ]);
 export type ErrorCode = z.infer<typeof ErrorCodeSchema>;
@@ -38,6 +42,13 @@ export const FlowStartRequestSchema = z.object({
 
 export const FlowIdRequestSchema = z.object({ flowId: z.string().min(1).max(200) });
 
+export const FlowSendRequestSchema = SentEventSchema.extend({
+  flowId: z.string().min(1).max(200),
+  eventId: SentEventSchema.shape.eventId.optional().meta({
+    description: 'Makes a retry safe: an id already applied to the flow is not applied again. Without one, each send is a new event.',
+  }),
+});
+
 export { FlowStatusSchema, type FlowStatus, type FlowEvent, type FlowDone };
 
 export const FlowRecordSchema = z.object({
@@ -50,6 +61,7 @@ export const FlowRecordSchema = z.object({
   requestId: z.string().optional(),
   output: z.unknown().optional(),
   error: z.object({ code: z.string(), message: z.string() }).optional(),
+  waiting: z.array(FlowWaitSchema).optional(),
 });
 export type FlowRecord = z.infer<typeof FlowRecordSchema>;
 
@@ -136,6 +148,7 @@ export const FlowGetAnswerSchema = z
     requestId: z.string().optional(),
     output: flowOutput.optional(),
     error: FlowErrorSchema.optional(),
+    waiting: z.array(FlowWaitSchema).optional().meta({ description: 'What the flow waits for (a person, an outside event): send it with flow.send. Absent: nothing.' }),
   })
   .meta({ description: "The flow's saved record." })
   .register(protocolSchemas, { id: 'FlowGetAnswer' });
@@ -166,6 +179,18 @@ export const DeadLetterSchema = z
 ToolBuildRequestSchema.register(protocolSchemas, { id: 'ToolBuildRequest' });
 FlowStartRequestSchema.register(protocolSchemas, { id: 'FlowStartRequest' });
 FlowIdRequestSchema.register(protocolSchemas, { id: 'FlowIdRequest' });
+FlowSendRequestSchema.register(protocolSchemas, { id: 'FlowSendRequest' });
+FlowWaitSchema.register(protocolSchemas, { id: 'FlowWait' });
+
+export const FlowSentAnswerSchema = z
+  .object({
+    ok: z.literal(true),
+    flowId: z.string(),
+    eventId: z.string(),
+    duplicate: z.boolean().optional().meta({ description: 'True when this eventId was already applied: nothing more was done.' }),
+  })
+  .meta({ description: "The event is kept in the flow's inbox and will be applied, in order, by the daemon that runs the flow." })
+  .register(protocolSchemas, { id: 'FlowSentAnswer' });
 ErrorCodeSchema.register(protocolSchemas, { id: 'ErrorCode' });
 FlowStatusSchema.register(protocolSchemas, { id: 'FlowStatus' });
 

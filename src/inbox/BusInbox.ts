@@ -49,6 +49,11 @@ export class BusInbox implements Inbox {
     return { stop: () => subscription.unsubscribe() };
   }
 
+  /** The stream's max age (the retention, set at open) drops old events: nothing to do here. */
+  async prune(_before: Date): Promise<number> {
+    return 0;
+  }
+
   async remove(flowIds: readonly string[]): Promise<void> {
     for (const flowId of flowIds) await this.log.purge(this.names.flowInbox(flowId));
   }

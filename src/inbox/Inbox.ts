@@ -24,8 +24,10 @@ export interface Inbox {
    * flow's were appended, until stopped (a reconnect loses none).
    */
   follow(handler: (flowId: string, event: KeptEvent) => void): Promise<{ stop(): Promise<void> }>;
-  /** Forgets the events of these flows (retention). */
+  /** Forgets the events of these flows. */
   remove(flowIds: readonly string[]): Promise<void>;
+  /** Forgets the events sent before `before` (retention); resolves with how many. */
+  prune(before: Date): Promise<number>;
 }
 
 /** An event as kept: what was sent, and when (epoch ms). */

@@ -95,6 +95,17 @@ export class LmdbInbox implements Inbox {
     await Promise.all(removals);
   }
 
+  async prune(before: Date): Promise<number> {
+    const { inbox, inboxTimes } = this.dbs;
+    const removals: Promise<unknown>[] = [];
+    for (const { key } of inboxTimes.getRange({ end: [before.getTime() * 1000] })) {
+      const [at, flowId, writer] = key;
+      removals.push(committed(inbox.remove([flowId, at, writer])), committed(inboxTimes.remove(key)));
+    }
+    await Promise.all(removals);
+    return removals.length / 2;
+  }
+
   private readonly report = (message: string) => {
     try {
       this.options.onError?.(message);

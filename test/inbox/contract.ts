@@ -81,6 +81,19 @@ export function runInboxContract(name: string, make: () => Promise<InboxUnderTes
       expect(t.errors.join('\n')).toContain('eventId');
     });
 
+    it('retention forgets what was sent before the cut, and nothing after (or leaves it to the stream\'s max age)', async () => {
+      const a = flowId();
+      await t.inbox.append(a, review('old'));
+      await new Promise((r) => setTimeout(r, 20));
+      const cut = new Date();
+      await t.inbox.append(a, review('new'));
+      const pruned = await t.inbox.prune(cut);
+      const left = (await t.inbox.read(a)).map((e) => e.eventId);
+      // An inbox whose store expires old events itself prunes nothing here.
+      expect(left).toEqual(pruned === 0 ? ['old', 'new'] : ['new']);
+      expect(await t.inbox.prune(new Date(0))).toBe(0);
+    });
+
     it('forgets the flows it is told to, and only those', async () => {
       const gone = flowId();
       const kept = flowId();

@@ -122,5 +122,5 @@ export const machineVersions: Record<PatternName, number> = {
   metacognitive: 1,
   progressive: 1,
   reentrant: 1,
-  'tool-builder': 1,
+  'tool-builder': 2,
 };

@@ -131,6 +131,29 @@ describe('labels of a flow\'s actors', () => {
     await host.stop();
   }, 60_000);
 
+  it('a tool build saved before the children had these ids is refused on resume (INCOMPATIBLE_SNAPSHOT), not left waiting for a done event no state takes', async () => {
+    const s = await setup();
+    const first = s.host();
+    const flowId = await first.start('tool-builder', { spec });
+    await first.finished(flowId);
+    await s.journal.flush();
+    await first.stop();
+    const second = `module:${moduleNames[1]}`;
+    const mid = (await s.journal.read(flowId)).find((e): e is Step => e.kind === 'step' && second in ((e.snapshot as { children?: object }).children ?? {}));
+    expect(mid).toBeDefined();
+    // As version 1 saved it: the module's loop under the id XState gave its invoke.
+    const snapshot = mid!.snapshot as { children: Record<string, unknown> };
+    const { [second]: loop, ...others } = snapshot.children;
+    const legacy = { ...snapshot, children: { ...others, '0.toolBuilder.generatingModule': loop } };
+    const stored = (await s.store.load(flowId))!;
+    const copy = `${flowId}-v1`;
+    await s.store.save({ ...stored.record, flowId: copy, machineVersion: 1, status: 'running', snapshot: legacy, state: mid!.rootState as string, output: undefined }, null);
+    const host = s.host();
+    await expect(host.resume(copy)).rejects.toMatchObject({ code: 'INCOMPATIBLE_SNAPSHOT' });
+    expect((await s.store.load(copy))!.record).toMatchObject({ status: 'failed', error: { code: 'INCOMPATIBLE_SNAPSHOT' } });
+    await host.stop();
+  }, 60_000);
+
   it('`microtask build` prints each module\'s progress by its name (the built CLI, offline)', async () => {
     const out = await mkdtemp(join(tmpdir(), 'labels-build-'));
     const built = await runCli(['build', 'examples/api-tester.json', '--out', out], { MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'labels-state-')) });

@@ -3,6 +3,13 @@
 // signal this process could run code in it and read its keys. A handler replaces that
 // default; it is installed before anything else is loaded.
 process.on('SIGUSR1', () => process.emitWarning('SIGUSR1 ignored: this process does not open its debugger on a signal'));
+// Traces when an OTEL_* variable asks for them (OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT):
+// installed before the rest loads; nothing of the SDK is loaded otherwise.
+const { startTracing } = await import('./ops/tracing.js');
+const command = process.argv.slice(2).find((a) => !a.startsWith('-'));
+const tracing = await startTracing({ serviceName: command === 'daemon' || command === 'worker' ? `microtask-${command}` : 'microtask' });
 const { main } = await import('./cli/main.js');
 
 process.exitCode = await main(process.argv.slice(2));
+// What is still buffered is exported before the process ends.
+await tracing?.shutdown();

@@ -6,6 +6,7 @@ import type { ModelPort } from './actors/model/ModelPort.js';
 import type { PrunableResultsStore } from './persistence/LogResultsStore.js';
 import type { Journal, JournalError } from './journal/Journal.js';
 import { LmdbJournal } from './journal/LmdbJournal.js';
+import { withFlowSpans } from './ops/tracing.js';
 import { LmdbResultsStore } from './persistence/LmdbResultsStore.js';
 import { LmdbSnapshotStore } from './persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from './persistence/LmdbStore.js';
@@ -118,7 +119,8 @@ export async function createRuntime(
     const results = await LmdbResultsStore.open(db);
     const store: SnapshotStore = await LmdbSnapshotStore.open(db, moveAsideOnCorrupt(logger, () => store));
     const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...answersAndFallbacks });
-    const journal = await LmdbJournal.open(config.MICROTASK_STATE_DIR, { onError: logJournalError(logger) });
+    // With traces on, it also opens and ends each flow's span.
+    const journal = withFlowSpans(await LmdbJournal.open(config.MICROTASK_STATE_DIR, { onError: logJournalError(logger) }));
     const close = async () => {
       await journal.close();
       await db.close();

@@ -28,6 +28,7 @@ import { chooseModel, createRuntime, logJournalError, moveAsideOnCorrupt, type M
 import { startWorker } from './worker.js';
 import type { Metrics } from './ops/metrics.js';
 import { teeJournal } from './journal/tee.js';
+import { withFlowSpans } from './ops/tracing.js';
 
 /**
  * Builds the long-running services from the configuration: the bus (NATS when NATS_URL is
@@ -223,7 +224,8 @@ export async function startDaemonService(
       : createMicrotaskLogic(runtime.runner);
   // Embedded: the runtime's stores, in the state directory's database.
   const store = runtime?.store ?? (await snapshotStore(bus, config, logger));
-  const stored = extra.journal === false ? undefined : (runtime?.journal ?? (await journalFor(bus, config, logger)));
+  // With traces on, the journal also opens and ends each flow's span (the runtime's does already).
+  const stored = extra.journal === false ? undefined : (runtime?.journal ?? withFlowSpans(await journalFor(bus, config, logger)));
   // The journal sees every flow's start, transitions, saves, microtasks and end: the flow metrics come from there.
   const journal = stored && metrics ? teeJournal(stored, (entry) => metrics.observe(entry)) : stored;
   const before = new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000);

@@ -11,6 +11,7 @@ import { silentLogger, type Logger } from './log.js';
 import { retryStore } from './persistence/retryStore.js';
 import { scrubSecrets } from './secrets.js';
 import { isStoreUnavailable } from './persistence/StoreUnavailableError.js';
+import { withTraceHeaders } from './ops/tracing.js';
 
 export interface WorkerOptions {
   queue: WorkQueue;
@@ -89,7 +90,8 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     // A long model call (and a store retried) must keep telling the queue it is alive, or it is delivered twice.
     const heartbeat = setInterval(() => void job.working().catch(() => undefined), heartbeatMs);
     try {
-      await run(job, task);
+      // In the trace context the daemon sent with the job: the task's spans continue its flow's trace.
+      await withTraceHeaders(job.headers, () => run(job, task));
     } finally {
       clearInterval(heartbeat);
     }

@@ -18,6 +18,7 @@ import {
   type MicrotaskResult,
 } from '../contracts/microtask.js';
 import { ResultsUnavailableError, type ResultsStore } from './ResultsStore.js';
+import { traceMicrotask } from '../ops/tracing.js';
 
 /** Named answer schemas: microtask inputs refer to them by name, as inputs must be JSON. */
 export type AnswerSchemas = Readonly<Record<string, z.ZodType>>;
@@ -131,7 +132,7 @@ export class MicrotaskRunner {
       const created: InFlight = {
         controller,
         waiting: 0,
-        promise: this.execute(rawInput, controller.signal).finally(() => {
+        promise: traceMicrotask(rawInput, 'run', () => this.execute(rawInput, controller.signal)).finally(() => {
           if (this.inFlight.get(key) === created) this.inFlight.delete(key);
         }),
       };

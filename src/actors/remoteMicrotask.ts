@@ -8,6 +8,7 @@ import { firstLine, retryStore } from '../persistence/retryStore.js';
 import { DEFAULT_STORE_RETRY_MS, DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, withDeadline, type Fallbacks } from './microtask.js';
 import { boundedDeadline, flowIdOf, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from '../contracts/microtask.js';
 import { ResultsUnavailableError } from './ResultsStore.js';
+import { traceHeaders, traceMicrotask } from '../ops/tracing.js';
 
 export interface RemoteMicrotaskOptions {
   bus: Bus;
@@ -82,7 +83,10 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
   const logger = options.logger ?? silentLogger;
   const watch = options.resultsWatch ?? new ResultsWatch(options.results);
 
-  return withDeadline(fromPromise<MicrotaskResult, MicrotaskInput>(async ({ input, signal }) => {
+  // In its span (a child of its flow's); the job carries the span's context to the worker.
+  return withDeadline(fromPromise<MicrotaskResult, MicrotaskInput>(({ input, signal }) => traceMicrotask(input, 'send', () => wait(input, signal))), options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS);
+
+  async function wait(input: MicrotaskInput, signal: AbortSignal): Promise<MicrotaskResult> {
     const started = performance.now();
     const key = resultKey(input.key);
     const timeoutMs = input.timeoutMs ?? options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -231,7 +235,9 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
           const reading = retrying(`read the result of microtask ${input.taskType} (${input.key})`, () => options.results.get(key), setupUntil);
           // Retried with the same id: an enqueue that timed out but landed is dropped as a duplicate.
           const enqueue = (jobId: string) =>
-            retrying(`enqueue microtask ${input.taskType} (${input.key})`, () => options.queue.enqueue(jobId, JSON.stringify(task)), setupUntil);
+            retrying(`enqueue microtask ${input.taskType} (${input.key})`, () => options.queue.enqueue(jobId, JSON.stringify(task), traced), setupUntil);
+          const headers = traceHeaders();
+          const traced = headers ? { headers } : undefined;
           const enqueueing = enqueue(input.key);
           const [entry, first] = await Promise.all([reading, enqueueing]);
           enqueued = true;
@@ -266,5 +272,5 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
       released = true;
       release?.();
     }
-  }), options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS);
+  }
 }

@@ -50,6 +50,8 @@ export interface WorkQueueOptions {
 export interface Job {
   id: string;
   data: Uint8Array;
+  /** The headers it was enqueued with (a trace context: `traceparent`), when it had any. */
+  headers?: Record<string, string>;
   json<T = unknown>(): T;
   /** 1 on the first delivery. */
   deliveryCount: number;
@@ -81,8 +83,11 @@ export interface KeyValueOptions {
 
 export interface WorkQueue {
   readonly name: string;
-  /** Adds a job; `duplicate` when a job with this id was enqueued within the duplicate window. */
-  enqueue(id: string, data: Payload): Promise<{ duplicate: boolean }>;
+  /**
+   * Adds a job; `duplicate` when a job with this id was enqueued within the duplicate window.
+   * `headers` travel with it (NATS message headers) to the handler that takes it.
+   */
+  enqueue(id: string, data: Payload, options?: { headers?: Record<string, string> }): Promise<{ duplicate: boolean }>;
   /**
    * Runs `handler` for each job, at most `concurrency` at once, across every consumer of
    * the queue (in any process). A handler that throws has its job retried after a short delay.

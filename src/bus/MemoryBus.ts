@@ -136,6 +136,7 @@ class MemoryKvEntry implements KvEntry {
 interface JobState {
   id: string;
   data: Uint8Array;
+  headers?: Record<string, string>;
   deliveries: number;
   state: 'ready' | 'inflight' | 'delayed' | 'done';
   current?: Delivery;
@@ -459,7 +460,7 @@ class MemoryWorkQueue implements WorkQueue {
     return { waiting: this.jobs.filter((j) => j.state === 'ready' || j.state === 'delayed').length, inFlight };
   }
 
-  async enqueue(id: string, data: Payload): Promise<{ duplicate: boolean }> {
+  async enqueue(id: string, data: Payload, options: { headers?: Record<string, string> } = {}): Promise<{ duplicate: boolean }> {
     this.bus.assertOpen();
     const now = Date.now();
     for (const [seenId, at] of this.seen) {
@@ -468,7 +469,7 @@ class MemoryWorkQueue implements WorkQueue {
     }
     if (this.seen.has(id)) return { duplicate: true };
     this.seen.set(id, now);
-    this.jobs.push({ id, data: toBytes(data), deliveries: 0, state: 'ready' });
+    this.jobs.push({ id, data: toBytes(data), ...(options.headers ? { headers: { ...options.headers } } : {}), deliveries: 0, state: 'ready' });
     this.scheduleDispatch();
     return { duplicate: false };
   }
@@ -539,6 +540,7 @@ class MemoryWorkQueue implements WorkQueue {
     const handle: Job = {
       id: job.id,
       data: job.data,
+      ...(job.headers ? { headers: job.headers } : {}),
       json: <T>() => parseJson<T>(job.data, `job ${job.id}`),
       deliveryCount: job.deliveries,
       maxDeliver: this.settings.maxDeliver,

@@ -771,10 +771,10 @@ class NatsWorkQueue implements WorkQueue {
     private readonly settings: NatsQueueSettings,
   ) {}
 
-  async enqueue(id: string, data: Payload): Promise<{ duplicate: boolean }> {
+  async enqueue(id: string, data: Payload, options: { headers?: Record<string, string> } = {}): Promise<{ duplicate: boolean }> {
     this.bus.assertOpen();
     try {
-      const ack = await this.js.publish(this.subject, toBytes(data), { msgID: id });
+      const ack = await this.js.publish(this.subject, toBytes(data), { msgID: id, ...(options.headers ? { headers: toNatsHeaders(options.headers) } : {}) });
       return { duplicate: ack.duplicate };
     } catch (e) {
       throw this.bus.mapError(e, `enqueue ${id} on work queue ${this.name}`);
@@ -871,6 +871,7 @@ class NatsWorkQueue implements WorkQueue {
     const job: Job = {
       id,
       data: msg.data,
+      ...(msg.headers ? { headers: headersToRecord(msg.headers) } : {}),
       json: <T>() => parseJson<T>(msg.data, `job ${id}`),
       deliveryCount,
       maxDeliver: this.settings.maxDeliver,

@@ -189,6 +189,28 @@ export function runBusContract(name: string, makeBus: () => Promise<BusUnderTest
         await consumer.stop();
       });
 
+      it("hands a job's headers to its handler (a trace context crosses the queue), and none to a job enqueued without", async () => {
+        const name = unique('headers');
+        const queue = await bus.workQueue(name);
+        const traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+        await queue.enqueue('with', 'x', { headers: { traceparent } });
+        await queue.enqueue('without', 'y');
+        const seen: { id: string; traceparent: string | undefined }[] = [];
+        const consumer = await (await other.workQueue(name)).consume(
+          async (job) => {
+            seen.push({ id: job.id, traceparent: job.headers?.traceparent });
+            await job.ack();
+          },
+          { concurrency: 1 },
+        );
+        await until(() => seen.length >= 2);
+        expect(seen).toEqual([
+          { id: 'with', traceparent },
+          { id: 'without', traceparent: undefined },
+        ]);
+        await consumer.stop();
+      });
+
       it('runs at most `concurrency` jobs at once per consumer, and really reaches it', async () => {
         const queue = await bus.workQueue(unique('conc'));
         const limit = 3;

@@ -7,6 +7,7 @@ import { abortedError, sleep } from './abort.js';
 import { ModelError } from './ModelError.js';
 import type { ModelPort, ModelRequest, ModelResponse } from './ModelPort.js';
 import { answerJsonSchema, describeIssues, renderUserMessage } from './prompt.js';
+import { traceModelCall } from '../../ops/tracing.js';
 
 export interface AnthropicModelOptions {
   apiKey: string;
@@ -75,7 +76,13 @@ export class AnthropicModel implements ModelPort {
     };
   }
 
-  async call<T = string>(request: ModelRequest<T>): Promise<ModelResponse<T>> {
+  call<T = string>(request: ModelRequest<T>): Promise<ModelResponse<T>> {
+    const model = request.model ?? this.options.model;
+    const info = { model, maxTokens: request.maxTokens ?? this.options.maxTokens, system: request.system, prompt: request.prompt, data: request.data };
+    return traceModelCall(info, () => this.untracedCall(request));
+  }
+
+  private async untracedCall<T>(request: ModelRequest<T>): Promise<ModelResponse<T>> {
     if (this.misconfigured) throw new ModelError('invalid_request', this.misconfigured);
     const messages: MessageParam[] = [{ role: 'user', content: renderUserMessage(request.prompt, request.data) }];
     if (!request.schema) {

@@ -67,6 +67,8 @@ export interface FlowHostOptions {
    * read when a flow that waits is resumed, and applied before anything else happens.
    */
   keptEvents?: (flowId: string) => Promise<KeptEvent[]>;
+  /** Told when a flow starts waiting (for a person, an event), once that is saved, with what it waits for. */
+  onWaiting?: (flowId: string, waits: FlowWait[]) => void;
 }
 
 export type { KeptEvent };
@@ -710,6 +712,15 @@ export class FlowHost {
     const waiting = ending ? undefined : last ? last.waiting : hosted.record.waiting;
     if (waiting?.length) record.waiting = waiting;
     else delete record.waiting;
+    // Starts waiting when a step of the batch waits and the one before it did not (or for
+    // something else): a wait answered and a new one begun in one batch is a new wait.
+    let before = JSON.stringify(hosted.record.waiting ?? []);
+    let startsWaiting = false;
+    for (const p of saving) {
+      const now = JSON.stringify(p.waiting ?? []);
+      if (now !== before && p.waiting?.length) startsWaiting = true;
+      before = now;
+    }
     const steps = saving.map((p) => p.step);
     // Where the store keeps the steps, the journal is a view of them, written once they are
     // saved. Where it keeps only the last snapshot (NATS KV), the journal's stream is where
@@ -721,6 +732,8 @@ export class FlowHost {
     const journaled = keeps ? [] : steps.map((step) => this.journalStep(hosted, step)).filter((j): j is Promise<void> => j !== undefined);
     hosted.revision = await this.saveRecord(hosted, record, hosted.revision, steps);
     hosted.record = record;
+    // Told once the wait is saved: an answer sent from now on finds the flow waiting for it.
+    if (startsWaiting) this.options.onWaiting?.(hosted.flowId, record.waiting!);
     if (keeps) for (const step of steps) this.journalStep(hosted, step);
     return journaled;
   }

@@ -7,6 +7,7 @@ import type { PatternName } from './patterns.js';
 import type { FlowSnapshotRecord } from './persistence/SnapshotStore.js';
 import type { Runtime } from './runtime.js';
 import type { Journal } from './journal/Journal.js';
+import type { FlowWait } from './flowWaits.js';
 
 export { newFlowId } from './flowHost.js';
 
@@ -30,6 +31,8 @@ export interface RunFlowOptions {
   journal?: Journal;
   /** Told the flow's id once its first snapshot is saved. */
   onStarted?: (flowId: string) => void;
+  /** Told when the flow starts waiting for a person or an event, and for what. */
+  onWaiting?: (flowId: string, waits: FlowWait[]) => void;
 }
 
 export type FlowOutput = Record<string, unknown> & { status: string };
@@ -44,7 +47,27 @@ function hostFor(runtime: Runtime, options: RunFlowOptions) {
     storeLocation: runtime.storeLocation,
     journal: options.journal ?? runtime.journal,
     ...(options.inspect ? { inspect: options.inspect } : {}),
+    keptEvents: (flowId) => runtime.inbox.read(flowId),
+    ...(options.onWaiting ? { onWaiting: options.onWaiting } : {}),
   });
+}
+
+/**
+ * While the flow runs here: the events sent to it from other processes (`microtask
+ * send`, approve, reject), applied as they come.
+ */
+async function serveEvents(runtime: Runtime, host: FlowHost, flowId: string) {
+  const following = await runtime.inbox.follow((id, event) => {
+    if (id !== flowId) return;
+    host.send(id, event).catch((e: unknown) => runtime.logger.warn({ flowId, eventId: event.eventId, err: e }, (e as Error).message));
+  });
+  // A flow that waits for a person holds no timer or socket: without this the process
+  // would end there, its flow saved but no longer run.
+  const keepAlive = setInterval(() => undefined, 2 ** 30);
+  return async () => {
+    clearInterval(keepAlive);
+    await following.stop();
+  };
 }
 
 function outputOf(record: FlowSnapshotRecord): FlowOutput {
@@ -64,15 +87,26 @@ export async function runFlow(runtime: Runtime, pattern: PatternName, input: Rec
   const host = hostFor(runtime, options);
   const flowId = await host.start(pattern, input, options.flowId ? { flowId: options.flowId } : {});
   options.onStarted?.(flowId);
-  const record = await host.finished(flowId)!;
+  const stopServing = await serveEvents(runtime, host, flowId);
+  const record = await host.finished(flowId)!.finally(stopServing);
   return { flowId, output: outputOf(record), record };
 }
 
 /** Resumes an unfinished flow from its last snapshot and runs it to its end. */
 export async function resumeFlow(runtime: Runtime, flowId: string, options: RunFlowOptions = {}) {
   const host = hostFor(runtime, options);
-  const outcome = await host.resume(flowId);
-  const record = outcome === 'finished' ? (await runtime.store.load(flowId))!.record : await host.finished(flowId)!;
+  // Followed before the resume: an event sent meanwhile is in what it reads or comes here (applied once).
+  const stopServing = await serveEvents(runtime, host, flowId);
+  let record;
+  let outcome;
+  try {
+    outcome = await host.resume(flowId);
+    const waits = outcome === 'resumed' ? host.waiting(flowId) : undefined;
+    if (waits?.length) options.onWaiting?.(flowId, waits);
+    record = outcome === 'finished' ? (await runtime.store.load(flowId))!.record : await host.finished(flowId)!;
+  } finally {
+    await stopServing();
+  }
   return { flowId, outcome, output: outputOf(record), record };
 }
 

@@ -9,6 +9,8 @@ import { LmdbJournal } from './journal/LmdbJournal.js';
 import { withFlowSpans } from './ops/tracing.js';
 import { LmdbResultsStore } from './persistence/LmdbResultsStore.js';
 import { LmdbSnapshotStore } from './persistence/LmdbSnapshotStore.js';
+import { LmdbInbox } from './inbox/LmdbInbox.js';
+import type { Inbox } from './inbox/Inbox.js';
 import { LmdbStore } from './persistence/LmdbStore.js';
 import type { SnapshotStore, SnapshotStoreOptions } from './persistence/SnapshotStore.js';
 import type { Config } from './config.js';
@@ -89,6 +91,8 @@ export interface Runtime {
   db: LmdbStore;
   /** Where the snapshots are, for messages (`ENOSPC: no space left on <where>`). */
   storeLocation: string;
+  /** Events sent to flows (`microtask send`, approve, reject), kept until the flow applies them. */
+  inbox: Inbox;
   /** Waits for the journal's writes, then releases the database (it closes with this process's last handle). */
   close(): Promise<void>;
   /** `await using runtime = await createRuntime(…)`: closed at the end of the scope. */
@@ -125,7 +129,8 @@ export async function createRuntime(
       await journal.close();
       await db.close();
     };
-    return { config, logger, store, model, modelDescription: description, results, runner, journal, db, storeLocation: db.path, close, [Symbol.asyncDispose]: close };
+    const inbox = new LmdbInbox(db, { onError: (message) => logger.warn({ inbox: true }, message) });
+    return { config, logger, store, model, modelDescription: description, results, runner, journal, db, inbox, storeLocation: db.path, close, [Symbol.asyncDispose]: close };
   } catch (e) {
     await db.close();
     throw e;

@@ -20,6 +20,8 @@ import { KvSnapshotStore } from './persistence/KvSnapshotStore.js';
 import { LmdbSnapshotStore } from './persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from './persistence/LmdbStore.js';
 import { LmdbInbox } from './inbox/LmdbInbox.js';
+import { BusInbox } from './inbox/BusInbox.js';
+import type { Inbox } from './inbox/Inbox.js';
 import type { SnapshotStore } from './persistence/SnapshotStore.js';
 import type { Logger } from './log.js';
 import { answerSchemas } from './contracts/answers.js';
@@ -183,6 +185,17 @@ export async function snapshotStore(bus: Bus, config: Config, logger: Logger): P
     store = await LmdbSnapshotStore.open(db, options);
   }
   return store;
+}
+
+/** Where events sent to flows are kept in this mode: a JetStream stream with NATS, the embedded database otherwise. */
+export async function inboxFor(bus: Bus, config: Config, logger: Logger): Promise<Inbox> {
+  const onError = (message: string) => logger.warn({ inbox: true }, message);
+  if (bus.transport === 'nats') {
+    return BusInbox.open(bus, { subjectPrefix: config.MICROTASK_SUBJECT_PREFIX, retentionMs: config.MICROTASK_RETENTION_HOURS * 3_600_000, onError });
+  }
+  const db = await LmdbStore.open(config.MICROTASK_STATE_DIR);
+  EmbeddedBus.onClose(bus, () => db.close());
+  return new LmdbInbox(db, { onError });
 }
 
 /** The journal of the mode: a JetStream stream with NATS (any machine reads it), the embedded database otherwise. */

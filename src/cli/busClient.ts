@@ -28,6 +28,12 @@ export class DaemonClient {
     return this.ask(this.names.flowStart('tool-builder'), { input: { spec, ...extra }, requestId });
   }
 
+  /** Sends an event to a flow (flow.send): resolves once the flow's inbox keeps it; `duplicate` when applied already. */
+  async send(flowId: string, event: { eventId: string; type: string; data?: unknown }): Promise<{ duplicate: boolean }> {
+    const answer = await this.request<{ duplicate?: boolean }>(this.names.flowSend, { flowId, ...event });
+    return { duplicate: answer.duplicate === true };
+  }
+
   async cancel(flowId: string): Promise<string> {
     return this.ask(this.names.flowCancel, { flowId });
   }
@@ -50,7 +56,11 @@ export class DaemonClient {
   }
 
   private async ask(subject: string, body: unknown): Promise<string> {
-    let answer: Answer<{ flowId: string }>;
+    return (await this.request<object>(subject, body)).flowId;
+  }
+
+  private async request<T extends object>(subject: string, body: unknown): Promise<T & { flowId: string }> {
+    let answer: Answer<T & { flowId: string }>;
     try {
       answer = (await this.bus.request(subject, JSON.stringify(body), { timeoutMs: this.timeoutMs })).json();
     } catch (e) {
@@ -67,6 +77,6 @@ export class DaemonClient {
       if (usage) throw new UsageError(`the daemon refused: ${answer.error.code}: ${answer.error.message}`, answer.error.code);
       throw new Error(`the daemon failed: ${answer.error.message}`);
     }
-    return answer.flowId;
+    return answer;
   }
 }

@@ -51,6 +51,8 @@ import { isPortTaken } from './ports.js';
 import { drainWorker } from './drainWorker.js';
 import { devCommand, type DevOptions } from './dev.js';
 import { OpsEndpoint } from './opsEndpoint.js';
+import { sendCommand, type SendOptions } from './send.js';
+import type { FlowWait } from '../flowWaits.js';
 
 const EXIT_CODES_HELP = `
 Exit codes:
@@ -317,7 +319,7 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
   let result;
   try {
     const progress = progressFor(options);
-    result = await resumeFlow(runtime, flowId, { journal: journalWith(runtime.journal, progress) }).finally(() => progress?.done());
+    result = await resumeFlow(runtime, flowId, { journal: journalWith(runtime.journal, progress), onWaiting: hintAnswer }).finally(() => progress?.done());
     await runtime.journal.flush();
   } catch (e) {
     if (e instanceof FlowHostError || e instanceof SnapshotStoreError) throw new UsageError(e.message, e.code);
@@ -344,6 +346,7 @@ async function runCommand(patternArg: string, options: { input: string; json?: b
     try {
       ran = await runFlow(runtime, pattern, input, {
         onStarted: hintResumeOnInterrupt,
+        onWaiting: hintAnswer,
         outRoot: options.out,
         journal: journalWith(runtime.journal, progress),
         ...(stately ? { inspect: stately.inspect } : {}),
@@ -535,6 +538,17 @@ function hintResumeOnInterrupt(flowId: string) {
     process.stderr.write(`\ninterrupted; the flow is saved: finish it with \`microtask resume ${flowId}\`\n`);
     process.exit(130);
   });
+}
+
+/** A flow that starts waiting for a person: say for what, until when, and how to answer. */
+function hintAnswer(flowId: string, waits: FlowWait[]) {
+  for (const wait of waits) {
+    const how = wait.events.includes('review')
+      ? `\`microtask approve ${flowId}\` or \`microtask reject ${flowId} --feedback '…'\``
+      : wait.events.map((type) => `\`microtask send ${flowId} ${type} --data '{…}'\``).join(' or ');
+    const until = wait.until ? ` (until ${wait.until})` : '';
+    process.stderr.write(`flow ${flowId} waits for ${wait.for}${until}: answer from another terminal with ${how}\n`);
+  }
 }
 
 interface DaemonOptions {
@@ -800,6 +814,36 @@ block; piped, a line per change. Stdout gets the tool's directory (or the output
     .action(async (flowId: string) => {
       setExit(await cancelCommand(flowId));
     });
+
+  program
+    .command('send')
+    .description('send an event to a flow that waits for one (a person\'s answer, an outside event)')
+    .argument('<flowId>', 'the flow, as `microtask flows` lists it')
+    .argument('<event>', 'the event type the flow waits for (`microtask show <flowId>` says which)')
+    .option('--data <json>', 'the event\'s data, JSON (e.g. \'{"score":0.9,"feedback":"…"}\')')
+    .option('--id <eventId>', 'an id that makes sending again harmless (default: a new one)')
+    .addHelpText(
+      'after',
+      '\nChecked against what the flow waits for now, then kept: the process running the flow applies it\n' +
+        'at once, or the flow\'s resume does. Exit 2 when the flow waits for no such event or the data is wrong.',
+    )
+    .action(async (flowId: string, event: string, options: SendOptions) => {
+      setExit(await sendCommand(flowId, event, options));
+    });
+
+  for (const [name, approved] of [['approve', true], ['reject', false]] as const) {
+    program
+      .command(name)
+      .description(`${approved ? 'approve' : 'reject'} what a flow waiting for a person's review shows (the reentrant pipeline's personReview)`)
+      .argument('<flowId>', 'the flow, as `microtask flows` lists it')
+      .option('--feedback <text>', approved ? 'a note for the record' : 'what to change: the next pass gets it')
+      .option('--id <eventId>', 'an id that makes sending again harmless (default: a new one)')
+      .addHelpText('after', `\nSends the event \`review\` with {"approved": ${approved}, "feedback": …}; a feedback loop waiting for a score takes\n\`microtask send <flowId> score --data '{"score":0.9,"feedback":"…"}'\`.`)
+      .action(async (flowId: string, options: { feedback?: string; id?: string }) => {
+        const data = JSON.stringify({ approved, feedback: options.feedback ?? '' });
+        setExit(await sendCommand(flowId, 'review', { data, ...(options.id ? { id: options.id } : {}) }));
+      });
+  }
 
   program
     .command('inspect')

@@ -26,11 +26,10 @@ import {
 } from './protocol.js';
 import { claimRequest, KvRequestIds, type RequestIds } from './requestClaims.js';
 import { randomUUID } from 'node:crypto';
-import type { AnyStateMachine } from 'xstate';
 import { BusInbox } from '../inbox/BusInbox.js';
 import type { Inbox } from '../inbox/Inbox.js';
-import { EventRefusedError, matchWait, storedWaits } from '../flowWaits.js';
-import { machineFor } from '../patterns.js';
+import { EventRefusedError } from '../flowWaits.js';
+import { SendError, sendEvent } from '../sendEvent.js';
 import type { KeptEvent } from '../contracts/waits.js';
 
 export type { RequestIds } from './requestClaims.js';
@@ -236,19 +235,26 @@ export class Daemon {
     const { flowId, type, data } = request;
     const eventId = request.eventId ?? randomUUID();
     const event: KeptEvent = { eventId, type, ...(data !== undefined ? { data } : {}), sentAt: Date.now() };
-    const running = this.host.running(flowId);
-    const record = running ?? (await this.options.store.load(flowId).catch(() => undefined))?.record;
-    if (!record) throw new ProtocolError('FLOW_NOT_FOUND', `no flow ${flowId}`);
-    if (record.status !== 'running') throw new ProtocolError('FLOW_FINISHED', `flow ${flowId} already ended: ${record.status}`);
-    if (record.received?.includes(eventId)) return { ok: true, flowId, eventId, duplicate: true };
+    let kept;
     try {
-      const waits = running ? this.host.liveWaits(flowId) : isPatternName(record.pattern) ? storedWaits(machineFor(this.options.flows, record.pattern) as AnyStateMachine, record.snapshot) : [];
-      matchWait(flowId, waits ?? [], event);
+      kept = await sendEvent(
+        {
+          store: this.options.store,
+          inbox: this.inbox,
+          flows: this.options.flows,
+          running: (id) => {
+            const record = this.host.running(id);
+            return record && { record, waits: this.host.liveWaits(id) ?? [] };
+          },
+        },
+        flowId,
+        event,
+      );
     } catch (e) {
-      if (e instanceof EventRefusedError) throw new ProtocolError(e.code, e.message);
+      if (e instanceof EventRefusedError || e instanceof SendError) throw new ProtocolError(e.code, e.message);
       throw e;
     }
-    await this.inbox.append(flowId, event);
+    if (kept.duplicate) return { ok: true, flowId, eventId, duplicate: true };
     this.options.logger.info({ flowId, eventId, type }, 'event kept for the flow');
     return { ok: true, flowId, eventId };
   }

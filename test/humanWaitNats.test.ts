@@ -95,8 +95,10 @@ describe('a flow waiting for a person, over NATS', () => {
     // Nothing was paid for twice: both flows had made their one call before the kill.
     expect(model.requests.length).toBe(callsBefore);
 
-    // Sent again after the end: refused, the flow ended.
-    const late = await request('microtask.flow.send', { flowId: approved, eventId: 'approval-1', type: 'review', data: { approved: true } });
+    // The same answer sent again after the end is known as applied; a new one is refused: the flow ended.
+    const retried = await request('microtask.flow.send', { flowId: approved, eventId: 'approval-1', type: 'review', data: { approved: true } });
+    expect(retried).toEqual({ ok: true, flowId: approved, eventId: 'approval-1', duplicate: true });
+    const late = await request('microtask.flow.send', { flowId: approved, eventId: 'approval-2', type: 'review', data: { approved: true } });
     expect(late.error.code).toBe('FLOW_FINISHED');
     await client.close();
   }, 90_000);

@@ -16,8 +16,8 @@ import { freePort, startNatsServer } from '../src/testing/natsServer.js';
 
 // Issue 15, item 5: traces across a real nats-server, a daemon (this process, its spans in
 // an in-memory exporter) and a worker (`microtask worker`, another process, switched on by
-// OTEL_EXPORTER_OTLP_ENDPOINT, exporting OTLP/HTTP to a receiver here). The model is the
-// real SDK against the fake Anthropic server.
+// OTEL_EXPORTER_OTLP_ENDPOINT, exporting OTLP/HTTP to a receiver here; with its metrics on,
+// which wrap the jobs it takes). The model is the real SDK against the fake Anthropic server.
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const PROMPT = 'Summarize the secret plan in one line.';
@@ -124,7 +124,7 @@ describe('traces (issue 15)', () => {
     await using model = await startFakeAnthropic({ replies: () => reply.text(ANSWER, { usage: { input_tokens: 11, output_tokens: 7 } }) });
     const receiver = await startOtlpReceiver();
     const stateDir = await mkdtemp(join(tmpdir(), 'tracing-'));
-    const worker = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli.ts'), 'worker'], {
+    const worker = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli.ts'), 'worker', '--http-port', '0'], {
       cwd: ROOT,
       env: {
         PATH: process.env.PATH ?? '',

@@ -205,6 +205,10 @@ export class Metrics {
       get data() {
         return job.data;
       },
+      // The trace context the job came with: the worker's spans continue the daemon's trace.
+      get headers() {
+        return job.headers;
+      },
       json: <T>() => job.json<T>(),
       deliveryCount: job.deliveryCount,
       maxDeliver: job.maxDeliver,
@@ -224,7 +228,7 @@ export class Metrics {
     });
     return {
       name: queue.name,
-      enqueue: (id, data) => queue.enqueue(id, data),
+      enqueue: (id, data, options) => queue.enqueue(id, data, options),
       depth: () => queue.depth(),
       consume: (handler, options) =>
         queue.consume((job) => {

@@ -49,7 +49,7 @@ export function provideFlows(actors: FlowActors) {
     progressive,
     reentrant,
     toolBuilder: toolBuilderMachine.provide({
-      actors: { parallel, feedbackLoop, progressive, reentrant, metacognitive, writeTool },
+      actors: { parallel, feedbackLoop, progressive, reentrant, metacognitive, writeTool, waitTimer },
     }),
   };
 }

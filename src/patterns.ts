@@ -86,6 +86,7 @@ export const patternInputSchemas = {
     maxAttempts: count(10).optional(),
     timeoutMs: timeoutMsSchema().optional(),
     budget: BudgetSchema.optional(),
+    approval: PersonOptionSchema.optional(),
   }),
 } as const;
 

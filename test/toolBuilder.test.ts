@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { createActor, toPromise, waitFor } from 'xstate';
 import { handWrittenAnswer } from '../examples/offline/answers.js';
 import { checkTool } from '../src/actors/toolCheck.js';
 import { ToolWriteError, writeToolFiles } from '../src/actors/toolWriter.js';
@@ -213,3 +214,30 @@ describe('writing a tool', () => {
   });
 });
 
+
+describe('the tool builder with a person approving before it writes', () => {
+  const approvedBy = async (answer: { approved: boolean; feedback: string }) => {
+    const outRoot = await mkdtemp(join(tmpdir(), 'toolbuilder-approval-'));
+    const runtime = scripted((request) => handWrittenAnswer(request));
+    const flows = provideFlows({ microtask: runtime.microtask });
+    const actor = createActor(flows.toolBuilder, { input: { key: 'tb', spec, outRoot, approval: {} }, inspect: coverage.inspect }).start();
+    await waitFor(actor, (snap) => snap.matches('awaitingApproval'), { timeout: 60_000 });
+    // Nothing is written while it waits.
+    expect(await readdir(outRoot)).toEqual([]);
+    actor.send({ type: 'review', data: answer });
+    return { output: await toPromise(actor), outRoot };
+  };
+
+  it('writes the tool once a person approves it', async () => {
+    const { output, outRoot } = await approvedBy({ approved: true, feedback: 'looks right' });
+    expect(output).toMatchObject({ status: 'done', approval: { approved: true, feedback: 'looks right' } });
+    expect(await readdir(join(outRoot, 'api-tester'))).toContain('package.json');
+  });
+
+  it('does not write a tool a person rejects, and says why', async () => {
+    const { output, outRoot } = await approvedBy({ approved: false, feedback: 'no network calls in validator' });
+    expect(output).toMatchObject({ status: 'exhausted', files: [], reason: 'not written: a person rejected the tool (no network calls in validator)' });
+    expect(output.entry).toBeDefined();
+    expect(await readdir(outRoot)).toEqual([]);
+  });
+});

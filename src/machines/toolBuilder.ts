@@ -9,6 +9,7 @@ import { metacognitiveMachine, type MetacognitiveOutput } from './metacognitive.
 import { parallelMachine, type ParallelOutput } from './parallel.js';
 import { progressiveMachine, type ProgressiveOutput } from './progressive.js';
 import { reentrantMachine, type ReentrantOutput } from './reentrant.js';
+import { ReviewAnswerSchema, WAIT_TIMEOUT, waitTimerNotProvided, type PersonOption, type ReviewAnswer, type WaitDeclaration } from './waits.js';
 import {
   analysisTasks,
   entryTask,
@@ -37,6 +38,12 @@ export interface ToolBuilderInput {
   /** Timeout of each microtask. */
   timeoutMs?: number;
   budget?: Budget;
+  /**
+   * A person approves the integrated tool before it is written: the flow waits in
+   * `awaitingApproval` for a `review` ({approved, feedback}); rejected, or unanswered past
+   * `timeoutMs`, the tool is not written (status exhausted; its code is in the output).
+   */
+  approval?: PersonOption;
 }
 
 export type { ToolCheckSubject, WriteToolInput, WriteToolOutput };
@@ -65,6 +72,8 @@ export interface ToolBuilderOutput extends FlowOutputBase {
   integration: { approved: boolean; passes: number; recovered: boolean } | undefined;
   /** Checks that could not run where the tool was built, and why: the tool was judged without them. */
   notRun?: string[];
+  /** A person's answer, when the input asked for approval before writing. */
+  approval?: ReviewAnswer;
 }
 
 export interface ToolBuilderContext {
@@ -80,6 +89,8 @@ export interface ToolBuilderContext {
   /** What review and checks said of the last entry point, for the recovery step. */
   integrationProblems: string[];
   written: WriteToolOutput | undefined;
+  /** A person's answer when the input asked for approval. */
+  approval?: ReviewAnswer;
   usage: Usage;
   status: FlowStatus;
   reason: string | undefined;
@@ -140,6 +151,7 @@ export const toolBuilderMachine = setup({
     reentrant: reentrantMachine,
     metacognitive: metacognitiveMachine,
     writeTool: notProvided<WriteToolOutput, WriteToolInput>('writeTool'),
+    waitTimer: waitTimerNotProvided(),
   },
   guards: {
     specValid: ({ context }) => ToolSpecSchema.safeParse(context.input.spec).success,
@@ -147,6 +159,8 @@ export const toolBuilderMachine = setup({
     loopPassed: (_, params: { output: FeedbackLoopOutput }) => params.output.status === 'done',
     improved: (_, params: { output: ProgressiveOutput }) => params.output.status === 'done',
     allModulesPassed: ({ context }) => context.modules.every((m) => m.passed),
+    approvalAsked: ({ context }) => context.input.approval !== undefined,
+    approvedByPerson: (_, params: { answer: ReviewAnswer }) => params.answer.approved,
     moreModules: ({ context }) => context.moduleIndex + 1 < context.spec.modules.length,
     // A done event of a child that is not the one this state waits for (none is expected).
     otherChild: (_, params: { actorId: string; expected: string }) => params.actorId !== params.expected,
@@ -231,6 +245,13 @@ export const toolBuilderMachine = setup({
       integration: { ...context.integration!, recovered: params.output.status === 'done' },
     })),
     recordWritten: assign((_, params: { written: WriteToolOutput }) => ({ written: params.written })),
+    recordApproval: assign((_, params: { answer: ReviewAnswer }) => ({ approval: params.answer })),
+    noteRejected: assign((_, params: { answer: ReviewAnswer }) => ({
+      reason: `not written: a person rejected the tool${params.answer.feedback ? ` (${params.answer.feedback})` : ''}`,
+    })),
+    noteApprovalTimeout: assign(({ context }) => ({
+      reason: `not written: no person approved the tool within ${context.input.approval?.timeoutMs} ms`,
+    })),
     noteWriteError: assign((_, params: { error: unknown }) => ({
       reason: `the tool could not be written: ${params.error instanceof Error ? params.error.message : String(params.error)}`,
     })),
@@ -423,7 +444,7 @@ export const toolBuilderMachine = setup({
         onDone: [
           {
             guard: { type: 'integrated', params: ({ event }) => ({ output: event.output }) },
-            target: 'writing',
+            target: 'approvalGate',
             actions: [
               { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
               { type: 'recordIntegration', params: ({ event }) => ({ output: event.output }) },
@@ -474,7 +495,7 @@ export const toolBuilderMachine = setup({
         onDone: [
           {
             guard: { type: 'recovered', params: ({ event }) => ({ output: event.output }) },
-            target: 'writing',
+            target: 'approvalGate',
             actions: [
               { type: 'countUsage', params: ({ event }) => ({ usage: event.output.usage }) },
               { type: 'recordRecovery', params: ({ event }) => ({ output: event.output }) },
@@ -503,6 +524,30 @@ export const toolBuilderMachine = setup({
             ],
           },
         ],
+      },
+    },
+    approvalGate: {
+      always: [{ guard: 'approvalAsked', target: 'awaitingApproval' }, { target: 'writing' }],
+    },
+    awaitingApproval: {
+      meta: { wait: { for: "a person's approval of the integrated tool before it is written", events: { review: ReviewAnswerSchema } } satisfies WaitDeclaration },
+      invoke: { src: 'waitTimer', id: 'waitTimer', input: ({ context }) => ({ timeoutMs: context.input.approval?.timeoutMs }) },
+      on: {
+        review: [
+          {
+            guard: { type: 'approvedByPerson', params: ({ event }) => ({ answer: (event as unknown as { data: ReviewAnswer }).data }) },
+            target: 'writing',
+            actions: { type: 'recordApproval', params: ({ event }) => ({ answer: (event as unknown as { data: ReviewAnswer }).data }) },
+          },
+          {
+            target: 'exhausted',
+            actions: [
+              { type: 'recordApproval', params: ({ event }) => ({ answer: (event as unknown as { data: ReviewAnswer }).data }) },
+              { type: 'noteRejected', params: ({ event }) => ({ answer: (event as unknown as { data: ReviewAnswer }).data }) },
+            ],
+          },
+        ],
+        [WAIT_TIMEOUT]: { target: 'exhausted', actions: 'noteApprovalTimeout' },
       },
     },
     writing: {
@@ -541,6 +586,7 @@ export const toolBuilderMachine = setup({
     entry: context.entry,
     integration: context.integration,
     ...(context.written?.notRun?.length ? { notRun: context.written.notRun } : {}),
+    ...(context.approval ? { approval: context.approval } : {}),
   }),
 });
 

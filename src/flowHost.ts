@@ -23,6 +23,7 @@ import { resumeDeadlines } from './resumeDeadlines.js';
 import { matchWait, publicWaits, waitsOf, type FlowWait, type LiveWait } from './flowWaits.js';
 import type { KeptEvent } from './contracts/waits.js';
 import { scrubSecrets } from './secrets.js';
+import { isFlowStop, type FlowStopError } from './contracts/flowStop.js';
 
 export interface FlowHostOptions {
   flows: Flows;
@@ -553,6 +554,9 @@ export class FlowHost {
         // (resumable) before any machine sees the error and falls back.
         const error = (event.event as { error?: unknown }).error;
         if (event.event.type.startsWith('xstate.error.actor') && isStoreUnavailable(error)) this.halt(hosted, error);
+        // A cause no fallback helps (a refused key, no credit, an unknown model): the flow
+        // ends failed with it, at once, and is stopped before a machine falls back on it.
+        else if (event.event.type.startsWith('xstate.error.actor') && isFlowStop(error)) this.stopFailed(hosted, error);
         return;
       }
       if (event.type !== '@xstate.snapshot') return;
@@ -867,6 +871,14 @@ export class FlowHost {
    * its record stays at its last saved step (`running`, to be resumed once the store is
    * back), and it does not fall back. `finished` resolves with that record and the cause.
    */
+  private stopFailed(hosted: HostedFlow, cause: FlowStopError) {
+    if (hosted.ending || hosted.lost) return;
+    this.options.logger.warn({ flowId: hosted.flowId, code: cause.code }, `flow stopped: ${cause.message}`);
+    this.finish(hosted, 'failed', undefined, { code: cause.code, message: scrubSecrets(cause.message) });
+    // Not from inside the inspection that reported it: XState is delivering an event.
+    queueMicrotask(() => hosted.actor.stop());
+  }
+
   private halt(hosted: HostedFlow, cause: StoreUnavailableError) {
     if (hosted.lost) return;
     hosted.lost = true;

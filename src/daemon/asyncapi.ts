@@ -31,6 +31,7 @@ export function asyncApiDocument(version: string): Record<string, unknown> {
     messages: {
       ...message('flowStarted', 'FlowStarted', 'The flow started, found, or cancelled'),
       ...message('flowGetAnswer', 'FlowGetAnswer', "A flow's record"),
+      ...message('flowSentAnswer', 'FlowSentAnswer', 'The event is kept for the flow'),
       ...message('errorAnswer', 'ErrorAnswer', 'The request cannot be served'),
     },
   };
@@ -73,6 +74,14 @@ export function asyncApiDocument(version: string): Record<string, unknown> {
       },
       flowGet: { address: names.flowGet, messages: message('flowGetRequest', 'FlowIdRequest', "Ask for a flow's record") },
       flowCancel: { address: names.flowCancel, messages: message('flowCancelRequest', 'FlowIdRequest', 'Cancel a running flow') },
+      flowSend: { address: names.flowSend, messages: message('flowSendRequest', 'FlowSendRequest', 'Send an event to a flow that waits for one') },
+      flowInbox: {
+        address: names.flowInbox('{flowId}'),
+        description:
+          "Stored in the JetStream stream MICROTASK_LOG_inbox: an event kept for the flow, whether or not a daemon runs; the daemon running it (or its resume) applies it. `eventId` is required here.",
+        parameters: flowIdParameter,
+        messages: message('flowInboxEvent', 'SentEvent', 'An event for the flow'),
+      },
       reply: replyChannel,
       flowEvents: {
         address: names.flowEvents('{flowId}'),
@@ -124,6 +133,14 @@ export function asyncApiDocument(version: string): Record<string, unknown> {
         messages: [inChannel('flowCancel', 'flowCancelRequest')],
         reply: reply('flowStarted', 'errorAnswer'),
       },
+      sendEvent: {
+        action: 'receive',
+        channel: ref('channels/flowSend'),
+        summary: 'Checks an event against what the flow waits for, keeps it in its inbox, and answers once it is stored.',
+        messages: [inChannel('flowSend', 'flowSendRequest')],
+        reply: reply('flowSentAnswer', 'errorAnswer'),
+      },
+      keepEvent: { action: 'receive', channel: ref('channels/flowInbox'), messages: [inChannel('flowInbox', 'flowInboxEvent')] },
       announceStep: { action: 'send', channel: ref('channels/flowEvents'), messages: [inChannel('flowEvents', 'flowEvent')] },
       announceEnd: { action: 'send', channel: ref('channels/flowDone'), messages: [inChannel('flowDone', 'flowDone')] },
       reportRequestError: { action: 'send', channel: ref('channels/errors'), messages: [inChannel('errors', 'requestError')] },

@@ -181,6 +181,7 @@ FlowStartRequestSchema.register(protocolSchemas, { id: 'FlowStartRequest' });
 FlowIdRequestSchema.register(protocolSchemas, { id: 'FlowIdRequest' });
 FlowSendRequestSchema.register(protocolSchemas, { id: 'FlowSendRequest' });
 FlowWaitSchema.register(protocolSchemas, { id: 'FlowWait' });
+SentEventSchema.register(protocolSchemas, { id: 'SentEvent' });
 
 export const FlowSentAnswerSchema = z
   .object({

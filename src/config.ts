@@ -97,6 +97,13 @@ export const EnvSchema = z.object({
   MICROTASK_INSPECTOR_HOST: withDefault(z.string().min(1), '127.0.0.1'),
   /** The inspector page's port; 0 picks a free one. */
   MICROTASK_INSPECTOR_PORT: withDefault(count(0, 65_535, 'port number'), 7420),
+  /**
+   * Asked of every request to the inspector's API (the page sends it): required when
+   * MICROTASK_INSPECTOR_HOST is not loopback, since the page shows every prompt and answers flows.
+   */
+  MICROTASK_INSPECTOR_TOKEN: opt(
+    z.string().regex(/^[\x21-\x7e]{16,512}$/, { error: 'a secret of 16 to 512 characters without spaces, e.g. `openssl rand -hex 32`' }),
+  ),
   /** Where the daemon and the worker serve /healthz, /readyz and /metrics (0.0.0.0 in a container, for a scraper). */
   MICROTASK_HTTP_HOST: withDefault(z.string().min(1), '127.0.0.1'),
   /** Their port (--http-port); unset: not served; 0 picks a free one. */
@@ -129,7 +136,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const parsed = EnvSchema.safeParse(env);
   if (parsed.success) {
     // Scrubbed from every error message and log line from now on (src/secrets.ts).
-    addSecrets(...secretsOfConfig(parsed.data));
+    addSecrets(...secretsOfConfig(parsed.data), parsed.data.MICROTASK_INSPECTOR_TOKEN);
     return parsed.data;
   }
   throw new ConfigError(

@@ -7,7 +7,7 @@ import { describeIssues } from '../actors/model/prompt.js';
 import { answerSchemas } from '../contracts/answers.js';
 import { ConfigError, loadConfig, type Config } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
-import { connectBus, journalFor, snapshotStore, startDaemonService, startWorkerService } from '../services.js';
+import { connectBus, inboxFor, journalFor, snapshotStore, startDaemonService, startWorkerService } from '../services.js';
 import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
 import { FlowHaltedError, FlowHostError } from '../flowHost.js';
 import {
@@ -32,7 +32,8 @@ import { fromPromise } from 'xstate';
 import { writeToolFiles } from '../actors/toolWriter.js';
 import type { FlowDone } from '../daemon/protocol.js';
 import { provideFlows } from '../flows.js';
-import { InspectorServerError, startInspectorServer } from '../inspector/server.js';
+import { InspectorServerError, startInspectorServer, type InspectorServerOptions } from '../inspector/server.js';
+import type { Inbox } from '../inbox/Inbox.js';
 import { startStatelyInspector } from '../inspector/stately.js';
 import type { Journal, JournalEntry } from '../journal/Journal.js';
 import { teeJournal } from '../journal/tee.js';
@@ -632,9 +633,16 @@ async function daemonCommand(options: DaemonOptions) {
 }
 
 /** The inspector page of the daemon (or of `microtask inspect`), where the config says. */
-async function serveInspector(parts: { store: SnapshotStore; journal?: Journal | undefined; flows: ReturnType<typeof provideFlows> }, config: Config, logger: Logger, port: number) {
+async function serveInspector(
+  parts: { store: SnapshotStore; journal?: Journal | undefined; flows: ReturnType<typeof provideFlows>; inbox: Inbox; running?: InspectorServerOptions['running'] },
+  config: Config,
+  logger: Logger,
+  port: number,
+) {
   if (!parts.journal) throw new Error('no journal to show');
-  const server = await startInspectorServer({ journal: parts.journal, store: parts.store, flows: parts.flows, logger, host: config.MICROTASK_INSPECTOR_HOST, port });
+  const { journal, store, flows, inbox, running } = parts;
+  const token = config.MICROTASK_INSPECTOR_TOKEN;
+  const server = await startInspectorServer({ journal, store, flows, inbox, ...(running ? { running } : {}), ...(token ? { token } : {}), logger, host: config.MICROTASK_INSPECTOR_HOST, port });
   return server;
 }
 
@@ -679,14 +687,20 @@ async function inspectCommand(flowId: string | undefined, options: { port?: numb
   const journal = await journalFor(bus, config, logger);
   // The machines' definitions only: nothing here runs a microtask.
   const flows = provideFlows({ microtask: fromPromise<MicrotaskResult, MicrotaskInput>(() => Promise.reject(new Error('the inspector runs no microtask'))) });
-  const server = await serveInspector({ journal, store, flows }, config, logger, options.port ?? config.MICROTASK_INSPECTOR_PORT).catch((e: unknown) => {
+  // Answers from the page go where `microtask send` puts them: the daemon or `run` applies them.
+  const inbox = await inboxFor(bus, config, logger);
+  const server = await serveInspector({ journal, store, flows, inbox }, config, logger, options.port ?? config.MICROTASK_INSPECTOR_PORT).catch(async (e: unknown) => {
     if (e instanceof InspectorServerError && e.code === 'INSPECTOR_PORT_IN_USE') {
       throw new UsageError(`port ${options.port ?? config.MICROTASK_INSPECTOR_PORT} is taken (a daemon serves its inspector there already?): choose another with --port`, 'PORT_IN_USE');
     }
+    if (e instanceof InspectorServerError && e.code === 'INSPECTOR_TOKEN_REQUIRED') {
+      await bus.close();
+      throw new UsageError(e.message, e.code);
+    }
     throw e;
   });
-  const url = flowId ? `${server.url}#/flows/${encodeURIComponent(flowId)}` : server.url;
-  printData(url);
+  // The token (if any) rides in the fragment: printed here, kept out of the logs.
+  printData(server.pageUrl(flowId));
   process.stderr.write(`inspector serving ${bus.transport === 'nats' ? 'the flows on NATS' : `the flows under ${config.MICROTASK_STATE_DIR}`}; Ctrl-C to stop\n`);
   return serveUntilSignal(async () => {
     await server.close();

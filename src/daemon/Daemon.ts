@@ -161,10 +161,17 @@ export class Daemon {
     await release?.();
   }
 
-  /** What the inspector reads: the snapshot store, the journal and the machines. */
+  /**
+   * What the inspector reads (the snapshot store, the journal and the machines) and what it
+   * sends a person's answer with: the inbox, and the flows running here (checked live).
+   */
   get parts() {
     const { store, journal, flows } = this.options;
-    return { store, journal, flows };
+    const running = (flowId: string) => {
+      const record = this.host.running(flowId);
+      return record && { record, waits: this.host.liveWaits(flowId) ?? [] };
+    };
+    return { store, journal, flows, inbox: this.inbox, running };
   }
 
   /**

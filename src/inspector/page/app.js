@@ -3,8 +3,27 @@
 // Plain ES modules, no build step, nothing loaded from elsewhere.
 import { actorLabel, childLabel, eventLabel } from './actorLabel.js';
 import { activePaths, renderStatechart } from './statechart.js';
+import { renderWaits } from './waits.js';
 
 const $ = (id) => document.getElementById(id);
+
+// The inspector's token, when it asks for one (beyond loopback, or when set): it comes in
+// the address's fragment (`#token=…`, never sent to a server), is kept for this tab only
+// and taken out of the address bar, and goes with every API request as a header.
+const TOKEN_KEY = 'microtask-inspector-token';
+let token = takeToken();
+function takeToken() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const given = params.get('token');
+  if (given) {
+    sessionStorage.setItem(TOKEN_KEY, given);
+    params.delete('token');
+    const rest = params.toString();
+    history.replaceState(null, '', `${location.pathname}${location.search}${rest ? `#${rest}` : ''}`);
+  }
+  return sessionStorage.getItem(TOKEN_KEY) ?? undefined;
+}
+const authorization = () => (token ? { authorization: `Bearer ${token}` } : {});
 
 const state = {
   flows: [],
@@ -22,6 +41,9 @@ const state = {
   tab: 'events',
   source: undefined,
   openMicrotasks: new Set(),
+  /** What the flow waits for now (FlowWait[]), and the key of the waits drawn (kept while unchanged: a half-typed answer stays). */
+  waiting: [],
+  waitsDrawn: '',
 };
 
 const models = new Map(); // machineId → Promise<model>
@@ -39,11 +61,32 @@ function model(machineId) {
 }
 
 async function fetchJson(url) {
-  const response = await fetch(url);
+  const response = await fetch(url, { headers: authorization() });
   const body = await response.json();
+  if (response.status === 401) askForToken();
   if (!response.ok) throw new Error(body?.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${response.status}`);
   return body;
 }
+
+/** Refused for want of the token: the page asks for it (the daemon's log does not show it). */
+function askForToken() {
+  $('token-form').hidden = false;
+}
+$('token-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const given = $('token-input').value.trim();
+  if (!given) return;
+  token = given;
+  sessionStorage.setItem(TOKEN_KEY, given);
+  $('token-input').value = '';
+  $('token-form').hidden = true;
+  void refreshFlows();
+  if (state.flowId) {
+    const flowId = state.flowId;
+    state.flowId = undefined;
+    void openFlow(flowId);
+  }
+});
 
 // ---------------------------------------------------------------------------------
 // Flows list
@@ -96,6 +139,9 @@ async function openFlow(flowId) {
   state.position = 'live';
   state.machineOfPath = new Map();
   state.openMicrotasks = new Set();
+  state.waiting = [];
+  state.waitsDrawn = '';
+  $('answer-result').textContent = '';
   $('welcome').hidden = true;
   $('flow').hidden = false;
   $('flow-title').textContent = flowId;
@@ -112,6 +158,7 @@ async function openFlow(flowId) {
   state.record = body.record;
   state.entries = body.entries;
   state.steps = body.entries.filter((entry) => entry.kind === 'step');
+  state.waiting = body.record?.status === 'running' ? (body.record.waiting ?? []) : [];
   // Rendering the chart waits for its model; the stream starts right away (unless the flow ended).
   if (!body.entries.some((entry) => entry.kind === 'flow' && entry.phase === 'ended')) follow(flowId, body.entries.length);
   else $('connection').classList.remove('on');
@@ -119,7 +166,9 @@ async function openFlow(flowId) {
 }
 
 function follow(flowId, since) {
-  const source = new EventSource(`/api/flows/${encodeURIComponent(flowId)}/stream?since=${since}`);
+  // EventSource sends no headers: the token goes in the query.
+  const query = new URLSearchParams({ since: String(since), ...(token ? { token } : {}) });
+  const source = new EventSource(`/api/flows/${encodeURIComponent(flowId)}/stream?${query}`);
   state.source = source;
   source.addEventListener('open', () => $('connection').classList.add('on'));
   source.addEventListener('error', () => $('connection').classList.remove('on'));
@@ -150,6 +199,8 @@ function follow(flowId, since) {
       else Object.assign(listed, { status: entry.status, updatedAt: entry.at });
       renderFlows();
     }
+    // A step may begin or end a wait.
+    if (entry.kind === 'step' || entry.kind === 'flow') void refreshWaits(flowId);
     // An ended flow never moves again (resuming it only reports its end): stop following.
     if (entry.kind === 'flow' && entry.phase === 'ended') {
       source.close();
@@ -265,6 +316,7 @@ async function render() {
   $('step-event').textContent = step ? `step ${step.step}: ${actorLabel(step.actor, step.machine)} ${eventLabel(step.event)}` : '';
 
   renderChildren(actor.snapshot);
+  drawWaits();
 
   const chart = $('chart');
   if (actor.machineId) {
@@ -367,6 +419,62 @@ function renderChildren(snapshot) {
       return chip;
     }),
   );
+}
+
+// ---------------------------------------------------------------------------------
+// What the flow waits for, and a person's answer
+
+let waitsReading = false;
+let waitsAgain = false;
+/** Reads what the flow waits for now (the journal's steps do not say; the saved record does); asked while reading, reads once more after. */
+async function refreshWaits(flowId) {
+  if (waitsReading) {
+    waitsAgain = true;
+    return;
+  }
+  waitsReading = true;
+  try {
+    do {
+      waitsAgain = false;
+      const { waiting } = await fetchJson(`/api/flows/${encodeURIComponent(flowId)}/waits`);
+      if (state.flowId !== flowId) return;
+      state.waiting = waiting;
+      drawWaits();
+    } while (waitsAgain);
+  } catch (e) {
+    console.warn(e);
+  } finally {
+    waitsReading = false;
+  }
+}
+
+function drawWaits() {
+  const key = `${state.flowId} ${JSON.stringify(state.waiting)}`;
+  if (key !== state.waitsDrawn) {
+    state.waitsDrawn = key;
+    const flowId = state.flowId;
+    renderWaits($('wait-list'), { machineId: state.record?.machineId, waiting: state.waiting }, (type, data, eventId) => sendAnswer(flowId, type, data, eventId), tell);
+  }
+  $('waits').hidden = state.waiting.length === 0 && $('answer-result').textContent === '';
+}
+
+async function sendAnswer(flowId, type, data, eventId) {
+  const response = await fetch(`/api/flows/${encodeURIComponent(flowId)}/events`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...authorization() },
+    body: JSON.stringify({ type, eventId, ...(data !== undefined ? { data } : {}) }),
+  });
+  if (response.status === 401) askForToken();
+  const answer = await response.json();
+  if (answer.ok) void refreshWaits(flowId);
+  return answer;
+}
+
+function tell(text, kind) {
+  const result = $('answer-result');
+  result.textContent = text;
+  result.className = `answer-result ${kind}`;
+  $('waits').hidden = false;
 }
 
 function renderEvents() {
@@ -647,5 +755,9 @@ $('status-filter').addEventListener('change', () => void refreshFlows());
 window.addEventListener('hashchange', route);
 
 void refreshFlows();
-setInterval(refreshFlows, 2000);
+setInterval(() => {
+  void refreshFlows();
+  // A wait saved after its step was journaled (NATS saves and journals together) shows within a poll.
+  if (state.flowId && state.record?.status === 'running') void refreshWaits(state.flowId);
+}, 2000);
 route();

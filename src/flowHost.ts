@@ -24,6 +24,7 @@ import { matchWait, publicWaits, waitsOf, type FlowWait, type LiveWait } from '.
 import type { KeptEvent } from './contracts/waits.js';
 import { scrubSecrets } from './secrets.js';
 import { isFlowStop, type FlowStopError } from './contracts/flowStop.js';
+import { isFresh, MemoryLeaseBoard, OwnerLeases, type LeaseBoard } from './leases.js';
 
 export interface FlowHostOptions {
   flows: Flows;
@@ -38,11 +39,14 @@ export interface FlowHostOptions {
   /** Sees every inspection event of every flow (progress display, the inspector). */
   inspect?: (event: InspectionEvent) => void;
   /**
-   * With several daemons on one store: this host's name and how long its claim on a flow
-   * lasts without renewal. A flow whose owner's lease ran out is taken over by another
-   * host (`takeOverExpired`). Unset: one owner, no leases (embedded mode).
+   * With several daemons on one store: this host's name, and how long its flows stay its
+   * own after its last heartbeat (written every third of that, once per host: src/leases.ts).
+   * A flow whose owner's heartbeat went stale is taken over by another host
+   * (`takeOverExpired`). `board` is where heartbeats and the ownership index are kept
+   * (NATS KV for daemons); unset, the hosts of this process given the same store share one
+   * in memory. Unset lease: one owner, no leases (embedded mode).
    */
-  lease?: { owner: string; durationMs: number };
+  lease?: { owner: string; durationMs: number; board?: LeaseBoard };
   /**
    * Where each flow's history goes: every saved snapshot (a step), every microtask with
    * its prompt and result, the flow's start, resumes and end. For `microtask show`, the
@@ -123,7 +127,7 @@ interface HostedFlow {
   lastCaptured: string;
   /** When the last step captured was taken. */
   lastStepAt: string;
-  /** A save with no new step is owed (a lease renewal, a parked flow). */
+  /** A save with no new step is owed (a parked flow). */
   touch: boolean;
   ending: Ending | undefined;
   finished: Promise<FlowSnapshotRecord>;
@@ -144,6 +148,9 @@ interface HostedFlow {
   started: Promise<void>;
 }
 
+/** How old the heartbeats read once for a scan of many flows (resumeAll, a takeover) may be. */
+const SCAN_BEATS_MAX_AGE_MS = 1_000;
+
 /** Flows resumed at once when a host starts. */
 const RESUME_CONCURRENCY = 32;
 
@@ -162,8 +169,20 @@ export class FlowHost {
   private readonly flows = new Map<string, HostedFlow>();
   private readonly left = new Map<string, Promise<FlowSnapshotRecord>>();
   private leaseTimer: NodeJS.Timeout | undefined;
+  private readonly leases: OwnerLeases | undefined;
+  /** Flows being claimed here (a resume between its read and its compare-and-set). */
+  private readonly claiming = new Set<string>();
+  /** A lease tick is running (its heartbeat or its scan awaits the store). */
+  private ticking = false;
+  /** Set when this host stopped its flows because its heartbeat stopped landing: they are claimed again once it lands. */
+  private lapse: Promise<unknown> | undefined;
+  /** Flows held under a lease an older daemon wrote in the record (`leaseUntil`): tried again once it passes. */
+  private readonly legacy = new Map<string, number>();
 
-  constructor(private readonly options: FlowHostOptions) {}
+  constructor(private readonly options: FlowHostOptions) {
+    const lease = options.lease;
+    if (lease) this.leases = new OwnerLeases(lease.board ?? MemoryLeaseBoard.for(options.store), lease.owner, lease.durationMs, options.logger);
+  }
 
   /** Starts a flow; resolves once its first snapshot is saved. */
   async start(pattern: PatternName, input: Record<string, unknown>, meta: { flowId?: string; requestId?: string } = {}): Promise<string> {
@@ -190,11 +209,20 @@ export class FlowHost {
       this.journal(hosted, { kind: 'flow', phase: 'started', pattern, status: 'running', input: flowInput });
       return this.journalStep(hosted, first);
     };
+    try {
+      // In the owner's index before the record names it: a flow this host dies holding is found.
+      await this.leaseReady();
+      await this.leases?.hold(flowId);
+    } catch (e) {
+      this.flows.delete(flowId);
+      throw e;
+    }
     const journaled = keeps ? undefined : journalStart();
     try {
       hosted.revision = await this.saveRecord(hosted, hosted.record, null, [first]);
     } catch (e) {
       this.flows.delete(flowId);
+      if (this.leases) await this.leases.release(flowId);
       throw e;
     }
     if (keeps) journalStart();
@@ -210,7 +238,23 @@ export class FlowHost {
    * unknown, corrupt (moved aside) or of an incompatible machine version (marked failed).
    */
   async resume(flowId: string): Promise<'resumed' | 'running' | 'finished' | 'owned'> {
-    if (this.flows.has(flowId)) return 'running';
+    return this.resumeOne(flowId, 0);
+  }
+
+  /** `resume`, judging other owners by heartbeats read at most `beatsMaxAgeMs` ago (a scan of many flows reads them once). */
+  private async resumeOne(flowId: string, beatsMaxAgeMs: number): Promise<'resumed' | 'running' | 'finished' | 'owned'> {
+    if (this.flows.has(flowId) || this.claiming.has(flowId)) return 'running';
+    if (!this.leases) return this.resumeClaimed(flowId, beatsMaxAgeMs);
+    this.claiming.add(flowId);
+    try {
+      await this.leaseReady();
+      return await this.resumeClaimed(flowId, beatsMaxAgeMs);
+    } finally {
+      this.claiming.delete(flowId);
+    }
+  }
+
+  private async resumeClaimed(flowId: string, beatsMaxAgeMs: number): Promise<'resumed' | 'running' | 'finished' | 'owned'> {
     let stored;
     try {
       stored = await this.options.store.load(flowId);
@@ -224,10 +268,13 @@ export class FlowHost {
     if (!stored) throw new FlowHostError('FLOW_NOT_FOUND', `no flow ${flowId} in the snapshot store`);
     let { record, revision } = stored;
     if (record.status !== 'running') return 'finished';
-    const lease = this.options.lease;
-    if (lease && record.owner && record.owner !== lease.owner && record.leaseUntil && Date.parse(record.leaseUntil) > Date.now()) {
+    const leases = this.leases;
+    if (leases && record.owner && record.owner !== leases.owner && (await leases.holds(record.owner, record.leaseUntil, beatsMaxAgeMs))) {
+      // An older daemon's lease (renewed in the record, in no index): looked at again once it passes.
+      if (record.leaseUntil && Date.parse(record.leaseUntil) > Date.now()) this.legacy.set(flowId, Date.parse(record.leaseUntil));
       return 'owned';
     }
+    this.legacy.delete(flowId);
     const pattern = record.pattern;
     if (!isPatternName(pattern) || record.machineVersion !== machineVersions[pattern]) {
       const message = isPatternName(pattern)
@@ -243,14 +290,19 @@ export class FlowHost {
     // each goes on with the time it had left at the last save.
     const now = Date.now();
     const snapshot = resumeDeadlines(record.snapshot, Date.parse(record.updatedAt), now, { defaultTimeoutMs: this.options.defaultTimeoutMs });
-    if (lease) {
+    if (leases) {
       // Claim it first (compare-and-set): of two hosts taking it over, one wins, the other
       // leaves it. The claim saves the moved deadlines too (as of now), so starting the
-      // restored actor finds nothing new to save.
-      record = { ...record, snapshot, updatedAt: new Date(now).toISOString(), owner: lease.owner, leaseUntil: new Date(now + lease.durationMs).toISOString() };
+      // restored actor finds nothing new to save. In this owner's index first: a host that
+      // dies right after the claim is found holding it. The lease is the heartbeat's now:
+      // an older daemon's `leaseUntil` goes.
+      const { leaseUntil: _older, ...rest } = record;
+      record = { ...rest, snapshot, updatedAt: new Date(now).toISOString(), owner: leases.owner };
+      await leases.hold(flowId);
       try {
         revision = await this.options.store.save(record, revision);
       } catch (e) {
+        await leases.release(flowId);
         if (e instanceof SnapshotConflictError) return 'owned';
         throw e;
       }
@@ -311,7 +363,7 @@ export class FlowHost {
     type Outcome = { flowId: string; resumed: boolean; error?: string };
     const outcomes = await mapLimit(await this.options.store.list({ status: 'running' }), RESUME_CONCURRENCY, async ({ flowId }): Promise<Outcome> => {
       try {
-        return { flowId, resumed: (await this.resume(flowId)) === 'resumed' };
+        return { flowId, resumed: (await this.resumeOne(flowId, SCAN_BEATS_MAX_AGE_MS)) === 'resumed' };
       } catch (e) {
         this.options.logger.error({ flowId, err: e }, 'flow not resumed');
         return { flowId, resumed: false, error: (e as Error).message };
@@ -325,40 +377,101 @@ export class FlowHost {
   }
 
   /**
-   * Takes over the unfinished flows whose owner's lease ran out (a daemon that died), and
-   * renews this host's leases. Called on a timer by `startLeases`.
+   * Takes over the flows of the owners whose heartbeat went stale (a daemon that died or
+   * stopped): reads the heartbeats (a key per daemon), then a stale owner's index (key
+   * names), and claims each of its flows as `resume` does (compare-and-set). Its index
+   * entries go whatever the outcome (taken here, by another host, or ended), and its
+   * heartbeat once it holds nothing. Called on every lease tick by `startLeases`.
    */
   async takeOverExpired(): Promise<string[]> {
+    const leases = this.leases;
+    if (!leases) return [];
     const taken: string[] = [];
-    for (const { flowId } of await this.options.store.list({ status: 'running' })) {
-      if (this.flows.has(flowId)) continue;
-      try {
-        if ((await this.resume(flowId)) === 'resumed') {
-          taken.push(flowId);
-          this.options.logger.warn({ flowId }, 'took over a flow whose owner stopped renewing its lease');
+    const now = Date.now();
+    for (const beat of (await leases.heartbeats()).values()) {
+      if (beat.owner === leases.owner || isFresh(beat, now)) continue;
+      let left = 0;
+      await mapLimit(await leases.held(beat.owner), RESUME_CONCURRENCY, async (flowId) => {
+        if (this.flows.has(flowId) || this.claiming.has(flowId)) return leases.release(flowId, beat.owner);
+        try {
+          if ((await this.resumeOne(flowId, SCAN_BEATS_MAX_AGE_MS)) === 'resumed') {
+            taken.push(flowId);
+            this.options.logger.warn({ flowId, from: beat.owner }, beat.stopped ? 'took over a flow of a daemon that stopped' : 'took over a flow whose owner stopped renewing its lease');
+          }
+          await leases.release(flowId, beat.owner);
+        } catch (e) {
+          this.options.logger.error({ flowId, err: e }, 'could not take over a flow');
+          if (isStoreUnavailable(e)) left++;
+          else await leases.release(flowId, beat.owner);
         }
-      } catch (e) {
-        this.options.logger.error({ flowId, err: e }, 'could not take over a flow');
+      });
+      // Long gone (two leases): a daemon back from a partition writes its heartbeat again within a third of one.
+      if (left === 0 && now - beat.at > 2 * beat.durationMs) {
+        await leases.forget(beat.owner).catch((e: unknown) => this.options.logger.warn({ owner: beat.owner, err: e }, 'could not remove a stale heartbeat'));
       }
+    }
+    // Flows an older daemon holds with a lease in their record: tried again once it passed.
+    for (const [flowId, until] of this.legacy) {
+      if (until > now) continue;
+      this.legacy.delete(flowId);
+      if ((await this.resume(flowId).catch(() => undefined)) === 'resumed') taken.push(flowId);
     }
     return taken;
   }
 
-  /** Renews this host's leases and takes over expired ones, until `stop`. */
+  /**
+   * The heartbeat: written every third of the lease (one write per host, whatever the
+   * number of flows), then the takeover scan; until `stop`. A host whose heartbeat has
+   * not landed for half the lease stops running its flows (another host may take them
+   * over once the lease has passed) and claims them again once it lands.
+   */
   startLeases(): void {
-    const lease = this.options.lease;
-    if (!lease || this.leaseTimer) return;
-    this.leaseTimer = setInterval(() => {
-      for (const hosted of this.flows.values()) this.renew(hosted);
-      void this.takeOverExpired().catch((e: unknown) => this.options.logger.error({ err: e }, 'lease scan failed'));
-    }, Math.max(50, Math.floor(lease.durationMs / 3)));
+    const leases = this.leases;
+    if (!leases || this.leaseTimer) return;
+    this.leaseTimer = setInterval(() => void this.leaseTick(leases), leases.tickMs);
     this.leaseTimer.unref();
   }
 
-  private renew(hosted: HostedFlow) {
-    if (hosted.ending || hosted.lost) return;
-    hosted.touch = true;
-    this.queueWrite(hosted);
+  private async leaseTick(leases: OwnerLeases) {
+    if (leases.lapsed() && !this.lapse) {
+      const flows = [...this.flows.values()];
+      if (flows.length > 0) this.options.logger.error({ flows: flows.length }, 'the lease heartbeat has not landed for half the lease: stopping the flows here, to claim them again once it lands');
+      this.lapse = this.stopFlows(flows);
+    }
+    // One tick at a time: a heartbeat that hangs (the bus reconnecting) holds the next ones, not the lapse check above.
+    if (this.ticking) return;
+    this.ticking = true;
+    try {
+      if (!(await leases.beat())) return;
+      if (this.lapse) await this.reclaim(leases);
+      await this.takeOverExpired();
+    } catch (e) {
+      this.options.logger.error({ err: e }, 'lease scan failed');
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  /** After a lapse: the flows still in this host's index are claimed again (those another host took meanwhile are dropped from it). */
+  private async reclaim(leases: OwnerLeases) {
+    await this.lapse;
+    const held = await leases.held();
+    this.lapse = undefined;
+    await mapLimit(held, RESUME_CONCURRENCY, async (flowId) => {
+      try {
+        const outcome = await this.resume(flowId);
+        if (outcome === 'owned' || outcome === 'finished') await leases.release(flowId);
+      } catch (e) {
+        this.options.logger.error({ flowId, err: e }, 'could not claim a flow again after the heartbeat came back');
+      }
+    });
+  }
+
+  /** With leases: a heartbeat of this host has landed, and lately (else it may not start or claim a flow). */
+  private async leaseReady() {
+    if (!this.leases) return;
+    await this.leases.ready();
+    if (this.leases.lapsed()) throw new StoreUnavailableError('the lease heartbeat has not landed for half the lease (the store is unreachable): no flow is started or claimed');
   }
 
   /** Resolves with the flow's final record when it ends (here). */
@@ -474,29 +587,24 @@ export class FlowHost {
   async stop(): Promise<void> {
     if (this.leaseTimer) clearInterval(this.leaseTimer);
     this.leaseTimer = undefined;
-    const flows = [...this.flows.values()];
+    await this.stopFlows([...this.flows.values()]);
+    await this.lapse;
+    // Give up the leases, with one write: a restart, or another daemon, resumes these
+    // flows at once instead of waiting for the lease to run out (and the microtasks'
+    // deadlines with it). They stay in this host's index, where the other finds them.
+    if (this.leases) await this.leases.retire().catch((e: unknown) => this.options.logger.warn({ err: e }, 'could not release the leases'));
+  }
+
+  /** Stops these flows here without ending them: the steps captured so far are written (the stop's own snapshots are not steps). */
+  private async stopFlows(flows: HostedFlow[]): Promise<void> {
     for (const hosted of flows) {
-      // The steps captured so far are written; the stop's own snapshots are not steps.
       if (!hosted.lost && !hosted.ending) this.queueWrite(hosted);
       hosted.frozen = true;
       hosted.actor.stop();
       hosted.chain = hosted.chain.then(() => void (hosted.lost = true));
     }
     await Promise.all(flows.map((f) => f.chain.then(() => f.announcing)));
-    // Give up the leases: a restart, or another daemon, resumes these flows at once
-    // instead of waiting for the leases to run out (and the microtasks' deadlines with them).
-    if (this.options.lease) {
-      await Promise.all(
-        flows
-          .filter((f) => !f.ending)
-          .map((f) =>
-            this.options.store
-              .save({ ...f.record, leaseUntil: new Date().toISOString() }, f.revision)
-              .catch((e: unknown) => this.options.logger.warn({ flowId: f.flowId, err: e }, 'could not release the lease')),
-          ),
-      );
-    }
-    this.flows.clear();
+    for (const hosted of flows) if (this.flows.get(hosted.flowId) === hosted) this.flows.delete(hosted.flowId);
   }
 
   private host(
@@ -522,9 +630,7 @@ export class FlowHost {
         snapshot: null,
         seq: 0,
         ...(requestId ? { requestId } : {}),
-        ...(this.options.lease
-          ? { owner: this.options.lease.owner, leaseUntil: new Date(Date.now() + this.options.lease.durationMs).toISOString() }
-          : {}),
+        ...(this.options.lease ? { owner: this.options.lease.owner } : {}),
       },
       revision: 0,
       seq: 0,
@@ -702,10 +808,10 @@ export class FlowHost {
     const lease = this.options.lease;
     const seq = batch.reduce((s, p) => p.seq ?? s, hosted.record.seq ?? 0);
     const record: FlowSnapshotRecord = {
-      ...hosted.record,
+      ...withoutLeaseUntil(hosted.record),
       ...(ending?.output !== undefined ? { output: ending.output } : {}),
       ...(ending?.error ? { error: ending.error } : {}),
-      ...(lease ? { owner: lease.owner, leaseUntil: new Date(Date.now() + lease.durationMs).toISOString() } : {}),
+      ...(lease ? { owner: lease.owner } : {}),
       status: ending?.status ?? 'running',
       ...(last ? { state: last.step.rootState as FlowSnapshotRecord['state'], snapshot: last.snapshot as FlowSnapshotRecord['snapshot'], steps: last.step.step } : {}),
       ...(hosted.received.length ? { received: [...hosted.received] } : {}),
@@ -845,6 +951,8 @@ export class FlowHost {
     hosted.chain = hosted.chain.finally(() => {
       this.leave(hosted);
       hosted.resolveFinished(hosted.record);
+      // Ended (its final record saved): out of the ownership index.
+      if (this.leases && hosted.record.status !== 'running') void this.leases.release(hosted.flowId);
     });
     this.options.logger.info({ flowId: hosted.flowId, status }, 'flow finished');
   }
@@ -898,6 +1006,8 @@ export class FlowHost {
       hosted.lost = true;
       hosted.actor.stop();
       this.leave(hosted);
+      // Another host holds it now (its own index names it), or it ended.
+      if (this.leases) void this.leases.release(hosted.flowId);
       // Returned: the chain waits for it, so `finished` resolves with the record that won.
       return this.options.store
         .load(hosted.flowId)
@@ -921,6 +1031,12 @@ export class FlowHost {
     this.options.logger.error({ flowId: hosted.flowId, err: e }, 'could not announce a flow transition');
     return;
   }
+}
+
+/** A record without the per-flow lease older daemons wrote (the lease is the owner's heartbeat now). */
+function withoutLeaseUntil(record: FlowSnapshotRecord): FlowSnapshotRecord {
+  const { leaseUntil: _older, ...rest } = record;
+  return rest;
 }
 
 /** Whether the stored record is the one this host tried to save (an attempt that timed out but landed). */

@@ -20,6 +20,7 @@ import { KvSnapshotStore } from './persistence/KvSnapshotStore.js';
 import { LmdbSnapshotStore } from './persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from './persistence/LmdbStore.js';
 import { LmdbInbox } from './inbox/LmdbInbox.js';
+import { KvLeaseBoard } from './leases.js';
 import { BusInbox } from './inbox/BusInbox.js';
 import type { Inbox } from './inbox/Inbox.js';
 import type { SnapshotStore } from './persistence/SnapshotStore.js';
@@ -269,6 +270,9 @@ export async function startDaemonService(
           lease: {
             owner: config.MICROTASK_DAEMON_ID ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`,
             durationMs: config.MICROTASK_LEASE_MS,
+            // One heartbeat per daemon, and an index of the flows each holds (not a renewal per flow).
+            // No max age: an index key lives as long as its flow waits; each goes when its flow ends or is taken over.
+            board: new KvLeaseBoard(await bus.keyValue(subjects(config.MICROTASK_SUBJECT_PREFIX).leasesBucket, { maxAgeMs: 0 })),
           },
         }
       : {}),

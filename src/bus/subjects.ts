@@ -42,6 +42,8 @@ export function subjects(prefix = 'microtask') {
     resultsBucket: 'results',
     flowsBucket: 'flows',
     snapshotsBucket: 'snapshots',
+    /** Daemons' lease heartbeats (`hb.<owner>`) and which flows each holds (`own.<owner>.<flowId>`): src/leases.ts. */
+    leasesBucket: 'leases',
   };
 }
 export type Subjects = ReturnType<typeof subjects>;

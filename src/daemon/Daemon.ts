@@ -31,6 +31,7 @@ import type { Inbox } from '../inbox/Inbox.js';
 import { EventRefusedError } from '../flowWaits.js';
 import { SendError, sendEvent } from '../sendEvent.js';
 import type { KeptEvent } from '../contracts/waits.js';
+import type { LeaseBoard } from '../leases.js';
 
 export type { RequestIds } from './requestClaims.js';
 
@@ -45,8 +46,8 @@ export interface DaemonOptions {
   subjectPrefix?: string;
   /** Requests above this many bytes are refused with TOO_LARGE. */
   maxRequestBytes?: number;
-  /** With several daemons on one store (NATS): this daemon's name and its lease on a flow. */
-  lease?: { owner: string; durationMs: number };
+  /** With several daemons on one store (NATS): this daemon's name, its lease, and where heartbeats are kept (src/leases.ts). */
+  lease?: { owner: string; durationMs: number; board?: LeaseBoard };
   /** Where each flow's history goes (`microtask show`, the inspector). */
   journal?: Journal;
   /** How long flows' events and done messages are kept in their stream; unset: until removed. */

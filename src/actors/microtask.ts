@@ -9,9 +9,11 @@ import { CircuitBreaker } from './CircuitBreaker.js';
 import { describeIssues } from './model/prompt.js';
 import { isModelError, type ModelErrorKind } from './model/ModelError.js';
 import type { ModelPort } from './model/ModelPort.js';
+import { FlowStopError } from '../contracts/flowStop.js';
 import {
   boundedDeadline,
   flowIdOf,
+  flowStopCode,
   MicrotaskInputSchema,
   type MicrotaskError,
   type MicrotaskInput,
@@ -59,6 +61,8 @@ export const DEFAULT_TIMEOUT_MS = 30_000;
 export const DEFAULT_STORE_RETRY_MS = 30_000;
 /** Paid answers kept while their store fails, at most: beyond, the oldest is dropped (and logged). */
 const MAX_UNSAVED = 1_000;
+/** Flows whose stop cause this runner logged, at most: one line per flow, not one per task. */
+const MAX_STOPS_LOGGED = 1_000;
 /** The background retry of kept answers: from 1 s, doubling to 30 s while the store stays down. */
 const FLUSH_FIRST_MS = 1_000;
 const FLUSH_MAX_MS = 30_000;
@@ -66,7 +70,9 @@ const FLUSH_MAX_MS = 30_000;
 /**
  * Failures the model answered (and was paid for) are stored under the key like a
  * success: running the same request again would give the same kind of answer. Transient
- * ones (timeout, rate limit, network) are not, so a later run tries again.
+ * ones (timeout, rate limit, network) are not, so a later run tries again. Nor are the
+ * permanent ones (a refused key, no credit, an unknown model): no answer was paid for, and
+ * once a person fixed the cause the same key must call the model, not find the refusal.
  */
 const storedFailures: ReadonlySet<string> = new Set<ModelErrorKind>(['invalid_output', 'refused', 'max_tokens']);
 
@@ -77,6 +83,27 @@ const storedFailures: ReadonlySet<string> = new Set<ModelErrorKind>(['invalid_ou
  */
 export const isReusableResult = (result: MicrotaskResult): boolean =>
   result.success || storedFailures.has(result.error?.kind ?? '');
+
+/**
+ * The FlowStopError a result means, when it failed for a cause no fallback helps (a refused
+ * key, no credit, an unknown model): the microtask actor rejects with it instead of handing
+ * the machine a fallback, and its flow ends `failed` with that code and one line.
+ */
+export function flowStopOf(result: MicrotaskResult): FlowStopError | undefined {
+  if (result.success) return undefined;
+  const code = flowStopCode(result.error?.kind);
+  if (!code || !result.error) return undefined;
+  // A call the breaker did not send ("not tried: ...") has the same cause as the one it did.
+  const message = scrubSecrets(result.error.message.replace(/^not tried: /, '').split('\n', 1)[0]!);
+  return new FlowStopError(code, message);
+}
+
+/** Resolves a result, or rejects with the FlowStopError it means. */
+export const stopOnPermanentCause = (result: MicrotaskResult): MicrotaskResult => {
+  const stop = flowStopOf(result);
+  if (stop) throw stop;
+  return result;
+};
 
 interface InFlight {
   promise: Promise<MicrotaskResult>;
@@ -102,6 +129,8 @@ export class MicrotaskRunner {
   private flushDelayMs = FLUSH_FIRST_MS;
   private readonly logger: Logger;
   private readonly breaker: CircuitBreaker;
+  /** Flows this runner said the stop cause of (a worker: the flow's other tasks fail the same way). */
+  private readonly stopsLogged = new Set<string>();
 
   constructor(private readonly deps: MicrotaskDeps) {
     this.logger = deps.logger ?? silentLogger;
@@ -297,8 +326,23 @@ export class MicrotaskRunner {
     // Outside the call's try: a store that fails is not a model failure.
     if (isReusableResult(result)) await this.store(input, result, deadlineAt, log);
     if (result.success) log.info({ durationMs: Math.round(result.durationMs), usage: result.usage }, 'microtask done');
+    else if (flowStopCode(result.error?.kind)) this.logStop(input.key, log, result);
     else log.warn({ durationMs: Math.round(result.durationMs), error: result.error }, 'microtask failed; fallback used');
     return result;
+  }
+
+  /** Once per flow at warn (its tasks in flight fail alike, and its flow stops on the first); the others at debug. */
+  private logStop(key: string, log: Logger, result: MicrotaskResult): void {
+    const flowId = flowIdOf(key);
+    const first = !this.stopsLogged.has(flowId);
+    if (first) {
+      this.stopsLogged.add(flowId);
+      if (this.stopsLogged.size > MAX_STOPS_LOGGED) this.stopsLogged.delete(this.stopsLogged.values().next().value!);
+    }
+    const fields = { durationMs: Math.round(result.durationMs), error: result.error };
+    const line = `microtask failed: ${result.error?.message ?? 'no cause given'}; no fallback helps, its flow stops`;
+    if (first) log.warn(fields, line);
+    else log.debug(fields, line);
   }
 
   private get location(): string {
@@ -407,11 +451,13 @@ export function withDeadline<L extends PromiseActorLogic<MicrotaskResult, Microt
 
 /**
  * The microtask as XState actor logic. The actor's own signal (aborted when the actor is
- * stopped, e.g. its flow is cancelled) cancels the model call too.
+ * stopped, e.g. its flow is cancelled) cancels the model call too. A failure no fallback
+ * helps (a refused key, no credit, an unknown model) rejects with a FlowStopError: the flow
+ * host ends the flow with it before the machine falls back.
  */
 export function createMicrotaskLogic(runner: MicrotaskRunner) {
   return withDeadline(
-    fromPromise<MicrotaskResult, MicrotaskInput>(({ input, signal }) => runner.run(input, signal)),
+    fromPromise<MicrotaskResult, MicrotaskInput>(({ input, signal }) => runner.run(input, signal).then(stopOnPermanentCause)),
     runner.defaultTimeoutMs,
   );
 }

@@ -5,7 +5,7 @@ import { ResultsWatch, type ResultWaiter } from '../bus/ResultsWatch.js';
 import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../contracts/usage.js';
 import { firstLine, retryStore } from '../persistence/retryStore.js';
-import { DEFAULT_STORE_RETRY_MS, DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, withDeadline, type Fallbacks } from './microtask.js';
+import { DEFAULT_STORE_RETRY_MS, DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, stopOnPermanentCause, withDeadline, type Fallbacks } from './microtask.js';
 import { boundedDeadline, flowIdOf, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from '../contracts/microtask.js';
 import { ResultsUnavailableError } from './ResultsStore.js';
 import { traceHeaders, traceMicrotask } from '../ops/tracing.js';
@@ -84,7 +84,12 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
   const watch = options.resultsWatch ?? new ResultsWatch(options.results);
 
   // In its span (a child of its flow's); the job carries the span's context to the worker.
-  return withDeadline(fromPromise<MicrotaskResult, MicrotaskInput>(({ input, signal }) => traceMicrotask(input, 'send', () => wait(input, signal))), options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS);
+  // A worker's failure no fallback helps (a refused key, no credit, an unknown model) rejects
+  // with a FlowStopError, as the embedded actor does: the flow ends with it, no fallback.
+  return withDeadline(
+    fromPromise<MicrotaskResult, MicrotaskInput>(({ input, signal }) => traceMicrotask(input, 'send', () => wait(input, signal).then(stopOnPermanentCause))),
+    options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS,
+  );
 
   async function wait(input: MicrotaskInput, signal: AbortSignal): Promise<MicrotaskResult> {
     const started = performance.now();

@@ -14,6 +14,11 @@ export interface ProgressOptions {
   /** Redraw one live block (a terminal) or print a line per change (a pipe, a log file). */
   live?: boolean;
   color?: boolean;
+  /**
+   * The command prints how the flow ended itself (run, build, resume): the progress's end
+   * line gives the status only, so a cause (a refused key) is said once, not twice.
+   */
+  endSaidByCaller?: boolean;
 }
 
 export interface Progress {
@@ -75,7 +80,10 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
         case 'flow':
           header = `${entry.pattern} ${entry.flowId}`;
           status = entry.status;
-          if (!live) write(`${header}: ${entry.phase}${entry.phase === 'ended' ? ` (${entry.status}${entry.error ? `: ${entry.error.message}` : ''})` : ''}`);
+          if (!live) {
+            const cause = entry.error && !options.endSaidByCaller ? `: ${entry.error.message}` : '';
+            write(`${header}: ${entry.phase}${entry.phase === 'ended' ? ` (${entry.status}${cause})` : ''}`);
+          }
           break;
         case 'step':
           break;

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { z } from 'zod';
-import type { MicrotaskInput, MicrotaskResult } from '../contracts/microtask.js';
+import { isFlowStopCode, type MicrotaskInput, type MicrotaskResult } from '../contracts/microtask.js';
 import { CassetteError } from '../actors/model/CassetteModel.js';
 import { describeIssues } from '../actors/model/prompt.js';
 import { answerSchemas } from '../contracts/answers.js';
@@ -61,7 +61,9 @@ Exit codes:
   1  the flow finished without success (failed, fell back, exhausted, over budget, or cancelled)
   2  wrong usage: unknown command or flag, bad input file, bad environment variable, an --out
      or MICROTASK_STATE_DIR that cannot be written, unknown flow, NATS unreachable or refusing
-     the credentials, no daemon answering on NATS; or the state directory full or unwritable
+     the credentials, no daemon answering on NATS; the model refused the API key, the
+     account has no credit, or the model does not exist (the flow stops at once:
+     MODEL_AUTH, MODEL_BILLING, MODEL_NOT_FOUND); or the state directory full or unwritable
      (a flow stops where it stands: \`microtask resume\` it once there is space)
   3  an unexpected error (see the message and the logs)
   130  a second SIGINT/SIGTERM while a daemon or worker was stopping gracefully
@@ -72,8 +74,12 @@ with NATS_URL, \`build\`, \`cancel\`, \`show\`, \`flows\` and \`inspect\` talk t
 Environment: ANTHROPIC_API_KEY (unset: offline cassette), ANTHROPIC_BASE_URL, MICROTASK_MODEL,
 MICROTASK_STATE_DIR, MICROTASK_TIMEOUT_MS, MICROTASK_LOG_LEVEL, NATS_URL, NO_COLOR. See the README.`;
 
-/** Progress of a one-shot flow on stderr, unless --no-progress: live on a terminal, lines otherwise. */
-const progressFor = (options: { progress?: boolean }): Progress | undefined => (options.progress === false ? undefined : progressDisplay());
+/**
+ * Progress of a one-shot flow on stderr, unless --no-progress: live on a terminal, lines
+ * otherwise. The command says how the flow ended (its cause once), so the progress does not.
+ */
+const progressFor = (options: { progress?: boolean }): Progress | undefined =>
+  options.progress === false ? undefined : progressDisplay({ endSaidByCaller: true });
 
 /** The runtime's journal, also feeding the live progress. */
 const journalWith = (journal: Journal, progress: Progress | undefined) => (progress ? teeJournal(journal, (e) => progress.onEntry(e)) : journal);
@@ -146,6 +152,20 @@ function printFlowResult(pattern: string, flowId: string, output: FlowOutput, js
     );
   }
   return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
+}
+
+/**
+ * A flow that ended on a cause no fallback helps (the model refused the API key, the account
+ * has no credit, the model does not exist): the user's to fix, as a bad environment is
+ * (exit 2), not a flow that ran and fell short (exit 1). One line, the cause said once; with
+ * --json `{flowId, pattern, status: "failed", error: {code, message}}` on stdout too.
+ * Undefined when the flow ended otherwise.
+ */
+function flowStopped(pattern: string, flowId: string, error: { code: string; message: string } | undefined, json: boolean): number | undefined {
+  if (!isFlowStopCode(error?.code)) return undefined;
+  if (json) printData({ flowId, pattern, status: 'failed', error: { code: error.code, message: error.message } });
+  process.stderr.write(`microtask: ${error.message} (${error.code}; flow ${flowId} failed)\n`);
+  return ExitCode.usage;
 }
 
 /**
@@ -328,7 +348,10 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
     return storeStopped(e, pattern, runtime.store, options.json ?? false);
   }
   if (result.outcome === 'finished') process.stderr.write(`flow ${flowId} had already ended (${result.record.status}); its output:\n`);
-  return printFlowResult(result.record.pattern, flowId, result.output, options.json ?? false);
+  return (
+    flowStopped(result.record.pattern, flowId, result.record.error, options.json ?? false) ??
+    printFlowResult(result.record.pattern, flowId, result.output, options.json ?? false)
+  );
 }
 
 async function runCommand(patternArg: string, options: { input: string; json?: boolean; out?: string; progress?: boolean; inspect?: boolean }) {
@@ -356,7 +379,7 @@ async function runCommand(patternArg: string, options: { input: string; json?: b
       return await storeStopped(e, pattern, runtime.store, options.json ?? false);
     }
     await runtime.journal.flush();
-    return printFlowResult(pattern, ran.flowId, ran.output, options.json ?? false);
+    return flowStopped(pattern, ran.flowId, ran.record.error, options.json ?? false) ?? printFlowResult(pattern, ran.flowId, ran.output, options.json ?? false);
   } finally {
     stately?.stop();
   }
@@ -442,7 +465,7 @@ async function buildCommand(specFile: string, options: BuildOptions) {
     return storeStopped(e, 'tool-builder', runtime.store, options.json ?? false);
   }
   await runtime.journal.flush();
-  return printBuildResult(spec.name, built.flowId, built.output, options.json ?? false);
+  return flowStopped('tool-builder', built.flowId, built.record.error, options.json ?? false) ?? printBuildResult(spec.name, built.flowId, built.output, options.json ?? false);
 }
 
 function printBuildResult(name: string, flowId: string, output: Record<string, unknown>, json: boolean) {
@@ -487,6 +510,8 @@ async function buildOverBus(spec: ToolSpec, extra: { threshold?: number; budget?
       await follow?.stop();
       progress?.done();
     }
+    const stopped = flowStopped('tool-builder', flowId, done.error, options.json ?? false);
+    if (stopped !== undefined) return stopped;
     const output = (done.output ?? { status: 'failed', reason: done.error?.message ?? done.status }) as ToolBuilderOutput & Record<string, unknown>;
     // Written here, from the modules in the output: the same files the daemon wrote on its side.
     if (output.entry && output.modules?.length) {

@@ -66,6 +66,8 @@ export const MicrotaskErrorKindSchema = z.enum([
   'unavailable',
   'invalid_request',
   'auth',
+  'billing',
+  'model_not_found',
   'invalid_output',
   'refused',
   'max_tokens',
@@ -74,6 +76,26 @@ export const MicrotaskErrorKindSchema = z.enum([
   'unknown',
 ]);
 export type MicrotaskErrorKind = z.infer<typeof MicrotaskErrorKindSchema>;
+
+/**
+ * The kinds no retry, no fallback and no later call helps (a refused key, an account
+ * without credit, a model that does not exist), with the code the flow that meets one ends
+ * `failed` with, at once: `error.code` of its done message and of `flow.get`.
+ */
+export const FLOW_STOP_CODES = {
+  auth: 'MODEL_AUTH',
+  billing: 'MODEL_BILLING',
+  model_not_found: 'MODEL_NOT_FOUND',
+} as const satisfies Partial<Record<MicrotaskErrorKind, string>>;
+export type FlowStopCode = (typeof FLOW_STOP_CODES)[keyof typeof FLOW_STOP_CODES];
+
+/** The code a failure of this kind stops its flow with, or undefined when the flow goes on (falls back). */
+export const flowStopCode = (kind: string | undefined): FlowStopCode | undefined =>
+  kind !== undefined && Object.hasOwn(FLOW_STOP_CODES, kind) ? FLOW_STOP_CODES[kind as keyof typeof FLOW_STOP_CODES] : undefined;
+
+/** Whether a flow's `error.code` is one of these: the user's to fix (the key, the account, the model). */
+export const isFlowStopCode = (code: string | undefined): code is FlowStopCode =>
+  code !== undefined && (Object.values(FLOW_STOP_CODES) as string[]).includes(code);
 
 export const MicrotaskErrorSchema = z.object({
   kind: MicrotaskErrorKindSchema,
@@ -85,7 +107,11 @@ export const MicrotaskErrorSchema = z.object({
 });
 export type MicrotaskError = z.infer<typeof MicrotaskErrorSchema>;
 
-/** What every microtask ends with: never a thrown error, always this envelope. */
+/**
+ * What every microtask ends with: this envelope, not a thrown error. A failure of a
+ * {@link FLOW_STOP_CODES} kind is one too (a worker stores it for its flow), but the
+ * microtask actor rejects with a FlowStopError on it: its flow stops, nothing falls back.
+ */
 export const MicrotaskResultSchema = z.object({
   success: z.boolean(),
   taskType: z.string(),

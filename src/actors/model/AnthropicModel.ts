@@ -185,7 +185,7 @@ export class AnthropicModel implements ModelPort {
           { signal: request.signal ?? null, timeout: HTTP_TIMEOUT_MS },
         );
       } catch (e) {
-        const error = toModelError(e, request.signal);
+        const error = toModelError(e, request.signal, request.model ?? this.options.model);
         if (!error.retryable || retry >= this.options.maxRetries) throw error;
         const wait = error.retryAfterMs ?? this.backoff(retry);
         if (wait > this.options.maxRetryWaitMs) {
@@ -260,7 +260,7 @@ export function retryAfterMs(headers: Headers | undefined, now = Date.now()): nu
   return Number.isNaN(date) ? undefined : Math.max(0, date - now);
 }
 
-function toModelError(e: unknown, signal: AbortSignal | undefined): ModelError {
+function toModelError(e: unknown, signal: AbortSignal | undefined, model: string): ModelError {
   if (e instanceof ModelError) return e;
   if (e instanceof APIUserAbortError || signal?.aborted) return abortedError(signal, e);
   if (e instanceof APIConnectionTimeoutError) return new ModelError('timeout', 'the HTTP request timed out', { cause: e });
@@ -283,6 +283,15 @@ function toModelError(e: unknown, signal: AbortSignal | undefined): ModelError {
     }
     if (status === 401 || status === 403) {
       return new ModelError('auth', `the API key was refused (${what}); check ANTHROPIC_API_KEY`, details);
+    }
+    // Anthropic says "no credit" as a 400 invalid_request_error ("Your credit balance is too
+    // low to access the Anthropic API"); a 402 billing_error is its documented form.
+    const apiMessage = e.apiMessage ?? e.message;
+    if (status === 402 || e.type === 'billing_error' || /credit balance|purchase credits|insufficient credit/i.test(apiMessage)) {
+      return new ModelError('billing', `the Anthropic account cannot pay for calls (${what}); add credit in the Anthropic Console (Plans & Billing), then run it again`, details);
+    }
+    if (status === 404 && e.type === 'not_found_error' && /\bmodel\b/i.test(apiMessage)) {
+      return new ModelError('model_not_found', `the model ${model} was not found (${what}); check MICROTASK_MODEL or the model the task names`, details);
     }
     return new ModelError('invalid_request', `the request was rejected (${what})`, details);
   }

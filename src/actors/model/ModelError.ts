@@ -13,6 +13,8 @@ export type ModelErrorKind =
   | 'unavailable' // 5xx, 529 overloaded, connection refused or reset
   | 'invalid_request' // 400, 404, 413, 422: the request itself is wrong
   | 'auth' // 401, 403: key missing, wrong or without permission
+  | 'billing' // 402, or 400 "credit balance is too low": the account cannot pay for calls
+  | 'model_not_found' // 404 not_found_error naming the model: no such model (or none for this key)
   | 'invalid_output' // the answer does not validate against the schema, even after repair
   | 'refused' // stop_reason refusal
   | 'max_tokens' // stop_reason max_tokens: the answer was cut off
@@ -20,6 +22,12 @@ export type ModelErrorKind =
   | 'unknown';
 
 const retryableKinds: ReadonlySet<ModelErrorKind> = new Set(['rate_limited', 'unavailable']);
+
+/**
+ * Kinds no later call, retry or fallback helps: every call with this key, account or model
+ * fails the same way until a person fixes it. The flow that meets one stops at once.
+ */
+export const permanentKinds: ReadonlySet<ModelErrorKind> = new Set(['auth', 'billing', 'model_not_found']);
 
 export interface ModelErrorDetails {
   status?: number;
@@ -39,6 +47,8 @@ export class ModelError extends Error {
   override readonly name = 'ModelError';
   readonly kind: ModelErrorKind;
   readonly retryable: boolean;
+  /** A cause no retry or fallback helps (see {@link permanentKinds}): its flow stops. */
+  readonly permanent: boolean;
   readonly status: number | undefined;
   readonly requestId: string | undefined;
   /** What the server asked us to wait before trying again, when it said. */
@@ -49,6 +59,7 @@ export class ModelError extends Error {
     super(scrubSecrets(message), details.cause === undefined ? undefined : { cause: details.cause });
     this.kind = kind;
     this.retryable = retryableKinds.has(kind);
+    this.permanent = permanentKinds.has(kind);
     this.status = details.status;
     this.requestId = details.requestId;
     this.retryAfterMs = details.retryAfterMs;

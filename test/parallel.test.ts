@@ -105,9 +105,10 @@ describe('the parallel flow', () => {
   });
 
   it('fails when every task failed, and says why', async () => {
-    const output = await run(() => new ModelError('auth', 'invalid x-api-key'), inputOf(3, 2)).output;
+    // Not a refused key: that stops the flow at once (a FlowStopError, test/permanentCauses.test.ts).
+    const output = await run(() => new ModelError('invalid_request', 'prompt is too long'), inputOf(3, 2)).output;
     expect(output).toMatchObject({ status: 'failed', succeeded: 0, failed: 3 });
-    expect(output.reason).toMatch(/all 3 tasks failed.*auth: invalid x-api-key/);
+    expect(output.reason).toMatch(/all 3 tasks failed.*invalid_request: prompt is too long/);
   });
 
   it('stops starting tasks when the budget would be exceeded, counting calls in flight, and waits for those', async () => {

@@ -81,8 +81,18 @@ export async function devCommand(options: DevOptions): Promise<number> {
     const worker = await startWorkerService(bus, config, logger, model);
     const daemon = await startDaemonService(bus, config, logger);
     stops.push(() => Promise.all([daemon.stop(0), drainWorker(worker, config.MICROTASK_SHUTDOWN_GRACE_MS, logger)]).then(() => undefined));
-    const { store, journal, flows } = daemon.parts;
-    const inspector = await startInspectorServer({ store, journal: journal!, flows, logger, host: config.MICROTASK_INSPECTOR_HOST, port: inspectorPort });
+    const { store, journal, flows, inbox, running } = daemon.parts;
+    const inspector = await startInspectorServer({
+      store,
+      journal: journal!,
+      flows,
+      inbox,
+      running,
+      logger,
+      host: config.MICROTASK_INSPECTOR_HOST,
+      port: inspectorPort,
+      ...(config.MICROTASK_INSPECTOR_TOKEN ? { token: config.MICROTASK_INSPECTOR_TOKEN } : {}),
+    });
     stops.push(() => inspector.close());
     process.stdout.write(
       [

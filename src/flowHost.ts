@@ -172,8 +172,10 @@ export class FlowHost {
   private readonly leases: OwnerLeases | undefined;
   /** Flows being claimed here (a resume between its read and its compare-and-set). */
   private readonly claiming = new Set<string>();
-  /** A lease tick is running (its heartbeat or its scan awaits the store). */
-  private ticking = false;
+  /** The takeover scan, or the claims after a lapse, running. */
+  private ticking: Promise<void> | undefined;
+  /** `startLeases` was called: each tick also takes over the flows of stale owners. */
+  private scanning = false;
   /** Set when this host stopped its flows because its heartbeat stopped landing: they are claimed again once it lands. */
   private lapse: Promise<unknown> | undefined;
   /** Flows held under a lease an older daemon wrote in the record (`leaseUntil`): tried again once it passes. */
@@ -420,40 +422,53 @@ export class FlowHost {
   }
 
   /**
-   * The heartbeat: written every third of the lease (one write per host, whatever the
-   * number of flows), then the takeover scan; until `stop`. A host whose heartbeat has
-   * not landed for half the lease stops running its flows (another host may take them
-   * over once the lease has passed) and claims them again once it lands.
+   * Takes over, on every tick of the heartbeat, the flows of owners whose heartbeat went
+   * stale (`takeOverExpired`); until `stop`. The heartbeat itself runs from this host's
+   * first flow or claim on (a resume of many flows may last longer than the lease).
    */
   startLeases(): void {
-    const leases = this.leases;
-    if (!leases || this.leaseTimer) return;
-    this.leaseTimer = setInterval(() => void this.leaseTick(leases), leases.tickMs);
+    if (!this.leases) return;
+    this.scanning = true;
+    this.startHeartbeat(this.leases);
+  }
+
+  /**
+   * The heartbeat: written every third of the lease, one write per host whatever the
+   * number of flows; until `stop`. A host whose heartbeat has not landed for half the
+   * lease stops running its flows (another host may take them over once the lease has
+   * passed) and claims them again once it lands.
+   */
+  private startHeartbeat(leases: OwnerLeases) {
+    if (this.leaseTimer) return;
+    let lastScan = 0;
+    // Checked twice per beat: the heartbeat, the lapse check and the scan each keep their
+    // own pace, so a slow heartbeat (a busy or reconnecting bus) or a long takeover does
+    // not hold the others up.
+    this.leaseTimer = setInterval(() => {
+      const now = Date.now();
+      if (leases.lapsed(now) && !this.lapse) {
+        const flows = [...this.flows.values()];
+        if (flows.length > 0) this.options.logger.error({ flows: flows.length }, 'the lease heartbeat has not landed for most of the lease: stopping the flows here, to claim them again once it lands');
+        this.lapse = this.stopFlows(flows);
+      }
+      if (leases.beatDue(now)) {
+        void leases.beat().then((landed) => {
+          if (landed && this.lapse && !this.ticking) this.ticking = this.reclaim(leases).finally(() => (this.ticking = undefined));
+        });
+      }
+      if (this.scanning && !this.ticking && now - lastScan >= leases.tickMs) {
+        lastScan = now;
+        this.ticking = this.takeOverExpired()
+          .then(() => undefined)
+          .catch((e: unknown) => this.options.logger.error({ err: e }, 'lease scan failed'))
+          .finally(() => (this.ticking = undefined));
+      }
+    }, Math.max(25, Math.floor(leases.tickMs / 2)));
     this.leaseTimer.unref();
   }
 
-  private async leaseTick(leases: OwnerLeases) {
-    if (leases.lapsed() && !this.lapse) {
-      const flows = [...this.flows.values()];
-      if (flows.length > 0) this.options.logger.error({ flows: flows.length }, 'the lease heartbeat has not landed for half the lease: stopping the flows here, to claim them again once it lands');
-      this.lapse = this.stopFlows(flows);
-    }
-    // One tick at a time: a heartbeat that hangs (the bus reconnecting) holds the next ones, not the lapse check above.
-    if (this.ticking) return;
-    this.ticking = true;
-    try {
-      if (!(await leases.beat())) return;
-      if (this.lapse) await this.reclaim(leases);
-      await this.takeOverExpired();
-    } catch (e) {
-      this.options.logger.error({ err: e }, 'lease scan failed');
-    } finally {
-      this.ticking = false;
-    }
-  }
-
   /** After a lapse: the flows still in this host's index are claimed again (those another host took meanwhile are dropped from it). */
-  private async reclaim(leases: OwnerLeases) {
+  private async reclaim(leases: OwnerLeases): Promise<void> {
     await this.lapse;
     const held = await leases.held();
     this.lapse = undefined;
@@ -471,7 +486,8 @@ export class FlowHost {
   private async leaseReady() {
     if (!this.leases) return;
     await this.leases.ready();
-    if (this.leases.lapsed()) throw new StoreUnavailableError('the lease heartbeat has not landed for half the lease (the store is unreachable): no flow is started or claimed');
+    this.startHeartbeat(this.leases);
+    if (this.leases.lapsed()) throw new StoreUnavailableError('the lease heartbeat has not landed for most of the lease (the store is unreachable): no flow is started or claimed');
   }
 
   /** Resolves with the flow's final record when it ends (here). */
@@ -587,12 +603,16 @@ export class FlowHost {
   async stop(): Promise<void> {
     if (this.leaseTimer) clearInterval(this.leaseTimer);
     this.leaseTimer = undefined;
+    this.scanning = false;
+    // A scan claiming flows now would host them after the stop; a heartbeat on its way would land after the one that gives the leases up.
+    await this.ticking;
+    await this.leases?.settled();
     await this.stopFlows([...this.flows.values()]);
     await this.lapse;
     // Give up the leases, with one write: a restart, or another daemon, resumes these
     // flows at once instead of waiting for the lease to run out (and the microtasks'
     // deadlines with it). They stay in this host's index, where the other finds them.
-    if (this.leases) await this.leases.retire().catch((e: unknown) => this.options.logger.warn({ err: e }, 'could not release the leases'));
+    if (this.leases?.started) await this.leases.retire().catch((e: unknown) => this.options.logger.warn({ err: e }, 'could not release the leases'));
   }
 
   /** Stops these flows here without ending them: the steps captured so far are written (the stop's own snapshots are not steps). */

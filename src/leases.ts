@@ -130,7 +130,9 @@ export class OwnerLeases {
   /** When the last heartbeat that landed was sent (0: none yet). */
   private lastLandedAt = 0;
   private first: Promise<void> | undefined;
-  private beating = false;
+  /** The heartbeat on its way, if one is. */
+  private beating: Promise<void> | undefined;
+  private lastSentAt = 0;
   private cache: { readAt: number; beats: Map<string, Heartbeat> } | undefined;
 
   constructor(
@@ -154,6 +156,11 @@ export class OwnerLeases {
     return this.first;
   }
 
+  /** A third of the lease since the last heartbeat was sent, and none is on its way. */
+  beatDue(now = Date.now()): boolean {
+    return !this.beating && now - this.lastSentAt >= this.tickMs;
+  }
+
   /** Writes the heartbeat; false when it did not land (or one is still on its way). */
   async beat(): Promise<boolean> {
     if (this.beating) return false;
@@ -166,24 +173,36 @@ export class OwnerLeases {
     }
   }
 
+  /** Resolves once no heartbeat is on its way. */
+  async settled(): Promise<void> {
+    await this.beating?.catch(() => undefined);
+  }
+
   private async beatOnce() {
-    this.beating = true;
     const at = Date.now();
+    this.lastSentAt = at;
+    const beating = this.board.beat({ owner: this.owner, at, durationMs: this.durationMs });
+    this.beating = beating;
     try {
-      await this.board.beat({ owner: this.owner, at, durationMs: this.durationMs });
+      await beating;
       this.lastLandedAt = Math.max(this.lastLandedAt, at);
     } finally {
-      this.beating = false;
+      if (this.beating === beating) this.beating = undefined;
     }
   }
 
   /**
-   * True once no heartbeat has landed for half the lease: the others take this host's
-   * flows over when the lease has passed since the last one, so it stops running them
-   * first (two hosts never run one flow).
+   * True once no heartbeat has landed for three quarters of the lease: the others take
+   * this host's flows over when the whole lease has passed since the last one, so it stops
+   * running them first (two hosts never run one flow). Checked every sixth of the lease.
    */
   lapsed(now = Date.now()): boolean {
-    return this.lastLandedAt > 0 && now - this.lastLandedAt >= this.durationMs / 2;
+    return this.lastLandedAt > 0 && now - this.lastLandedAt >= (this.durationMs * 3) / 4;
+  }
+
+  /** A heartbeat of this host has landed. */
+  get started() {
+    return this.lastLandedAt > 0;
   }
 
   /** Says this host stopped: its flows are free at once (their records stay, to be resumed). */

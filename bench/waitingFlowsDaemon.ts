@@ -1,0 +1,46 @@
+/**
+ * The daemon process of bench/waitingFlows.ts: `startDaemonService` as `microtask daemon`
+ * runs it (NATS when NATS_URL is set, with leases; embedded lmdb otherwise), in a process
+ * of its own so its CPU is its own. Written against what every version of services.ts
+ * exports, so the bench can run it in an older tree for a before/after.
+ *
+ * WAIT_PHASE=start: starts WAIT_COUNT re-entrant flows whose review is a person's, waits
+ *   until every one waits for it, prints `{"phase":"waiting",...}` and idles.
+ * WAIT_PHASE=resume: starts the daemon (it resumes every unfinished flow), prints
+ *   `{"phase":"resumed",...}` once its start returned.
+ */
+import { readFile } from 'node:fs/promises';
+import { loadConfig } from '../src/config.js';
+import { createLogger } from '../src/log.js';
+import { mapLimit } from '../src/persistence/SnapshotStore.js';
+import { connectBus, startDaemonService } from '../src/services.js';
+
+const bootedAt = performance.now();
+const phase = process.env.WAIT_PHASE === 'resume' ? 'resume' : 'start';
+const count = Number(process.env.WAIT_COUNT ?? 10_000);
+const config = loadConfig();
+const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'warn');
+const print = (data: object) => process.stdout.write(`${JSON.stringify(data)}\n`);
+
+const bus = await connectBus(config, logger, 'daemon');
+const began = performance.now();
+const daemon = await startDaemonService(bus, config, logger);
+const startedMs = performance.now() - began;
+const { store } = daemon.parts;
+const waitingNow = async () => (await store.list({ status: 'running' })).filter((f) => f.state === 'awaitingReview').length;
+
+if (phase === 'start') {
+  const { review: _review, ...example } = JSON.parse(await readFile(new URL('../examples/reentrant.json', import.meta.url), 'utf8'));
+  const input = { ...example, personReview: {} };
+  const t0 = performance.now();
+  await mapLimit(
+    Array.from({ length: count }, (_, i) => i),
+    64,
+    () => daemon.startFlow('reentrant', input),
+  );
+  while ((await waitingNow()) < count) await new Promise((r) => setTimeout(r, 2_000));
+  print({ phase: 'waiting', flows: count, startMs: performance.now() - t0 });
+} else {
+  print({ phase: 'resumed', waiting: await waitingNow(), startMs: startedMs, sinceBootMs: performance.now() - bootedAt });
+}
+setInterval(() => undefined, 60_000);

@@ -137,6 +137,8 @@ describe('a cause no fallback helps, over NATS (a daemon and a worker, each its 
       expect(stops, daemon.stderr()).toHaveLength(1);
       expect(daemon.stderr()).not.toContain('flow crashed');
       expect(worker.stderr()).not.toMatch(/delivered again|dead-lettered/);
+      // The worker says it once for the flow too, however many of its tasks met it.
+      expect(worker.stderr().split('\n').filter((l) => l.includes('no fallback helps') && l.includes(flowId)), worker.stderr()).toHaveLength(1);
       expect(fake!.requests.length).toBeLessThanOrEqual(FIRST_STEP_CALLS);
 
       const shown = await run(['show', flowId, '--json'], client);

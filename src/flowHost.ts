@@ -434,9 +434,9 @@ export class FlowHost {
 
   /**
    * The heartbeat: written every third of the lease, one write per host whatever the
-   * number of flows; until `stop`. A host whose heartbeat has not landed for half the
-   * lease stops running its flows (another host may take them over once the lease has
-   * passed) and claims them again once it lands.
+   * number of flows; until `stop`. A host whose heartbeat has not landed for three
+   * quarters of the lease stops running its flows (another host may take them over once
+   * the whole lease has passed) and claims them again once it lands.
    */
   private startHeartbeat(leases: OwnerLeases) {
     if (this.leaseTimer) return;

@@ -4,21 +4,23 @@
  *
  *   npm run bench                      all four parts, medians of 3 runs (about 5 minutes)
  *   npm run bench -- --quick           smaller counts, 1 run (about 1.5 minutes)
- *   npm run bench -- --only 1,3        some parts: 1 overhead, 2 LangGraph, 3 scale, 4 persistence, 5 idle wait (NATS)
+ *   npm run bench -- --only 1,3        some parts: 1 overhead, 2 LangGraph, 3 scale, 4 persistence, 5 idle wait (NATS),
+ *                                      6 flows waiting for a person (NATS with leases, and lmdb)
  *   npm run bench -- --runs 5 --no-sdk
  *
- * Each part also runs alone: npx tsx bench/overhead.ts | langgraph.ts | scale.ts | persistence.ts | idleWait.ts
+ * Each part also runs alone: npx tsx bench/overhead.ts | langgraph.ts | scale.ts | persistence.ts | idleWait.ts | waitingFlows.ts
  */
 import { cpus, totalmem } from 'node:os';
 import { args, flag, quick, runs } from './lib.js';
 import { runIdleWait } from './idleWait.js';
+import { runWaitingFlows } from './waitingFlows.js';
 import { runLangGraph } from './langgraph.js';
 import { runOverhead } from './overhead.js';
 import { runPersistence } from './persistence.js';
 import { runScale } from './scale.js';
 import { stepProblems } from './steps.js';
 
-const only = new Set((flag('only') ?? '1,2,3,4,5').split(',').map((s) => s.trim()));
+const only = new Set((flag('only') ?? '1,2,3,4,5,6').split(',').map((s) => s.trim()));
 const began = performance.now();
 const out = (text: string) => console.log(text);
 
@@ -58,6 +60,14 @@ if (only.has('5')) {
   const { markdown } = await runIdleWait();
   out(`\n## 5. Waiting over NATS: microtasks waiting on a worker that does not answer (no lease renewals: part 3 has those)\n\n${markdown}`);
   out('\nThe first row is the floor: the same process and connection with nothing waiting; CPU below it is noise.');
+}
+if (only.has('6')) {
+  const { markdown } = await runWaitingFlows();
+  out(`\n## 6. Flows waiting for a person in one daemon process: what they cost while they wait; SIGKILL; resume\n\n${markdown}`);
+  out(
+    '\nOver NATS the daemon holds its flows by one heartbeat per daemon (every third of MICROTASK_LEASE_MS) and an ownership index, ' +
+      'not a lease renewal per flow; `--before DIR` runs the same in another checkout (built) for a ratio.',
+  );
 }
 out(`\nTotal: ${((performance.now() - began) / 1000).toFixed(0)} s.`);
 // A figure for flows that did not store every transition is no figure: fail the run.

@@ -13,7 +13,7 @@
  * The window is one lease (MICROTASK_LEASE_MS, 30 s by default: `--lease-ms`): renewals
  * and scans happen every third of it.
  *
- *   npx tsx bench/waitingFlows.ts [--quick] [--flows N] [--lease-ms MS] [--window-s S] [--only nats|embedded] [--before DIR]
+ *   npx tsx bench/waitingFlows.ts [--quick] [--flows N] [--lease-ms MS] [--window-s S] [--store nats|embedded] [--before DIR]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -160,7 +160,7 @@ export async function runWaitingFlows(): Promise<{ rows: WaitingRow[]; markdown:
   const flows = Number(flag('flows') ?? (quick ? 2_000 : 10_000));
   const leaseMs = Number(flag('lease-ms') ?? 30_000);
   const windowS = Number(flag('window-s') ?? leaseMs / 1000);
-  const only = flag('only');
+  const only = flag('store');
   const beforeTree = flag('before');
   const rows: WaitingRow[] = [];
   for (const mode of ['nats', 'embedded'] as const) {

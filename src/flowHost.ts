@@ -702,7 +702,8 @@ export class FlowHost {
     hosted.actor = createActor(machine, { ...origin, inspect } as never) as AnyActorRef;
     hosted.actor.subscribe({
       error: (error: unknown) => {
-        if (hosted.lost) return;
+        // A flow already ended (stopped for a cause no fallback helps) is not crashed by the error reaching its root.
+        if (hosted.lost || hosted.ending) return;
         this.options.logger.error({ flowId, err: error }, 'flow crashed');
         this.finish(hosted, 'failed', undefined, { code: 'FLOW_CRASHED', message: scrubSecrets((error as Error)?.message ?? String(error)) });
       },

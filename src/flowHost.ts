@@ -20,7 +20,7 @@ import {
 } from './persistence/SnapshotStore.js';
 import { describeStoreError, isStoreUnavailable, StoreUnavailableError } from './persistence/StoreUnavailableError.js';
 import { resumeDeadlines } from './resumeDeadlines.js';
-import { matchWait, publicWaits, waitsOf, type FlowWait, type LiveWait } from './flowWaits.js';
+import { EventRefusedError, matchWait, publicWaits, waitsOf, type FlowWait, type LiveWait } from './flowWaits.js';
 import type { KeptEvent } from './contracts/waits.js';
 import { scrubSecrets } from './secrets.js';
 import { isFlowStop, type FlowStopError } from './contracts/flowStop.js';
@@ -146,7 +146,12 @@ interface HostedFlow {
   received: string[];
   /** Resolves once the actor is started (a resume may first read the events kept for it). */
   started: Promise<void>;
+  /** Events sent before the flow waited for them (straight into its inbox): tried again each time it starts waiting. */
+  held: KeptEvent[];
 }
+
+/** Events held for a flow until it waits for them, at most. */
+const HELD_KEPT = 100;
 
 /** How old the heartbeats read once for a scan of many flows (resumeAll, a takeover) may be. */
 const SCAN_BEATS_MAX_AGE_MS = 1_000;
@@ -348,7 +353,7 @@ export class FlowHost {
     }
     for (const event of kept) {
       try {
-        this.apply(hosted, event);
+        this.applyOrHold(hosted, event);
       } catch (e) {
         this.options.logger.warn({ flowId, eventId: event.eventId, err: e }, 'an event kept for the flow was not applied');
       }
@@ -503,7 +508,9 @@ export class FlowHost {
   }
 
   running(flowId: string): FlowSnapshotRecord | undefined {
-    return this.flows.get(flowId)?.record;
+    const hosted = this.flows.get(flowId);
+    // The ids applied so far, saved or about to be: a retry sent meanwhile is a duplicate.
+    return hosted && { ...hosted.record, ...(hosted.received.length ? { received: [...hosted.received] } : {}) };
   }
 
   /**
@@ -512,12 +519,43 @@ export class FlowHost {
    * (the root or a child), once per `eventId`. `not-here` when this host does not run the
    * flow; throws EventRefusedError when no wait accepts it or its data is wrong.
    */
-  async send(flowId: string, event: KeptEvent): Promise<'applied' | 'duplicate' | 'not-here'> {
+  async send(flowId: string, event: KeptEvent): Promise<'applied' | 'duplicate' | 'held' | 'not-here'> {
     const hosted = this.flows.get(flowId);
     if (!hosted) return 'not-here';
     await hosted.started;
     if (hosted.ending || hosted.lost || hosted.frozen) return 'not-here';
-    return this.apply(hosted, event);
+    return this.applyOrHold(hosted, event);
+  }
+
+  /**
+   * An event sent while the flow waits for nothing yet (straight into its inbox, ahead of
+   * the wait) is held, in order, and tried again each time the flow starts waiting; its
+   * data is checked then. Wrong data or a passed deadline when it waits is refused at once.
+   */
+  private applyOrHold(hosted: HostedFlow, event: KeptEvent): 'applied' | 'duplicate' | 'held' {
+    try {
+      return this.apply(hosted, event);
+    } catch (e) {
+      // Held only while the flow waits for nothing (it is working): waiting for something
+      // else, the event is a mistake, refused at once.
+      const working = waitsOf(hosted.actor).length === 0;
+      if (!(e instanceof EventRefusedError) || e.code !== 'EVENT_NOT_ACCEPTED' || !working || hosted.held.length >= HELD_KEPT) throw e;
+      if (!hosted.held.some((h) => h.eventId === event.eventId)) hosted.held.push(event);
+      this.options.logger.info({ flowId: hosted.flowId, eventId: event.eventId, type: event.type }, 'event held until the flow waits for it');
+      return 'held';
+    }
+  }
+
+  /** The flow started waiting: the events held for it, tried in the order sent. */
+  private retryHeld(hosted: HostedFlow) {
+    // One applied moves the flow on: the rest are held again, in order, for its next wait.
+    for (const event of hosted.held.splice(0)) {
+      try {
+        this.applyOrHold(hosted, event);
+      } catch (e) {
+        this.options.logger.warn({ flowId: hosted.flowId, eventId: event.eventId, err: e }, 'a held event was not applied');
+      }
+    }
   }
 
   /** What a flow this host runs waits for now; undefined when it does not run it. */
@@ -672,6 +710,7 @@ export class FlowHost {
       awaiting: undefined,
       received: [...(previous?.received ?? [])],
       started: Promise.resolve(),
+      held: [],
     };
     const inspect = (event: InspectionEvent) => {
       this.options.inspect?.(event);
@@ -864,7 +903,10 @@ export class FlowHost {
     hosted.revision = await this.saveRecord(hosted, record, hosted.revision, steps);
     hosted.record = record;
     // Told once the wait is saved: an answer sent from now on finds the flow waiting for it.
-    if (startsWaiting) this.options.onWaiting?.(hosted.flowId, record.waiting!);
+    if (startsWaiting) {
+      this.options.onWaiting?.(hosted.flowId, record.waiting!);
+      if (hosted.held.length) this.retryHeld(hosted);
+    }
     if (keeps) for (const step of steps) this.journalStep(hosted, step);
     return journaled;
   }

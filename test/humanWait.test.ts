@@ -164,3 +164,25 @@ describe('flows that wait for a person', () => {
     expect(patternInputSchemas['feedback-loop'].safeParse({ task: example.task, personVerify: { timeoutMs: 0 }, threshold: 0.5, maxIterations: 2 }).success).toBe(false);
   });
 });
+
+describe('an answer sent before the flow waits for it', () => {
+  it('is held and applied when the flow starts waiting, in the order sent', async () => {
+    const s = await setup();
+    // Slow answers: the events come while the process step runs.
+    const runtime = scripted((request) => {
+      const answer = handWrittenAnswer(request);
+      return typeof answer === 'string' ? { text: answer, delayMs: 200 } : { ...(answer as { value: unknown }), delayMs: 200 };
+    });
+    const host = new FlowHost({ flows: provideFlows({ microtask: runtime.microtask }), store: s.store, logger: silentLogger, outRoot: s.dir });
+    const flowId = await host.start('reentrant', personReview());
+    // The process step is still running: nothing waits for a review yet.
+    expect(host.waiting(flowId)).toEqual([]);
+    expect(await host.send(flowId, { eventId: 'early-1', type: 'review', data: { approved: false, feedback: 'first' } })).toBe('held');
+    expect(await host.send(flowId, { eventId: 'early-2', type: 'review', data: { approved: true } })).toBe('held');
+    // Its data is checked when the flow waits: by then the flow has ended, and it is dropped.
+    expect(await host.send(flowId, { eventId: 'bad', type: 'review', data: { approved: 'no' } })).toBe('held');
+    const output = (await host.finished(flowId))!.output as ReentrantOutput;
+    expect(output).toMatchObject({ status: 'done', approved: true, passes: 2 });
+    expect(output.revisions.map((r) => r.review?.feedback)).toEqual(['first', '']);
+  });
+});

@@ -135,7 +135,7 @@ describe('the feedback loop scored by a person', () => {
   it('waits in awaitingScore for each attempt, revises with the score and feedback, and times out to the best so far', async () => {
     const s = scripted(writerAndJudge([]));
     const machine = feedbackLoopMachine.provide({ actors: { microtask: s.microtask, waitTimer: createWaitTimerLogic() } });
-    const actor = createActor(machine, { input: { ...input, verify: undefined, personVerify: { timeoutMs: 200 } }, inspect: coverage.inspect });
+    const actor = createActor(machine, { input: { ...input, verify: undefined, personVerify: { maxWaitMs: 200 } }, inspect: coverage.inspect });
     actor.start();
     await waitFor(actor, (snap) => snap.matches('awaitingScore'));
     actor.send({ type: 'score', data: { score: 0.5, feedback: 'more imagery' } });

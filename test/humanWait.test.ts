@@ -16,7 +16,7 @@ import { scripted } from './support/flows.js';
 
 const example = JSON.parse(await readFile(new URL('../examples/reentrant.json', import.meta.url), 'utf8')) as Record<string, unknown>;
 const { review: _review, ...withoutReview } = example;
-const personReview = (timeoutMs?: number) => ({ ...withoutReview, personReview: timeoutMs ? { timeoutMs } : {} });
+const personReview = (maxWaitMs?: number) => ({ ...withoutReview, personReview: maxWaitMs ? { maxWaitMs } : {} });
 
 async function setup() {
   const dir = await mkdtemp(join(tmpdir(), 'wait-'));
@@ -161,7 +161,7 @@ describe('flows that wait for a person', () => {
     const neither = patternInputSchemas.reentrant.safeParse(withoutReview);
     expect(neither.success).toBe(false);
     expect(patternInputSchemas.reentrant.safeParse(personReview(60_000)).success).toBe(true);
-    expect(patternInputSchemas['feedback-loop'].safeParse({ task: example.task, personVerify: { timeoutMs: 0 }, threshold: 0.5, maxIterations: 2 }).success).toBe(false);
+    expect(patternInputSchemas['feedback-loop'].safeParse({ task: example.task, personVerify: { maxWaitMs: 0 }, threshold: 0.5, maxIterations: 2 }).success).toBe(false);
   });
 });
 

@@ -58,7 +58,7 @@ describe('a flow waiting for a person, over NATS', () => {
     }
     expect(started.ok).toBe(true);
     const approved = started.flowId as string;
-    const timed = (await request('microtask.flow.start.reentrant', { input: { ...example, personReview: { timeoutMs: 2_000 } } })).flowId as string;
+    const timed = (await request('microtask.flow.start.reentrant', { input: { ...example, personReview: { maxWaitMs: 2_000 } } })).flowId as string;
 
     const waiting = await poll(approved, (r) => r?.waiting);
     expect(waiting).toMatchObject({ status: 'running', state: 'awaitingReview', waiting: [{ actor: 'root', events: ['review'] }] });

@@ -78,6 +78,7 @@ describe('bounded storage with NATS', () => {
       'MICROTASK_DLQ_microtask_tasks_dead',
       'MICROTASK_LOG_flows',
       'MICROTASK_LOG_history',
+      'MICROTASK_LOG_inbox',
       'MICROTASK_WQ_tasks',
     ]);
     for (const [name, info] of all) {

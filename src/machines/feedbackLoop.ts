@@ -194,11 +194,11 @@ export const feedbackLoopMachine = setup({
           feedback: '',
           diagnostics: context.current!.diagnostics,
           checkOk: context.current!.checkOk,
-          error: `not scored: no person answered within ${context.input.personVerify?.timeoutMs} ms`,
+          error: `not scored: no person answered within ${context.input.personVerify?.maxWaitMs} ms`,
         },
       ],
       current: undefined,
-      reason: `no person scored attempt ${context.iteration + 1} within ${context.input.personVerify?.timeoutMs} ms; the best attempt so far is returned`,
+      reason: `no person scored attempt ${context.iteration + 1} within ${context.input.personVerify?.maxWaitMs} ms; the best attempt so far is returned`,
     })),
     recordUnverified: assign(({ context }) => ({
       history: [
@@ -295,7 +295,7 @@ export const feedbackLoopMachine = setup({
     },
     awaitingScore: {
       meta: { wait: { for: "a person's score of the latest attempt", events: { score: ScoreAnswerSchema } } satisfies WaitDeclaration },
-      invoke: { src: 'waitTimer', id: 'waitTimer', input: ({ context }) => ({ timeoutMs: context.input.personVerify?.timeoutMs }) },
+      invoke: { src: 'waitTimer', id: 'waitTimer', input: ({ context }) => ({ timeoutMs: context.input.personVerify?.maxWaitMs }) },
       on: {
         score: { target: 'judged', actions: { type: 'recordPersonScore', params: ({ event }) => ({ answer: event.data }) } },
         [WAIT_TIMEOUT]: { target: 'exhausted', actions: 'recordScoreTimeout' },

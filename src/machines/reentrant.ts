@@ -220,11 +220,11 @@ export const reentrantMachine = setup({
           review: null,
           diagnostics: context.current!.diagnostics,
           checkOk: context.current!.checkOk,
-          error: `not reviewed: no person answered within ${context.input.personReview?.timeoutMs} ms`,
+          error: `not reviewed: no person answered within ${context.input.personReview?.maxWaitMs} ms`,
         },
       ],
       current: undefined,
-      reason: `no person reviewed pass ${context.pass} within ${context.input.personReview?.timeoutMs} ms; the output of pass ${context.pass} is returned, not approved`,
+      reason: `no person reviewed pass ${context.pass} within ${context.input.personReview?.maxWaitMs} ms; the output of pass ${context.pass} is returned, not approved`,
     })),
     recordUnreviewed: assign(({ context }) => ({
       revisions: [
@@ -337,7 +337,7 @@ export const reentrantMachine = setup({
     },
     awaitingReview: {
       meta: { wait: { for: "a person's review of the latest pass", events: { review: ReviewAnswerSchema } } satisfies WaitDeclaration },
-      invoke: { src: 'waitTimer', id: 'waitTimer', input: ({ context }) => ({ timeoutMs: context.input.personReview?.timeoutMs }) },
+      invoke: { src: 'waitTimer', id: 'waitTimer', input: ({ context }) => ({ timeoutMs: context.input.personReview?.maxWaitMs }) },
       on: {
         review: {
           target: 'reviewed',

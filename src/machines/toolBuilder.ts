@@ -250,7 +250,7 @@ export const toolBuilderMachine = setup({
       reason: `not written: a person rejected the tool${params.answer.feedback ? ` (${params.answer.feedback})` : ''}`,
     })),
     noteApprovalTimeout: assign(({ context }) => ({
-      reason: `not written: no person approved the tool within ${context.input.approval?.timeoutMs} ms`,
+      reason: `not written: no person approved the tool within ${context.input.approval?.maxWaitMs} ms`,
     })),
     noteWriteError: assign((_, params: { error: unknown }) => ({
       reason: `the tool could not be written: ${params.error instanceof Error ? params.error.message : String(params.error)}`,
@@ -531,7 +531,7 @@ export const toolBuilderMachine = setup({
     },
     awaitingApproval: {
       meta: { wait: { for: "a person's approval of the integrated tool before it is written", events: { review: ReviewAnswerSchema } } satisfies WaitDeclaration },
-      invoke: { src: 'waitTimer', id: 'waitTimer', input: ({ context }) => ({ timeoutMs: context.input.approval?.timeoutMs }) },
+      invoke: { src: 'waitTimer', id: 'waitTimer', input: ({ context }) => ({ timeoutMs: context.input.approval?.maxWaitMs }) },
       on: {
         review: [
           {

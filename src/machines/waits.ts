@@ -45,8 +45,8 @@ export interface WaitDeclaration {
 const MAX_WAIT_MS = 366 * 24 * 3_600_000;
 const waitError = `a whole number of milliseconds between 1 and ${MAX_WAIT_MS} (a year)`;
 export const PersonOptionSchema = z.object({
-  /** How long the person has; unset: no deadline. */
-  timeoutMs: z.number({ error: waitError }).int({ error: waitError }).min(1, { error: waitError }).max(MAX_WAIT_MS, { error: waitError }).optional(),
+  /** How long the person has; unset: no deadline. Not a microtask's `timeoutMs` (10 minutes at most): a wait may last days. */
+  maxWaitMs: z.number({ error: waitError }).int({ error: waitError }).min(1, { error: waitError }).max(MAX_WAIT_MS, { error: waitError }).optional(),
 });
 export type PersonOption = z.infer<typeof PersonOptionSchema>;
 

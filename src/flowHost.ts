@@ -7,7 +7,7 @@ import type { Logger } from './log.js';
 import { MicrotaskResultSchema } from './contracts/microtask.js';
 import type { JournalEntry } from './journal/Journal.js';
 import { errorInfo } from './machines/common.js';
-import { isPatternName, machineFor, machineVersions, type PatternName } from './patterns.js';
+import { machineFor } from './patterns.js';
 import {
   CorruptSnapshotError,
   InvalidSnapshotError,
@@ -192,13 +192,13 @@ export class FlowHost {
   }
 
   /** Starts a flow; resolves once its first snapshot is saved. */
-  async start(pattern: PatternName, input: Record<string, unknown>, meta: { flowId?: string; requestId?: string } = {}): Promise<string> {
+  async start(pattern: string, input: Record<string, unknown>, meta: { flowId?: string; requestId?: string } = {}): Promise<string> {
     const flowId = meta.flowId ?? newFlowId(pattern);
     const machine = machineFor(this.options.flows, pattern) as AnyStateMachine;
     const flowInput = {
       ...input,
       key: (input.key as string | undefined) ?? flowId,
-      ...(pattern === 'tool-builder' ? { outRoot: this.options.outRoot } : {}),
+      ...(this.options.flows.catalog.definition(pattern)?.prepare?.(input, { outRoot: this.options.outRoot }) ?? {}),
     };
     const hosted = this.host(flowId, pattern, machine, { input: flowInput }, undefined, meta.requestId);
     // The first save is the first step: a flow that ends in its first microsteps has one to travel to.
@@ -283,10 +283,14 @@ export class FlowHost {
     }
     this.legacy.delete(flowId);
     const pattern = record.pattern;
-    if (!isPatternName(pattern) || record.machineVersion !== machineVersions[pattern]) {
-      const message = isPatternName(pattern)
-        ? `its snapshot is of ${record.machineId} version ${record.machineVersion}; this build runs version ${machineVersions[pattern]}`
-        : `its pattern "${pattern}" is unknown to this build`;
+    const version = this.options.flows.catalog.version(pattern);
+    // A flow this process has no definition of (a user's module not loaded here) is left
+    // as it is, for a process that has one: not failed.
+    if (version === undefined) {
+      throw new FlowHostError('FLOW_NOT_DEFINED', `flow ${flowId} is a "${pattern}" flow, which this process does not define: start it with the module that does (--flows)`);
+    }
+    if (record.machineVersion !== version) {
+      const message = `its snapshot is of ${record.machineId} version ${record.machineVersion}; this build runs version ${version}`;
       await this.options.store.save(
         { ...record, status: 'failed', updatedAt: new Date().toISOString(), error: { code: 'INCOMPATIBLE_SNAPSHOT', message } },
         revision,
@@ -667,7 +671,7 @@ export class FlowHost {
 
   private host(
     flowId: string,
-    pattern: PatternName,
+    pattern: string,
     machine: AnyStateMachine,
     origin: { input: unknown } | { snapshot: Snapshot<unknown> },
     previous: FlowSnapshotRecord | undefined,
@@ -681,7 +685,7 @@ export class FlowHost {
         flowId,
         pattern,
         machineId: machine.id,
-        machineVersion: machineVersions[pattern],
+        machineVersion: this.options.flows.catalog.version(pattern) ?? 1,
         status: 'running',
         state: null,
         updatedAt: new Date().toISOString(),
@@ -1139,7 +1143,7 @@ function actorPath(ref: AnyActorRef, root: AnyActorRef): string {
 export class FlowHostError extends Error {
   override readonly name = 'FlowHostError';
   constructor(
-    readonly code: 'FLOW_NOT_FOUND' | 'INCOMPATIBLE_SNAPSHOT',
+    readonly code: 'FLOW_NOT_FOUND' | 'INCOMPATIBLE_SNAPSHOT' | 'FLOW_NOT_DEFINED',
     message: string,
   ) {
     super(message);

@@ -1,4 +1,7 @@
 import type { AnyActorLogic } from 'xstate';
+import type { z } from 'zod';
+import { FlowCatalog, type FlowBlocks, type FlowDefinition } from './flowCatalog.js';
+import { machineVersions, patternInputSchemas, patternNames, type PatternName } from './patterns.js';
 import type { MicrotaskInput, MicrotaskResult } from './contracts/microtask.js';
 import { codeOnlyRepairLogic, createWriteToolLogic, toolCheckLogic } from './actors/toolBuilderActors.js';
 import type { PromiseActorLogic } from 'xstate';
@@ -28,7 +31,7 @@ export interface FlowActors {
 }
 
 /** Every pattern's machine with its actors provided, children included. */
-export function provideFlows(actors: FlowActors) {
+export function provideFlows(actors: FlowActors, userFlows: readonly FlowDefinition[] = []) {
   const microtask = actors.microtask;
   const check = actors.check ?? toolCheckLogic;
   const codeOnly = actors.codeOnly ?? codeOnlyRepairLogic;
@@ -40,7 +43,7 @@ export function provideFlows(actors: FlowActors) {
   const metacognitive = metacognitiveMachine.provide({ actors: { microtask, check } });
   const progressive = progressiveMachine.provide({ actors: { microtask, check, codeOnly, metacognitive } });
   const reentrant = reentrantMachine.provide({ actors: { microtask, check, waitTimer } });
-  return {
+  const machines = {
     microtask: microtaskMachine.provide({ actors: { microtask } }),
     incremental: incrementalMachine.provide({ actors: { microtask } }),
     feedbackLoop,
@@ -52,5 +55,32 @@ export function provideFlows(actors: FlowActors) {
       actors: { parallel, feedbackLoop, progressive, reentrant, metacognitive, writeTool, waitTimer },
     }),
   };
+  // What a flow's machine may invoke: these actors, and every pattern's machine as a child.
+  const blocks: FlowBlocks = { microtask, check, codeOnly, writeTool, waitTimer, patterns: machines };
+  return { ...machines, catalog: new FlowCatalog([...builtinFlows(), ...userFlows], blocks) };
 }
 export type Flows = ReturnType<typeof provideFlows>;
+
+/** Which provided machine runs each pattern. */
+const machineOf = {
+  microtask: 'microtask',
+  incremental: 'incremental',
+  'feedback-loop': 'feedbackLoop',
+  parallel: 'parallel',
+  metacognitive: 'metacognitive',
+  progressive: 'progressive',
+  reentrant: 'reentrant',
+  'tool-builder': 'toolBuilder',
+} as const satisfies Record<PatternName, string>;
+
+/** The built-in patterns as flow definitions: started, hosted and resumed as a user's flows are. */
+function builtinFlows(): FlowDefinition[] {
+  return patternNames.map((name) => ({
+    name,
+    version: machineVersions[name],
+    input: patternInputSchemas[name] as unknown as z.ZodType<Record<string, unknown>>,
+    machine: (blocks: FlowBlocks) => blocks.patterns[machineOf[name]]!,
+    // The output root is the runner's to choose (MICROTASK_STATE_DIR or --out), never a client's.
+    ...(name === 'tool-builder' ? { prepare: (_input: Record<string, unknown>, runner: { outRoot: string }) => ({ outRoot: runner.outRoot }) } : {}),
+  }));
+}

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { MicrotaskInputSchema } from './contracts/microtask.js';
-import type { Flows } from './flows.js';
+import type { FlowCatalog } from './flowCatalog.js';
 import { BudgetSchema, TaskSpecSchema } from './machines/common.js';
 import { timeoutMsSchema } from './contracts/limits.js';
 import { ToolSpecSchema } from './contracts/toolSpec.js';
@@ -95,19 +95,11 @@ export const patternNames = Object.keys(patternInputSchemas) as PatternName[];
 
 export const isPatternName = (name: string): name is PatternName => Object.hasOwn(patternInputSchemas, name);
 
-/** The machine that runs a pattern, from the provided flows. */
-export function machineFor(flows: Flows, pattern: PatternName) {
-  const byPattern = {
-    microtask: flows.microtask,
-    incremental: flows.incremental,
-    'feedback-loop': flows.feedbackLoop,
-    parallel: flows.parallel,
-    metacognitive: flows.metacognitive,
-    progressive: flows.progressive,
-    reentrant: flows.reentrant,
-    'tool-builder': flows.toolBuilder,
-  } as const;
-  return byPattern[pattern];
+/** The machine that runs a flow (a pattern, or a user's flow), from the provided flows' catalog. */
+export function machineFor(flows: { catalog: FlowCatalog }, name: string) {
+  const machine = flows.catalog.machine(name);
+  if (!machine) throw new Error(`no flow "${name}" in this runtime; one of: ${flows.catalog.names().join(', ')}`);
+  return machine;
 }
 
 /**

@@ -3,7 +3,6 @@ import type { InspectionEvent } from 'xstate';
 import { createMicrotaskLogic } from './actors/microtask.js';
 import { FlowHaltedError, FlowHost } from './flowHost.js';
 import { provideFlows } from './flows.js';
-import type { PatternName } from './patterns.js';
 import type { FlowSnapshotRecord } from './persistence/SnapshotStore.js';
 import type { Runtime } from './runtime.js';
 import type { Journal } from './journal/Journal.js';
@@ -83,7 +82,7 @@ function outputOf(record: FlowSnapshotRecord): FlowOutput {
  * saved after every transition, so `resumeFlow` carries on after a crash. The input has
  * been checked against the pattern's schema; its `key` defaults to the flow id.
  */
-export async function runFlow(runtime: Runtime, pattern: PatternName, input: Record<string, unknown>, options: RunFlowOptions = {}) {
+export async function runFlow(runtime: Runtime, pattern: string, input: Record<string, unknown>, options: RunFlowOptions = {}) {
   const host = hostFor(runtime, options);
   const flowId = await host.start(pattern, input, options.flowId ? { flowId: options.flowId } : {});
   options.onStarted?.(flowId);
@@ -114,7 +113,7 @@ export async function resumeFlow(runtime: Runtime, flowId: string, options: RunF
  * Starts a flow and leaves it saved, not running: another process (`microtask resume`)
  * runs it. A microtask the start set off is stopped before its model call.
  */
-export async function startDetached(runtime: Runtime, pattern: PatternName, input: Record<string, unknown>, options: RunFlowOptions = {}) {
+export async function startDetached(runtime: Runtime, pattern: string, input: Record<string, unknown>, options: RunFlowOptions = {}) {
   const host = hostFor(runtime, options);
   const flowId = await host.start(pattern, input, options.flowId ? { flowId: options.flowId } : {});
   await host.stop();

@@ -1,9 +1,7 @@
-import type { AnyStateMachine } from 'xstate';
 import type { KeptEvent } from './contracts/waits.js';
 import type { Flows } from './flows.js';
 import { matchWait, storedWaits, type LiveWait } from './flowWaits.js';
 import type { Inbox } from './inbox/Inbox.js';
-import { isPatternName, machineFor } from './patterns.js';
 import type { SnapshotStore } from './persistence/SnapshotStore.js';
 import type { FlowSnapshotRecord } from './persistence/SnapshotStore.js';
 
@@ -37,7 +35,7 @@ export async function sendEvent(
   // A retry of an event the flow applied (and perhaps ended with) is answered as such.
   if (record.received?.includes(event.eventId)) return { duplicate: true };
   if (record.status !== 'running') throw new SendError('FLOW_FINISHED', `flow ${flowId} already ended: ${record.status}`);
-  const waits = here?.waits ?? (isPatternName(record.pattern) ? storedWaits(machineFor(parts.flows, record.pattern) as AnyStateMachine, record.snapshot) : []);
+  const waits = here?.waits ?? (parts.flows.catalog.has(record.pattern) ? storedWaits(parts.flows.catalog.machine(record.pattern)!, record.snapshot) : []);
   matchWait(flowId, waits, event);
   await parts.inbox.append(flowId, { ...event, sentAt: event.sentAt ?? Date.now() });
   return { duplicate: false };

@@ -6,7 +6,6 @@ import { subjects, type Subjects } from '../bus/subjects.js';
 import type { Flows } from '../flows.js';
 import { JsonInputError, parseJsonInput } from '../jsonInput.js';
 import type { Logger } from '../log.js';
-import { isPatternName, patternInputSchemas, patternNames, type PatternName } from '../patterns.js';
 import { FlowHost, newFlowId } from '../flowHost.js';
 import type { SnapshotStore } from '../persistence/SnapshotStore.js';
 import type { MicrotaskResult } from '../contracts/microtask.js';
@@ -143,7 +142,7 @@ export class Daemon {
       await bus.subscribe(this.subjects.flowCancel, (m) => this.serve(m, () => this.onCancel(m))),
       await bus.subscribe(this.subjects.flowSend, (m) => this.serve(m, () => this.onSend(m)), queue),
     );
-    this.options.logger.info({ patterns: patternNames }, 'daemon serving');
+    this.options.logger.info({ flows: this.options.flows.catalog.names() }, 'daemon serving');
   }
 
   /**
@@ -179,7 +178,7 @@ export class Daemon {
    * Starts a flow, or finds the one started for the same request (same pattern, requestId
    * and input); the requestId reused with another input is refused (REQUEST_ID_CONFLICT).
    */
-  async startFlow(pattern: PatternName, input: Record<string, unknown>, requestId?: string): Promise<string> {
+  async startFlow(pattern: string, input: Record<string, unknown>, requestId?: string): Promise<string> {
     const flowId = newFlowId(pattern);
     const claim = requestId ? await claimRequest(this.requestIds, { pattern, requestId, flowId, input }) : undefined;
     if (claim && claim.flowId !== flowId) return claim.flowId;
@@ -202,11 +201,12 @@ export class Daemon {
 
   private async onFlowStart(message: BusMessage): Promise<Answer> {
     const pattern = message.subject.split('.').pop() ?? '';
-    if (!isPatternName(pattern)) {
-      throw new ProtocolError('UNKNOWN_PATTERN', `no pattern "${pattern}"; one of: ${patternNames.join(', ')}`);
+    const definition = this.options.flows.catalog.definition(pattern);
+    if (!definition) {
+      throw new ProtocolError('UNKNOWN_PATTERN', `no pattern "${pattern}"; one of: ${this.options.flows.catalog.names().join(', ')}`);
     }
     const request = this.parse(message, FlowStartRequestSchema, 'flow start request');
-    const input = patternInputSchemas[pattern].safeParse(request.input);
+    const input = definition.input.safeParse(request.input);
     if (!input.success) throw new ProtocolError('INVALID_INPUT', `invalid ${pattern} input:\n${describeIssues(input.error)}`);
     return { ok: true, flowId: await this.startFlow(pattern, input.data as Record<string, unknown>, request.requestId) };
   }

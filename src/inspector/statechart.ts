@@ -91,7 +91,7 @@ export function machinesOf(flows: Flows): Map<string, AnyStateMachine> {
       if (isMachine(logic)) visit(logic);
     }
   };
-  for (const machine of Object.values(flows)) visit(machine as AnyStateMachine);
+  for (const name of flows.catalog.names()) visit(flows.catalog.machine(name)!);
   return machines;
 }
 

@@ -146,12 +146,9 @@ interface HostedFlow {
   received: string[];
   /** Resolves once the actor is started (a resume may first read the events kept for it). */
   started: Promise<void>;
-  /** Events sent before the flow waited for them (straight into its inbox): tried again each time it starts waiting. */
-  held: KeptEvent[];
+  /** The ids of the events refused (the last RECEIVED_KEPT), saved with its record: never applied later. */
+  refused: string[];
 }
-
-/** Events held for a flow until it waits for them, at most. */
-const HELD_KEPT = 100;
 
 /** How old the heartbeats read once for a scan of many flows (resumeAll, a takeover) may be. */
 const SCAN_BEATS_MAX_AGE_MS = 1_000;
@@ -307,16 +304,21 @@ export class FlowHost {
       // restored actor finds nothing new to save. In this owner's index first: a host that
       // dies right after the claim is found holding it. The lease is the heartbeat's now:
       // an older daemon's `leaseUntil` goes.
+      // Its own already (a restart under the same MICROTASK_DAEMON_ID): the index has it
+      // from the first claim, written again alongside, not before (one round trip per flow
+      // less when 10,000 resume).
+      const mine = record.owner === leases.owner;
       const { leaseUntil: _older, ...rest } = record;
       record = { ...rest, snapshot, updatedAt: new Date(now).toISOString(), owner: leases.owner };
-      await leases.hold(flowId);
-      try {
-        revision = await this.options.store.save(record, revision);
-      } catch (e) {
+      const held = mine ? leases.hold(flowId) : await leases.hold(flowId);
+      const [saved, heldAgain] = await Promise.allSettled([this.options.store.save(record, revision), held]);
+      if (saved.status === 'rejected') {
         await leases.release(flowId);
-        if (e instanceof SnapshotConflictError) return 'owned';
-        throw e;
+        if (saved.reason instanceof SnapshotConflictError) return 'owned';
+        throw saved.reason;
       }
+      if (heldAgain.status === 'rejected') this.options.logger.warn({ flowId, err: heldAgain.reason }, 'could not write the flow into the lease index again (it is there from its first claim)');
+      revision = saved.value;
     }
     const machine = machineFor(this.options.flows, pattern) as AnyStateMachine;
     const hosted = this.host(flowId, pattern, machine, { snapshot: snapshot as Snapshot<unknown> }, record, record.requestId);
@@ -357,7 +359,7 @@ export class FlowHost {
     }
     for (const event of kept) {
       try {
-        this.applyOrHold(hosted, event);
+        this.applyOrRefuse(hosted, event);
       } catch (e) {
         this.options.logger.warn({ flowId, eventId: event.eventId, err: e }, 'an event kept for the flow was not applied');
       }
@@ -523,42 +525,31 @@ export class FlowHost {
    * (the root or a child), once per `eventId`. `not-here` when this host does not run the
    * flow; throws EventRefusedError when no wait accepts it or its data is wrong.
    */
-  async send(flowId: string, event: KeptEvent): Promise<'applied' | 'duplicate' | 'held' | 'not-here'> {
+  async send(flowId: string, event: KeptEvent): Promise<'applied' | 'duplicate' | 'not-here'> {
     const hosted = this.flows.get(flowId);
     if (!hosted) return 'not-here';
     await hosted.started;
     if (hosted.ending || hosted.lost || hosted.frozen) return 'not-here';
-    return this.applyOrHold(hosted, event);
+    return this.applyOrRefuse(hosted, event);
   }
 
   /**
-   * An event sent while the flow waits for nothing yet (straight into its inbox, ahead of
-   * the wait) is held, in order, and tried again each time the flow starts waiting; its
-   * data is checked then. Wrong data or a passed deadline when it waits is refused at once.
+   * Applies an event, or refuses it for good: a refused id is saved with the flow (with
+   * its next save), so a resume that reads the inbox again never applies it to a later
+   * wait (a pass nobody has seen).
    */
-  private applyOrHold(hosted: HostedFlow, event: KeptEvent): 'applied' | 'duplicate' | 'held' {
+  private applyOrRefuse(hosted: HostedFlow, event: KeptEvent): 'applied' | 'duplicate' {
+    if (hosted.refused.includes(event.eventId)) return 'duplicate';
     try {
       return this.apply(hosted, event);
     } catch (e) {
-      // Held only while the flow waits for nothing (it is working): waiting for something
-      // else, the event is a mistake, refused at once.
-      const working = waitsOf(hosted.actor).length === 0;
-      if (!(e instanceof EventRefusedError) || e.code !== 'EVENT_NOT_ACCEPTED' || !working || hosted.held.length >= HELD_KEPT) throw e;
-      if (!hosted.held.some((h) => h.eventId === event.eventId)) hosted.held.push(event);
-      this.options.logger.info({ flowId: hosted.flowId, eventId: event.eventId, type: event.type }, 'event held until the flow waits for it');
-      return 'held';
-    }
-  }
-
-  /** The flow started waiting: the events held for it, tried in the order sent. */
-  private retryHeld(hosted: HostedFlow) {
-    // One applied moves the flow on: the rest are held again, in order, for its next wait.
-    for (const event of hosted.held.splice(0)) {
-      try {
-        this.applyOrHold(hosted, event);
-      } catch (e) {
-        this.options.logger.warn({ flowId: hosted.flowId, eventId: event.eventId, err: e }, 'a held event was not applied');
+      if (e instanceof EventRefusedError) {
+        hosted.refused.push(event.eventId);
+        if (hosted.refused.length > RECEIVED_KEPT) hosted.refused.splice(0, hosted.refused.length - RECEIVED_KEPT);
+        hosted.touch = true;
+        this.queueWrite(hosted);
       }
+      throw e;
     }
   }
 
@@ -714,7 +705,7 @@ export class FlowHost {
       awaiting: undefined,
       received: [...(previous?.received ?? [])],
       started: Promise.resolve(),
-      held: [],
+      refused: [...(previous?.refused ?? [])],
     };
     const inspect = (event: InspectionEvent) => {
       this.options.inspect?.(event);
@@ -879,6 +870,7 @@ export class FlowHost {
       status: ending?.status ?? 'running',
       ...(last ? { state: last.step.rootState as FlowSnapshotRecord['state'], snapshot: last.snapshot as FlowSnapshotRecord['snapshot'], steps: last.step.step } : {}),
       ...(hosted.received.length ? { received: [...hosted.received] } : {}),
+      ...(hosted.refused.length ? { refused: [...hosted.refused] } : {}),
       seq: ending?.seq ?? seq,
       updatedAt: new Date().toISOString(),
     };
@@ -907,10 +899,7 @@ export class FlowHost {
     hosted.revision = await this.saveRecord(hosted, record, hosted.revision, steps);
     hosted.record = record;
     // Told once the wait is saved: an answer sent from now on finds the flow waiting for it.
-    if (startsWaiting) {
-      this.options.onWaiting?.(hosted.flowId, record.waiting!);
-      if (hosted.held.length) this.retryHeld(hosted);
-    }
+    if (startsWaiting) this.options.onWaiting?.(hosted.flowId, record.waiting!);
     if (keeps) for (const step of steps) this.journalStep(hosted, step);
     return journaled;
   }

@@ -33,8 +33,9 @@ export function waitsOf(root: AnyActorRef): LiveWait[] {
     for (const meta of Object.values(snapshot.getMeta())) {
       const wait = (meta as { wait?: WaitDeclaration } | undefined)?.wait;
       if (!wait) continue;
-      const timer = snapshot.children?.waitTimer?.getSnapshot() as { input?: { waitUntil?: unknown } } | undefined;
+      const timer = snapshot.children?.waitTimer?.getSnapshot() as { input?: { waitUntil?: unknown; waitingSince?: unknown } } | undefined;
       const until = timer?.input?.waitUntil;
+      const since = timer?.input?.waitingSince;
       found.push({
         ref,
         actor: path.length ? path.join('/') : 'root',
@@ -43,6 +44,7 @@ export function waitsOf(root: AnyActorRef): LiveWait[] {
         events: Object.keys(wait.events),
         schemas: wait.events,
         ...(typeof until === 'number' ? { until: new Date(until).toISOString() } : {}),
+        ...(typeof since === 'number' ? { since: new Date(since).toISOString() } : {}),
       });
     }
     for (const [id, child] of Object.entries(snapshot.children ?? {})) if (child) visit(child, [...path, id]);
@@ -55,7 +57,7 @@ export function waitsOf(root: AnyActorRef): LiveWait[] {
 export class EventRefusedError extends Error {
   override readonly name = 'EventRefusedError';
   constructor(
-    readonly code: 'EVENT_NOT_ACCEPTED' | 'INVALID_EVENT' | 'WAIT_EXPIRED',
+    readonly code: 'EVENT_NOT_ACCEPTED' | 'INVALID_EVENT' | 'WAIT_EXPIRED' | 'STALE_EVENT',
     message: string,
   ) {
     super(message);
@@ -80,6 +82,9 @@ export function matchWait(flowId: string, waits: readonly LiveWait[], event: Sen
         : `flow ${flowId} waits for no event now (it is working, or has ended)`,
     );
   }
+  if (event.forWait !== undefined && wait.since !== undefined && event.forWait !== wait.since) {
+    throw new EventRefusedError('STALE_EVENT', `the "${event.type}" was sent for the wait that began ${event.forWait}; flow ${flowId} now waits since ${wait.since}: answer what it waits for now`);
+  }
   if (sentAt !== undefined && wait.until !== undefined && sentAt > Date.parse(wait.until)) {
     throw new EventRefusedError('WAIT_EXPIRED', `flow ${flowId} stopped waiting for "${event.type}" at ${wait.until}; the answer came later`);
   }
@@ -90,7 +95,7 @@ export function matchWait(flowId: string, waits: readonly LiveWait[], event: Sen
 
 /** The protocol's view of waits (no actor refs, no schemas). */
 export const publicWaits = (waits: readonly LiveWait[]): FlowWait[] =>
-  waits.map(({ actor, state, for: what, events, until }) => ({ actor, state, for: what, events, ...(until ? { until } : {}) }));
+  waits.map(({ actor, state, for: what, events, until, since }) => ({ actor, state, for: what, events, ...(until ? { until } : {}), ...(since ? { since } : {}) }));
 
 /**
  * The waits of a flow no process here runs, from its stored snapshot: the machine is

@@ -3,7 +3,7 @@ import type { Flows } from './flows.js';
 import { matchWait, storedWaits, type LiveWait } from './flowWaits.js';
 import type { Inbox } from './inbox/Inbox.js';
 import type { SnapshotStore } from './persistence/SnapshotStore.js';
-import type { FlowSnapshotRecord } from './persistence/SnapshotStore.js';
+import { isValidFlowId, type FlowSnapshotRecord } from './persistence/SnapshotStore.js';
 
 /** Why an event could not be kept for a flow: it has none, or it ended. */
 export class SendError extends Error {
@@ -29,6 +29,7 @@ export async function sendEvent(
   flowId: string,
   event: KeptEvent,
 ): Promise<{ duplicate: boolean }> {
+  if (!isValidFlowId(flowId)) throw new SendError('FLOW_NOT_FOUND', `no flow ${JSON.stringify(flowId).slice(0, 220)}: \`microtask flows\` lists them`);
   const here = parts.running?.(flowId);
   const record = here?.record ?? (await parts.store.load(flowId))?.record;
   if (!record) throw new SendError('FLOW_NOT_FOUND', `no flow ${flowId}: \`microtask flows\` lists them`);
@@ -36,7 +37,9 @@ export async function sendEvent(
   if (record.received?.includes(event.eventId)) return { duplicate: true };
   if (record.status !== 'running') throw new SendError('FLOW_FINISHED', `flow ${flowId} already ended: ${record.status}`);
   const waits = here?.waits ?? (parts.flows.catalog.has(record.pattern) ? storedWaits(parts.flows.catalog.machine(record.pattern)!, record.snapshot) : []);
-  matchWait(flowId, waits, event);
-  await parts.inbox.append(flowId, { ...event, sentAt: event.sentAt ?? Date.now() });
+  const sentAt = Date.now();
+  const { wait } = matchWait(flowId, waits, event, sentAt);
+  // Bound to the wait it was checked against: not applied to a later one nobody has seen.
+  await parts.inbox.append(flowId, { ...event, sentAt, ...(wait.since ? { forWait: wait.since } : {}) });
   return { duplicate: false };
 }

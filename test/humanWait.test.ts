@@ -52,7 +52,9 @@ describe('flows that wait for a person', () => {
     await until(async () => (await waitingOf(s.store, flowId)) !== undefined);
     const record = (await s.store.load(flowId))!.record;
     expect(record.state).toBe('awaitingReview');
-    expect(record.waiting).toEqual([{ actor: 'root', state: 'awaitingReview', for: "a person's review of the latest pass", events: ['review'] }]);
+    expect(record.waiting).toEqual([
+      { actor: 'root', state: 'awaitingReview', for: "a person's review of the latest pass", events: ['review'], since: expect.any(String) },
+    ]);
     expect(host.waiting(flowId)).toEqual(record.waiting);
     // Only the process step ran: the model was not asked to review.
     expect(s.runtime.model.calls.map((c) => c.request.schemaName ?? 'text')).toHaveLength(1);
@@ -165,24 +167,52 @@ describe('flows that wait for a person', () => {
   });
 });
 
-describe('an answer sent before the flow waits for it', () => {
-  it('is held and applied when the flow starts waiting, in the order sent', async () => {
+describe('answers and the wait they are for', () => {
+  it('an answer sent while the flow works (waits for nothing) is refused, not kept for its next wait', async () => {
     const s = await setup();
-    // Slow answers: the events come while the process step runs.
+    // Slow answers: the event comes while the process step runs.
     const runtime = scripted((request) => {
       const answer = handWrittenAnswer(request);
       return typeof answer === 'string' ? { text: answer, delayMs: 200 } : { ...(answer as { value: unknown }), delayMs: 200 };
     });
     const host = new FlowHost({ flows: provideFlows({ microtask: runtime.microtask }), store: s.store, logger: silentLogger, outRoot: s.dir });
     const flowId = await host.start('reentrant', personReview());
-    // The process step is still running: nothing waits for a review yet.
     expect(host.waiting(flowId)).toEqual([]);
-    expect(await host.send(flowId, { eventId: 'early-1', type: 'review', data: { approved: false, feedback: 'first' } })).toBe('held');
-    expect(await host.send(flowId, { eventId: 'early-2', type: 'review', data: { approved: true } })).toBe('held');
-    // Its data is checked when the flow waits: by then the flow has ended, and it is dropped.
-    expect(await host.send(flowId, { eventId: 'bad', type: 'review', data: { approved: 'no' } })).toBe('held');
-    const output = (await host.finished(flowId))!.output as ReentrantOutput;
-    expect(output).toMatchObject({ status: 'done', approved: true, passes: 2 });
-    expect(output.revisions.map((r) => r.review?.feedback)).toEqual(['first', '']);
+    await expect(host.send(flowId, { eventId: 'early', type: 'review', data: { approved: true } })).rejects.toThrow(/waits for no event now/);
+    await until(() => host.waiting(flowId)?.length === 1);
+    // Sent again, the same id is not applied: it was refused.
+    expect(await host.send(flowId, { eventId: 'early', type: 'review', data: { approved: true } })).toBe('duplicate');
+    expect(host.waiting(flowId)).toHaveLength(1);
+    await until(async () => (await s.store.load(flowId))!.record.refused?.includes('early') === true);
+  });
+
+  it('an answer checked against one wait is not applied to the next: after a reject, an approve sent for the same pass is refused (STALE_EVENT), also after a restart', async () => {
+    const s = await setup();
+    const a = s.host();
+    const flowId = await a.start('reentrant', personReview());
+    await until(async () => (await waitingOf(s.store, flowId)) !== undefined);
+    const since = (await waitingOf(s.store, flowId))![0]!.since!;
+    expect(since).toBeDefined();
+    await a.stop();
+    // Both sent for pass 0 while nothing ran the flow: a reject, then (a change of mind) an approve.
+    s.kept.set(flowId, [
+      { eventId: 'x1', type: 'review', data: { approved: false, feedback: 'shorter' }, forWait: since },
+      { eventId: 'x2', type: 'review', data: { approved: true }, forWait: since },
+    ]);
+    const b = s.host();
+    await b.resume(flowId);
+    await until(() => s.runtime.model.calls.length === 2 && b.waiting(flowId)?.length === 1);
+    expect(b.waiting(flowId)![0]!.since).not.toBe(since);
+    await until(async () => (await s.store.load(flowId))!.record.refused?.includes('x2') === true);
+    await b.stop();
+    // Read again on the next resume: x1 is applied already, x2 refused already; pass 1 still waits.
+    const c = s.host();
+    await c.resume(flowId);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(c.waiting(flowId)).toHaveLength(1);
+    const record = (await s.store.load(flowId))!.record;
+    expect(record.status).toBe('running');
+    expect(record.received).toEqual(['x1']);
+    await c.stop();
   });
 });

@@ -129,7 +129,7 @@ describe('answering a waiting flow through the inspector (real HTTP)', () => {
     expect(answer.body).toEqual({
       flowId,
       status: 'running',
-      waiting: [{ actor: 'root', state: 'awaitingReview', for: "a person's review of the latest pass", events: ['review'] }],
+      waiting: [{ actor: 'root', state: 'awaitingReview', for: "a person's review of the latest pass", events: ['review'], since: expect.any(String) }],
     });
   });
 

@@ -36,6 +36,7 @@ export function createWaitTimerLogic(): CallbackActorLogic<EventObject, WaitTime
     getInitialSnapshot: (scope, input) =>
       logic.getInitialSnapshot(scope, {
         ...input,
+        ...(input.waitingSince === undefined ? { waitingSince: Date.now() } : {}),
         ...(input.waitUntil === undefined && input.timeoutMs !== undefined ? { waitUntil: Date.now() + input.timeoutMs } : {}),
       }),
   };

@@ -14,6 +14,8 @@ export interface BusMessage {
   /** Where an answer goes, for request/reply. */
   reply?: string;
   headers?: Record<string, string>;
+  /** For a message read from an event log: when the log stored it (epoch ms), by the server's clock, not the sender's. */
+  storedAt?: number;
   string(): string;
   /** The payload parsed as JSON; rejects with a BusError `NOT_JSON` that says why. */
   json<T = unknown>(): T;

@@ -50,6 +50,7 @@ class MemoryMessage implements BusMessage {
     readonly data: Uint8Array,
     readonly reply?: string,
     readonly headers?: Record<string, string>,
+    readonly storedAt?: number,
   ) {}
   string(): string {
     return toText(this.data);
@@ -104,7 +105,7 @@ class Replay {
     while (this.active && this.backlog.length > 0) {
       const m = this.backlog.shift()!;
       try {
-        await this.handler(new MemoryMessage(m.subject, m.data, undefined, m.headers));
+        await this.handler(new MemoryMessage(m.subject, m.data, undefined, m.headers, m.time));
       } catch {
         // A throwing handler loses nothing but its own message.
       }
@@ -304,7 +305,7 @@ export class MemoryBus implements Bus {
         this.prune(stream);
         return stream.messages
           .filter((m) => subjectMatches(filter, m.subject))
-          .map((m) => new MemoryMessage(m.subject, m.data, undefined, m.headers));
+          .map((m) => new MemoryMessage(m.subject, m.data, undefined, m.headers, m.time));
       },
       purge: async (filter) => {
         this.assertOpen();

@@ -181,14 +181,17 @@ export async function connectNatsBus(options: NatsBusOptions): Promise<NatsBus> 
 class NatsMessage implements BusMessage {
   readonly headers?: Record<string, string>;
   readonly reply?: string;
+  readonly storedAt?: number;
   constructor(
     readonly subject: string,
     readonly data: Uint8Array,
     reply: string | undefined,
     hdrs: MsgHdrs | undefined,
+    storedAt?: number,
   ) {
     if (reply) this.reply = reply;
     if (hdrs) this.headers = headersToRecord(hdrs);
+    if (storedAt !== undefined) this.storedAt = storedAt;
   }
   string(): string {
     return toText(this.data);
@@ -675,7 +678,7 @@ export class NatsBus implements Bus {
         const batch = await consumer.fetch({ max_messages: 1000, expires: 2_000 });
         let pending = -1;
         for await (const m of batch) {
-          out.push(new NatsMessage(m.subject, m.data, undefined, m.headers));
+          out.push(new NatsMessage(m.subject, m.data, undefined, m.headers, Math.floor(m.info.timestampNanos / 1e6)));
           pending = m.info.pending;
           if (pending === 0) break;
         }
@@ -701,7 +704,7 @@ export class NatsBus implements Bus {
     const loop = (async () => {
       for await (const m of messages) {
         try {
-          await handler(new NatsMessage(m.subject, m.data, undefined, m.headers));
+          await handler(new NatsMessage(m.subject, m.data, undefined, m.headers, Math.floor(m.info.timestampNanos / 1e6)));
         } catch {
           // A throwing handler loses nothing but its own message.
         }

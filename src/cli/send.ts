@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { loadConfig } from '../config.js';
-import { EventRefusedError } from '../flowWaits.js';
+import { EventRefusedError, SentEventSchema } from '../flowWaits.js';
 import { provideFlows } from '../flows.js';
 import { JsonInputError, parseJsonInput } from '../jsonInput.js';
 import { createLogger } from '../log.js';
@@ -36,6 +36,8 @@ export function parseData(text: string | undefined): unknown {
 export async function sendCommand(flowId: string, type: string, options: SendOptions): Promise<number> {
   const data = parseData(options.data);
   const eventId = options.id ?? randomUUID();
+  const id = SentEventSchema.shape.eventId.safeParse(eventId);
+  if (!id.success) throw new UsageError(`--id ${JSON.stringify(eventId.slice(0, 40))}: ${id.error.issues[0]?.message ?? 'not an event id'} (at most 200)`, 'INVALID_INPUT');
   const event = { eventId, type, ...(data !== undefined ? { data } : {}) };
   const config = loadConfig();
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');

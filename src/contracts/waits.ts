@@ -18,6 +18,11 @@ export const FlowWaitSchema = z.object({
   events: z.array(z.string()),
   /** When it stops waiting and takes its timeout path (ISO 8601); absent: no deadline. */
   until: z.iso.datetime({ offset: true }).optional(),
+  /**
+   * When this wait began (ISO 8601, to the millisecond): names it. An answer checked against
+   * one wait is not applied to a later one (a new pass nobody has seen).
+   */
+  since: z.iso.datetime({ offset: true }).optional(),
 });
 export type FlowWait = z.infer<typeof FlowWaitSchema>;
 
@@ -27,6 +32,8 @@ export const SentEventSchema = z.object({
   eventId: z.string().min(1).max(200).regex(/^[A-Za-z0-9._:-]+$/, 'use letters, digits and . _ : - only'),
   type: z.string().min(1).max(100),
   data: z.unknown().optional(),
+  /** The wait it answers (that wait's `since`): set when it was checked against one; not applied to another. */
+  forWait: z.iso.datetime({ offset: true }).optional(),
 });
 export type SentEvent = z.infer<typeof SentEventSchema>;
 
@@ -39,6 +46,8 @@ export interface WaitTimerInput {
   timeoutMs?: number;
   /** Epoch ms; kept across restores, never moved (a person's deadline is wall-clock time). */
   waitUntil?: number;
+  /** Epoch ms, set when it first starts: when the wait began, which names it. */
+  waitingSince?: number;
 }
 
 /** An event sent to a flow, with when it was sent (epoch ms) when that is known. */

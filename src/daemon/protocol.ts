@@ -19,6 +19,7 @@ export const ErrorCodeSchema = z.enum([
   'EVENT_NOT_ACCEPTED', // flow.send: the flow waits for no event of this type now; the message lists what it waits for
   'INVALID_EVENT', // flow.send: the event's data is not what the flow waits for; the message lists each problem
   'WAIT_EXPIRED', // flow.send: the wait's deadline passed
+  'STALE_EVENT', // an answer checked against one wait, and the flow now waits for another (a later pass)
   'INTERNAL', // the daemon failed; the message says how, the logs say more
 ]);
 export type ErrorCode = z.infer<typeof ErrorCodeSchema>;

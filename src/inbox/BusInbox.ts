@@ -32,7 +32,7 @@ export class BusInbox implements Inbox {
     const out: KeptEvent[] = [];
     for (const message of await this.log.read(this.names.flowInbox(flowId))) {
       const event = parseKeptEvent(flowId, message.string(), this.onError);
-      if (event) out.push(event);
+      if (event) out.push(stamped(event, message.storedAt));
     }
     return out;
   }
@@ -44,7 +44,7 @@ export class BusInbox implements Inbox {
       const flowId = this.names.flowOfInbox(message.subject);
       if (!flowId) return;
       const event = parseKeptEvent(flowId, message.string(), this.onError);
-      if (event) handler(flowId, event);
+      if (event) handler(flowId, stamped(event, message.storedAt));
     });
     return { stop: () => subscription.unsubscribe() };
   }
@@ -58,3 +58,12 @@ export class BusInbox implements Inbox {
     for (const flowId of flowIds) await this.log.purge(this.names.flowInbox(flowId));
   }
 }
+
+/**
+ * When an event was sent is when the stream stored it, by the server's clock: a `sentAt`
+ * in what a client published is not taken (it could backdate an answer past a deadline).
+ */
+const stamped = (event: KeptEvent, storedAt: number | undefined): KeptEvent => {
+  const { sentAt: _claimed, ...rest } = event;
+  return storedAt === undefined ? rest : { ...rest, sentAt: storedAt };
+};

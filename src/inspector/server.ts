@@ -433,6 +433,7 @@ const REFUSAL_STATUS: Record<EventRefusedError['code'] | SendError['code'], numb
   FLOW_NOT_FOUND: 404,
   EVENT_NOT_ACCEPTED: 409,
   WAIT_EXPIRED: 409,
+  STALE_EVENT: 409,
   FLOW_FINISHED: 409,
 };
 

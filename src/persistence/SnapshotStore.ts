@@ -60,6 +60,8 @@ export const FlowSnapshotRecordSchema = z.object({
   waiting: z.array(FlowWaitSchema).optional(),
   /** The ids of the last events applied to the flow: one sent again is not applied twice. */
   received: z.array(z.string()).optional(),
+  /** The ids of the last events refused (sent straight to the inbox, not what it waited for): never applied later. */
+  refused: z.array(z.string()).optional(),
 });
 export type FlowSnapshotRecord = z.infer<typeof FlowSnapshotRecordSchema>;
 

@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Bus } from '../../src/bus/Bus.js';
 import { connectNatsBus } from '../../src/bus/NatsBus.js';
 import { MemoryBus } from '../../src/bus/MemoryBus.js';
@@ -71,6 +71,20 @@ describe('over a real nats-server', () => {
   afterAll(async () => {
     await server?.close();
   });
+  it("takes when an event was sent from the stream's clock, not from a sentAt the sender put in it", async () => {
+    const subjectPrefix = `i${++prefixes}`;
+    const buses = [await connectNatsBus({ servers: [server.url], subjectPrefix, name: 'inbox-test' })];
+    const t = await onBus(buses, async () => buses[0]!, subjectPrefix);
+    try {
+      const before = Date.now();
+      await t.raw('reentrant-backdated-00000001', JSON.stringify({ eventId: 'back', type: 'review', data: { approved: true }, sentAt: 1 }));
+      const [event] = await t.inbox.read('reentrant-backdated-00000001');
+      expect(event!.sentAt).toBeGreaterThanOrEqual(before - 1_000);
+    } finally {
+      await t.close();
+    }
+  });
+
   runInboxContract('BusInbox over NatsBus', async () => {
     const subjectPrefix = `i${++prefixes}`;
     const connect = () => connectNatsBus({ servers: [server.url], subjectPrefix, name: 'inbox-test' });

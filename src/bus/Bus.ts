@@ -138,8 +138,11 @@ export interface KeyValueStore {
 export interface EventLog {
   /** Publishes durably; resolves with the message's sequence in the log once stored. */
   append(subject: string, data: Payload): Promise<number>;
-  /** Every stored message on subjects matching `filter`, oldest first, then the live ones. */
-  replay(filter: string, handler: MessageHandler): Promise<BusSubscription>;
+  /**
+   * Every stored message on subjects matching `filter`, oldest first, then the live ones;
+   * with `newOnly`, only those stored from now on (none missed across a reconnect).
+   */
+  replay(filter: string, handler: MessageHandler, options?: { newOnly?: boolean }): Promise<BusSubscription>;
   /** The stored messages on subjects matching `filter`, oldest first (none of the live ones after). */
   read(filter: string): Promise<BusMessage[]>;
   /** Deletes the stored messages on subjects matching `filter`. */
@@ -162,7 +165,7 @@ export interface Bus {
    * messages older than that are dropped and an existing log is brought to it; without,
    * an existing log is left as it is (a reader's open).
    */
-  eventLog(name: string, options: { subjects: string[]; maxAgeMs?: number }): Promise<EventLog>;
+  eventLog(name: string, options: { subjects: string[]; maxAgeMs?: number; maxMessageBytes?: number }): Promise<EventLog>;
   /** Drains and closes; in-flight handlers finish first. */
   close(): Promise<void>;
 }

@@ -285,12 +285,12 @@ export class MemoryBus implements Bus {
         }
         return this.route(subject, toBytes(data), undefined, undefined)!;
       },
-      replay: async (filter, handler) => {
+      replay: async (filter, handler, replayOptions) => {
         this.assertOpen();
         assertSubject(filter, true, 'filter');
         const replay = new Replay(filter, handler);
         this.prune(stream);
-        for (const m of stream.messages) replay.push(m);
+        if (!replayOptions?.newOnly) for (const m of stream.messages) replay.push(m);
         stream.replays.add(replay);
         return {
           unsubscribe: async () => {

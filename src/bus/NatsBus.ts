@@ -393,14 +393,14 @@ export class NatsBus implements Bus {
     return new NatsKeyValue(this, kv);
   }
 
-  async eventLog(name: string, options: { subjects: string[]; maxAgeMs?: number }): Promise<EventLog> {
+  async eventLog(name: string, options: { subjects: string[]; maxAgeMs?: number; maxMessageBytes?: number }): Promise<EventLog> {
     this.assertOpen();
     assertName('event log', name);
     if (options.subjects.length === 0) throw new BusError('INVALID_NAME', `event log "${name}" needs at least one subject`);
     for (const s of options.subjects) this.assertSubject(s, true);
     let stream: string;
     try {
-      stream = await this.openLogStream(name, options.subjects, options.maxAgeMs);
+      stream = await this.openLogStream(name, options.subjects, options.maxAgeMs, options.maxMessageBytes);
     } catch (e) {
       throw this.mapError(e, `set up event log ${name}`);
     }
@@ -417,10 +417,10 @@ export class NatsBus implements Bus {
           throw this.mapError(e, `append to event log ${name}`);
         }
       },
-      replay: async (filter, handler) => {
+      replay: async (filter, handler, replayOptions) => {
         this.assertOpen();
         this.assertSubject(filter, true);
-        return this.replay(stream, filter, handler);
+        return this.replay(stream, filter, handler, replayOptions?.newOnly === true);
       },
       read: async (filter) => {
         this.assertOpen();
@@ -628,7 +628,7 @@ export class NatsBus implements Bus {
    * holds its subjects; the one stream that already holds all of them otherwise (a
    * dead-letter stream, say). JetStream never lets two streams share a subject.
    */
-  private async openLogStream(name: string, subjects: string[], maxAgeMs: number | undefined): Promise<string> {
+  private async openLogStream(name: string, subjects: string[], maxAgeMs: number | undefined, maxMessageBytes?: number): Promise<string> {
     const own = `${this.streamPrefix}_LOG_${name}`;
     const config: Partial<StreamConfig> & { name: string } = {
       name: own,
@@ -637,12 +637,13 @@ export class NatsBus implements Bus {
       storage: StorageType.File,
       max_age: maxAgeMs ? nanos(maxAgeMs) : 0,
       num_replicas: this.replicas,
+      ...(maxMessageBytes ? { max_msg_size: maxMessageBytes } : {}),
     };
     const others = await this.overlapping(subjects, own);
     if (others.length === 0) {
       try {
         // Opened without a max age (a client reading the log): the one its owner set stays.
-        const info = await this.ensureStream(config, maxAgeMs === undefined ? [] : ['max_age', 'num_replicas']);
+        const info = await this.ensureStream(config, maxAgeMs === undefined ? [] : ['max_age', 'num_replicas', ...(maxMessageBytes ? (['max_msg_size'] as const) : [])]);
         const missing = subjects.filter((s) => !info.config.subjects.includes(s));
         if (missing.length > 0) await this.jsm.streams.update(own, { subjects: [...info.config.subjects, ...missing] });
         return own;
@@ -690,11 +691,11 @@ export class NatsBus implements Bus {
   }
 
   /** An ordered consumer from the first message: stored ones, then live ones, one handler call at a time. */
-  private async replay(stream: string, filter: string, handler: MessageHandler): Promise<BusSubscription> {
+  private async replay(stream: string, filter: string, handler: MessageHandler, newOnly = false): Promise<BusSubscription> {
     let messages: ConsumerMessages;
     try {
       const consumer = await this.js.consumers.get(stream, {
-        deliver_policy: DeliverPolicy.All,
+        deliver_policy: newOnly ? DeliverPolicy.New : DeliverPolicy.All,
         ...(filter === '>' ? {} : { filter_subjects: filter }),
       });
       messages = await consumer.consume();

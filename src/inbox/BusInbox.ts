@@ -3,6 +3,9 @@ import { subjects, type Subjects } from '../bus/subjects.js';
 import type { KeptEvent } from '../contracts/waits.js';
 import { parseKeptEvent, type Inbox } from './Inbox.js';
 
+/** An answer is a few lines of feedback: the stream refuses a publish larger than flow.send takes. */
+const MAX_EVENT_BYTES = 256 * 1024;
+
 /**
  * The inbox on the bus: a JetStream stream of `<prefix>.flow.<flowId>.inbox`. A client
  * with no code of this project publishes an event there (`nats pub`), kept whether or
@@ -19,7 +22,7 @@ export class BusInbox implements Inbox {
     const names = subjects(options.subjectPrefix);
     const log = await bus.eventLog(names.inboxLog, {
       subjects: [names.flowInbox('*')],
-      ...(options.retentionMs ? { maxAgeMs: options.retentionMs } : {}),
+      ...(options.retentionMs ? { maxAgeMs: options.retentionMs, maxMessageBytes: MAX_EVENT_BYTES } : {}),
     });
     return new BusInbox(log, names, options.onError ?? (() => undefined));
   }
@@ -38,14 +41,15 @@ export class BusInbox implements Inbox {
   }
 
   async follow(handler: (flowId: string, event: KeptEvent) => void): Promise<{ stop(): Promise<void> }> {
-    // The stream replays what it holds, then the live ones: what is stored was read by
-    // whoever resumed the flows (`read`), and the host applies an id once.
+    // New ones only: what is stored is read by whoever resumes a flow (`read`), and the
+    // host applies an id once. (Replaying the whole stream at every start made a daemon
+    // whose inbox a client had flooded a slow consumer that never finished starting.)
     const subscription = await this.log.replay(this.names.flowInbox('*'), (message) => {
       const flowId = this.names.flowOfInbox(message.subject);
       if (!flowId) return;
       const event = parseKeptEvent(flowId, message.string(), this.onError);
       if (event) handler(flowId, stamped(event, message.storedAt));
-    });
+    }, { newOnly: true });
     return { stop: () => subscription.unsubscribe() };
   }
 

@@ -516,6 +516,23 @@ export function runBusContract(name: string, makeBus: () => Promise<BusUnderTest
     });
 
     describe('event log', () => {
+      it('with newOnly, tells only of messages stored after it started, each with when the log stored it', async () => {
+        const name = unique('log');
+        const root = unique('ev');
+        const log = await bus.eventLog(name, { subjects: [`${root}.>`] });
+        await log.append(`${root}.a.1`, 'old');
+        const seen: Array<[string, number | undefined]> = [];
+        const sub = await (await other.eventLog(name, { subjects: [`${root}.>`] })).replay(`${root}.a.*`, (m) => void seen.push([m.string(), m.storedAt]), { newOnly: true });
+        await sleep(200);
+        const before = Date.now();
+        await log.append(`${root}.a.2`, 'new');
+        await until(() => seen.length === 1, { what: 'the new message' });
+        expect(seen[0]![0]).toBe('new');
+        expect(seen[0]![1]).toBeGreaterThanOrEqual(before - 1_000);
+        expect(seen[0]![1]).toBeLessThanOrEqual(Date.now() + 1_000);
+        await sub.unsubscribe();
+      });
+
       it('replays what was stored, oldest first and filtered, then the live messages', async () => {
         const name = unique('log');
         const root = unique('ev');

@@ -30,6 +30,8 @@ describe('a person answers a waiting flow from the CLI', () => {
     const running = start(['run', 'reentrant', '--input', input, '--json', '--no-progress'], env);
     const flowId = await until(() => waitingFlow(running.stderr()), 'the flow to wait');
     expect(running.stderr()).toContain(`microtask approve ${flowId}`);
+    // Another terminal sees it too.
+    expect((await run(['show', flowId], env)).stdout).toContain(`flow ${flowId} waits for a person's review`);
 
     const wrong = await run(['send', flowId, 'score', '--data', '{"score":1}'], env);
     expect(wrong.code).toBe(2);

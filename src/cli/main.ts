@@ -69,7 +69,7 @@ Exit codes:
   130  a second SIGINT/SIGTERM while a daemon or worker was stopping gracefully
 
 Without NATS_URL everything runs in this process (embedded) with state under MICROTASK_STATE_DIR;
-with NATS_URL, \`build\`, \`cancel\`, \`show\`, \`flows\` and \`inspect\` talk to the daemons on NATS.
+with NATS_URL, \`build\`, \`cancel\`, \`send\`, \`approve\`, \`reject\`, \`show\`, \`flows\` and \`inspect\` talk to the daemons on NATS.
 
 Environment: ANTHROPIC_API_KEY (unset: offline cassette), ANTHROPIC_BASE_URL, MICROTASK_MODEL,
 MICROTASK_STATE_DIR, MICROTASK_TIMEOUT_MS, MICROTASK_LOG_LEVEL, NATS_URL, NO_COLOR. See the README.`;
@@ -254,6 +254,8 @@ async function showCommand(flowId: string, options: { json?: boolean; verbose?: 
       printData({ record: record && !options.snapshots ? { ...record, snapshot: undefined } : (record ?? null), entries: entries.map(strip) });
     } else {
       process.stdout.write(`${renderHistory(record, entries, pc.createColors(colorWanted(process.stdout)), options.verbose ?? false)}\n`);
+      // What it waits for now, and how to answer: the history ends where the wait began.
+      if (record?.status === 'running' && record.waiting?.length) hintAnswer(flowId, record.waiting, process.stdout);
     }
     return ExitCode.ok;
   } finally {
@@ -567,13 +569,13 @@ function hintResumeOnInterrupt(flowId: string) {
 }
 
 /** A flow that starts waiting for a person: say for what, until when, and how to answer. */
-function hintAnswer(flowId: string, waits: FlowWait[]) {
+function hintAnswer(flowId: string, waits: FlowWait[], out: NodeJS.WritableStream = process.stderr) {
   for (const wait of waits) {
     const how = wait.events.includes('review')
       ? `\`microtask approve ${flowId}\` or \`microtask reject ${flowId} --feedback '…'\``
       : wait.events.map((type) => `\`microtask send ${flowId} ${type} --data '{…}'\``).join(' or ');
     const until = wait.until ? ` (until ${wait.until})` : '';
-    process.stderr.write(`flow ${flowId} waits for ${wait.for}${until}: answer from another terminal with ${how}\n`);
+    out.write(`flow ${flowId} waits for ${wait.for}${until}: answer from another terminal with ${how}\n`);
   }
 }
 
@@ -873,7 +875,7 @@ block; piped, a line per change. Stdout gets the tool's directory (or the output
   for (const [name, approved] of [['approve', true], ['reject', false]] as const) {
     program
       .command(name)
-      .description(`${approved ? 'approve' : 'reject'} what a flow waiting for a person's review shows (the reentrant pipeline's personReview)`)
+      .description(`${approved ? 'approve' : 'reject'} what a flow waiting for a person's review shows (the reentrant pipeline's personReview, the tool builder's approval)`)
       .argument('<flowId>', 'the flow, as `microtask flows` lists it')
       .option('--feedback <text>', approved ? 'a note for the record' : 'what to change: the next pass gets it')
       .option('--id <eventId>', 'an id that makes sending again harmless (default: a new one)')

@@ -1,4 +1,3 @@
-import { connect, createServer, type Server, type Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { createActor, toPromise } from 'xstate';
 import type { MicrotaskResult } from '../src/contracts/microtask.js';
@@ -7,6 +6,7 @@ import { KvResultsStore } from '../src/bus/KvResultsStore.js';
 import { connectNatsBus, type NatsBusStatus } from '../src/bus/NatsBus.js';
 import { freePort, startNatsServer } from '../src/testing/natsServer.js';
 import { storedResult } from './persistence/resultsFixtures.js';
+import { startRelay } from './support/relay.js';
 
 // Issue 15, item 2: flows waiting for a worker's answer over NATS cost the bus nothing while
 // they wait (no poll of the results bucket per microtask), and an answer stored while the
@@ -35,42 +35,6 @@ async function sentBy(monitorPort: number, name: string): Promise<{ msgs: number
   return { msgs: connection.in_msgs, bytes: connection.in_bytes };
 }
 
-/** A TCP relay to the server whose connections can be cut (the daemon's network lost) and let through again. */
-async function startRelay(targetPort: number) {
-  const sockets = new Set<Socket>();
-  let cut = false;
-  const server: Server = createServer((client) => {
-    if (cut) return client.destroy();
-    const upstream = connect(targetPort, '127.0.0.1');
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => undefined);
-      s.on('close', () => {
-        sockets.delete(s);
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  const port = await freePort();
-  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
-  const cutAll = () => {
-    for (const s of sockets) s.destroy();
-  };
-  return {
-    url: `nats://127.0.0.1:${port}`,
-    cut() {
-      cut = true;
-      cutAll();
-    },
-    restore() {
-      cut = false;
-    },
-    close: () => new Promise<void>((resolve) => (cutAll(), server.close(() => resolve()))),
-  };
-}
 
 describe('waiting for workers over NATS (issue 15)', () => {
   it('N flows waiting on a worker that does not answer send nothing to the server while they wait (no poll)', async () => {

@@ -1,4 +1,3 @@
-import { connect, createServer, type Server, type Socket } from 'node:net';
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,8 +9,9 @@ import { provideFlows } from '../src/flows.js';
 import { KvLeaseBoard } from '../src/leases.js';
 import { silentLogger } from '../src/log.js';
 import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
-import { freePort, startNatsServer } from '../src/testing/natsServer.js';
+import { startNatsServer } from '../src/testing/natsServer.js';
 import { scripted } from './support/flows.js';
+import { startRelay } from './support/relay.js';
 
 // Leases renewed per daemon (issue 15): a host cut off from NATS stops running its flows
 // before its lease has passed, so the host that takes them over is the only one running
@@ -30,35 +30,6 @@ const until = async (what: string, check: () => boolean | Promise<boolean>, ms =
   }
 };
 
-/** A TCP relay to the server whose connections can be cut (a host's network lost) and let through again. */
-async function startRelay(targetPort: number) {
-  const sockets = new Set<Socket>();
-  let cut = false;
-  const server: Server = createServer((client) => {
-    if (cut) return client.destroy();
-    const upstream = connect(targetPort, '127.0.0.1');
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => undefined);
-      s.on('close', () => {
-        sockets.delete(s);
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  const port = await freePort();
-  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
-  const destroyAll = () => sockets.forEach((s) => s.destroy());
-  return {
-    url: `nats://127.0.0.1:${port}`,
-    cut: () => ((cut = true), destroyAll()),
-    restore: () => void (cut = false),
-    close: () => new Promise<void>((resolve) => (destroyAll(), server.close(() => resolve()))),
-  };
-}
 
 describe('a host whose heartbeat stops landing', () => {
   it('stops its flows before the lease passes; the other takes them over; back, it leaves them to the other', async () => {

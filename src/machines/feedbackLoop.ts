@@ -96,6 +96,30 @@ export function bestAttempt(history: readonly FeedbackAttempt[]): FeedbackAttemp
 const last = <T>(list: readonly T[]): T | undefined => list[list.length - 1];
 
 /**
+ * The attempt being judged, with its judgement (a score and feedback, or why there is
+ * none), added to the history: the context update every way of judging ends with.
+ */
+const judged = (
+  context: FeedbackLoopContext,
+  judgement: { score?: number; feedback?: string; error?: string; by?: 'person' },
+): Pick<FeedbackLoopContext, 'history' | 'current'> => ({
+  history: [
+    ...context.history,
+    {
+      iteration: context.iteration,
+      output: context.current!.output,
+      score: judgement.score ?? null,
+      feedback: judgement.feedback ?? '',
+      diagnostics: context.current!.diagnostics,
+      checkOk: context.current!.checkOk,
+      ...(judgement.error ? { error: judgement.error } : {}),
+      ...(judgement.by ? { by: judgement.by } : {}),
+    },
+  ],
+  current: undefined,
+});
+
+/**
  * Generate → (check) → verify → done when the verdict's score reaches the threshold;
  * otherwise revise, with the last attempt and its feedback, until `maxIterations`; then
  * the best attempt, with the whole history.
@@ -153,68 +177,16 @@ export const feedbackLoopMachine = setup({
     })),
     recordVerdict: assign(({ context }, params: { result: MicrotaskResult }) => {
       const verdict = params.result.success ? (params.result.result as Verdict) : undefined;
-      return {
-        history: [
-          ...context.history,
-          {
-            iteration: context.iteration,
-            output: context.current!.output,
-            score: verdict ? verdict.score : null,
-            feedback: verdict ? verdict.feedback : '',
-            diagnostics: context.current!.diagnostics,
-            checkOk: context.current!.checkOk,
-            ...(verdict ? {} : { error: `verification ${describeFailure(params.result)}` }),
-          },
-        ],
-        current: undefined,
-      };
+      return judged(context, verdict ? { score: verdict.score, feedback: verdict.feedback } : { error: `verification ${describeFailure(params.result)}` });
     }),
-    recordPersonScore: assign(({ context }, params: { answer: ScoreAnswer }) => ({
-      history: [
-        ...context.history,
-        {
-          iteration: context.iteration,
-          output: context.current!.output,
-          score: params.answer.score,
-          feedback: params.answer.feedback,
-          diagnostics: context.current!.diagnostics,
-          checkOk: context.current!.checkOk,
-          by: 'person' as const,
-        },
-      ],
-      current: undefined,
-    })),
+    recordPersonScore: assign(({ context }, params: { answer: ScoreAnswer }) =>
+      judged(context, { score: params.answer.score, feedback: params.answer.feedback, by: 'person' }),
+    ),
     recordScoreTimeout: assign(({ context }) => ({
-      history: [
-        ...context.history,
-        {
-          iteration: context.iteration,
-          output: context.current!.output,
-          score: null,
-          feedback: '',
-          diagnostics: context.current!.diagnostics,
-          checkOk: context.current!.checkOk,
-          error: `not scored: no person answered within ${context.input.personVerify?.maxWaitMs} ms`,
-        },
-      ],
-      current: undefined,
+      ...judged(context, { error: `not scored: no person answered within ${context.input.personVerify?.maxWaitMs} ms` }),
       reason: `no person scored attempt ${context.iteration + 1} within ${context.input.personVerify?.maxWaitMs} ms; the best attempt so far is returned`,
     })),
-    recordUnverified: assign(({ context }) => ({
-      history: [
-        ...context.history,
-        {
-          iteration: context.iteration,
-          output: context.current!.output,
-          score: null,
-          feedback: '',
-          diagnostics: context.current!.diagnostics,
-          checkOk: context.current!.checkOk,
-          error: 'not verified: the budget was spent',
-        },
-      ],
-      current: undefined,
-    })),
+    recordUnverified: assign(({ context }) => judged(context, { error: 'not verified: the budget was spent' })),
     setStatus: assign((_, params: { status: FlowStatus }) => ({ status: params.status })),
     nextIteration: assign(({ context }) => ({ iteration: context.iteration + 1 })),
     noteBudget: assign(({ context }) => {

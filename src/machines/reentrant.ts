@@ -78,6 +78,26 @@ export interface ReentrantContext {
 
 const last = <T>(list: readonly T[]): T | undefined => list[list.length - 1];
 
+/**
+ * The pass being reviewed, with its review (or why there is none), added to the
+ * revisions: the context update every way of reviewing ends with.
+ */
+const reviewed = (context: ReentrantContext, outcome: { review?: Revision['review']; error?: string }): Pick<ReentrantContext, 'revisions' | 'current'> => ({
+  revisions: [
+    ...context.revisions,
+    {
+      pass: context.pass,
+      input: context.current!.input,
+      output: context.current!.output,
+      review: outcome.review ?? null,
+      diagnostics: context.current!.diagnostics,
+      checkOk: context.current!.checkOk,
+      ...(outcome.error ? { error: outcome.error } : {}),
+    },
+  ],
+  current: undefined,
+});
+
 const lastOutput = (revisions: readonly Revision[]): Revision | undefined =>
   last(revisions.filter((revision) => revision.output !== undefined));
 
@@ -180,67 +200,16 @@ export const reentrantMachine = setup({
     })),
     recordReview: assign(({ context }, params: { result: MicrotaskResult }) => {
       const review = params.result.success ? (params.result.result as Review) : null;
-      return {
-        revisions: [
-          ...context.revisions,
-          {
-            pass: context.pass,
-            input: context.current!.input,
-            output: context.current!.output,
-            review: review ? { approved: review.approved, feedback: review.feedback } : null,
-            diagnostics: context.current!.diagnostics,
-            checkOk: context.current!.checkOk,
-            ...(review ? {} : { error: `review ${describeFailure(params.result)}` }),
-          },
-        ],
-        current: undefined,
-      };
+      return reviewed(context, review ? { review: { approved: review.approved, feedback: review.feedback } } : { error: `review ${describeFailure(params.result)}` });
     }),
-    recordPersonReview: assign(({ context }, params: { answer: ReviewAnswer }) => ({
-      revisions: [
-        ...context.revisions,
-        {
-          pass: context.pass,
-          input: context.current!.input,
-          output: context.current!.output,
-          review: { approved: params.answer.approved, feedback: params.answer.feedback, by: 'person' as const },
-          diagnostics: context.current!.diagnostics,
-          checkOk: context.current!.checkOk,
-        },
-      ],
-      current: undefined,
-    })),
+    recordPersonReview: assign(({ context }, params: { answer: ReviewAnswer }) =>
+      reviewed(context, { review: { approved: params.answer.approved, feedback: params.answer.feedback, by: 'person' } }),
+    ),
     recordReviewTimeout: assign(({ context }) => ({
-      revisions: [
-        ...context.revisions,
-        {
-          pass: context.pass,
-          input: context.current!.input,
-          output: context.current!.output,
-          review: null,
-          diagnostics: context.current!.diagnostics,
-          checkOk: context.current!.checkOk,
-          error: `not reviewed: no person answered within ${context.input.personReview?.maxWaitMs} ms`,
-        },
-      ],
-      current: undefined,
+      ...reviewed(context, { error: `not reviewed: no person answered within ${context.input.personReview?.maxWaitMs} ms` }),
       reason: `no person reviewed pass ${context.pass} within ${context.input.personReview?.maxWaitMs} ms; the output of pass ${context.pass} is returned, not approved`,
     })),
-    recordUnreviewed: assign(({ context }) => ({
-      revisions: [
-        ...context.revisions,
-        {
-          pass: context.pass,
-          input: context.current!.input,
-          output: context.current!.output,
-          review: null,
-          diagnostics: context.current!.diagnostics,
-          checkOk: context.current!.checkOk,
-          error: 'not reviewed: the budget was spent',
-        },
-      ],
-      current: undefined,
-    })),
+    recordUnreviewed: assign(({ context }) => reviewed(context, { error: 'not reviewed: the budget was spent' })),
     setStatus: assign((_, params: { status: FlowStatus }) => ({ status: params.status })),
     nextPass: assign(({ context }) => ({ pass: context.pass + 1 })),
     noteBudget: assign(({ context }) => {

@@ -84,12 +84,12 @@ const progressFor = (options: { progress?: boolean }): Progress | undefined =>
 /** The runtime's journal, also feeding the live progress. */
 const journalWith = (journal: Journal, progress: Progress | undefined) => (progress ? teeJournal(journal, (e) => progress.onEntry(e)) : journal);
 
-async function startRuntime() {
+async function startRuntime(options: { quiet?: boolean } = {}) {
   const config = loadConfig();
   // One-shot commands print progress and a summary; logs are for what went wrong.
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
   const runtime = await createRuntime(config, logger, { answers: answerSchemas });
-  process.stderr.write(`model: ${runtime.modelDescription}\n`);
+  if (!options.quiet) process.stderr.write(`model: ${runtime.modelDescription}\n`);
   return runtime;
 }
 
@@ -338,7 +338,10 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
     throw new UsageError('with NATS_URL set, the daemon resumes unfinished flows when it starts; `microtask resume` resumes embedded flows (unset NATS_URL)');
   }
   // Closed when the command returns: its writes committed, its database handle released.
-  await using runtime = await startRuntime();
+  await using runtime = await startRuntime({ quiet: true });
+  // Which model answers is worth saying only for a flow that will run: not before "no flow".
+  const stored = await runtime.store.load(flowId).catch(() => undefined);
+  if (stored?.record.status === 'running') process.stderr.write(`model: ${runtime.modelDescription}\n`);
   let result;
   try {
     const progress = progressFor(options);

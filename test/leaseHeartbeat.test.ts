@@ -60,10 +60,16 @@ async function setup(monitorPort?: number) {
   };
   const kv = async (bucket: string) => new Kvm(client).open(bucket);
   const record = async (flowId: string) => (await (await kv('MICROTASK_snapshots')).get(`snapshot.${flowId}`))?.json<any>();
+  // Each check is raced against the time left: a read that hangs on a loaded machine (a KV
+  // listing, a request) counts as "not yet", and the wait ends naming what it waited for,
+  // instead of the whole test timing out with no word of where (CI, 7 Dec).
   const until = async (what: string, condition: () => Promise<boolean>, timeoutMs = 60_000) => {
     const deadline = Date.now() + timeoutMs;
-    while (!(await condition())) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${what}`);
+      const met = await Promise.race([condition().catch(() => false), sleep(Math.min(left, 10_000)).then(() => false)]);
+      if (met) return;
       await sleep(100);
     }
   };

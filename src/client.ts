@@ -141,7 +141,7 @@ export class MicrotaskClient {
         throw new ClientError('NO_DAEMON', `no daemon answered on ${subject} (nobody listening): start one with \`microtask daemon\` against the same NATS_URL and MICROTASK_SUBJECT_PREFIX`, { cause: e });
       }
       if (e instanceof BusError && e.code === 'TIMEOUT') {
-        throw new ClientError('TIMEOUT', `no daemon answered on ${subject} within ${this.timeoutMs} ms`, { cause: e });
+        throw new ClientError('TIMEOUT', `no daemon answered on ${subject} within ${this.timeoutMs} ms: is one running against the same NATS_URL and MICROTASK_SUBJECT_PREFIX?`, { cause: e });
       }
       if (e instanceof BusError && e.code === 'NOT_JSON') throw new ClientError('BAD_REPLY', `the answer on ${subject} is not JSON`, { cause: e });
       throw e;

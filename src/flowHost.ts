@@ -81,6 +81,12 @@ export type { KeptEvent };
 /** The ids of the events applied to a flow kept in its record: a resend of one of these is not applied again. */
 const RECEIVED_KEPT = 1_000;
 
+/** Adds an event id to a flow's list of those applied (or refused), keeping the last RECEIVED_KEPT. */
+function remember(ids: string[], eventId: string) {
+  ids.push(eventId);
+  if (ids.length > RECEIVED_KEPT) ids.splice(0, ids.length - RECEIVED_KEPT);
+}
+
 type MicrotaskStart = { kind: 'microtask'; actor: string; key: string; taskType: string };
 
 /** A step captured when it happened, waiting for its save. */
@@ -544,8 +550,7 @@ export class FlowHost {
       return this.apply(hosted, event);
     } catch (e) {
       if (e instanceof EventRefusedError) {
-        hosted.refused.push(event.eventId);
-        if (hosted.refused.length > RECEIVED_KEPT) hosted.refused.splice(0, hosted.refused.length - RECEIVED_KEPT);
+        remember(hosted.refused, event.eventId);
         hosted.touch = true;
         this.queueWrite(hosted);
       }
@@ -570,8 +575,7 @@ export class FlowHost {
     const { wait, data } = matchWait(hosted.flowId, waitsOf(hosted.actor), event, event.sentAt);
     // Saved with the step the event causes (the same record write): applied once, even
     // when the process dies right after and the event is delivered again.
-    hosted.received.push(event.eventId);
-    if (hosted.received.length > RECEIVED_KEPT) hosted.received.splice(0, hosted.received.length - RECEIVED_KEPT);
+    remember(hosted.received, event.eventId);
     this.options.logger.info({ flowId: hosted.flowId, eventId: event.eventId, type: event.type, actor: wait.actor }, 'event applied to the flow');
     wait.ref.send({ type: event.type, data, eventId: event.eventId });
     return 'applied';

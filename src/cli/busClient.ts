@@ -43,14 +43,8 @@ async function cliErrors<T>(request: Promise<T>): Promise<T> {
     return await request;
   } catch (e) {
     if (!(e instanceof ClientError)) throw e;
-    if (e.code === 'NO_DAEMON' || e.code === 'TIMEOUT') {
-      const why = e.code === 'TIMEOUT' ? 'timed out' : 'nobody listening';
-      const subject = /on (\S+)/.exec(e.message)?.[1] ?? 'the bus';
-      throw new UsageError(
-        `no daemon answered on ${subject} (${why}): start one with \`microtask daemon\` against the same NATS_URL and MICROTASK_SUBJECT_PREFIX`,
-        'NO_DAEMON',
-      );
-    }
+    // The client's message already says which subject and how to start a daemon.
+    if (e.code === 'NO_DAEMON' || e.code === 'TIMEOUT') throw new UsageError(e.message, 'NO_DAEMON');
     if (e.code === 'INTERNAL' || e.code === 'BAD_REPLY') throw new Error(`the daemon failed: ${e.message}`);
     throw new UsageError(`the daemon refused: ${e.code}: ${e.message}`, e.code);
   }

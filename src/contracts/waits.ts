@@ -37,7 +37,6 @@ export const SentEventSchema = z.object({
 });
 export type SentEvent = z.infer<typeof SentEventSchema>;
 
-
 /** The event a wait's deadline sends. */
 export const WAIT_TIMEOUT = 'wait.timeout';
 

@@ -56,6 +56,3 @@ export const waitTimerNotProvided = () =>
   fromCallback<{ type: string }, WaitTimerInput>(() => {
     throw new Error('the "waitTimer" actor was not provided: create the machine with machine.provide({ actors: { waitTimer: ... } }) (see src/flows.ts)');
   });
-
-/** Data of an event sent to a flow: what the machine's `assign` reads. */
-export type SentEvent<T> = { type: string; data: T; eventId?: string };

@@ -1,5 +1,6 @@
 import type { AnyActorLogic, AnyStateMachine } from 'xstate';
 import type { z } from 'zod';
+import type { AnswerSchemas, Fallbacks } from './actors/microtask.js';
 
 /**
  * A flow anyone can start by name, over the bus (`microtask.flow.start.<name>`), from the
@@ -43,6 +44,20 @@ export interface FlowBlocks {
   waitTimer: AnyActorLogic;
   /** Each built-in pattern's machine, its actors provided, to invoke as a child: feedbackLoop, parallel, reentrant, ... */
   patterns: Record<string, AnyStateMachine>;
+}
+
+/**
+ * What a user's module gives the daemon, the workers and the CLI (`--flows ./flows.js`,
+ * or MICROTASK_FLOWS): its flows, and the answer schemas and fallbacks its microtasks name.
+ * A microtask's input is JSON (it is saved and sent to workers), so it refers to an answer
+ * schema by name (`answer: 'triage'`) and its fallback by its `taskType`.
+ */
+export interface FlowsModule {
+  flows: readonly FlowDefinition[];
+  /** Zod schemas by name, beside the built-in ones (code, verdict, review, ...): a worker validates the model's answer with it. */
+  answers?: AnswerSchemas;
+  /** A degraded answer by task type, for a microtask whose model call failed. */
+  fallbacks?: Fallbacks;
 }
 
 /** Types a definition where it is written: `export default defineFlow({ ... })`. */

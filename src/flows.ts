@@ -1,6 +1,8 @@
 import type { AnyActorLogic } from 'xstate';
 import type { z } from 'zod';
-import { FlowCatalog, type FlowBlocks, type FlowDefinition } from './flowCatalog.js';
+import { FlowCatalog, type FlowBlocks, type FlowDefinition, type FlowsModule } from './flowCatalog.js';
+import { answerSchemas } from './contracts/answers.js';
+import type { AnswerSchemas, Fallbacks } from './actors/microtask.js';
 import { machineVersions, patternInputSchemas, patternNames, type PatternName } from './patterns.js';
 import type { MicrotaskInput, MicrotaskResult } from './contracts/microtask.js';
 import { codeOnlyRepairLogic, createWriteToolLogic, toolCheckLogic } from './actors/toolBuilderActors.js';
@@ -30,8 +32,34 @@ export interface FlowActors {
   writeTool?: AnyActorLogic;
 }
 
-/** Every pattern's machine with its actors provided, children included. */
-export function provideFlows(actors: FlowActors, userFlows: readonly FlowDefinition[] = []) {
+/**
+ * The user's module this process serves (`--flows`, MICROTASK_FLOWS), set once at start by
+ * the CLI. Process-wide on purpose: `run`, `resume`, `send`, `inspect`, the daemon and the
+ * worker each build a catalog or a runner in several places, and every one of them must know
+ * the same flows, answer schemas and fallbacks, or a flow started by one would be unknown to
+ * another. A program embedding the library passes its flows to provideFlows instead.
+ */
+let processModule: FlowsModule = { flows: [] };
+
+/** Makes the module's flows, answer schemas and fallbacks this process's (the CLI, after loading it). */
+export function useFlowsModule(module: FlowsModule): void {
+  processModule = module;
+}
+
+/** The module this process serves (none: no flows, answers or fallbacks of a user). */
+export const flowsModuleInUse = (): FlowsModule => processModule;
+
+/** The answer schemas a runner knows: the built-in ones and the module's. */
+export const answersWith = (module: FlowsModule = processModule): AnswerSchemas => ({ ...answerSchemas, ...module.answers });
+
+/** The fallbacks a runner knows: the module's (the built-in task types have the default one). */
+export const fallbacksWith = (module: FlowsModule = processModule): Fallbacks => ({ ...module.fallbacks });
+
+/**
+ * Every pattern's machine with its actors provided, children included, and the catalog of
+ * flows: the built-in patterns and the user's (those of the module in use unless given).
+ */
+export function provideFlows(actors: FlowActors, userFlows: readonly FlowDefinition[] = processModule.flows) {
   const microtask = actors.microtask;
   const check = actors.check ?? toolCheckLogic;
   const codeOnly = actors.codeOnly ?? codeOnlyRepairLogic;

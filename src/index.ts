@@ -27,3 +27,6 @@ export { StoreUnavailableError, isStoreUnavailable } from './persistence/StoreUn
 export { FlowHaltedError } from './flowHost.js';
 export { loadConfig, ConfigError, EnvSchema, type Config } from './config.js';
 export { addUsage, zeroUsage, totalTokens, type Usage } from './contracts/usage.js';
+// Your own flows (README, "Your own flow"): a definition the daemon, the workers and the CLI load with --flows.
+export { defineFlow, FlowDefinitionError, type FlowDefinition, type FlowBlocks, type FlowsModule } from './flowCatalog.js';
+export { loadFlowsModule, FlowsModuleError, type FlowsModuleErrorCode } from './flowsModule.js';

@@ -12,7 +12,7 @@ import { subjects } from './bus/subjects.js';
 import { UsageError } from './UsageError.js';
 import type { Config } from './config.js';
 import { Daemon } from './daemon/Daemon.js';
-import { provideFlows } from './flows.js';
+import { answersWith, fallbacksWith, provideFlows } from './flows.js';
 import { BusJournal } from './journal/BusJournal.js';
 import type { Journal } from './journal/Journal.js';
 import { LmdbJournal } from './journal/LmdbJournal.js';
@@ -25,7 +25,6 @@ import { BusInbox } from './inbox/BusInbox.js';
 import type { Inbox } from './inbox/Inbox.js';
 import type { SnapshotStore } from './persistence/SnapshotStore.js';
 import type { Logger } from './log.js';
-import { answerSchemas } from './contracts/answers.js';
 import { toolsDir } from './runFlow.js';
 import { chooseModel, createRuntime, logJournalError, moveAsideOnCorrupt, type ModelChoice } from './runtime.js';
 import { startWorker } from './worker.js';
@@ -133,7 +132,9 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
   const runner = new MicrotaskRunner({
     model,
     results,
-    answers: answerSchemas,
+    // The built-in schemas and fallbacks, and those of the user's module (--flows): its flows' tasks come here too.
+    answers: answersWith(),
+    fallbacks: fallbacksWith(),
     logger,
     breaker: new CircuitBreaker(500),
     defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
@@ -223,7 +224,7 @@ export async function startDaemonService(
   const runtime =
     bus.transport === 'nats'
       ? undefined
-      : await createRuntime(config, logger, { answers: answerSchemas, ...(metrics ? { wrapModel: (model) => metrics.meterModel(model, config.MICROTASK_MODEL) } : {}) });
+      : await createRuntime(config, logger, { answers: answersWith(), fallbacks: fallbacksWith(), ...(metrics ? { wrapModel: (model) => metrics.meterModel(model, config.MICROTASK_MODEL) } : {}) });
   if (runtime) EmbeddedBus.onClose(bus, () => runtime.close());
   const microtask =
     !runtime
@@ -231,6 +232,8 @@ export async function startDaemonService(
           bus,
           subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
           defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
+          // A task no worker answered in time falls back here, as the user's module says for its task types.
+          fallbacks: fallbacksWith(),
           queue: await taskQueue(bus, config).then((queue) => (metrics?.watchQueue(queue), queue)),
           results: await resultsBucket(bus, config),
           logger,

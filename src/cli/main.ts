@@ -4,7 +4,6 @@ import { z } from 'zod';
 import { isFlowStopCode, type MicrotaskInput, type MicrotaskResult } from '../contracts/microtask.js';
 import { CassetteError } from '../actors/model/CassetteModel.js';
 import { describeIssues } from '../actors/model/prompt.js';
-import { answerSchemas } from '../contracts/answers.js';
 import { ConfigError, loadConfig, type Config } from '../config.js';
 import { createLogger, type Logger } from '../log.js';
 import { connectBus, inboxFor, journalFor, snapshotStore, startDaemonService, startWorkerService } from '../services.js';
@@ -31,7 +30,8 @@ import pc from 'picocolors';
 import { fromPromise } from 'xstate';
 import { writeToolFiles } from '../actors/toolWriter.js';
 import type { FlowDone } from '../daemon/protocol.js';
-import { provideFlows } from '../flows.js';
+import { answersWith, fallbacksWith, flowsModuleInUse, provideFlows, useFlowsModule } from '../flows.js';
+import { loadFlowsModule } from '../flowsModule.js';
 import { InspectorServerError, startInspectorServer, type InspectorServerOptions } from '../inspector/server.js';
 import type { Inbox } from '../inbox/Inbox.js';
 import { startStatelyInspector } from '../inspector/stately.js';
@@ -88,7 +88,7 @@ async function startRuntime(options: { quiet?: boolean } = {}) {
   const config = loadConfig();
   // One-shot commands print progress and a summary; logs are for what went wrong.
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
-  const runtime = await createRuntime(config, logger, { answers: answerSchemas });
+  const runtime = await createRuntime(config, logger, { answers: answersWith(), fallbacks: fallbacksWith() });
   if (!options.quiet) process.stderr.write(`model: ${runtime.modelDescription}\n`);
   return runtime;
 }
@@ -146,7 +146,7 @@ function printFlowResult(pattern: string, flowId: string, output: FlowOutput, js
   if (json) printData({ flowId, pattern, ...output });
   else {
     // A flow cancelled or crashed has no machine output: nothing for stdout, the reason on stderr.
-    if (isPatternName(pattern) && output.usage !== undefined) printData(mainResult(pattern, output));
+    if (output.usage !== undefined) printData(isPatternName(pattern) ? mainResult(pattern, output) : 'result' in output ? output.result : output);
     process.stderr.write(
       `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${output.usage ? describeUsage(output.usage as Usage) : ''}\n${offlineHint(output)}`,
     );
@@ -359,12 +359,14 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
   );
 }
 
-async function runCommand(patternArg: string, options: { input: string; json?: boolean; out?: string; progress?: boolean; inspect?: boolean }) {
-  if (!isPatternName(patternArg)) throw new UsageError(`unknown pattern "${patternArg}"; one of: ${patternNames.join(', ')}`);
-  const pattern = patternArg;
+async function runCommand(pattern: string, options: { input: string; json?: boolean; out?: string; progress?: boolean; inspect?: boolean }) {
+  // A built-in pattern, or a flow of the module given with --flows (MICROTASK_FLOWS).
+  const own = flowsModuleInUse().flows.find((flow) => flow.name === pattern);
+  if (!isPatternName(pattern) && !own) throw new UsageError(`unknown pattern "${pattern}"; one of: ${[...patternNames, ...flowsModuleInUse().flows.map((f) => f.name)].join(', ')}`);
   if (options.out !== undefined && pattern !== 'tool-builder') throw new UsageError('--out is for the tool-builder pattern only');
   if (pattern === 'tool-builder') await assertWritableDirectory(options.out ?? toolsDir(loadConfig().MICROTASK_STATE_DIR));
-  const input = await readJsonFile(options.input, patternInputSchemas[pattern] as z.ZodType<Record<string, unknown>>, `${pattern} input`);
+  const schema = isPatternName(pattern) ? patternInputSchemas[pattern] : own!.input;
+  const input = await readJsonFile(options.input, schema as z.ZodType<Record<string, unknown>>, `${pattern} input`);
   // Closed when the command returns: its writes committed, its database handle released.
   await using runtime = await startRuntime();
   await prune(runtime.store, runtime.config, runtime.logger, runtime.journal, runtime.results);
@@ -778,12 +780,18 @@ export function buildProgram(setExit: (code: number) => void): Command {
     checkRequiredOptions(command);
     const config = loadConfig();
     if (usesStateDirectory(command.name(), command.opts(), config)) await assertStateDirectory(config.MICROTASK_STATE_DIR);
+    // A user's flows (--flows or MICROTASK_FLOWS), for every command that runs, resumes, shows or answers flows.
+    const flowsModule = (command.opts() as { flows?: string }).flows ?? (process.env.MICROTASK_FLOWS?.trim() || undefined);
+    if (flowsModule !== undefined && command.options.some((o) => o.long === '--flows')) useFlowsModule(await loadFlowsModule(flowsModule));
   });
+  /** The commands that run, resume or answer flows take a user's module of flows. */
+  const flowsOption = () => new Option('--flows <module>', "your own flows: an ES module exporting `flows` (and `answers`, `fallbacks`); default MICROTASK_FLOWS");
 
   program
     .command('run')
     .description('run a pattern in embedded mode and print its output')
-    .addArgument(program.createArgument('<pattern>', 'the pattern to run').choices(patternNames))
+    .argument('<pattern>', `the pattern to run: ${patternNames.join(', ')}, or a flow of --flows`)
+    .addOption(flowsOption())
     .addOption(requiredOption('-i, --input <file>', "JSON file with the pattern's input"))
     .option('--json', 'print the whole output as JSON')
     .option('--out <dir>', 'tool-builder only: write the tool under this directory')
@@ -866,6 +874,7 @@ block; piped, a line per change. Stdout gets the tool's directory (or the output
     .argument('<event>', 'the event type the flow waits for (`microtask show <flowId>` says which)')
     .option('--data <json>', 'the event\'s data, JSON (e.g. \'{"score":0.9,"feedback":"…"}\')')
     .option('--id <eventId>', 'an id that makes sending again harmless (default: a new one)')
+    .addOption(flowsOption())
     .addHelpText(
       'after',
       '\nChecked against what the flow waits for now, then kept: the process running the flow applies it\n' +
@@ -882,6 +891,7 @@ block; piped, a line per change. Stdout gets the tool's directory (or the output
       .argument('<flowId>', 'the flow, as `microtask flows` lists it')
       .option('--feedback <text>', approved ? 'a note for the record' : 'what to change: the next pass gets it')
       .option('--id <eventId>', 'an id that makes sending again harmless (default: a new one)')
+      .addOption(flowsOption())
       .addHelpText('after', `\nSends the event \`review\` with {"approved": ${approved}, "feedback": …}; a feedback loop waiting for a score takes\n\`microtask send <flowId> score --data '{"score":0.9,"feedback":"…"}'\`.`)
       .action(async (flowId: string, options: { feedback?: string; id?: string }) => {
         const data = JSON.stringify({ approved, feedback: options.feedback ?? '' });
@@ -894,6 +904,7 @@ block; piped, a line per change. Stdout gets the tool's directory (or the output
     .description('serve the inspector page on localhost over the flows of this mode, and print its URL')
     .argument('[flowId]', 'print the URL of this flow')
     .addOption(new Option('--port <n>', 'listen on this port (default MICROTASK_INSPECTOR_PORT, 7420; 0 = any free)').argParser(port))
+    .addOption(flowsOption())
     .addHelpText(
       'after',
       '\nThe daemon serves the same page (on MICROTASK_INSPECTOR_PORT); this is for flows run with `microtask run`\nor `build`, or to look at NATS flows from another machine. It needs no internet.',
@@ -908,6 +919,7 @@ block; piped, a line per change. Stdout gets the tool's directory (or the output
     .argument('<flowId>', 'the flow, as `microtask flows` lists it')
     .option('--json', 'print the whole output as JSON')
     .option('--no-progress', 'do not print state changes on stderr')
+    .addOption(flowsOption())
     .addHelpText('after', '\nA microtask that was in flight runs again with the same key: a result stored before the\ncrash costs nothing, otherwise it is called once.')
     .action(async (flowId: string, options: { json?: boolean; progress?: boolean }) => {
       setExit(await resumeCommand(flowId, options));
@@ -917,6 +929,7 @@ block; piped, a line per change. Stdout gets the tool's directory (or the output
     .command('daemon')
     .description('serve the bus protocol: tool builds, flows of any pattern, status, cancel (docs/protocol.md)')
     .option('--worker', 'with NATS_URL: also run a worker in this process')
+    .addOption(flowsOption())
     .option('--inspect', "send every flow's actors to Stately's inspector (@statelyai/inspect)")
     .addOption(new Option('--inspector-port <n>', 'serve the inspector page on this port (default MICROTASK_INSPECTOR_PORT, 7420)').argParser(port))
     .option('--no-inspector', 'do not serve the inspector page')
@@ -940,6 +953,7 @@ snapshots make that safe, and a restart resumes the flows.`,
     .command('worker')
     .description('take microtasks from the NATS work queue and run them (needs NATS_URL)')
     .addOption(new Option('-c, --concurrency <n>', 'tasks in flight at most (default MICROTASK_WORKER_CONCURRENCY, 8)').argParser(positiveInt('--concurrency')))
+    .addOption(flowsOption())
     .addOption(new Option('--http-port <n>', 'serve /healthz, /readyz and /metrics on this port (default MICROTASK_HTTP_PORT; unset: not served)').argParser(port))
     .addHelpText(
       'after',
@@ -953,6 +967,7 @@ snapshots make that safe, and a restart resumes the flows.`,
     .command('dev')
     .description('the whole local stack: a nats-server, the daemon, a worker and the inspector; Ctrl-C stops them')
     .addOption(new Option('--nats-port <n>', 'nats-server listens on this port of 127.0.0.1 (default: a free one)').argParser(port))
+    .addOption(flowsOption())
     .addOption(new Option('--inspector-port <n>', 'serve the inspector page on this port (default MICROTASK_INSPECTOR_PORT, 7420; 0 = any free)').argParser(port))
     .addHelpText(
       'after',

@@ -1,0 +1,99 @@
+import { access } from 'node:fs/promises';
+import { isAbsolute, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { fromPromise } from 'xstate';
+import { answerSchemas } from './contracts/answers.js';
+import type { MicrotaskInput, MicrotaskResult } from './contracts/microtask.js';
+import { FlowDefinitionError, type FlowDefinition, type FlowsModule } from './flowCatalog.js';
+import { provideFlows } from './flows.js';
+import { UsageError } from './UsageError.js';
+
+export type FlowsModuleErrorCode = 'FLOWS_MODULE_NOT_FOUND' | 'FLOWS_MODULE_FAILED' | 'INVALID_FLOWS_MODULE' | 'INVALID_FLOW_DEFINITION';
+
+/**
+ * Why a user's module of flows was refused: the user's to fix, so a usage error (the CLI
+ * exits 2), in one line that names the module and ends with the code to switch on.
+ */
+export class FlowsModuleError extends UsageError {
+  constructor(specifier: string, message: string, override readonly code: FlowsModuleErrorCode) {
+    super(`--flows ${specifier}: ${firstLine(message)} (${code})`, code);
+  }
+}
+
+const firstLine = (text: string) => text.split('\n', 1)[0]!.trim();
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/**
+ * Loads a user's module of flows (`--flows ./flows.js`, MICROTASK_FLOWS): a path resolved
+ * against `cwd`, imported as ESM (so `.js` of a `"type": "module"` package, or `.mjs`). It
+ * exports `flows` (an array of defineFlow(...)), and may export `answers` (zod schemas by
+ * name) and `fallbacks` (functions by task type). Everything is checked here, each flow's
+ * machine built once, so a bad module stops the command at start, never a flow later.
+ */
+export async function loadFlowsModule(specifier: string, cwd = process.cwd()): Promise<FlowsModule> {
+  const path = isAbsolute(specifier) ? specifier : resolve(cwd, specifier);
+  try {
+    await access(path);
+  } catch {
+    throw new FlowsModuleError(specifier, `no such file (looked for ${path})`, 'FLOWS_MODULE_NOT_FOUND');
+  }
+  let exported: Record<string, unknown>;
+  try {
+    exported = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+  } catch (e) {
+    // A syntax error, a dependency not installed next to it, a throw at its top level.
+    throw new FlowsModuleError(specifier, `importing it failed: ${e instanceof Error ? e.message : String(e)}`, 'FLOWS_MODULE_FAILED');
+  }
+  return checkFlowsModule(specifier, exported);
+}
+
+/** The module's exports as a FlowsModule, or the first thing wrong with them. */
+export function checkFlowsModule(specifier: string, exported: Record<string, unknown>): FlowsModule {
+  const invalid = (message: string) => new FlowsModuleError(specifier, message, 'INVALID_FLOWS_MODULE');
+  const flows = exported.flows;
+  if (!Array.isArray(flows)) {
+    throw invalid(
+      flows === undefined
+        ? 'it exports no `flows`: export const flows = [defineFlow({ name, version, input, machine })]'
+        : '`flows` must be an array of flow definitions (defineFlow(...))',
+    );
+  }
+  if (flows.length === 0) throw invalid('`flows` is empty: give it at least one defineFlow(...)');
+
+  const answers = exported.answers;
+  if (answers !== undefined) {
+    if (!isRecord(answers)) throw invalid('`answers` must be an object of zod schemas by name: { triage: z.object({ ... }) }');
+    for (const [name, schema] of Object.entries(answers)) {
+      if (typeof (schema as { safeParse?: unknown } | null)?.safeParse !== 'function') throw invalid(`answers.${name} is not a zod schema`);
+      // A flow of the built-in patterns asks for these by name: the module must not change what they mean.
+      if (Object.hasOwn(answerSchemas, name)) throw invalid(`answers.${name}: "${name}" is a built-in answer schema; give yours another name`);
+    }
+  }
+  const fallbacks = exported.fallbacks;
+  if (fallbacks !== undefined) {
+    if (!isRecord(fallbacks)) throw invalid('`fallbacks` must be an object of functions by task type: { triage: (input, error) => ({ ... }) }');
+    for (const [taskType, fallback] of Object.entries(fallbacks)) {
+      if (typeof fallback !== 'function') throw invalid(`fallbacks.${taskType} must be a function (input, error) => a degraded answer`);
+    }
+  }
+
+  const module: FlowsModule = {
+    flows: flows as FlowDefinition[],
+    ...(answers !== undefined ? { answers: answers as FlowsModule['answers'] & object } : {}),
+    ...(fallbacks !== undefined ? { fallbacks: fallbacks as FlowsModule['fallbacks'] & object } : {}),
+  };
+  // Each definition checked and its machine built, as the daemon will: a wrong name, a name
+  // taken, a machine(blocks) that throws or returns no machine are refused now.
+  try {
+    provideFlows({ microtask: noMicrotask }, module.flows);
+  } catch (e) {
+    if (e instanceof FlowDefinitionError) throw new FlowsModuleError(specifier, e.message, 'INVALID_FLOW_DEFINITION');
+    throw new FlowsModuleError(specifier, `building a flow's machine failed: ${e instanceof Error ? e.message : String(e)}`, 'INVALID_FLOW_DEFINITION');
+  }
+  return module;
+}
+
+/** For the check only: nothing runs a microtask while the machines are built. */
+const noMicrotask = fromPromise<MicrotaskResult, MicrotaskInput>(() => Promise.reject(new Error('no microtask runs while a module is checked')));

@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { cp, mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -86,6 +86,11 @@ afterAll(async () => {
 });
 
 describe('your own flow, from a separate directory that depends on the package by its name', { timeout: 90_000 }, () => {
+  it("the README shows the example's files as they are", async () => {
+    const readme = await readFile(join(repo, 'README.md'), 'utf8');
+    for (const file of ['flows.js', 'start.js']) expect(readme).toContain(await readFile(join(repo, 'examples/own-flow', file), 'utf8'));
+  });
+
   it('the package holds the compiled library, client, testing helpers and their types; one xstate and one zod are installed', async () => {
     for (const file of ['dist/index.js', 'dist/index.d.ts', 'dist/client.d.ts', 'dist/testing/index.d.ts', 'dist/cli.js', 'dist/flowsModule.js']) expect(packed).toContain(file);
     // The user's machine and schemas and the package's must be the same copies: one of each, at the top.

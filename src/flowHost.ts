@@ -25,6 +25,7 @@ import type { KeptEvent } from './contracts/waits.js';
 import { scrubSecrets } from './secrets.js';
 import { isFlowStop, type FlowStopError } from './contracts/flowStop.js';
 import { isFresh, MemoryLeaseBoard, OwnerLeases, type LeaseBoard } from './leases.js';
+import { hasScheduledEvents, sleepPlan } from './flowSleep.js';
 
 export interface FlowHostOptions {
   flows: Flows;
@@ -74,6 +75,13 @@ export interface FlowHostOptions {
   keptEvents?: (flowId: string) => Promise<KeptEvent[]>;
   /** Told when a flow starts waiting (for a person, an event), once that is saved, with what it waits for. */
   onWaiting?: (flowId: string, waits: FlowWait[]) => void;
+  /**
+   * How long a flow that only waits (for a person, an event, its deadline) stays a live
+   * actor before it sleeps: kept as its record, without its snapshot, and restored from
+   * the store when an event, its deadline or a cancel arrives (src/flowSleep.ts). 0 (the
+   * default): as soon as its wait is saved. `Infinity`: never.
+   */
+  sleepAfterMs?: number;
 }
 
 export type { KeptEvent };
@@ -101,6 +109,32 @@ interface PendingStep {
   /** A root transition whose snapshot an earlier step, already saved, holds: announced, not saved again. */
   announceOnly?: boolean;
 }
+
+/**
+ * A flow asleep here (src/flowSleep.ts): what is left of it is its record without the
+ * snapshot, its revision (a wake that finds another one stored knows another process
+ * wrote it) and the timer of its earliest deadline.
+ */
+interface SleepingFlow {
+  flowId: string;
+  record: FlowSnapshotRecord;
+  revision: number;
+  finished: Promise<FlowSnapshotRecord>;
+  resolveFinished: (record: FlowSnapshotRecord) => void;
+  timer: NodeJS.Timeout | undefined;
+  /** Set while it is restored: every caller that wakes it meanwhile gets the same flow. */
+  waking: Promise<HostedFlow | undefined> | undefined;
+  /** Resumed asleep: the events kept for it while no process ran it, applied first when it wakes. */
+  kept?: Promise<KeptEvent[]>;
+  /** Its earliest deadline (epoch ms), when it has one. */
+  wakeAt?: number;
+}
+
+/** setTimeout fires at once past this (about 24.8 days): a later wake is timed in laps. */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/** A sleeping flow whose restore failed (the store unreachable) is tried again after this. */
+const WAKE_RETRY_MS = 5_000;
 
 /** The end of a flow, saved with (or after) its last step. */
 interface Ending {
@@ -175,6 +209,8 @@ const lifecycleStatus = (output: unknown): Exclude<FlowStatus, 'running'> =>
  */
 export class FlowHost {
   private readonly flows = new Map<string, HostedFlow>();
+  /** Flows that only wait, kept as their records (src/flowSleep.ts). */
+  private readonly sleeping = new Map<string, SleepingFlow>();
   private readonly left = new Map<string, Promise<FlowSnapshotRecord>>();
   private leaseTimer: NodeJS.Timeout | undefined;
   private readonly leases: OwnerLeases | undefined;
@@ -253,7 +289,7 @@ export class FlowHost {
 
   /** `resume`, judging other owners by heartbeats read at most `beatsMaxAgeMs` ago (a scan of many flows reads them once). */
   private async resumeOne(flowId: string, beatsMaxAgeMs: number): Promise<'resumed' | 'running' | 'finished' | 'owned'> {
-    if (this.flows.has(flowId) || this.claiming.has(flowId)) return 'running';
+    if (this.hosts(flowId) || this.claiming.has(flowId)) return 'running';
     if (!this.leases) return this.resumeClaimed(flowId, beatsMaxAgeMs);
     this.claiming.add(flowId);
     try {
@@ -314,17 +350,47 @@ export class FlowHost {
       // from the first claim, written again alongside, not before (one round trip per flow
       // less when 10,000 resume).
       const mine = record.owner === leases.owner;
-      const { leaseUntil: _older, ...rest } = record;
-      record = { ...rest, snapshot, updatedAt: new Date(now).toISOString(), owner: leases.owner };
-      const held = mine ? leases.hold(flowId) : await leases.hold(flowId);
-      const [saved, heldAgain] = await Promise.allSettled([this.options.store.save(record, revision), held]);
-      if (saved.status === 'rejected') {
-        await leases.release(flowId);
-        if (saved.reason instanceof SnapshotConflictError) return 'owned';
-        throw saved.reason;
+      // Its own, with nothing to move (no microtask was in flight: a flow that waits) and no
+      // older lease to drop: the record is already the claim, and a save would only cost a
+      // write per flow (100,000 waiting flows resumed). Fencing holds without it: a host
+      // that claimed the flow meanwhile wrote a new revision, which the next save (or a
+      // sleeping flow's wake) finds.
+      if (mine && snapshot === record.snapshot && record.leaseUntil === undefined) {
+        void leases.hold(flowId).catch((e: unknown) => this.options.logger.warn({ flowId, err: e }, 'could not write the flow into the lease index again (it is there from its first claim)'));
+      } else {
+        const { leaseUntil: _older, ...rest } = record;
+        record = { ...rest, snapshot, updatedAt: new Date(now).toISOString(), owner: leases.owner };
+        const held = mine ? leases.hold(flowId) : await leases.hold(flowId);
+        const [saved, heldAgain] = await Promise.allSettled([this.options.store.save(record, revision), held]);
+        if (saved.status === 'rejected') {
+          await leases.release(flowId);
+          if (saved.reason instanceof SnapshotConflictError) return 'owned';
+          throw saved.reason;
+        }
+        if (heldAgain.status === 'rejected') this.options.logger.warn({ flowId, err: heldAgain.reason }, 'could not write the flow into the lease index again (it is there from its first claim)');
+        revision = saved.value;
       }
-      if (heldAgain.status === 'rejected') this.options.logger.warn({ flowId, err: heldAgain.reason }, 'could not write the flow into the lease index again (it is there from its first claim)');
-      revision = saved.value;
+    }
+    // A flow that only waits, with no answer kept for it meanwhile, sleeps at once: no
+    // actor is built for it until something arrives (100,000 of them resumed in seconds).
+    // The events kept for it (sent while no process ran it) are read meanwhile: an event
+    // that arrives before they are read wakes it, and they are applied first.
+    const plan = this.sleepAllowed() && record.waiting?.length ? sleepPlan(snapshot) : undefined;
+    if (plan) {
+      let resolveFinished!: (record: FlowSnapshotRecord) => void;
+      const finished = new Promise<FlowSnapshotRecord>((resolve) => (resolveFinished = resolve));
+      const kept = this.options.keptEvents ? this.readKept(flowId) : Promise.resolve([]);
+      this.sleep({ flowId, record: { ...record, snapshot: null }, revision, finished, resolveFinished, timer: undefined, waking: undefined, kept }, plan.wakeAt);
+      this.journal({ flowId }, { kind: 'flow', phase: 'resumed', pattern: record.pattern, status: 'running' });
+      this.options.logger.debug({ flowId, state: record.state }, 'flow resumed asleep: it waits');
+      const seq = record.seq ?? 0;
+      if (seq > 0 && this.options.onEvent) {
+        void this.options
+          .onEvent({ flowId, seq, state: record.state, status: 'running', at: record.updatedAt })
+          .catch((e: unknown) => this.options.logger.error({ flowId, err: e }, 'could not announce a flow transition'));
+      }
+      if ((await kept).some((e) => !record.received?.includes(e.eventId) && !record.refused?.includes(e.eventId))) await this.wake(flowId);
+      return 'resumed';
     }
     const machine = machineFor(this.options.flows, pattern) as AnyStateMachine;
     const hosted = this.host(flowId, pattern, machine, { snapshot: snapshot as Snapshot<unknown> }, record, record.requestId);
@@ -347,13 +413,7 @@ export class FlowHost {
     if (this.options.keptEvents && waitsOf(hosted.actor).length > 0) {
       let release!: () => void;
       hosted.started = new Promise((resolve) => (release = resolve));
-      try {
-        kept = await this.options.keptEvents(flowId);
-      } catch (e) {
-        this.options.logger.error({ flowId, err: e }, 'could not read the events kept for a waiting flow; they are applied when sent again');
-      } finally {
-        release();
-      }
+      kept = await this.readKept(flowId).finally(() => release());
     }
     // Starting the restored actor reports its root with 'xstate.init': not a transition (the
     // last one was re-announced above), so it takes no seq, no save and no announcement.
@@ -411,7 +471,7 @@ export class FlowHost {
       if (beat.owner === leases.owner || isFresh(beat, now)) continue;
       let left = 0;
       await mapLimit(await leases.held(beat.owner), RESUME_CONCURRENCY, async (flowId) => {
-        if (this.flows.has(flowId) || this.claiming.has(flowId)) return leases.release(flowId, beat.owner);
+        if (this.hosts(flowId) || this.claiming.has(flowId)) return leases.release(flowId, beat.owner);
         try {
           if ((await this.resumeOne(flowId, SCAN_BEATS_MAX_AGE_MS)) === 'resumed') {
             taken.push(flowId);
@@ -464,9 +524,9 @@ export class FlowHost {
     this.leaseTimer = setInterval(() => {
       const now = Date.now();
       if (leases.lapsed(now) && !this.lapse) {
-        const flows = [...this.flows.values()];
-        if (flows.length > 0) this.options.logger.error({ flows: flows.length }, 'the lease heartbeat has not landed for most of the lease: stopping the flows here, to claim them again once it lands');
-        this.lapse = this.stopFlows(flows);
+        const asleep = this.sleeping.size;
+        if (this.flows.size + asleep > 0) this.options.logger.error({ flows: this.flows.size + asleep }, 'the lease heartbeat has not landed for most of the lease: stopping the flows here, to claim them again once it lands');
+        this.lapse = Promise.allSettled(this.dropSleeping()).then(() => this.stopFlows([...this.flows.values()]));
       }
       if (leases.beatDue(now)) {
         void leases.beat().then((landed) => {
@@ -509,7 +569,7 @@ export class FlowHost {
 
   /** Resolves with the flow's final record when it ends (here). */
   finished(flowId: string): Promise<FlowSnapshotRecord> | undefined {
-    return this.flows.get(flowId)?.finished ?? this.left.get(flowId);
+    return this.flows.get(flowId)?.finished ?? this.sleeping.get(flowId)?.finished ?? this.left.get(flowId);
   }
 
   /** A flow that left this host (ended, lost, stopped by its store): its `finished`, for a caller that asks late. */
@@ -519,10 +579,20 @@ export class FlowHost {
     if (this.left.size > 1_000) this.left.delete(this.left.keys().next().value!);
   }
 
+  /** The record of a flow this host runs (awake or asleep: an asleep one's has no snapshot); undefined when it does not. */
   running(flowId: string): FlowSnapshotRecord | undefined {
     const hosted = this.flows.get(flowId);
+    if (!hosted) {
+      const asleep = this.sleeping.get(flowId);
+      return asleep && { ...asleep.record };
+    }
     // The ids applied so far, saved or about to be: a retry sent meanwhile is a duplicate.
-    return hosted && { ...hosted.record, ...(hosted.received.length ? { received: [...hosted.received] } : {}) };
+    return { ...hosted.record, ...(hosted.received.length ? { received: [...hosted.received] } : {}) };
+  }
+
+  /** Whether this host runs the flow, awake or asleep. */
+  private hosts(flowId: string): boolean {
+    return this.flows.has(flowId) || this.sleeping.has(flowId);
   }
 
   /**
@@ -532,7 +602,7 @@ export class FlowHost {
    * flow; throws EventRefusedError when no wait accepts it or its data is wrong.
    */
   async send(flowId: string, event: KeptEvent): Promise<'applied' | 'duplicate' | 'not-here'> {
-    const hosted = this.flows.get(flowId);
+    const hosted = this.flows.get(flowId) ?? (this.sleeping.has(flowId) ? await this.wake(flowId) : undefined);
     if (!hosted) return 'not-here';
     await hosted.started;
     if (hosted.ending || hosted.lost || hosted.frozen) return 'not-here';
@@ -560,11 +630,17 @@ export class FlowHost {
 
   /** What a flow this host runs waits for now; undefined when it does not run it. */
   waiting(flowId: string): FlowWait[] | undefined {
+    const asleep = this.sleeping.get(flowId);
+    if (asleep) return asleep.record.waiting ?? [];
     const waits = this.liveWaits(flowId);
     return waits && publicWaits(waits);
   }
 
-  /** The waits of a flow this host runs, with their actors and schemas (to check an event before it is kept). */
+  /**
+   * The waits of a flow this host runs awake, with their actors and schemas (to check an
+   * event before it is kept); undefined when it does not run it, or it sleeps (its stored
+   * snapshot has them: src/sendEvent.ts).
+   */
   liveWaits(flowId: string): LiveWait[] | undefined {
     const hosted = this.flows.get(flowId);
     return hosted ? waitsOf(hosted.actor) : undefined;
@@ -583,7 +659,7 @@ export class FlowHost {
 
   /** Cancels a flow this host runs; false when it runs elsewhere or not at all. */
   async cancel(flowId: string): Promise<boolean> {
-    const hosted = this.flows.get(flowId);
+    const hosted = this.flows.get(flowId) ?? (this.sleeping.has(flowId) ? await this.wake(flowId) : undefined);
     if (!hosted) return false;
     const inFlight = [...hosted.microtasks.values()].map((m) => m.key);
     // Ended first: the stop's own snapshots are not steps.
@@ -644,12 +720,28 @@ export class FlowHost {
     // A scan claiming flows now would host them after the stop; a heartbeat on its way would land after the one that gives the leases up.
     await this.ticking;
     await this.leases?.settled();
+    await Promise.allSettled(this.dropSleeping());
     await this.stopFlows([...this.flows.values()]);
     await this.lapse;
     // Give up the leases, with one write: a restart, or another daemon, resumes these
     // flows at once instead of waiting for the lease to run out (and the microtasks'
     // deadlines with it). They stay in this host's index, where the other finds them.
     if (this.leases?.started) await this.leases.retire().catch((e: unknown) => this.options.logger.warn({ err: e }, 'could not release the leases'));
+  }
+
+  /**
+   * Lets go of the flows asleep here: nothing of theirs is unsaved (their records stay
+   * `running`, for a resume or another host). Resolves with the wakes under way, whose
+   * flows are awake here once they settle.
+   */
+  private dropSleeping(): Array<Promise<unknown>> {
+    const waking: Array<Promise<unknown>> = [];
+    for (const asleep of this.sleeping.values()) {
+      if (asleep.timer) clearTimeout(asleep.timer);
+      if (asleep.waking) waking.push(asleep.waking);
+    }
+    this.sleeping.clear();
+    return waking;
   }
 
   /** Stops these flows here without ending them: the steps captured so far are written (the stop's own snapshots are not steps). */
@@ -662,6 +754,145 @@ export class FlowHost {
     }
     await Promise.all(flows.map((f) => f.chain.then(() => f.announcing)));
     for (const hosted of flows) if (this.flows.get(hosted.flowId) === hosted) this.flows.delete(hosted.flowId);
+  }
+
+  /** The events kept for a flow while no process ran it; none (and the cause logged) when they cannot be read. */
+  private async readKept(flowId: string): Promise<KeptEvent[]> {
+    try {
+      return (await this.options.keptEvents?.(flowId)) ?? [];
+    } catch (e) {
+      this.options.logger.error({ flowId, err: e }, 'could not read the events kept for a waiting flow; they are applied when sent again');
+      return [];
+    }
+  }
+
+  private sleepAllowed(): boolean {
+    return (this.options.sleepAfterMs ?? 0) < Number.POSITIVE_INFINITY;
+  }
+
+  /**
+   * Puts a flow to sleep once this save is the last for now: after `sleepAfterMs`, when no
+   * other save was queued since and its announcements are out (`trySleep` checks the rest).
+   */
+  private sleepSoon(hosted: HostedFlow) {
+    if (!this.sleepAllowed() || !hosted.record.waiting?.length) return;
+    const chain = hosted.chain;
+    setTimeout(() => {
+      void Promise.all([chain, hosted.announcing]).then(() => {
+        if (hosted.chain === chain) this.trySleep(hosted);
+      });
+    }, this.options.sleepAfterMs ?? 0).unref();
+  }
+
+  /** Sleeps a flow that only waits, everything of it saved (src/flowSleep.ts); leaves any other as it is. */
+  private trySleep(hosted: HostedFlow) {
+    if (this.flows.get(hosted.flowId) !== hosted || hosted.ending || hosted.lost || hosted.frozen || hosted.restoring) return;
+    if (hosted.writeQueued || hosted.pending.length > 0 || hosted.touch || hosted.microtasks.size > 0 || hosted.awaiting) return;
+    const { record } = hosted;
+    if (!record.waiting?.length) return;
+    // An event applied (or refused) whose transition changed nothing is saved with the next step: not yet in the record.
+    if (!sameIds(hosted.received, record.received) || !sameIds(hosted.refused, record.refused)) return;
+    const plan = sleepPlan(record.snapshot);
+    if (!plan || hasScheduledEvents(hosted.actor)) return;
+    // Stopped as a shutdown stops it: not a step, nothing saved (its record is its last step).
+    hosted.frozen = true;
+    hosted.actor.stop();
+    this.flows.delete(hosted.flowId);
+    const { flowId, revision, finished, resolveFinished } = hosted;
+    this.sleep({ flowId, record: { ...record, snapshot: null }, revision, finished, resolveFinished, timer: undefined, waking: undefined }, plan.wakeAt);
+    this.options.logger.debug({ flowId, state: record.state }, 'flow asleep: it waits');
+  }
+
+  private sleep(asleep: SleepingFlow, wakeAt: number | undefined) {
+    this.sleeping.set(asleep.flowId, asleep);
+    if (wakeAt !== undefined) asleep.wakeAt = wakeAt;
+    this.armWake(asleep);
+  }
+
+  /** Times the wake at the flow's earliest deadline (in laps past the longest timer). */
+  private armWake(asleep: SleepingFlow, at = asleep.wakeAt) {
+    if (asleep.timer) clearTimeout(asleep.timer);
+    asleep.timer = undefined;
+    if (at === undefined) return;
+    const fire = () => {
+      const left = at - Date.now();
+      if (left > 0) {
+        asleep.timer = setTimeout(fire, Math.min(left, MAX_TIMER_MS));
+        asleep.timer.unref();
+        return;
+      }
+      asleep.timer = undefined;
+      this.wake(asleep.flowId).catch((e: unknown) => this.options.logger.error({ flowId: asleep.flowId, err: e }, 'could not wake a flow at its deadline; trying again'));
+    };
+    fire();
+  }
+
+  /**
+   * Wakes a flow asleep here: restores it from its stored record, as it was put to sleep.
+   * Undefined when it is not here any more: another process wrote it meanwhile (a cancel
+   * from the CLI, another host that took it over), or this host stopped.
+   */
+  private wake(flowId: string): Promise<HostedFlow | undefined> {
+    const asleep = this.sleeping.get(flowId);
+    if (!asleep) return Promise.resolve(this.flows.get(flowId));
+    asleep.waking ??= this.restore(asleep);
+    return asleep.waking;
+  }
+
+  private async restore(asleep: SleepingFlow): Promise<HostedFlow | undefined> {
+    const { flowId } = asleep;
+    if (asleep.timer) clearTimeout(asleep.timer);
+    asleep.timer = undefined;
+    let stored;
+    let kept: KeptEvent[];
+    try {
+      kept = (await asleep.kept) ?? [];
+      stored = await this.options.store.load(flowId);
+    } catch (e) {
+      // The store unreachable: still asleep, woken again by the next event, or soon when it has a deadline.
+      asleep.waking = undefined;
+      if (this.sleeping.get(flowId) === asleep && asleep.wakeAt !== undefined) this.armWake(asleep, Math.max(asleep.wakeAt, Date.now() + WAKE_RETRY_MS));
+      throw e;
+    }
+    // This host stopped meanwhile (or a lapse let its flows go).
+    if (this.sleeping.get(flowId) !== asleep) return this.flows.get(flowId);
+    this.sleeping.delete(flowId);
+    delete asleep.kept;
+    if (!stored || stored.revision !== asleep.revision) {
+      // Written by another process while it slept here: ended there (a cancel), or another host holds it now.
+      const ended = stored && stored.record.status !== 'running';
+      this.options.logger.info({ flowId, status: stored?.record.status }, ended ? 'flow ended elsewhere (cancelled) while asleep here' : 'flow taken over by another owner while asleep here');
+      if (this.leases) void this.leases.release(flowId);
+      this.left.set(flowId, asleep.finished);
+      asleep.resolveFinished(stored?.record ?? asleep.record);
+      return undefined;
+    }
+    const { record, revision } = stored;
+    const hosted = this.host(flowId, record.pattern, machineFor(this.options.flows, record.pattern) as AnyStateMachine, { snapshot: record.snapshot as Snapshot<unknown> }, record, record.requestId);
+    hosted.revision = revision;
+    hosted.seq = record.seq ?? 0;
+    hosted.steps = record.steps ?? 0;
+    hosted.lastCaptured = JSON.stringify(record.snapshot);
+    hosted.finished = asleep.finished;
+    hosted.resolveFinished = asleep.resolveFinished;
+    this.options.logger.debug({ flowId, state: record.state }, 'flow woken');
+    // As a resume: the restored root's init report is no transition.
+    hosted.restoring = true;
+    try {
+      hosted.actor.start();
+    } finally {
+      hosted.restoring = false;
+    }
+    for (const event of kept) {
+      try {
+        this.applyOrRefuse(hosted, event);
+      } catch (e) {
+        this.options.logger.warn({ flowId, eventId: event.eventId, err: e }, 'an event kept for the flow was not applied');
+      }
+    }
+    // Woken for nothing it accepts (a duplicate, a refused event): asleep again once that is saved.
+    this.sleepSoon(hosted);
+    return hosted;
   }
 
   private host(
@@ -844,6 +1075,8 @@ export class FlowHost {
     hosted.announcing = announced.catch((e: unknown) => this.failed(hosted, e, 'announce'));
     // The end waits for every announcement: `finished` means the world was told.
     if (ending) await hosted.announcing;
+    // Only waiting now, everything saved: it sleeps (unless something moves it meanwhile).
+    else if (hosted.record.waiting?.length) this.sleepSoon(hosted);
   }
 
   /**
@@ -993,7 +1226,7 @@ export class FlowHost {
     if (hosted.awaiting?.delete(ref) && hosted.awaiting.size === 0) this.park(hosted);
   }
 
-  private journal(hosted: HostedFlow, entry: DistributiveOmit<JournalEntry, 'flowId' | 'at'>, snapshotJson?: string) {
+  private journal(hosted: Pick<HostedFlow, 'flowId'>, entry: DistributiveOmit<JournalEntry, 'flowId' | 'at'>, snapshotJson?: string) {
     this.options.journal?.append({ ...entry, flowId: hosted.flowId, at: new Date().toISOString() } as JournalEntry, snapshotJson);
   }
 
@@ -1091,6 +1324,11 @@ export class FlowHost {
     this.options.logger.error({ flowId: hosted.flowId, err: e }, 'could not announce a flow transition');
     return;
   }
+}
+
+/** Whether a flow's list of event ids is the one in its record (the same last id and length: the list only grows at its end). */
+function sameIds(ids: readonly string[], saved: readonly string[] | undefined): boolean {
+  return ids.length === (saved?.length ?? 0) && ids.at(-1) === saved?.at(-1);
 }
 
 /** A record without the per-flow lease older daemons wrote (the lease is the owner's heartbeat now). */

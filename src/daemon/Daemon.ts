@@ -7,7 +7,7 @@ import type { Flows } from '../flows.js';
 import { JsonInputError, parseJsonInput } from '../jsonInput.js';
 import type { Logger } from '../log.js';
 import { FlowHost, newFlowId } from '../flowHost.js';
-import type { SnapshotStore } from '../persistence/SnapshotStore.js';
+import type { FlowSnapshotRecord, SnapshotStore } from '../persistence/SnapshotStore.js';
 import type { MicrotaskResult } from '../contracts/microtask.js';
 import { resultKey } from '../bus/KvResultsStore.js';
 import { scrubSecrets } from '../secrets.js';
@@ -27,7 +27,7 @@ import { claimRequest, KvRequestIds, type RequestIds } from './requestClaims.js'
 import { randomUUID } from 'node:crypto';
 import { BusInbox } from '../inbox/BusInbox.js';
 import type { Inbox } from '../inbox/Inbox.js';
-import { EventRefusedError } from '../flowWaits.js';
+import { EventRefusedError, type LiveWait } from '../flowWaits.js';
 import { SendError, sendEvent } from '../sendEvent.js';
 import type { KeptEvent } from '../contracts/waits.js';
 import type { LeaseBoard } from '../leases.js';
@@ -167,10 +167,7 @@ export class Daemon {
    */
   get parts() {
     const { store, journal, flows } = this.options;
-    const running = (flowId: string) => {
-      const record = this.host.running(flowId);
-      return record && { record, waits: this.host.liveWaits(flowId) ?? [] };
-    };
+    const running = (flowId: string) => this.runningHere(flowId);
     return { store, journal, flows, inbox: this.inbox, running };
   }
 
@@ -250,10 +247,7 @@ export class Daemon {
           store: this.options.store,
           inbox: this.inbox,
           flows: this.options.flows,
-          running: (id) => {
-            const record = this.host.running(id);
-            return record && { record, waits: this.host.liveWaits(id) ?? [] };
-          },
+          running: (id) => this.runningHere(id),
         },
         flowId,
         event,
@@ -265,6 +259,16 @@ export class Daemon {
     if (kept.duplicate) return { ok: true, flowId, eventId, duplicate: true };
     this.options.logger.info({ flowId, eventId, type }, 'event kept for the flow');
     return { ok: true, flowId, eventId };
+  }
+
+  /**
+   * A flow running awake here, with its live waits; undefined otherwise (asleep here, or
+   * elsewhere: its stored snapshot says what it waits for).
+   */
+  private runningHere(flowId: string): { record: FlowSnapshotRecord; waits: LiveWait[] } | undefined {
+    const waits = this.host.liveWaits(flowId);
+    const record = waits && this.host.running(flowId);
+    return record && { record, waits };
   }
 
   private async record(flowId: string): Promise<FlowRecord | undefined> {

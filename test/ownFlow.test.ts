@@ -114,7 +114,7 @@ describe('your own flow, from a separate directory that depends on the package b
     model = undefined;
   });
 
-  it('a daemon and a worker with --flows serve it over NATS: started by the client, it survives the daemon killed mid-flow, and `microtask flows` lists it', async () => {
+  it('a daemon and a worker with --flows serve it over NATS: started by the client, it survives the daemon killed mid-flow; `microtask flows` and the inspector show it', async () => {
     nats = await startNatsServer();
     // The summary answers slowly: the daemon is killed while its flow waits for it.
     model = await triageModel(3_000);
@@ -129,7 +129,7 @@ describe('your own flow, from a separate directory that depends on the package b
     daemon.child.kill('SIGKILL');
     await daemon.exited;
     // MICROTASK_FLOWS does what --flows does; the new daemon takes the flow over (its lease lapsed) and ends it.
-    const again = microtask(['daemon', '--no-inspector'], { ...env, MICROTASK_FLOWS: './flows.js' });
+    const again = microtask(['daemon', '--inspector-port', '0'], { ...env, MICROTASK_FLOWS: './flows.js' });
 
     expect(await client.exited, client.stderr()).toBe(0);
     const done = JSON.parse(client.stdout());
@@ -139,6 +139,11 @@ describe('your own flow, from a separate directory that depends on the package b
 
     const listed = await runCli(['flows', '--json'], { NATS_URL: nats.url });
     expect(JSON.parse(listed.stdout)).toEqual([expect.objectContaining({ flowId: done.flowId, pattern: 'triage', status: 'done' })]);
+    // Its statechart is on the daemon's inspector page, with the built-in patterns'.
+    const inspector = await until(() => /"inspector":"(http:[^"]+)"/.exec(again.stderr())?.[1], "the new daemon's inspector");
+    const machines = (await (await fetch(new URL('/api/machines', inspector))).json()) as { machines: string[] };
+    expect(machines.machines).toEqual(expect.arrayContaining(['triage', 'parallel']));
+    expect((await fetch(new URL('/api/machines/triage', inspector))).status).toBe(200);
     again.child.kill('SIGTERM');
     worker.child.kill('SIGTERM');
     expect(await again.exited, again.stderr()).toBe(0);

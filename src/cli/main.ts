@@ -362,7 +362,10 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
 async function runCommand(pattern: string, options: { input: string; json?: boolean; out?: string; progress?: boolean; inspect?: boolean }) {
   // A built-in pattern, or a flow of the module given with --flows (MICROTASK_FLOWS).
   const own = flowsModuleInUse().flows.find((flow) => flow.name === pattern);
-  if (!isPatternName(pattern) && !own) throw new UsageError(`unknown pattern "${pattern}"; one of: ${[...patternNames, ...flowsModuleInUse().flows.map((f) => f.name)].join(', ')}`);
+  if (!isPatternName(pattern) && !own) {
+    const names = [...patternNames, ...flowsModuleInUse().flows.map((f) => f.name)].join(', ');
+    throw new UsageError(`unknown pattern "${pattern}". Allowed choices are ${names}${flowsModuleInUse().flows.length ? '' : ' (your own flows: --flows <module>)'}`);
+  }
   if (options.out !== undefined && pattern !== 'tool-builder') throw new UsageError('--out is for the tool-builder pattern only');
   if (pattern === 'tool-builder') await assertWritableDirectory(options.out ?? toolsDir(loadConfig().MICROTASK_STATE_DIR));
   const schema = isPatternName(pattern) ? patternInputSchemas[pattern] : own!.input;

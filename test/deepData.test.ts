@@ -66,6 +66,44 @@ describe('deeply nested data in a record', () => {
   });
 });
 
+describe('findNonJson: the quick check and the walk that names the place agree', () => {
+  // Plain records are vouched for by a quick recursive check that goes 200 levels deep;
+  // anything else is walked again for its place. Each case below, near and past that depth.
+  it('finds each kind of problem at any depth, and passes plain data of any depth within the limit', () => {
+    class Point {
+      x = 1;
+    }
+    const problems: Array<[unknown, RegExp]> = [
+      [new Date(0), / is a Date$/],
+      [new Point(), / is a Point$/],
+      [new Map(), / is a Map$/],
+      [() => 1, / is a function$/],
+      [Symbol('s'), / is a symbol$/],
+      [1n, / is a bigint$/],
+      [Number.NaN, / is NaN \(JSON writes null\)$/],
+      [-Infinity, / is -Infinity \(JSON writes null\)$/],
+      [[1, undefined], /\[1\] is undefined/],
+      // A hole reads as undefined: JSON writes null there.
+      [[1, , 3], /\[1\] is undefined/],
+    ];
+    for (const depth of [0, 1, 198, 199, 200, 201, 202, 500, MAX_RECORD_DEPTH - 3]) {
+      for (const [bad, message] of problems) expect(findNonJson(nested(depth, { bad }), 'v'), `depth ${depth}`).toMatch(message);
+      expect(findNonJson(nested(depth, { fine: [1, 'two', null, true, { n: 0 }], skipped: undefined }), 'v'), `depth ${depth}`).toBeUndefined();
+      expect(findNonJson(nested(depth, Object.assign(Object.create(null) as object, { a: 1 })), 'v')).toBeUndefined();
+      const cyclic: Record<string, unknown> = {};
+      cyclic.again = [cyclic];
+      expect(findNonJson(nested(depth, cyclic), 'v')).toMatch(/\.again\[0\] refers back to itself$/);
+    }
+    // Too deep, whether the quick check's limit is below the one asked for or above it.
+    expect(findNonJson(nested(50), 'v', 40)).toMatch(/nests deeper than 40 levels/);
+    expect(findNonJson(nested(39), 'v', 40)).toBeUndefined();
+    expect(findNonJson(nested(MAX_RECORD_DEPTH + 1), 'v')).toMatch(new RegExp(`nests deeper than ${MAX_RECORD_DEPTH} levels`));
+    // The first problem in document order is the one named, on either side of the quick check's depth.
+    expect(findNonJson({ a: nested(300, new Date(0)), b: Number.NaN }, 'v')).toMatch(/ is a Date$/);
+    expect(findNonJson({ a: nested(300, 'ok'), b: Number.NaN }, 'v')).toBe('v.b is NaN (JSON writes null)');
+  });
+});
+
 describe('a model answer nested deeper than a record can hold', () => {
   it('is invalid_output (paid, counted, kept under its key), not an internal error (the real SDK)', async () => {
     // Written by hand: JSON.stringify cannot write it, which is the point.

@@ -44,9 +44,13 @@ export async function loadFlowsModule(specifier: string, cwd = process.cwd()): P
     exported = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
   } catch (e) {
     // A syntax error, a dependency not installed next to it, a throw at its top level.
-    throw new FlowsModuleError(specifier, `importing it failed: ${e instanceof Error ? e.message : String(e)}`, 'FLOWS_MODULE_FAILED');
+    const message = e instanceof Error ? e.message : String(e);
+    const typescript = (e as { code?: string }).code === 'ERR_UNKNOWN_FILE_EXTENSION' ? ": compile it to JavaScript (tsc), or load TypeScript with NODE_OPTIONS='--import tsx'" : '';
+    throw new FlowsModuleError(specifier, `importing it failed: ${firstLine(message)}${typescript}`, 'FLOWS_MODULE_FAILED');
   }
-  return checkFlowsModule(specifier, exported);
+  // `export default { flows, ... }`, or a CommonJS `module.exports = { flows, ... }`, is read the same.
+  const fromDefault = exported.flows === undefined && isRecord(exported.default) && Array.isArray(exported.default.flows);
+  return checkFlowsModule(specifier, fromDefault ? (exported.default as Record<string, unknown>) : exported);
 }
 
 /** The module's exports as a FlowsModule, or the first thing wrong with them. */

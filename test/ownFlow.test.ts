@@ -154,6 +154,7 @@ describe('your own flow, from a separate directory that depends on the package b
     const bad = await mkdtemp(join(tmpdir(), 'own-flow-bad-'));
     await writeFile(join(bad, 'throws.mjs'), "throw new Error('no config here');\n");
     await writeFile(join(bad, 'empty.mjs'), 'export const answers = {};\n');
+    await writeFile(join(bad, 'flows.ts'), 'export const flows: unknown[] = [];\n');
     await writeFile(join(bad, 'badName.mjs'), "export const flows = [{ name: 'Triage Issues', version: 1, input: { safeParse() {} }, machine: () => ({}) }];\n");
     await writeFile(join(bad, 'taken.mjs'), "export const flows = [{ name: 'parallel', version: 1, input: { safeParse() {} }, machine: () => ({ provide() {} }) }];\n");
     await writeFile(join(bad, 'noMachine.mjs'), "export const flows = [{ name: 'triage', version: 1, input: { safeParse() {} }, machine: () => ({}) }];\n");
@@ -161,6 +162,7 @@ describe('your own flow, from a separate directory that depends on the package b
       [['daemon', '--no-inspector', '--flows', join(bad, 'nope.js')], {}, /^microtask: --flows \S+nope\.js: no such file .*\(FLOWS_MODULE_NOT_FOUND\)$/],
       [['run', 'triage', '-i', 'examples/microtask.json'], { MICROTASK_FLOWS: join(bad, 'throws.mjs') }, /importing it failed: no config here \(FLOWS_MODULE_FAILED\)$/],
       [['daemon', '--no-inspector', '--flows', join(bad, 'empty.mjs')], {}, /it exports no `flows`.*\(INVALID_FLOWS_MODULE\)$/],
+      [['resume', 'some-flow', '--flows', join(bad, 'flows.ts')], {}, /Unknown file extension "\.ts".*compile it to JavaScript.*\(FLOWS_MODULE_FAILED\)$/],
       [['daemon', '--no-inspector', '--flows', join(bad, 'badName.mjs')], {}, /flow "Triage Issues": a name is lowercase letters.*\(INVALID_FLOW_DEFINITION\)$/],
       [['daemon', '--no-inspector', '--flows', join(bad, 'taken.mjs')], {}, /flow "parallel" is defined twice.*\(INVALID_FLOW_DEFINITION\)$/],
       [['worker', '--flows', join(bad, 'noMachine.mjs')], { NATS_URL: 'nats://127.0.0.1:1' }, /must return an XState v5 machine.*\(INVALID_FLOW_DEFINITION\)$/],

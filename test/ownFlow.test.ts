@@ -103,13 +103,29 @@ describe('your own flow, from a separate directory that depends on the package b
     expect(existsSync(join(dir, 'node_modules/zod/package.json'))).toBe(true);
   });
 
-  it('`microtask run triage --flows ./flows.js` runs it embedded: its answer schema, its fallback, a parallel child, a microtask', async () => {
+  it('`microtask run triage --flows ./flows.js` runs it embedded: its answer schema, its fallback, a parallel child, a microtask; killed, `resume --flows` ends it', async () => {
     model = await triageModel();
     const env = { ANTHROPIC_API_KEY: 'sk-test', ANTHROPIC_BASE_URL: model.url, MICROTASK_STATE_DIR: join(dir, 'state-run'), MICROTASK_MAX_RETRIES: '0' };
     const run = microtask(['run', 'triage', '--flows', './flows.js', '--input', 'issues.json', '--no-progress'], env);
     expect(await run.exited, run.stderr()).toBe(0);
     expect(JSON.parse(run.stdout())).toEqual({ summary: 'Fix the login 500 first.', triaged });
     expect(run.stderr()).toMatch(/triage triage-\S+: done; \d+ model calls/);
+    await model.close();
+
+    // Killed while its summary is asked for, it is resumed from its last step: the triage calls are not made again.
+    model = await triageModel(3_000);
+    const crashEnv = { ...env, ANTHROPIC_BASE_URL: model.url, MICROTASK_STATE_DIR: join(dir, 'state-resume') };
+    const killed = microtask(['run', 'triage', '--flows', './flows.js', '--input', 'issues.json', '--no-progress'], crashEnv);
+    await until(() => model!.requests.find((r) => !r.body.tools), 'the summary to be asked for', 20_000);
+    const triageCalls = model.requests.filter((r) => r.body.tools).length;
+    killed.child.kill('SIGKILL');
+    await killed.exited;
+    const [running] = JSON.parse((await runCli(['flows', '--json', '--status', 'running'], crashEnv)).stdout) as Array<{ flowId: string; pattern: string }>;
+    expect(running).toMatchObject({ pattern: 'triage' });
+    const resumed = microtask(['resume', running!.flowId, '--flows', './flows.js', '--no-progress'], crashEnv);
+    expect(await resumed.exited, resumed.stderr()).toBe(0);
+    expect(JSON.parse(resumed.stdout())).toEqual({ summary: 'Fix the login 500 first.', triaged });
+    expect(model.requests.filter((r) => r.body.tools).length).toBe(triageCalls);
     await model.close();
     model = undefined;
   });

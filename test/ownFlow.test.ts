@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { cp, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -83,6 +83,8 @@ let nats: NatsServer | undefined;
 afterAll(async () => {
   await model?.close();
   await nats?.close();
+  // The installed copy weighs some hundred megabytes: not left behind by every run.
+  if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 describe('your own flow, from a separate directory that depends on the package by its name', { timeout: 90_000 }, () => {

@@ -330,6 +330,15 @@ interface SharedEnv {
   roomyUntil: number;
 }
 
+/**
+ * The size from which a value is compressed. lmdb-js compresses each value in a task of
+ * its own on libuv's thread pool, queued from the main thread: for the steps and records of
+ * a few KB the host writes many of, that queueing and its completion cost more main-thread
+ * time than the bytes saved are worth (a feedback loop spent 8% of its CPU there, at
+ * lmdb-js's default of 1,000 bytes). Large values still shrink.
+ */
+export const COMPRESS_FROM = 16 * 1024;
+
 const ignore = () => undefined;
 
 /** The environments open in this process, by path. */
@@ -368,8 +377,10 @@ function openEnvOrRefuse(stateDir: string, path: string): SharedEnv {
 function openEnv(stateDir: string, path: string): SharedEnv {
   const root = open({
     path,
-    // Snapshots and steps are JSON of a few KB to a few hundred: LZ4, off the main thread, on the write thread.
-    compression: true,
+    // Values of COMPRESS_FROM bytes and more are written LZ4-compressed; all are read
+    // whether compressed or not (a flag byte in the value says), so databases written with
+    // lmdb-js's default threshold (1,000 bytes) read the same.
+    compression: { threshold: COMPRESS_FROM },
     // Each write's promise gets `flushed` (see durable()); with overlappingSync the fsync runs outside the write lock.
     separateFlushed: true,
     maxDbs: 16,

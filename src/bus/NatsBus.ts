@@ -33,6 +33,8 @@ import {
   type StreamInfo,
 } from '@nats-io/jetstream';
 import { KvWatchInclude, Kvm, type KV } from '@nats-io/kv';
+// nats-core builds a throwaway Error with a stack trace at the end of every request: made cheap there.
+import './natsRequestCancel.js';
 import {
   BusError,
   parseJson,

@@ -10,6 +10,12 @@ import { boundedDeadline, flowIdOf, MicrotaskResultSchema, type MicrotaskError, 
 import { ResultsUnavailableError } from './ResultsStore.js';
 import { traceHeaders, traceMicrotask } from '../ops/tracing.js';
 
+/**
+ * Why a run's own signal is aborted once it is over (its retries stop): one reason for every
+ * run. `abort()` without one builds a DOMException with a stack trace per run, nobody reads it.
+ */
+const RUN_OVER = new Error('the microtask run is over');
+
 export interface RemoteMicrotaskOptions {
   bus: Bus;
   queue: WorkQueue;
@@ -128,13 +134,13 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
         const finish = (result: MicrotaskResult) => {
           if (finished) return;
           finished = true;
-          stopped.abort();
+          stopped.abort(RUN_OVER);
           resolve(result);
         };
         const stop = (what: string, e: unknown) => {
           if (finished) return;
           finished = true;
-          stopped.abort();
+          stopped.abort(RUN_OVER);
           log.error({ err: e }, `the bus stayed unavailable: could not ${what}; the flow stops (resumable)`);
           reject(
             new ResultsUnavailableError(`results store unavailable: could not ${what}: ${e === undefined ? 'NATS did not answer' : firstLine(e)}`, {

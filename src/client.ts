@@ -3,6 +3,8 @@ import { z } from 'zod';
 import { BusError, type Bus, type BusSubscription } from './bus/Bus.js';
 import { connectNatsBus, type NatsBusOptions } from './bus/NatsBus.js';
 import { subjects, type Subjects } from './bus/subjects.js';
+import { KvSnapshotStore } from './persistence/KvSnapshotStore.js';
+import type { FlowSummary, ListFilter } from './persistence/SnapshotStore.js';
 import {
   ErrorAnswerSchema,
   FlowDoneSchema,
@@ -44,6 +46,7 @@ export class ClientError extends Error {
 }
 
 export type FlowRecord = z.infer<typeof FlowGetAnswerSchema>;
+export type { FlowSummary, ListFilter };
 
 export interface MicrotaskClientOptions {
   /** MICROTASK_SUBJECT_PREFIX of the daemon; `microtask` by default. */
@@ -84,6 +87,16 @@ export class MicrotaskClient {
   /** The flow's saved record: status, state, output or error, and what it waits for. */
   async get(flowId: string): Promise<FlowRecord> {
     return this.ask(this.names.flowGet, { flowId }, FlowGetAnswerSchema);
+  }
+
+  /**
+   * The flows the daemons keep (the snapshots bucket they share, read as `microtask flows`
+   * does: no daemon needs to answer), oldest first; `status` keeps those of that status.
+   */
+  async list(filter: ListFilter = {}): Promise<FlowSummary[]> {
+    // Opened as it is: limits given here would set the bucket's (its replicas) as a daemon's bus would not.
+    const store = new KvSnapshotStore(await this.bus.keyValue(this.names.snapshotsBucket));
+    return store.list(filter);
   }
 
   async cancel(flowId: string): Promise<void> {

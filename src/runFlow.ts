@@ -2,7 +2,8 @@ import { join } from 'node:path';
 import type { InspectionEvent } from 'xstate';
 import { createMicrotaskLogic } from './actors/microtask.js';
 import { FlowHaltedError, FlowHost } from './flowHost.js';
-import { provideFlows } from './flows.js';
+import { provideFlows, type Flows } from './flows.js';
+import type { FlowDone, FlowEvent } from './contracts/flowEvents.js';
 import type { FlowSnapshotRecord } from './persistence/SnapshotStore.js';
 import type { Runtime } from './runtime.js';
 import type { Journal } from './journal/Journal.js';
@@ -36,9 +37,20 @@ export interface RunFlowOptions {
 
 export type FlowOutput = Record<string, unknown> & { status: string };
 
-function hostFor(runtime: Runtime, options: RunFlowOptions) {
+/** The runtime's flows (the built-ins and its user's), their microtasks run by its runner in this process. */
+export const flowsOf = (runtime: Runtime): Flows => provideFlows({ microtask: createMicrotaskLogic(runtime.runner) }, runtime.flows);
+
+/** What a host of several flows (the library's orchestrator) is told besides what `runFlow` is. */
+export interface HostOptions extends RunFlowOptions {
+  flows?: Flows;
+  onEvent?: (event: FlowEvent) => Promise<void>;
+  onDone?: (done: FlowDone) => Promise<void>;
+}
+
+/** The FlowHost of embedded mode on a runtime: its store, journal, inbox and microtask runner. */
+export function hostFor(runtime: Runtime, options: HostOptions = {}) {
   return new FlowHost({
-    flows: provideFlows({ microtask: createMicrotaskLogic(runtime.runner) }),
+    flows: options.flows ?? flowsOf(runtime),
     store: runtime.store,
     logger: runtime.logger,
     outRoot: options.outRoot ?? toolsDir(runtime.config.MICROTASK_STATE_DIR),
@@ -48,6 +60,8 @@ function hostFor(runtime: Runtime, options: RunFlowOptions) {
     ...(options.inspect ? { inspect: options.inspect } : {}),
     keptEvents: (flowId) => runtime.inbox.read(flowId),
     ...(options.onWaiting ? { onWaiting: options.onWaiting } : {}),
+    ...(options.onEvent ? { onEvent: options.onEvent } : {}),
+    ...(options.onDone ? { onDone: options.onDone } : {}),
   });
 }
 

@@ -1,6 +1,7 @@
 import type { AnyActorLogic, AnyStateMachine } from 'xstate';
 import type { z } from 'zod';
 import type { AnswerSchemas, Fallbacks } from './actors/microtask.js';
+import type { Tasks } from './actors/task.js';
 
 /**
  * A flow anyone can start by name, over the bus (`microtask.flow.start.<name>`), from the
@@ -36,6 +37,13 @@ export interface FlowDefinition<I extends Record<string, unknown> = Record<strin
 export interface FlowBlocks {
   /** The microtask actor: a model call with a timeout, a fallback and a structured answer (here or on a worker). */
   microtask: AnyActorLogic;
+  /**
+   * The task actor: one of the module's `tasks` run by name, here or on a worker. Input
+   * `{ task: 'normalize', key, input }`, the key derived from the flow's (`<flow key>/normalize`); output a
+   * microtask's envelope (`success`, `result` or `error: { kind, message }`). Its result is
+   * stored under `key`: a resumed flow gets it back without running the task again.
+   */
+  task: AnyActorLogic;
   /** The deterministic check of the tool builder's patterns. */
   check: AnyActorLogic;
   codeOnly: AnyActorLogic;
@@ -48,7 +56,8 @@ export interface FlowBlocks {
 
 /**
  * What a user's module gives the daemon, the workers and the CLI (`--flows ./flows.js`,
- * or MICROTASK_FLOWS): its flows, and the answer schemas and fallbacks its microtasks name.
+ * or MICROTASK_FLOWS): its flows, the answer schemas and fallbacks its microtasks name, and
+ * its tasks.
  * A microtask's input is JSON (it is saved and sent to workers), so it refers to an answer
  * schema by name (`answer: 'triage'`) and its fallback by its `taskType`.
  */
@@ -58,6 +67,8 @@ export interface FlowsModule {
   answers?: AnswerSchemas;
   /** A degraded answer by task type, for a microtask whose model call failed. */
   fallbacks?: Fallbacks;
+  /** The module's own steps by name (defineTask), run by FlowBlocks.task in the daemon or on workers. */
+  tasks?: Tasks;
 }
 
 /** Types a definition where it is written: `export default defineFlow({ ... })`. */

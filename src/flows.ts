@@ -16,6 +16,11 @@ import { progressiveMachine } from './machines/progressive.js';
 import { reentrantMachine } from './machines/reentrant.js';
 import { toolBuilderMachine } from './machines/toolBuilder.js';
 import { createWaitTimerLogic } from './actors/waitTimer.js';
+import { createTaskLogic, taskFailure, TaskRunner, type Tasks } from './actors/task.js';
+import type { ResultsStore } from './actors/ResultsStore.js';
+import type { TaskInput } from './contracts/task.js';
+import type { Logger } from './log.js';
+import { fromPromise } from 'xstate';
 
 /**
  * The actors the machines name, given for real. Whether `microtask` runs the model here
@@ -30,6 +35,11 @@ export interface FlowActors {
   codeOnly?: AnyActorLogic;
   /** Writes a built tool; into the output root, safely, by default. */
   writeTool?: AnyActorLogic;
+  /**
+   * Runs the module's tasks (createTaskLogic here, createRemoteTaskLogic on workers). None
+   * given: a task a flow runs fails with `unknown_task`, saying no task runs in this process.
+   */
+  task?: PromiseActorLogic<MicrotaskResult, TaskInput>;
 }
 
 /**
@@ -55,12 +65,35 @@ export const answersWith = (module: FlowsModule = processModule): AnswerSchemas 
 /** The fallbacks a runner knows: the module's (the built-in task types have the default one). */
 export const fallbacksWith = (module: FlowsModule = processModule): Fallbacks => ({ ...module.fallbacks });
 
+/** The tasks a runner knows: the module's (there are no built-in ones). */
+export const tasksWith = (module: FlowsModule = processModule): Tasks => ({ ...module.tasks });
+
+/**
+ * The task actor of a process that runs tasks itself (embedded: `run`, `resume`, an
+ * embedded daemon): the module's tasks, their results kept in `results`, the store the
+ * microtasks' results are kept in.
+ */
+export function embeddedTaskLogic(options: { results: ResultsStore; logger?: Logger; defaultTimeoutMs?: number; tasks?: Tasks }) {
+  const { tasks = tasksWith(), ...rest } = options;
+  return createTaskLogic(new TaskRunner({ tasks, ...rest }));
+}
+
+/** What a flow's task gets where no task runner was provided: a failure that says so, for the machine to handle. */
+const noTaskRunner = fromPromise<MicrotaskResult, TaskInput>(async ({ input }) =>
+  taskFailure(
+    input ?? {},
+    { kind: 'unknown_task', message: `no task runs in this process (task ${JSON.stringify(input?.task)}): provideFlows was given no task actor`, retryable: false },
+    0,
+  ),
+);
+
 /**
  * Every pattern's machine with its actors provided, children included, and the catalog of
  * flows: the built-in patterns and the user's (those of the module in use unless given).
  */
 export function provideFlows(actors: FlowActors, userFlows: readonly FlowDefinition[] = processModule.flows) {
   const microtask = actors.microtask;
+  const task = actors.task ?? noTaskRunner;
   const check = actors.check ?? toolCheckLogic;
   const codeOnly = actors.codeOnly ?? codeOnlyRepairLogic;
   const writeTool = actors.writeTool ?? createWriteToolLogic();
@@ -84,7 +117,7 @@ export function provideFlows(actors: FlowActors, userFlows: readonly FlowDefinit
     }),
   };
   // What a flow's machine may invoke: these actors, and every pattern's machine as a child.
-  const blocks: FlowBlocks = { microtask, check, codeOnly, writeTool, waitTimer, patterns: machines };
+  const blocks: FlowBlocks = { microtask, task, check, codeOnly, writeTool, waitTimer, patterns: machines };
   return { ...machines, catalog: new FlowCatalog([...builtinFlows(), ...userFlows], blocks) };
 }
 export type Flows = ReturnType<typeof provideFlows>;

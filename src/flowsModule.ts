@@ -3,6 +3,9 @@ import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { fromPromise } from 'xstate';
 import { answerSchemas } from './contracts/answers.js';
+import { MAX_MICROTASK_TIMEOUT_MS } from './contracts/limits.js';
+import { TASK_NAME } from './contracts/task.js';
+import type { Tasks } from './actors/task.js';
 import type { MicrotaskInput, MicrotaskResult } from './contracts/microtask.js';
 import { FlowDefinitionError, type FlowDefinition, type FlowsModule } from './flowCatalog.js';
 import { provideFlows } from './flows.js';
@@ -29,7 +32,7 @@ const isRecord = (value: unknown): value is Record<string, unknown> =>
  * Loads a user's module of flows (`--flows ./flows.js`, MICROTASK_FLOWS): a path resolved
  * against `cwd`, imported as ESM (so `.js` of a `"type": "module"` package, or `.mjs`). It
  * exports `flows` (an array of defineFlow(...)), and may export `answers` (zod schemas by
- * name) and `fallbacks` (functions by task type). Everything is checked here, each flow's
+ * name), `fallbacks` (functions by task type) and `tasks` (defineTask(...) by name). Everything is checked here, each flow's
  * machine built once, so a bad module stops the command at start, never a flow later.
  */
 export async function loadFlowsModule(specifier: string, cwd = process.cwd()): Promise<FlowsModule> {
@@ -82,11 +85,14 @@ export function checkFlowsModule(specifier: string, exported: Record<string, unk
       if (typeof fallback !== 'function') throw invalid(`fallbacks.${taskType} must be a function (input, error) => a degraded answer`);
     }
   }
+  const tasks = exported.tasks;
+  if (tasks !== undefined) checkTasks(tasks, invalid);
 
   const module: FlowsModule = {
     flows: flows as FlowDefinition[],
     ...(answers !== undefined ? { answers: answers as FlowsModule['answers'] & object } : {}),
     ...(fallbacks !== undefined ? { fallbacks: fallbacks as FlowsModule['fallbacks'] & object } : {}),
+    ...(tasks !== undefined ? { tasks: tasks as Tasks } : {}),
   };
   // Each definition checked and its machine built, as the daemon will: a wrong name, a name
   // taken, a machine(blocks) that throws or returns no machine are refused now.
@@ -97,6 +103,23 @@ export function checkFlowsModule(specifier: string, exported: Record<string, unk
     throw new FlowsModuleError(specifier, `building a flow's machine failed: ${e instanceof Error ? e.message : String(e)}`, 'INVALID_FLOW_DEFINITION');
   }
   return module;
+}
+
+/** The module's `tasks`: by name, each an input schema, a function and perhaps a timeout. */
+function checkTasks(tasks: unknown, invalid: (message: string) => FlowsModuleError): void {
+  const shape = '{ normalize: defineTask({ input: z.object({ ... }), run: (input) => ({ ... }) }) }';
+  if (!isRecord(tasks)) throw invalid(`\`tasks\` must be an object of tasks by name: ${shape}`);
+  for (const [name, task] of Object.entries(tasks)) {
+    // A name travels in jobs and logs, and a flow's snapshot names it: kept plain.
+    if (!TASK_NAME.test(name)) throw invalid(`tasks[${JSON.stringify(name)}]: a task's name is letters, digits, dashes and underscores, starting with a letter`);
+    if (!isRecord(task)) throw invalid(`tasks.${name} must be a task: defineTask({ input, run })`);
+    if (typeof (task.input as { safeParse?: unknown } | null)?.safeParse !== 'function') throw invalid(`tasks.${name}.input is not a zod schema`);
+    if (typeof task.run !== 'function') throw invalid(`tasks.${name}.run must be a function (input, context) => a JSON value (or a promise of one)`);
+    const timeoutMs = task.timeoutMs;
+    if (timeoutMs !== undefined && !(Number.isInteger(timeoutMs) && (timeoutMs as number) >= 1 && (timeoutMs as number) <= MAX_MICROTASK_TIMEOUT_MS)) {
+      throw invalid(`tasks.${name}.timeoutMs must be a whole number of milliseconds from 1 to ${MAX_MICROTASK_TIMEOUT_MS}`);
+    }
+  }
 }
 
 /** For the check only: nothing runs a microtask while the machines are built. */

@@ -30,6 +30,9 @@ export { addUsage, zeroUsage, totalTokens, type Usage } from './contracts/usage.
 // Your own flows (README, "Your own flow"): a definition the daemon, the workers and the CLI load with --flows.
 export { defineFlow, FlowDefinitionError, type FlowDefinition, type FlowBlocks, type FlowsModule } from './flowCatalog.js';
 export { loadFlowsModule, FlowsModuleError, type FlowsModuleErrorCode } from './flowsModule.js';
+// A module's own deterministic steps (`export const tasks = { name: defineTask({ input, run }) }`), run by FlowBlocks.task.
+export { defineTask, TaskRunner, createTaskLogic, type TaskDefinition, type TaskContext, type Tasks, type TaskDeps } from './actors/task.js';
+export { TaskInputSchema, type TaskInput } from './contracts/task.js';
 // Embedding the orchestrator (README): start, get, list, cancel, send, events, done, close; in this process or over NATS.
 export {
   createOrchestrator,

@@ -12,7 +12,7 @@ import { subjects } from './bus/subjects.js';
 import { UsageError } from './UsageError.js';
 import type { Config } from './config.js';
 import { Daemon } from './daemon/Daemon.js';
-import { answersWith, fallbacksWith, provideFlows } from './flows.js';
+import { answersWith, embeddedTaskLogic, fallbacksWith, provideFlows } from './flows.js';
 import { BusJournal } from './journal/BusJournal.js';
 import type { Journal } from './journal/Journal.js';
 import { LmdbJournal } from './journal/LmdbJournal.js';
@@ -239,6 +239,8 @@ export async function startDaemonService(
           logger,
         })
       : createMicrotaskLogic(runtime.runner);
+  // The module's tasks: embedded, run here, their results kept with the microtasks'.
+  const task = runtime ? embeddedTaskLogic({ results: runtime.results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS }) : undefined;
   // Embedded: the runtime's stores, in the state directory's database.
   const store = runtime?.store ?? (await snapshotStore(bus, config, logger));
   // With traces on, the journal also opens and ends each flow's span (the runtime's does already).
@@ -256,7 +258,7 @@ export async function startDaemonService(
   if (pruned || resultFiles || journals || requestIds || events) logger.info({ pruned, resultFiles, journals, requestIds, events }, 'old finished flows pruned');
   const daemon = new Daemon({
     bus,
-    flows: provideFlows({ microtask }),
+    flows: provideFlows({ microtask, ...(task ? { task } : {}) }),
     store,
     logger,
     outRoot: toolsDir(config.MICROTASK_STATE_DIR),

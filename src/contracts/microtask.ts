@@ -73,6 +73,9 @@ export const MicrotaskErrorKindSchema = z.enum([
   'max_tokens',
   'cassette_miss',
   'unknown_answer_schema',
+  // A task of the user's module (src/actors/task.ts): its function threw, or no process that ran it knows its name.
+  'task_failed',
+  'unknown_task',
   'unknown',
 ]);
 export type MicrotaskErrorKind = z.infer<typeof MicrotaskErrorKindSchema>;

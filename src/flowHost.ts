@@ -4,13 +4,10 @@ import type { FlowDone, FlowEvent } from './contracts/flowEvents.js';
 import type { Flows } from './flows.js';
 import type { Journal } from './journal/Journal.js';
 import type { Logger } from './log.js';
-import { MicrotaskResultSchema } from './contracts/microtask.js';
-import type { JournalEntry } from './journal/Journal.js';
 import { errorInfo } from './machines/common.js';
 import { machineFor } from './patterns.js';
 import {
   CorruptSnapshotError,
-  InvalidSnapshotError,
   mapLimit,
   SnapshotConflictError,
   type FlowSnapshotRecord,
@@ -18,14 +15,18 @@ import {
   type FlowStep,
   type SnapshotStore,
 } from './persistence/SnapshotStore.js';
-import { describeStoreError, isStoreUnavailable, StoreUnavailableError } from './persistence/StoreUnavailableError.js';
+import { isStoreUnavailable, StoreUnavailableError } from './persistence/StoreUnavailableError.js';
 import { resumeDeadlines } from './resumeDeadlines.js';
 import { EventRefusedError, matchWait, publicWaits, waitsOf, type FlowWait, type LiveWait } from './flowWaits.js';
 import type { KeptEvent } from './contracts/waits.js';
 import { scrubSecrets } from './secrets.js';
 import { isFlowStop, type FlowStopError } from './contracts/flowStop.js';
-import { isFresh, MemoryLeaseBoard, OwnerLeases, type LeaseBoard } from './leases.js';
+import type { LeaseBoard, OwnerLeases } from './leases.js';
+import { FlowJournaling } from './flowJournaling.js';
+import { HostLeasing, RESUME_CONCURRENCY, SCAN_BEATS_MAX_AGE_MS } from './flowLeasing.js';
 import { hasScheduledEvents, sleepPlan } from './flowSleep.js';
+import { actorPath, remember, sameIds, type Ending, type HostedFlow, type PendingStep, type SleepingFlow } from './hostedFlow.js';
+import { saveStep, withoutLeaseUntil } from './flowSaving.js';
 
 export interface FlowHostOptions {
   flows: Flows;
@@ -86,115 +87,11 @@ export interface FlowHostOptions {
 
 export type { KeptEvent };
 
-/** The ids of the events applied to a flow kept in its record: a resend of one of these is not applied again. */
-const RECEIVED_KEPT = 1_000;
-
-/** Adds an event id to a flow's list of those applied (or refused), keeping the last RECEIVED_KEPT. */
-function remember(ids: string[], eventId: string) {
-  ids.push(eventId);
-  if (ids.length > RECEIVED_KEPT) ids.splice(0, ids.length - RECEIVED_KEPT);
-}
-
-type MicrotaskStart = { kind: 'microtask'; actor: string; key: string; taskType: string };
-
-/** A step captured when it happened, waiting for its save. */
-interface PendingStep {
-  step: FlowStep;
-  /** The persisted snapshot (the object `step.snapshotJson` was made of). */
-  snapshot: unknown;
-  /** Set for a transition of the root: announced with this seq once durable. */
-  seq?: number;
-  /** What the flow waits for after this step (people, outside events); empty: nothing. */
-  waiting?: FlowWait[];
-  /** A root transition whose snapshot an earlier step, already saved, holds: announced, not saved again. */
-  announceOnly?: boolean;
-}
-
-/**
- * A flow asleep here (src/flowSleep.ts): what is left of it is its record without the
- * snapshot, its revision (a wake that finds another one stored knows another process
- * wrote it) and the timer of its earliest deadline.
- */
-interface SleepingFlow {
-  flowId: string;
-  record: FlowSnapshotRecord;
-  revision: number;
-  finished: Promise<FlowSnapshotRecord>;
-  resolveFinished: (record: FlowSnapshotRecord) => void;
-  timer: NodeJS.Timeout | undefined;
-  /** Set while it is restored: every caller that wakes it meanwhile gets the same flow. */
-  waking: Promise<HostedFlow | undefined> | undefined;
-  /** Resumed asleep: the events kept for it while no process ran it, applied first when it wakes. */
-  kept?: Promise<KeptEvent[]>;
-  /** Its earliest deadline (epoch ms), when it has one. */
-  wakeAt?: number;
-}
-
 /** setTimeout fires at once past this (about 24.8 days): a later wake is timed in laps. */
 const MAX_TIMER_MS = 2_147_483_647;
 
 /** A sleeping flow whose restore failed (the store unreachable) is tried again after this. */
 const WAKE_RETRY_MS = 5_000;
-
-/** The end of a flow, saved with (or after) its last step. */
-interface Ending {
-  status: Exclude<FlowStatus, 'running'>;
-  seq: number;
-  output?: unknown;
-  error?: { code: string; message: string };
-}
-
-interface HostedFlow {
-  flowId: string;
-  /** True while resume starts the restored actor (its root's init report is no transition). */
-  restoring?: boolean;
-  actor: AnyActorRef;
-  record: FlowSnapshotRecord;
-  revision: number;
-  /** The seq of the last root transition captured (announced once it is saved). */
-  seq: number;
-  /** Saves of one flow, in order; flows never wait on each other. */
-  chain: Promise<void>;
-  /** The announcements sent and not yet acknowledged (they never hold the next save up). */
-  announcing: Promise<void> | undefined;
-  /** Set while a batch waits for its steps' journal entries before it is announced: the next batch is sent after it. */
-  sendGate: Promise<void> | undefined;
-  /** A write of the pending steps is on the chain and has not started: later steps join it. */
-  writeQueued: boolean;
-  /** Steps captured and not yet saved, in order. */
-  pending: PendingStep[];
-  /** The JSON of the last step captured: a change of nothing is no step. */
-  lastCaptured: string;
-  /** When the last step captured was taken. */
-  lastStepAt: string;
-  /** A save with no new step is owed (a parked flow). */
-  touch: boolean;
-  ending: Ending | undefined;
-  finished: Promise<FlowSnapshotRecord>;
-  resolveFinished: (record: FlowSnapshotRecord) => void;
-  /** Set when another owner took the flow over, this host stopped, or its store failed: nothing more is saved. */
-  lost: boolean;
-  /** Stopped here (parked, shut down): no more steps are captured; those captured are still written. */
-  frozen: boolean;
-  /** Steps captured so far (the last step's number, across resumes). */
-  steps: number;
-  /** Microtask actors in flight (journaled at their start). */
-  microtasks: Map<AnyActorRef, MicrotaskStart>;
-  /** While draining: the microtasks that were in flight when it began, not yet finished. */
-  awaiting: Set<AnyActorRef> | undefined;
-  /** The ids of the events applied to the flow, oldest first (the last RECEIVED_KEPT), saved with its record. */
-  received: string[];
-  /** Resolves once the actor is started (a resume may first read the events kept for it). */
-  started: Promise<void>;
-  /** The ids of the events refused (the last RECEIVED_KEPT), saved with its record: never applied later. */
-  refused: string[];
-}
-
-/** How old the heartbeats read once for a scan of many flows (resumeAll, a takeover) may be. */
-const SCAN_BEATS_MAX_AGE_MS = 1_000;
-
-/** Flows resumed at once when a host starts. */
-const RESUME_CONCURRENCY = 32;
 
 export const newFlowId = (pattern: string) => `${pattern}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
 
@@ -212,22 +109,31 @@ export class FlowHost {
   /** Flows that only wait, kept as their records (src/flowSleep.ts). */
   private readonly sleeping = new Map<string, SleepingFlow>();
   private readonly left = new Map<string, Promise<FlowSnapshotRecord>>();
-  private leaseTimer: NodeJS.Timeout | undefined;
-  private readonly leases: OwnerLeases | undefined;
-  /** Flows being claimed here (a resume between its read and its compare-and-set). */
-  private readonly claiming = new Set<string>();
-  /** The takeover scan, or the claims after a lapse, running. */
-  private ticking: Promise<void> | undefined;
-  /** `startLeases` was called: each tick also takes over the flows of stale owners. */
-  private scanning = false;
-  /** Set when this host stopped its flows because its heartbeat stopped landing: they are claimed again once it lands. */
-  private lapse: Promise<unknown> | undefined;
-  /** Flows held under a lease an older daemon wrote in the record (`leaseUntil`): tried again once it passes. */
-  private readonly legacy = new Map<string, number>();
+  /** Each flow's journal, and the microtasks it has in flight (src/flowJournaling.ts). */
+  private readonly journaling: FlowJournaling;
+  /** With several daemons on one store: the heartbeat, the ownership index, takeovers (src/flowLeasing.ts). */
+  private readonly leasing: HostLeasing | undefined;
 
   constructor(private readonly options: FlowHostOptions) {
+    this.journaling = new FlowJournaling(options.journal, (hosted) => this.park(hosted));
     const lease = options.lease;
-    if (lease) this.leases = new OwnerLeases(lease.board ?? MemoryLeaseBoard.for(options.store), lease.owner, lease.durationMs, options.logger);
+    if (lease) {
+      this.leasing = new HostLeasing(
+        lease,
+        options.store,
+        {
+          hosts: (flowId) => this.hosts(flowId),
+          count: () => this.flows.size + this.sleeping.size,
+          resumeOne: (flowId, beatsMaxAgeMs) => this.resumeOne(flowId, beatsMaxAgeMs),
+          stopAll: () => this.stopAll(),
+        },
+        options.logger,
+      );
+    }
+  }
+
+  private get leases(): OwnerLeases | undefined {
+    return this.leasing?.leases;
   }
 
   /** Starts a flow; resolves once its first snapshot is saved. */
@@ -252,8 +158,8 @@ export class FlowHost {
     // before the save is acknowledged; otherwise after.
     const keeps = this.options.store.keepsSteps === true;
     const journalStart = () => {
-      this.journal(hosted, { kind: 'flow', phase: 'started', pattern, status: 'running', input: flowInput });
-      return this.journalStep(hosted, first);
+      this.journaling.append(hosted, { kind: 'flow', phase: 'started', pattern, status: 'running', input: flowInput });
+      return this.journaling.step(hosted, first);
     };
     try {
       // In the owner's index before the record names it: a flow this host dies holding is found.
@@ -289,15 +195,9 @@ export class FlowHost {
 
   /** `resume`, judging other owners by heartbeats read at most `beatsMaxAgeMs` ago (a scan of many flows reads them once). */
   private async resumeOne(flowId: string, beatsMaxAgeMs: number): Promise<'resumed' | 'running' | 'finished' | 'owned'> {
-    if (this.hosts(flowId) || this.claiming.has(flowId)) return 'running';
-    if (!this.leases) return this.resumeClaimed(flowId, beatsMaxAgeMs);
-    this.claiming.add(flowId);
-    try {
-      await this.leaseReady();
-      return await this.resumeClaimed(flowId, beatsMaxAgeMs);
-    } finally {
-      this.claiming.delete(flowId);
-    }
+    if (this.hosts(flowId) || this.leasing?.claiming.has(flowId)) return 'running';
+    if (!this.leasing) return this.resumeClaimed(flowId, beatsMaxAgeMs);
+    return this.leasing.claim(flowId, () => this.resumeClaimed(flowId, beatsMaxAgeMs));
   }
 
   private async resumeClaimed(flowId: string, beatsMaxAgeMs: number): Promise<'resumed' | 'running' | 'finished' | 'owned'> {
@@ -317,10 +217,10 @@ export class FlowHost {
     const leases = this.leases;
     if (leases && record.owner && record.owner !== leases.owner && (await leases.holds(record.owner, record.leaseUntil, beatsMaxAgeMs))) {
       // An older daemon's lease (renewed in the record, in no index): looked at again once it passes.
-      if (record.leaseUntil && Date.parse(record.leaseUntil) > Date.now()) this.legacy.set(flowId, Date.parse(record.leaseUntil));
+      this.leasing?.heldByOlder(flowId, record.leaseUntil ? Date.parse(record.leaseUntil) : undefined);
       return 'owned';
     }
-    this.legacy.delete(flowId);
+    this.leasing?.heldByOlder(flowId, undefined);
     const pattern = record.pattern;
     const version = this.options.flows.catalog.version(pattern);
     // A flow this process has no definition of (a user's module not loaded here) is left
@@ -381,7 +281,7 @@ export class FlowHost {
       const finished = new Promise<FlowSnapshotRecord>((resolve) => (resolveFinished = resolve));
       const kept = this.options.keptEvents ? this.readKept(flowId) : Promise.resolve([]);
       this.sleep({ flowId, record: { ...record, snapshot: null }, revision, finished, resolveFinished, timer: undefined, waking: undefined, kept }, plan.wakeAt);
-      this.journal({ flowId }, { kind: 'flow', phase: 'resumed', pattern: record.pattern, status: 'running' });
+      this.journaling.append({ flowId }, { kind: 'flow', phase: 'resumed', pattern: record.pattern, status: 'running' });
       this.options.logger.debug({ flowId, state: record.state }, 'flow resumed asleep: it waits');
       const seq = record.seq ?? 0;
       if (seq > 0 && this.options.onEvent) {
@@ -398,7 +298,7 @@ export class FlowHost {
     hosted.seq = record.seq ?? 0;
     hosted.steps = record.steps ?? 0;
     hosted.lastCaptured = JSON.stringify(record.snapshot);
-    this.journal(hosted, { kind: 'flow', phase: 'resumed', pattern, status: 'running' });
+    this.journaling.append(hosted, { kind: 'flow', phase: 'resumed', pattern, status: 'running' });
     this.options.logger.info({ flowId, state: record.state }, 'flow resumed from its last snapshot');
     // The last saved transition may not have been announced (a crash between the save and
     // the publish): announce it again, so no seq is missing; a subscriber may see it twice.
@@ -455,47 +355,9 @@ export class FlowHost {
     return { resumed, failed };
   }
 
-  /**
-   * Takes over the flows of the owners whose heartbeat went stale (a daemon that died or
-   * stopped): reads the heartbeats (a key per daemon), then a stale owner's index (key
-   * names), and claims each of its flows as `resume` does (compare-and-set). Its index
-   * entries go whatever the outcome (taken here, by another host, or ended), and its
-   * heartbeat once it holds nothing. Called on every lease tick by `startLeases`.
-   */
+  /** Takes over the flows of the owners whose heartbeat went stale (src/flowLeasing.ts); none without leases. */
   async takeOverExpired(): Promise<string[]> {
-    const leases = this.leases;
-    if (!leases) return [];
-    const taken: string[] = [];
-    const now = Date.now();
-    for (const beat of (await leases.heartbeats()).values()) {
-      if (beat.owner === leases.owner || isFresh(beat, now)) continue;
-      let left = 0;
-      await mapLimit(await leases.held(beat.owner), RESUME_CONCURRENCY, async (flowId) => {
-        if (this.hosts(flowId) || this.claiming.has(flowId)) return leases.release(flowId, beat.owner);
-        try {
-          if ((await this.resumeOne(flowId, SCAN_BEATS_MAX_AGE_MS)) === 'resumed') {
-            taken.push(flowId);
-            this.options.logger.warn({ flowId, from: beat.owner }, beat.stopped ? 'took over a flow of a daemon that stopped' : 'took over a flow whose owner stopped renewing its lease');
-          }
-          await leases.release(flowId, beat.owner);
-        } catch (e) {
-          this.options.logger.error({ flowId, err: e }, 'could not take over a flow');
-          if (isStoreUnavailable(e)) left++;
-          else await leases.release(flowId, beat.owner);
-        }
-      });
-      // Long gone (two leases): a daemon back from a partition writes its heartbeat again within a third of one.
-      if (left === 0 && now - beat.at > 2 * beat.durationMs) {
-        await leases.forget(beat.owner).catch((e: unknown) => this.options.logger.warn({ owner: beat.owner, err: e }, 'could not remove a stale heartbeat'));
-      }
-    }
-    // Flows an older daemon holds with a lease in their record: tried again once it passed.
-    for (const [flowId, until] of this.legacy) {
-      if (until > now) continue;
-      this.legacy.delete(flowId);
-      if ((await this.resume(flowId).catch(() => undefined)) === 'resumed') taken.push(flowId);
-    }
-    return taken;
+    return (await this.leasing?.takeOverExpired()) ?? [];
   }
 
   /**
@@ -504,67 +366,12 @@ export class FlowHost {
    * first flow or claim on (a resume of many flows may last longer than the lease).
    */
   startLeases(): void {
-    if (!this.leases) return;
-    this.scanning = true;
-    this.startHeartbeat(this.leases);
-  }
-
-  /**
-   * The heartbeat: written every third of the lease, one write per host whatever the
-   * number of flows; until `stop`. A host whose heartbeat has not landed for three
-   * quarters of the lease stops running its flows (another host may take them over once
-   * the whole lease has passed) and claims them again once it lands.
-   */
-  private startHeartbeat(leases: OwnerLeases) {
-    if (this.leaseTimer) return;
-    let lastScan = 0;
-    // Checked twice per beat: the heartbeat, the lapse check and the scan each keep their
-    // own pace, so a slow heartbeat (a busy or reconnecting bus) or a long takeover does
-    // not hold the others up.
-    this.leaseTimer = setInterval(() => {
-      const now = Date.now();
-      if (leases.lapsed(now) && !this.lapse) {
-        const asleep = this.sleeping.size;
-        if (this.flows.size + asleep > 0) this.options.logger.error({ flows: this.flows.size + asleep }, 'the lease heartbeat has not landed for most of the lease: stopping the flows here, to claim them again once it lands');
-        this.lapse = Promise.allSettled(this.dropSleeping()).then(() => this.stopFlows([...this.flows.values()]));
-      }
-      if (leases.beatDue(now)) {
-        void leases.beat().then((landed) => {
-          if (landed && this.lapse && !this.ticking) this.ticking = this.reclaim(leases).finally(() => (this.ticking = undefined));
-        });
-      }
-      if (this.scanning && !this.ticking && now - lastScan >= leases.tickMs) {
-        lastScan = now;
-        this.ticking = this.takeOverExpired()
-          .then(() => undefined)
-          .catch((e: unknown) => this.options.logger.error({ err: e }, 'lease scan failed'))
-          .finally(() => (this.ticking = undefined));
-      }
-    }, Math.max(25, Math.floor(leases.tickMs / 2)));
-    this.leaseTimer.unref();
-  }
-
-  /** After a lapse: the flows still in this host's index are claimed again (those another host took meanwhile are dropped from it). */
-  private async reclaim(leases: OwnerLeases): Promise<void> {
-    await this.lapse;
-    const held = await leases.held();
-    this.lapse = undefined;
-    await mapLimit(held, RESUME_CONCURRENCY, async (flowId) => {
-      try {
-        const outcome = await this.resume(flowId);
-        if (outcome === 'owned' || outcome === 'finished') await leases.release(flowId);
-      } catch (e) {
-        this.options.logger.error({ flowId, err: e }, 'could not claim a flow again after the heartbeat came back');
-      }
-    });
+    this.leasing?.startScanning();
   }
 
   /** With leases: a heartbeat of this host has landed, and lately (else it may not start or claim a flow). */
   private async leaseReady() {
-    if (!this.leases) return;
-    await this.leases.ready();
-    this.startHeartbeat(this.leases);
-    if (this.leases.lapsed()) throw new StoreUnavailableError('the lease heartbeat has not landed for most of the lease (the store is unreachable): no flow is started or claimed');
+    await this.leasing?.ready();
   }
 
   /** Resolves with the flow's final record when it ends (here). */
@@ -714,19 +521,15 @@ export class FlowHost {
 
   /** Stops every flow here without ending it (its snapshot stays `running`, to be resumed). */
   async stop(): Promise<void> {
-    if (this.leaseTimer) clearInterval(this.leaseTimer);
-    this.leaseTimer = undefined;
-    this.scanning = false;
-    // A scan claiming flows now would host them after the stop; a heartbeat on its way would land after the one that gives the leases up.
-    await this.ticking;
-    await this.leases?.settled();
+    // With leases, they are given up once the flows are stopped (src/flowLeasing.ts).
+    if (this.leasing) await this.leasing.stop(() => this.stopAll());
+    else await this.stopAll();
+  }
+
+  /** Stops every flow here, awake or asleep, without ending it. */
+  private async stopAll(): Promise<void> {
     await Promise.allSettled(this.dropSleeping());
     await this.stopFlows([...this.flows.values()]);
-    await this.lapse;
-    // Give up the leases, with one write: a restart, or another daemon, resumes these
-    // flows at once instead of waiting for the lease to run out (and the microtasks'
-    // deadlines with it). They stay in this host's index, where the other finds them.
-    if (this.leases?.started) await this.leases.retire().catch((e: unknown) => this.options.logger.warn({ err: e }, 'could not release the leases'));
   }
 
   /**
@@ -957,7 +760,7 @@ export class FlowHost {
       if (event.type !== '@xstate.snapshot') return;
       const isRoot = event.actorRef === hosted.actor;
       const snapshot = event.snapshot as { status?: string; value?: unknown; output?: unknown };
-      this.note(hosted, event.actorRef as AnyActorRef, snapshot as Record<string, unknown>, event.event.type);
+      this.journaling.note(hosted, event.actorRef as AnyActorRef, snapshot as Record<string, unknown>, event.event.type);
       if (isRoot && snapshot.status === 'done') {
         // The last step; its announcement is the flow's end, with the end's seq.
         this.capture(hosted, event.actorRef as AnyActorRef, snapshot, event.event.type, false);
@@ -1132,108 +935,19 @@ export class FlowHost {
     // resumed run writes again: readers keep a step's last entry), and both acks are
     // awaited together before the steps are announced.
     const keeps = this.options.store.keepsSteps === true;
-    const journaled = keeps ? [] : steps.map((step) => this.journalStep(hosted, step)).filter((j): j is Promise<void> => j !== undefined);
+    const journaled = keeps ? [] : steps.map((step) => this.journaling.step(hosted, step)).filter((j): j is Promise<void> => j !== undefined);
     hosted.revision = await this.saveRecord(hosted, record, hosted.revision, steps);
     hosted.record = record;
     // Told once the wait is saved: an answer sent from now on finds the flow waiting for it.
     if (startsWaiting) this.options.onWaiting?.(hosted.flowId, record.waiting!);
-    if (keeps) for (const step of steps) this.journalStep(hosted, step);
+    if (keeps) for (const step of steps) this.journaling.step(hosted, step);
     return journaled;
   }
 
-  /**
-   * One save, tried again while the store's failure may pass (a timeout, a reconnect);
-   * an attempt that timed out may have landed, so a conflict after one is checked
-   * against what is stored. A store that stays down, or a full disk, stops the flow.
-   */
-  private async saveRecord(hosted: HostedFlow, record: FlowSnapshotRecord, expected: number | null, steps: FlowStep[]): Promise<number> {
-    const { store } = this.options;
-    const giveUpAt = Date.now() + (this.options.storeRetryMs ?? DEFAULT_STORE_RETRY_MS);
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await store.save(record, expected, { steps });
-      } catch (e) {
-        if (e instanceof SnapshotConflictError) {
-          if (attempt > 0) {
-            const landed = await store.load(record.flowId).catch(() => undefined);
-            if (landed && sameSave(landed.record, record)) return landed.revision;
-          }
-          throw e;
-        }
-        if (e instanceof InvalidSnapshotError || e instanceof CorruptSnapshotError) throw e;
-        if (PERMANENT_FS_CODES.has((e as { code?: string }).code ?? '') || Date.now() >= giveUpAt || hosted.lost) {
-          throw new StoreUnavailableError(describeStoreError(e, this.options.storeLocation ?? 'the snapshot store'), { cause: e });
-        }
-        this.options.logger.warn({ flowId: record.flowId, attempt, err: e }, 'could not save a step; trying again');
-        await new Promise((resolve) => setTimeout(resolve, Math.min(2_000, 50 * 2 ** attempt) * (0.5 + Math.random() / 2)));
-      }
-    }
-  }
-
-  /**
-   * For the journal: writes each machine's transition as it happens, and a microtask's
-   * start (its first snapshot) and end (its output, the result envelope).
-   */
-  private note(hosted: HostedFlow, ref: AnyActorRef, snapshot: Record<string, unknown>, eventType: string) {
-    const machine = (ref as { logic?: { id?: unknown } }).logic?.id;
-    if (typeof machine === 'string') {
-      // XState hands a child's result to its parent before it reports the child done: say
-      // the microtask finished before the transition its result caused.
-      if (eventType.startsWith('xstate.done.actor.')) {
-        for (const [child, started] of hosted.microtasks) {
-          const childSnapshot = child.getSnapshot() as { status?: string; output?: unknown };
-          if (childSnapshot.status === 'done') this.microtaskFinished(hosted, child, started, childSnapshot.output);
-        }
-      }
-      // A child that ends or is stopped with its parent moved nowhere new.
-      if (snapshot.status === 'active' || snapshot.status === 'done') {
-        this.journal(hosted, { kind: 'transition', actor: actorPath(ref, hosted.actor), machine, state: snapshot.value, event: eventType });
-      }
-      return;
-    }
-    // A promise actor drops its input when done: its start is remembered by reference.
-    const started = hosted.microtasks.get(ref);
-    if (started) {
-      if (snapshot.status === 'done') this.microtaskFinished(hosted, ref, started, snapshot.output);
-      return;
-    }
-    const input = snapshot.input as { taskType?: unknown; key?: unknown; prompt?: unknown; system?: unknown; data?: unknown } | undefined;
-    if (typeof input?.taskType !== 'string' || typeof input.key !== 'string' || typeof input.prompt !== 'string') return;
-    const base = { kind: 'microtask' as const, actor: actorPath(ref, hosted.actor), key: input.key, taskType: input.taskType };
-    hosted.microtasks.set(ref, base);
-    if (!this.options.journal) return;
-    const entry = {
-      ...base,
-      phase: 'started' as const,
-      prompt: input.prompt,
-      ...(typeof input.system === 'string' ? { system: input.system } : {}),
-      ...(input.data !== undefined ? { data: input.data } : {}),
-    };
-    // A child starts while its parent's transition is still being processed: journal the
-    // start after that transition, which is reported when the processing ends.
-    queueMicrotask(() => this.journal(hosted, entry));
-  }
-
-  private microtaskFinished(hosted: HostedFlow, ref: AnyActorRef, started: MicrotaskStart, output: unknown) {
-    hosted.microtasks.delete(ref);
-    if (this.options.journal) {
-      const result = MicrotaskResultSchema.safeParse(output);
-      this.journal(hosted, { ...started, phase: 'finished', ...(result.success ? { result: result.data } : {}) });
-    }
-    // Draining: the flow stops once what it had in flight is done. A microtask its machine
-    // started on this result has not called its model yet (its runner is still awaiting
-    // the results store), so stopping now aborts it before it costs anything.
-    if (hosted.awaiting?.delete(ref) && hosted.awaiting.size === 0) this.park(hosted);
-  }
-
-  private journal(hosted: Pick<HostedFlow, 'flowId'>, entry: DistributiveOmit<JournalEntry, 'flowId' | 'at'>, snapshotJson?: string) {
-    this.options.journal?.append({ ...entry, flowId: hosted.flowId, at: new Date().toISOString() } as JournalEntry, snapshotJson);
-  }
-
-  private journalStep(hosted: HostedFlow, step: FlowStep): void | Promise<void> {
-    if (!this.options.journal) return;
-    const { snapshotJson, at, ...rest } = step;
-    return this.options.journal.append({ ...rest, kind: 'step', flowId: hosted.flowId, at, snapshot: undefined }, snapshotJson);
+  /** One save of a flow's record and steps (src/flowSaving.ts): retried while the store's failure may pass. */
+  private saveRecord(hosted: HostedFlow, record: FlowSnapshotRecord, expected: number | null, steps: FlowStep[]): Promise<number> {
+    const { store, storeRetryMs, storeLocation, logger } = this.options;
+    return saveStep(store, record, expected, steps, { retryMs: storeRetryMs, location: storeLocation, logger, givenUp: () => hosted.lost });
   }
 
   /** Ends the flow: its last step and final record are saved, then its end is announced. */
@@ -1252,7 +966,7 @@ export class FlowHost {
 
   private ended(hosted: HostedFlow, ending: Ending): Array<Promise<void> | undefined> {
     const { status, output, error, seq } = ending;
-    this.journal(hosted, {
+    this.journaling.append(hosted, {
       kind: 'flow',
       phase: 'ended',
       pattern: hosted.record.pattern,
@@ -1326,28 +1040,6 @@ export class FlowHost {
   }
 }
 
-/** Whether a flow's list of event ids is the one in its record (the same last id and length: the list only grows at its end). */
-function sameIds(ids: readonly string[], saved: readonly string[] | undefined): boolean {
-  return ids.length === (saved?.length ?? 0) && ids.at(-1) === saved?.at(-1);
-}
-
-/** A record without the per-flow lease older daemons wrote (the lease is the owner's heartbeat now). */
-function withoutLeaseUntil(record: FlowSnapshotRecord): FlowSnapshotRecord {
-  const { leaseUntil: _older, ...rest } = record;
-  return rest;
-}
-
-/** Whether the stored record is the one this host tried to save (an attempt that timed out but landed). */
-function sameSave(stored: FlowSnapshotRecord, attempted: FlowSnapshotRecord): boolean {
-  return stored.updatedAt === attempted.updatedAt && stored.steps === attempted.steps && stored.owner === attempted.owner && stored.status === attempted.status;
-}
-
-/** Failures a person must fix (space, permissions): the flow stops at once rather than retrying. */
-const PERMANENT_FS_CODES = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM']);
-
-/** How long a passing store failure is tried again before a flow stops (resumable). */
-const DEFAULT_STORE_RETRY_MS = 20_000;
-
 /** Why a flow host gave up on a flow it ran, for callers that wait on `finished`. */
 export class FlowHaltedError extends Error {
   override readonly name = 'FlowHaltedError';
@@ -1358,17 +1050,6 @@ export class FlowHaltedError extends Error {
   ) {
     super(message);
   }
-}
-
-type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
-
-/** `root`, or the ids of the actors from the root's child down to this one: `module-auth/generate`. */
-function actorPath(ref: AnyActorRef, root: AnyActorRef): string {
-  const ids: string[] = [];
-  for (let current: AnyActorRef | undefined = ref; current && current !== root; current = current._parent as AnyActorRef | undefined) {
-    ids.unshift(current.id);
-  }
-  return ids.length > 0 ? ids.join('/') : 'root';
 }
 
 export class FlowHostError extends Error {

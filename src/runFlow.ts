@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import type { InspectionEvent } from 'xstate';
 import { createMicrotaskLogic } from './actors/microtask.js';
 import { FlowHaltedError, FlowHost } from './flowHost.js';
-import { provideFlows, type Flows } from './flows.js';
+import { embeddedTaskLogic, provideFlows, type Flows } from './flows.js';
 import type { FlowDone, FlowEvent } from './contracts/flowEvents.js';
 import type { FlowSnapshotRecord } from './persistence/SnapshotStore.js';
 import type { Runtime } from './runtime.js';
@@ -37,8 +37,15 @@ export interface RunFlowOptions {
 
 export type FlowOutput = Record<string, unknown> & { status: string };
 
-/** The runtime's flows (the built-ins and its user's), their microtasks run by its runner in this process. */
-export const flowsOf = (runtime: Runtime): Flows => provideFlows({ microtask: createMicrotaskLogic(runtime.runner) }, runtime.flows);
+/** The runtime's flows (the built-ins and its user's), their microtasks run by its runner and their tasks (the module's) in this process, both results in its store. */
+export const flowsOf = (runtime: Runtime): Flows =>
+  provideFlows(
+    {
+      microtask: createMicrotaskLogic(runtime.runner),
+      task: embeddedTaskLogic({ results: runtime.results, logger: runtime.logger, defaultTimeoutMs: runtime.config.MICROTASK_TIMEOUT_MS }),
+    },
+    runtime.flows,
+  );
 
 /** What a host of several flows (the library's orchestrator) is told besides what `runFlow` is. */
 export interface HostOptions extends RunFlowOptions {

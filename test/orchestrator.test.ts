@@ -2,10 +2,13 @@ import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { assign, setup } from 'xstate';
+import { z } from 'zod';
 import { connectNatsBus } from '../src/bus/NatsBus.js';
 import { loadConfig } from '../src/config.js';
 import { silentLogger } from '../src/log.js';
-import { createOrchestrator, OrchestratorError, type FlowEvent, type Orchestrator } from '../src/index.js';
+import { createOrchestrator, defineFlow, OrchestratorError, type FlowEvent, type FlowsModule, type Orchestrator } from '../src/index.js';
+import { useFlowsModule } from '../src/flows.js';
 import { startDaemonService, startWorkerService } from '../src/services.js';
 import { reply, startFakeAnthropic, type FakeAnthropic } from '../src/testing/fakeAnthropic.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
@@ -19,6 +22,45 @@ const { review: _review, ...reentrant } = JSON.parse(await readFile(new URL('../
 /** A reentrant flow whose pass waits for a person's review. */
 const personReview = { ...reentrant, personReview: {} };
 
+/**
+ * A program's own flow: one microtask whose answer is checked against the module's schema
+ * `loud`, its task type's fallback the module's too. Embedded it is given to the
+ * orchestrator; the daemon and the worker load it as `--flows` makes them.
+ */
+const shout = defineFlow({
+  name: 'shout',
+  version: 1,
+  input: z.object({ text: z.string().min(1), key: z.string().optional() }),
+  machine: (blocks) =>
+    setup({
+      types: {} as { input: { text: string; key: string }; context: { input: { text: string; key: string }; said: unknown } },
+      actors: { microtask: blocks.microtask },
+    }).createMachine({
+      id: 'shout',
+      context: ({ input }) => ({ input, said: undefined }),
+      initial: 'asking',
+      states: {
+        asking: {
+          invoke: {
+            src: 'microtask',
+            input: ({ context }: { context: { input: { text: string; key: string } } }) => ({ taskType: 'shout', key: `${context.input.key}/shout/0`, system: 'You shout.', prompt: `Shout this: ${context.input.text}`, answer: 'loud' }),
+            onDone: {
+              target: 'done',
+              actions: assign({ said: ({ event }) => ((r: { success: boolean; result?: unknown; fallback?: unknown }) => (r.success ? r.result : r.fallback))(event.output) }),
+            },
+          },
+        },
+        done: { type: 'final' },
+      },
+      output: ({ context }) => ({ status: 'done', result: context.said }),
+    }),
+});
+const ownModule: FlowsModule = {
+  flows: [shout],
+  answers: { loud: z.object({ loud: z.string() }) },
+  fallbacks: { shout: () => ({ loud: 'FALLBACK' }) },
+};
+
 let model: FakeAnthropic;
 let nats: NatsServer;
 const stops: Array<() => Promise<void>> = [];
@@ -30,6 +72,8 @@ let slowOnce = true;
 beforeAll(async () => {
   model = await startFakeAnthropic({
     replies: (request) => {
+      if (request.lastUserText.includes('Shout this: FAIL')) return reply.error(400, 'invalid_request_error', 'refused, for the fallback');
+      if (request.lastUserText.includes('Shout this:')) return reply.tool(request.body.tools![0]!.name, { loud: 'HELLO' });
       if (request.lastUserText.includes('SLOW') && slowOnce) {
         slowOnce = false;
         return reply.text('A slow summary.', { delayMs: 4_000 });
@@ -40,6 +84,8 @@ beforeAll(async () => {
   env = { ANTHROPIC_API_KEY: 'sk-test', ANTHROPIC_BASE_URL: model.url };
   nats = await startNatsServer();
   const config = loadConfig({ ...env, NATS_URL: nats.url, MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'orch-daemon-')) });
+  // What `--flows` does in the daemon's and worker's processes.
+  useFlowsModule(ownModule);
   const bus = await connectNatsBus({ servers: [nats.url] });
   const daemon = await startDaemonService(bus, config, silentLogger, { journal: false });
   const workerBus = await connectNatsBus({ servers: [nats.url] });
@@ -53,12 +99,13 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  useFlowsModule({ flows: [] });
   for (const stop of stops.splice(0).reverse()) await stop();
   await nats?.close();
   await model?.close();
 });
 
-const embedded = async () => createOrchestrator({ stateDir: await mkdtemp(join(tmpdir(), 'orch-')), env });
+const embedded = async () => createOrchestrator({ stateDir: await mkdtemp(join(tmpdir(), 'orch-')), env, flows: ownModule });
 const overNats = () => createOrchestrator({ natsUrl: nats.url });
 
 const refusal = (p: Promise<unknown>) =>
@@ -116,6 +163,14 @@ describe.each([
     expect((await orchestrator.list({ status: ['running', 'cancelled'] })).map((f) => f.flowId)).not.toContain(flowId);
     // Retried with another input: refused, not answered with the first flow.
     expect((await refusal(orchestrator.start('microtask', { ...microtask, prompt: 'Other.' }, { requestId: `summary-${mode}` }))).code).toBe('REQUEST_ID_CONFLICT');
+  });
+
+  it("runs the program's own flow: its answer schema and its task type's fallback, by name", async () => {
+    const answered = await orchestrator.start('shout', { text: 'hello' });
+    expect(await orchestrator.done(answered)).toMatchObject({ pattern: 'shout', status: 'done', output: { result: { loud: 'HELLO' } } });
+    const fellBack = await orchestrator.start('shout', { text: 'FAIL' });
+    expect(await orchestrator.done(fellBack)).toMatchObject({ status: 'done', output: { result: { loud: 'FALLBACK' } } });
+    expect((await refusal(orchestrator.start('shout', { text: '' }))).code).toBe('INVALID_INPUT');
   });
 
   it('refuses an unknown flow name and an invalid input with their codes, in one error each', async () => {

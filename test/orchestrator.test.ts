@@ -9,6 +9,7 @@ import { loadConfig } from '../src/config.js';
 import { silentLogger } from '../src/log.js';
 import { createOrchestrator, defineFlow, OrchestratorError, type FlowEvent, type FlowsModule, type Orchestrator } from '../src/index.js';
 import { useFlowsModule } from '../src/flows.js';
+import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { startDaemonService, startWorkerService } from '../src/services.js';
 import { reply, startFakeAnthropic, type FakeAnthropic } from '../src/testing/fakeAnthropic.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
@@ -249,6 +250,22 @@ describe('the orchestrator, embedded only', () => {
     } finally {
       await second.close();
     }
+  });
+
+  it("calls the program's model when given one (no request to the API), and refuses a bad flow definition at creation", async () => {
+    const scripted = new ScriptedModel(['Summarized by the program.']);
+    const before = model.requests.length;
+    const orchestrator = await createOrchestrator({ stateDir: await mkdtemp(join(tmpdir(), 'orch-model-')), env, model: scripted });
+    try {
+      const flowId = await orchestrator.start('microtask', microtask);
+      expect(await orchestrator.done(flowId)).toMatchObject({ status: 'done', output: { status: 'done', result: 'Summarized by the program.' } });
+      expect(scripted.calls).toHaveLength(1);
+      expect(model.requests.length).toBe(before);
+    } finally {
+      await orchestrator.close();
+    }
+    const bad = await refusal(createOrchestrator({ stateDir: await mkdtemp(join(tmpdir(), 'orch-bad-')), env, flows: [{ ...shout, name: 'microtask' }] }));
+    expect(bad.code).toBe('INVALID_FLOW_DEFINITION');
   });
 
   it('refuses options that name no mode, or both', async () => {

@@ -17,7 +17,7 @@ import { flowsOf, hostFor } from '../runFlow.js';
 import { createRuntime, type Runtime } from '../runtime.js';
 import { sendEvent } from '../sendEvent.js';
 import { FlowFeed, inOrder } from './flowFeed.js';
-import { coded, OrchestratorError, type EmbeddedOrchestratorOptions, type Orchestrator } from './Orchestrator.js';
+import { asOrchestratorError, coded, OrchestratorError, type EmbeddedOrchestratorOptions, type Orchestrator } from './Orchestrator.js';
 
 /** How often a flow another process runs (on the same state directory) is looked at, for `events` and `done`. */
 const POLL_MS = 250;
@@ -65,16 +65,18 @@ export class EmbeddedOrchestrator implements Orchestrator {
         ...(options.model ? { model: options.model } : {}),
       }),
     );
+    let orchestrator: EmbeddedOrchestrator | undefined;
     try {
       const flows = await coded(async () => flowsOf(runtime));
       const feed = new FlowFeed();
       const host = hostFor(runtime, { flows, onEvent: async (event) => feed.announce(event) });
-      const orchestrator = new EmbeddedOrchestrator(runtime, flows, host, feed);
+      orchestrator = new EmbeddedOrchestrator(runtime, flows, host, feed);
       await orchestrator.begin();
       return orchestrator;
     } catch (e) {
-      await runtime.close();
-      throw e;
+      // The state directory released (and what began of the orchestrator stopped): a retry can open it.
+      await (orchestrator ? orchestrator.close() : runtime.close()).catch(() => undefined);
+      throw asOrchestratorError(e);
     }
   }
 

@@ -4,6 +4,9 @@ import type { InspectionEvent } from 'xstate';
 import { CircuitBreaker } from './actors/CircuitBreaker.js';
 import { createMicrotaskLogic, MicrotaskRunner } from './actors/microtask.js';
 import { createRemoteMicrotaskLogic } from './actors/remoteMicrotask.js';
+import { createRemoteTaskLogic } from './actors/remoteTask.js';
+import { TaskRunner } from './actors/task.js';
+import { ResultsWatch } from './bus/ResultsWatch.js';
 import { BusError, type Bus, type WorkQueue } from './bus/Bus.js';
 import { KvResultsStore } from './bus/KvResultsStore.js';
 import { MemoryBus } from './bus/MemoryBus.js';
@@ -12,7 +15,7 @@ import { subjects } from './bus/subjects.js';
 import { UsageError } from './UsageError.js';
 import type { Config } from './config.js';
 import { Daemon } from './daemon/Daemon.js';
-import { answersWith, embeddedTaskLogic, fallbacksWith, provideFlows } from './flows.js';
+import { answersWith, embeddedTaskLogic, fallbacksWith, provideFlows, tasksWith } from './flows.js';
 import { BusJournal } from './journal/BusJournal.js';
 import type { Journal } from './journal/Journal.js';
 import { LmdbJournal } from './journal/LmdbJournal.js';
@@ -144,6 +147,8 @@ export async function startWorkerService(bus: Bus, config: Config, logger: Logge
   const consumer = await startWorker({
     queue: metrics ? metrics.meterQueue(queue) : queue,
     runner,
+    // The module's tasks (--flows): jobs of kind 'task' on the same queue, their results in the same bucket.
+    tasks: new TaskRunner({ tasks: tasksWith(), results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS }),
     results,
     announce: (key, result) => bus.publish(names.taskResult(key), JSON.stringify(result)),
     concurrency: config.MICROTASK_WORKER_CONCURRENCY,
@@ -226,21 +231,27 @@ export async function startDaemonService(
       ? undefined
       : await createRuntime(config, logger, { answers: answersWith(), fallbacks: fallbacksWith(), ...(metrics ? { wrapModel: (model) => metrics.meterModel(model, config.MICROTASK_MODEL) } : {}) });
   if (runtime) EmbeddedBus.onClose(bus, () => runtime.close());
-  const microtask =
-    !runtime
-      ? createRemoteMicrotaskLogic({
-          bus,
-          subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
-          defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS,
-          // A task no worker answered in time falls back here, as the user's module says for its task types.
-          fallbacks: fallbacksWith(),
-          queue: await taskQueue(bus, config).then((queue) => (metrics?.watchQueue(queue), queue)),
-          results: await resultsBucket(bus, config),
-          logger,
-        })
-      : createMicrotaskLogic(runtime.runner);
-  // The module's tasks: embedded, run here, their results kept with the microtasks'.
-  const task = runtime ? embeddedTaskLogic({ results: runtime.results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS }) : undefined;
+  // With NATS, microtasks and the module's tasks go to the workers on one queue, their results watched in one bucket.
+  const remote = runtime
+    ? undefined
+    : await (async () => {
+        const queue = await taskQueue(bus, config);
+        metrics?.watchQueue(queue);
+        const results = await resultsBucket(bus, config);
+        return { bus, queue, results, resultsWatch: new ResultsWatch(results), defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, logger };
+      })();
+  const microtask = remote
+    ? createRemoteMicrotaskLogic({
+        ...remote,
+        subjectPrefix: config.MICROTASK_SUBJECT_PREFIX,
+        // A task no worker answered in time falls back here, as the user's module says for its task types.
+        fallbacks: fallbacksWith(),
+      })
+    : createMicrotaskLogic(runtime!.runner);
+  // The module's tasks: embedded, run here, their results kept with the microtasks'; with NATS, on the workers.
+  const task = remote
+    ? createRemoteTaskLogic({ ...remote, tasks: tasksWith() })
+    : embeddedTaskLogic({ results: runtime!.results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS });
   // Embedded: the runtime's stores, in the state directory's database.
   const store = runtime?.store ?? (await snapshotStore(bus, config, logger));
   // With traces on, the journal also opens and ends each flow's span (the runtime's does already).
@@ -258,7 +269,7 @@ export async function startDaemonService(
   if (pruned || resultFiles || journals || requestIds || events) logger.info({ pruned, resultFiles, journals, requestIds, events }, 'old finished flows pruned');
   const daemon = new Daemon({
     bus,
-    flows: provideFlows({ microtask, ...(task ? { task } : {}) }),
+    flows: provideFlows({ microtask, task }),
     store,
     logger,
     outRoot: toolsDir(config.MICROTASK_STATE_DIR),

@@ -4,6 +4,8 @@ import { isReusableResult, type MicrotaskRunner } from './actors/microtask.js';
 import { boundedDeadline, flowIdOf, MicrotaskInputSchema, type MicrotaskResult } from './contracts/microtask.js';
 import { describeIssues } from './actors/model/prompt.js';
 import type { QueuedTask } from './actors/remoteMicrotask.js';
+import { taskFailure, type TaskRunner } from './actors/task.js';
+import { TaskJobSchema, type TaskJob } from './contracts/task.js';
 import type { Job, WorkConsumer, WorkQueue } from './bus/Bus.js';
 import type { ResultsStore } from './actors/ResultsStore.js';
 import { MAX_RECORD_DEPTH, parseJsonInput } from './jsonInput.js';
@@ -17,6 +19,11 @@ export interface WorkerOptions {
   queue: WorkQueue;
   /** Runs each task; its results store is the shared one, so a task done before costs nothing. */
   runner: MicrotaskRunner;
+  /**
+   * Runs the module's tasks (jobs of `kind: 'task'`), its results store the shared one too.
+   * None: a task job is answered `unknown_task` (this worker was started without --flows).
+   */
+  tasks?: TaskRunner;
   results: ResultsStore;
   /** Tells the flow waiting for a task its result (after it is stored). */
   announce?: (key: string, result: MicrotaskResult) => Promise<void>;
@@ -26,6 +33,17 @@ export interface WorkerOptions {
   /** Backoff of a transient failure when the server gave no retry-after. */
   baseRetryDelayMs?: number;
   logger?: Logger;
+}
+
+/** What a job asks of the worker: a microtask for its runner, or a task of the module for its task runner. */
+interface Work {
+  key: string;
+  deadlineAt: number;
+  logFields: Record<string, string>;
+  /** How long a put of its result is retried past its deadline. */
+  storeRetryMs: number;
+  /** Runs it: a result, or a rejection when the results store stayed down. */
+  run(): Promise<MicrotaskResult>;
 }
 
 /** The longest wait before a task whose results store was down is delivered again. */
@@ -79,27 +97,67 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
       await job.deadLetter(`the task ${scrubSecrets((e as Error).message)}`);
       return;
     }
-    const parsed = QueuedTaskSchema.safeParse(raw);
-    if (!parsed.success) {
-      logger.warn({ jobId: job.id }, 'a job that is not a microtask went to the dead letters');
-      await job.deadLetter(`not a microtask:\n${describeIssues(parsed.error)}`);
-      return;
+    // A task of the user's module is marked so; a microtask's job has no kind (as before tasks were).
+    const isTask = typeof raw === 'object' && raw !== null && (raw as { kind?: unknown }).kind === 'task';
+    let work: Work;
+    if (isTask) {
+      const parsed = TaskJobSchema.safeParse(raw);
+      if (!parsed.success) {
+        logger.warn({ jobId: job.id }, 'a task job that does not parse went to the dead letters');
+        await job.deadLetter(`not a task:\n${describeIssues(parsed.error)}`);
+        return;
+      }
+      work = taskWork({ ...parsed.data, deadlineAt: boundedDeadline(parsed.data.deadlineAt) });
+    } else {
+      const parsed = QueuedTaskSchema.safeParse(raw);
+      if (!parsed.success) {
+        logger.warn({ jobId: job.id }, 'a job that is not a microtask went to the dead letters');
+        await job.deadLetter(`not a microtask:\n${describeIssues(parsed.error)}`);
+        return;
+      }
+      // Bounded as the runner bounds it: the store retries and redelivery waits go by it too.
+      const task: QueuedTask = { ...parsed.data, deadlineAt: boundedDeadline(parsed.data.deadlineAt) };
+      work = {
+        key: task.key,
+        deadlineAt: task.deadlineAt,
+        logFields: { taskType: task.taskType },
+        storeRetryMs: options.runner.storeRetryMs,
+        run: () => options.runner.run(task, shutdown.signal),
+      };
     }
-    // Bounded as the runner bounds it: the store retries and redelivery waits go by it too.
-    const task: QueuedTask = { ...parsed.data, deadlineAt: boundedDeadline(parsed.data.deadlineAt) };
     // A long model call (and a store retried) must keep telling the queue it is alive, or it is delivered twice.
     const heartbeat = setInterval(() => void job.working().catch(() => undefined), heartbeatMs);
     try {
       // In the trace context the daemon sent with the job: the task's spans continue its flow's trace.
-      await withTraceHeaders(job.headers, () => run(job, task));
+      await withTraceHeaders(job.headers, () => run(job, work));
     } finally {
       clearInterval(heartbeat);
     }
   };
 
+  /** A task job's work: the worker's task runner, or, without one, the failure that says so. */
+  const taskWork = (task: TaskJob): Work => ({
+    key: task.key,
+    deadlineAt: task.deadlineAt,
+    logFields: { task: task.task },
+    storeRetryMs: options.tasks?.storeRetryMs ?? options.runner.storeRetryMs,
+    run: async () =>
+      options.tasks
+        ? options.tasks.run(task, shutdown.signal)
+        : taskFailure(
+            task,
+            {
+              kind: 'unknown_task',
+              message: `no task named "${task.task}" here (known: none): start the worker with --flows naming the module that exports it`,
+              retryable: true,
+            },
+            0,
+          ),
+  });
+
   /** Runs the task and settles its job: acked, delivered again, or dead-lettered. */
-  const run = async (job: Job, task: QueuedTask) => {
-    const log = logger.child({ flowId: flowIdOf(task.key), taskId: task.key, taskType: task.taskType, delivery: job.deliveryCount });
+  const run = async (job: Job, task: Work) => {
+    const log = logger.child({ flowId: flowIdOf(task.key), taskId: task.key, ...task.logFields, delivery: job.deliveryCount });
     // Not acked: delivered again once the store is back (to this worker, whose runner then
     // answers from memory, or to another that finds the answer stored by then).
     const storeDown = async (e: unknown) => {
@@ -111,7 +169,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     const put = async (result: MicrotaskResult): Promise<boolean> => {
       try {
         await retryStore(() => options.results.put(task.key, result), {
-          until: Math.max(task.deadlineAt, Date.now() + options.runner.storeRetryMs),
+          until: Math.max(task.deadlineAt, Date.now() + task.storeRetryMs),
           onRetry: (e, attempt) => {
             if (attempt === 1) log.warn({ err: e }, 'could not store a result; retrying');
           },
@@ -125,7 +183,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
 
     let result: MicrotaskResult;
     try {
-      result = await options.runner.run(task, shutdown.signal);
+      result = await task.run();
     } catch (e) {
       // The runner's one rejection: its store stayed down (it keeps a paid answer meanwhile).
       if (!isStoreUnavailable(e)) throw e;

@@ -15,6 +15,16 @@ import { LmdbResultsStore } from '../src/persistence/LmdbResultsStore.js';
 import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from '../src/persistence/LmdbStore.js';
 import { scripted } from './support/flows.js';
+import { createActor, toPromise } from 'xstate';
+import { MicrotaskRunner } from '../src/actors/microtask.js';
+import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
+import { createRemoteTaskLogic } from '../src/actors/remoteTask.js';
+import { KvResultsStore } from '../src/bus/KvResultsStore.js';
+import { connectNatsBus } from '../src/bus/NatsBus.js';
+import { MemoryResultsStore } from '../src/actors/ResultsStore.js';
+import type { MicrotaskResult } from '../src/contracts/microtask.js';
+import { startNatsServer } from '../src/testing/natsServer.js';
+import { startWorker } from '../src/worker.js';
 
 type EnrichContext = { input: { text: string; key: string }; normalized: any; score: any };
 
@@ -166,15 +176,7 @@ describe('tasks run in the process (embedded)', () => {
 });
 
 describe('the task runner', () => {
-  const results = () => new (class implements ResultsStore {
-    readonly map = new Map<string, any>();
-    async get(key: string) {
-      return this.map.get(key);
-    }
-    async put(key: string, value: any) {
-      this.map.set(key, value);
-    }
-  })();
+  const results = () => new MemoryResultsStore();
 
   it('refuses, as failures naming the cause: an unknown name, input its schema refuses, input or output that is not JSON; and times a run out', async () => {
     const tasks: Tasks = {
@@ -244,5 +246,83 @@ describe("a module's tasks are checked at load", () => {
   it('a valid one keeps its tasks', () => {
     const tasks = countingTasks([]);
     expect(checkFlowsModule('./flows.js', { flows, tasks }).tasks).toBe(tasks);
+  });
+});
+
+describe('tasks on workers, over a real nats-server', { timeout: 60_000 }, () => {
+  /** A nats-server, a worker whose module has `tasks` (none: no task runner), and the daemon's side: the remote task actor. */
+  async function overNats(tasks: Tasks | undefined) {
+    const nats = await startNatsServer();
+    const daemonBus = await connectNatsBus({ servers: [nats.url] });
+    const workerBus = await connectNatsBus({ servers: [nats.url] });
+    // One delivery: a failure is stored for its flow at once (its last chance).
+    const queueOptions = { ackWaitMs: 10_000, maxDeliver: 1, deadLetterSubject: 'microtask.tasks.dead' };
+    const results = new KvResultsStore(await workerBus.keyValue('results'));
+    const worker = await startWorker({
+      queue: await workerBus.workQueue('tasks', queueOptions),
+      runner: new MicrotaskRunner({ model: new ScriptedModel(() => 'unused'), results }),
+      ...(tasks ? { tasks: new TaskRunner({ tasks, results }) } : {}),
+      results,
+      concurrency: 4,
+    });
+    const task = createRemoteTaskLogic({ queue: await daemonBus.workQueue('tasks', queueOptions), results: await daemonBus.keyValue('results'), defaultTimeoutMs: 20_000 });
+    const run = (input: { task: string; key: string; input?: unknown }): Promise<MicrotaskResult> => toPromise(createActor(task, { input }).start());
+    return {
+      results,
+      task,
+      run,
+      async [Symbol.asyncDispose]() {
+        await worker.stop();
+        await workerBus.close();
+        await daemonBus.close();
+        await nats.close();
+      },
+    };
+  }
+
+  it('a flow on a host whose tasks go to the queue: each runs once on the worker, stored in the bucket; a later run of the key gets it without running it', async () => {
+    const runs: string[] = [];
+    await using s = await overNats(countingTasks(runs));
+    const dir = await mkdtemp(join(tmpdir(), 'tasks-nats-'));
+    const host = new FlowHost({
+      flows: provideFlows({ microtask: scripted(['unused']).microtask, task: s.task }, [enrichFlow]),
+      store: await LmdbSnapshotStore.open(await LmdbStore.open(dir)),
+      logger: silentLogger,
+      outRoot: dir,
+    });
+    const flowId = await host.start('enrich', { text: ' Over NATS ' });
+    const record = await host.finished(flowId)!;
+    const output = record.output as { result: { normalized: unknown; score: unknown } };
+    expect(output.result.normalized).toMatchObject({ success: true, taskType: 'normalize', result: 'over nats', cached: false });
+    expect(output.result.score).toMatchObject({ success: true, result: { length: 9 } });
+    expect(runs).toEqual([`normalize ${flowId}/normalize`, 'score']);
+    expect(await s.results.get(`${flowId}/normalize`)).toMatchObject({ success: true, result: 'over nats' });
+    await host.stop();
+
+    // A resumed flow asks again under the same key: the stored result, and the job sent with the read runs nothing.
+    expect(await s.run({ task: 'normalize', key: `${flowId}/normalize`, input: { text: 'other' } })).toMatchObject({ success: true, result: 'over nats', cached: true });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(runs).toHaveLength(2);
+  });
+
+  it("a task the worker's module lacks, or a worker with no tasks at all: a failure naming the task, at once (not a wait for the deadline)", async () => {
+    for (const tasks of [countingTasks([]), undefined]) {
+      await using s = await overNats(tasks);
+      const started = Date.now();
+      const result = await s.run({ task: 'enrichWithCrm', key: 'flow-u/crm', input: {} });
+      expect(result).toMatchObject({ success: false, taskType: 'enrichWithCrm', error: { kind: 'unknown_task', message: expect.stringContaining('no task named "enrichWithCrm" here') } });
+      expect(result.error!.message).toContain('--flows');
+      expect(Date.now() - started).toBeLessThan(5_000);
+    }
+  });
+
+  it('a task that throws on the worker: its failure reaches the flow; it is not an answer, so a later run runs it again', async () => {
+    const runs: string[] = [];
+    await using s = await overNats(countingTasks(runs));
+    const failed = await s.run({ task: 'normalize', key: 'flow-b/normalize', input: { text: 'boom' } });
+    expect(failed).toMatchObject({ success: false, error: { kind: 'task_failed', message: 'cannot normalize "boom"' } });
+    const again = await s.run({ task: 'normalize', key: 'flow-b/normalize', input: { text: 'boom' } });
+    expect(again).toMatchObject({ success: false, error: { kind: 'task_failed' }, cached: false });
+    expect(runs).toHaveLength(2);
   });
 });

@@ -84,10 +84,8 @@ const parseResult = (entry: { json(): unknown } | undefined): MicrotaskResult | 
  * only when the bus answers and no worker did.
  */
 export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
-  const graceMs = options.graceMs ?? 5_000;
-  const busOutageMs = options.busOutageMs ?? DEFAULT_STORE_RETRY_MS;
   const logger = options.logger ?? silentLogger;
-  const watch = options.resultsWatch ?? new ResultsWatch(options.results);
+  const waitFor = remoteResults(options);
 
   // In its span (a child of its flow's); the job carries the span's context to the worker.
   // A worker's failure no fallback helps (a refused key, no credit, an unknown model) rejects
@@ -97,22 +95,64 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
     options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS,
   );
 
-  async function wait(input: MicrotaskInput, signal: AbortSignal): Promise<MicrotaskResult> {
+  function wait(input: MicrotaskInput, signal: AbortSignal): Promise<MicrotaskResult> {
     const started = performance.now();
-    const key = resultKey(input.key);
     const timeoutMs = input.timeoutMs ?? options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     const task: QueuedTask = { ...input, deadlineAt: input.deadlineAt === undefined ? Date.now() + timeoutMs : boundedDeadline(input.deadlineAt) };
-    const log = logger.child({ flowId: flowIdOf(input.key), taskId: input.key, taskType: input.taskType });
-    const failure = (error: MicrotaskError): MicrotaskResult => ({
-      success: false,
-      taskType: input.taskType,
-      key: input.key,
-      error,
-      fallback: (options.fallbacks?.[input.taskType] ?? defaultFallback)(input, error),
-      durationMs: performance.now() - started,
-      usage: zeroUsage(),
-      cached: false,
-    });
+    return waitFor(
+      {
+        key: input.key,
+        what: `microtask ${input.taskType}`,
+        log: logger.child({ flowId: flowIdOf(input.key), taskId: input.key, taskType: input.taskType }),
+        deadlineAt: task.deadlineAt,
+        body: () => JSON.stringify(task),
+        failure: (error) => ({
+          success: false,
+          taskType: input.taskType,
+          key: input.key,
+          error,
+          fallback: (options.fallbacks?.[input.taskType] ?? defaultFallback)(input, error),
+          durationMs: performance.now() - started,
+          usage: zeroUsage(),
+          cached: false,
+        }),
+      },
+      signal,
+    );
+  }
+}
+
+/** How a flow's job waits on the bus: the queue it goes to, the bucket its result is written in. */
+export type RemoteResultsOptions = Pick<RemoteMicrotaskOptions, 'queue' | 'results' | 'resultsWatch' | 'graceMs' | 'busOutageMs'>;
+
+/** One job a flow waits on a worker for: a microtask, or a task of the user's module (src/actors/remoteTask.ts). */
+export interface RemoteJob {
+  /** Its idempotency key: the job's id on the queue, its result's key in the bucket. */
+  key: string;
+  /** What it is, for messages: `microtask summarize`, `task normalize`. */
+  what: string;
+  log: Logger;
+  /** Fixed at its first enqueue (epoch ms); travels with it, so time queued counts. */
+  deadlineAt: number;
+  /** The job's body on the queue. */
+  body: () => string;
+  /** The envelope of a run that got no result: cancelled, or no worker answered in time. */
+  failure(error: MicrotaskError): MicrotaskResult;
+}
+
+/**
+ * Enqueues a job and waits for its result in the results bucket, as createRemoteMicrotaskLogic
+ * describes; the runs of one process share one watch of the bucket.
+ */
+export function remoteResults(options: RemoteResultsOptions): (job: RemoteJob, signal: AbortSignal) => Promise<MicrotaskResult> {
+  const graceMs = options.graceMs ?? 5_000;
+  const busOutageMs = options.busOutageMs ?? DEFAULT_STORE_RETRY_MS;
+  const watch = options.resultsWatch ?? new ResultsWatch(options.results);
+  return wait;
+
+  async function wait(job: RemoteJob, signal: AbortSignal): Promise<MicrotaskResult> {
+    const key = resultKey(job.key);
+    const { what, log, failure } = job;
     // Retries of this run stop with it (its flow cancelled, the daemon stopping).
     const stopped = new AbortController();
     const abort = () => stopped.abort(signal.reason);
@@ -144,7 +184,7 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
           log.error({ err: e }, `the bus stayed unavailable: could not ${what}; the flow stops (resumable)`);
           reject(
             new ResultsUnavailableError(`results store unavailable: could not ${what}: ${e === undefined ? 'NATS did not answer' : firstLine(e)}`, {
-              key: input.key,
+              key: job.key,
               cause: e,
             }),
           );
@@ -178,14 +218,14 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
 
         // Until the deadline: a task enqueued after it would only time out. A run whose
         // deadline had passed (a flow resumed) still looks for its result for a while.
-        const setupUntil = task.deadlineAt > Date.now() ? task.deadlineAt : Date.now() + graceMs;
-        const fallbackAt = Math.max(task.deadlineAt, Date.now()) + graceMs;
+        const setupUntil = job.deadlineAt > Date.now() ? job.deadlineAt : Date.now() + graceMs;
+        const fallbackAt = Math.max(job.deadlineAt, Date.now()) + graceMs;
         const giveUpAt = fallbackAt + busOutageMs;
         let enqueued = false;
         // An operation may hang rather than fail (a subscription's flush waits for a reconnect).
         timers.push(
           setTimeout(() => {
-            if (!enqueued) stop(`enqueue microtask ${input.taskType} (${input.key}) before its deadline`, lastError);
+            if (!enqueued) stop(`enqueue ${what} (${job.key}) before its deadline`, lastError);
           }, Math.max(0, setupUntil - Date.now())),
         );
 
@@ -196,9 +236,9 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
         const settle = async () => {
           let found: MicrotaskResult | undefined;
           try {
-            found = await retrying(`read the result of microtask ${input.taskType} (${input.key})`, readStored, giveUpAt);
+            found = await retrying(`read the result of ${what} (${job.key})`, readStored, giveUpAt);
           } catch (e) {
-            if (!stopped.signal.aborted) stop(`read the result of microtask ${input.taskType} (${input.key})`, e);
+            if (!stopped.signal.aborted) stop(`read the result of ${what} (${job.key})`, e);
             return;
           }
           if (found) return finish(found);
@@ -233,7 +273,7 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
             onGap: async () => {
               troubleAt = Date.now();
               if (!read || finished) return;
-              const found = await retrying(`read the result of microtask ${input.taskType} (${input.key})`, readStored, giveUpAt).catch(() => undefined);
+              const found = await retrying(`read the result of ${what} (${job.key})`, readStored, giveUpAt).catch(() => undefined);
               if (found) finish(found);
             },
           };
@@ -243,13 +283,13 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
           if (released) releasing();
           else release = releasing;
           if (finished) return;
-          const reading = retrying(`read the result of microtask ${input.taskType} (${input.key})`, () => options.results.get(key), setupUntil);
+          const reading = retrying(`read the result of ${what} (${job.key})`, () => options.results.get(key), setupUntil);
           // Retried with the same id: an enqueue that timed out but landed is dropped as a duplicate.
           const enqueue = (jobId: string) =>
-            retrying(`enqueue microtask ${input.taskType} (${input.key})`, () => options.queue.enqueue(jobId, JSON.stringify(task), traced), setupUntil);
+            retrying(`enqueue ${what} (${job.key})`, () => options.queue.enqueue(jobId, job.body(), traced), setupUntil);
           const headers = traceHeaders();
           const traced = headers ? { headers } : undefined;
-          const enqueueing = enqueue(input.key);
+          const enqueueing = enqueue(job.key);
           const [entry, first] = await Promise.all([reading, enqueueing]);
           enqueued = true;
           if (finished) return;
@@ -262,11 +302,11 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
           const written = early && early.revision > initialRevision ? parseResult(early) : undefined;
           if (written) return finish(written);
           let duplicate = first.duplicate;
-          let jobId = input.key;
+          let jobId = job.key;
           if (initialRevision && duplicate) {
             // The job under the key is the one that failed (still in the duplicate window): a
             // retry is a new job on purpose, its id naming the failure it follows.
-            jobId = `${input.key}#${initialRevision}`;
+            jobId = `${job.key}#${initialRevision}`;
             ({ duplicate } = await enqueue(jobId));
             if (finished) return;
           }
@@ -274,7 +314,7 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
           timers.push(setTimeout(() => void settle(), Math.max(0, fallbackAt - Date.now())));
         };
         run().catch((e: unknown) => {
-          if (!stopped.signal.aborted) stop(`enqueue microtask ${input.taskType} (${input.key}) before its deadline`, e);
+          if (!stopped.signal.aborted) stop(`enqueue ${what} (${job.key}) before its deadline`, e);
         });
       });
     } finally {

@@ -35,6 +35,10 @@ export interface WaitingRow {
   receivedPerS: number;
   cpuPercent: number;
   rssMB: number;
+  anonMB: number;
+  /** The resumed daemon's, 3 s after its resume: the flows it holds were never awake in it. */
+  resumedRssMB: number;
+  resumedAnonMB: number;
   resumeS: number;
   killToResumedS: number;
 }
@@ -76,13 +80,18 @@ async function kill(proc: ChildProcess) {
   await exited;
 }
 
-/** utime + stime of a process, in ms (Linux /proc), and its RSS in MB. */
+/**
+ * utime + stime of a process, in ms (Linux /proc), its RSS in MB, and the anonymous part of
+ * it (the heap and native allocations; the rest is files mapped, such as lmdb's database,
+ * which the kernel reclaims as page cache).
+ */
 async function procStats(pid: number) {
   const stat = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
   const ticks = Number(stat[11]) + Number(stat[12]);
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const rssKB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  return { cpuMs: (ticks * 1000) / 100, rssMB: rssKB / 1024 };
+  const anonKB = Number(/RssAnon:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  return { cpuMs: (ticks * 1000) / 100, rssMB: rssKB / 1024, anonMB: anonKB / 1024 };
 }
 
 async function connCounts(monitorPort: number) {
@@ -135,6 +144,8 @@ export async function waitingOnce(tree: string, mode: 'nats' | 'embedded', flows
     const resumed = await second.next('resumed');
     const killToResumedS = (performance.now() - killedAt) / 1000;
     note(`waiting flows (${mode}, ${label}): ${resumed.waiting} waiting again ${fmt(killToResumedS, 1)} s after SIGKILL`);
+    await sleep(3_000);
+    const resumedStats = await procStats(second.proc.pid!);
     return {
       tree: label,
       mode,
@@ -145,6 +156,9 @@ export async function waitingOnce(tree: string, mode: 'nats' | 'embedded', flows
       receivedPerS: (after.received - before.received) / elapsedS,
       cpuPercent: ((cpuAfter.cpuMs - cpuBefore.cpuMs) / (elapsedS * 1000)) * 100,
       rssMB: cpuAfter.rssMB,
+      anonMB: cpuAfter.anonMB,
+      resumedRssMB: resumedStats.rssMB,
+      resumedAnonMB: resumedStats.anonMB,
       resumeS: resumed.startMs! / 1000,
       killToResumedS,
     };
@@ -173,7 +187,7 @@ export async function runWaitingFlows(): Promise<{ rows: WaitingRow[]; markdown:
     return base && row.tree === 'this tree' && pick(row) > 0 ? ` (before ÷ after ${fmt(pick(base) / pick(row), 1)})` : '';
   };
   const markdown = table(
-    ['tree', 'store', 'waiting flows', 'time to start them s', 'daemon → NATS msgs/s', 'NATS → daemon msgs/s', 'daemon CPU (% of a core)', 'RSS MB', 'resumeAll s', 'SIGKILL → all resumed s', 'target (<100 NATS ops/s, <1% of a core)'],
+    ['tree', 'store', 'waiting flows', 'time to start them s', 'daemon → NATS msgs/s', 'NATS → daemon msgs/s', 'daemon CPU (% of a core)', 'RSS MB (anonymous)', 'resumed daemon RSS MB (anonymous)', 'resumeAll s', 'SIGKILL → all resumed s', 'target (<100 NATS ops/s, <1% of a core)'],
     rows.map((r) => [
       r.tree,
       r.mode === 'nats' ? 'NATS KV (leases)' : 'lmdb (embedded)',
@@ -182,7 +196,8 @@ export async function runWaitingFlows(): Promise<{ rows: WaitingRow[]; markdown:
       r.mode === 'nats' ? fmt(r.sentPerS, 1) + ratio(r, (x) => x.sentPerS) : '–',
       r.mode === 'nats' ? fmt(r.receivedPerS, 1) + ratio(r, (x) => x.receivedPerS) : '–',
       fmt(r.cpuPercent, 2) + ratio(r, (x) => x.cpuPercent),
-      fmt(r.rssMB, 0),
+      `${fmt(r.rssMB, 0)} (${fmt(r.anonMB, 0)})`,
+      `${fmt(r.resumedRssMB, 0)} (${fmt(r.resumedAnonMB, 0)})`,
       fmt(r.resumeS, 2),
       fmt(r.killToResumedS, 2),
       `ops ${met(r.sentPerS + r.receivedPerS < 100)}, CPU ${met(r.cpuPercent < 1)}`,

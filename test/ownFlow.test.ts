@@ -71,6 +71,20 @@ function triageModel(summaryDelayMs = 0) {
   });
 }
 
+/** The `rank` task's log lines (it appends one per run, in the example's directory) of a flow. */
+async function rankRuns(flowId: string): Promise<string[][]> {
+  const log = await readFile(join(dir, 'triage-log.jsonl'), 'utf8').catch(() => '');
+  return log
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as { key: string; ranked: string[] })
+    .filter((line) => line.key === `${flowId}/rank`)
+    .map((line) => line.ranked);
+}
+
+/** What the `rank` task gives the flow: most severe first (the typo fell back to medium). */
+const ranked = [expect.stringContaining('Login fails'), expect.stringContaining('Typo'), expect.stringContaining('settings page')];
+
 const triaged = [
   { issue: expect.stringContaining('Login fails'), severity: 'high', area: 'auth' },
   { issue: expect.stringContaining('settings page'), severity: 'low', area: 'settings' },
@@ -105,13 +119,16 @@ describe('your own flow, from a separate directory that depends on the package b
     expect(existsSync(join(dir, 'node_modules/zod/package.json'))).toBe(true);
   });
 
-  it('`microtask run triage --flows ./flows.js` runs it embedded: its answer schema, its fallback, a parallel child, a microtask; killed, `resume --flows` ends it', async () => {
+  it('`microtask run triage --flows ./flows.js` runs it embedded: its answer schema, its fallback, a parallel child, its task, a microtask; killed, `resume --flows` ends it, its task not run again', async () => {
     model = await triageModel();
     const env = { ANTHROPIC_API_KEY: 'sk-test', ANTHROPIC_BASE_URL: model.url, MICROTASK_STATE_DIR: join(dir, 'state-run'), MICROTASK_MAX_RETRIES: '0' };
     const run = microtask(['run', 'triage', '--flows', './flows.js', '--input', 'issues.json', '--no-progress'], env);
     expect(await run.exited, run.stderr()).toBe(0);
-    expect(JSON.parse(run.stdout())).toEqual({ summary: 'Fix the login 500 first.', triaged });
-    expect(run.stderr()).toMatch(/triage triage-\S+: done; \d+ model calls/);
+    expect(JSON.parse(run.stdout())).toEqual({ summary: 'Fix the login 500 first.', ranked, triaged });
+    const [, ranId] = /triage (triage-\S+): done; \d+ model calls/.exec(run.stderr()) ?? [];
+    expect(ranId, run.stderr()).toBeDefined();
+    // The module's own task ran once, in this process.
+    expect(await rankRuns(ranId!)).toEqual([ranked]);
     await model.close();
 
     // Killed while its summary is asked for, it is resumed from its last step: the triage calls are not made again.
@@ -126,8 +143,10 @@ describe('your own flow, from a separate directory that depends on the package b
     expect(running).toMatchObject({ pattern: 'triage' });
     const resumed = microtask(['resume', running!.flowId, '--flows', './flows.js', '--no-progress'], crashEnv);
     expect(await resumed.exited, resumed.stderr()).toBe(0);
-    expect(JSON.parse(resumed.stdout())).toEqual({ summary: 'Fix the login 500 first.', triaged });
+    expect(JSON.parse(resumed.stdout())).toEqual({ summary: 'Fix the login 500 first.', ranked, triaged });
     expect(model.requests.filter((r) => r.body.tools).length).toBe(triageCalls);
+    // `rank` finished before the kill: the resumed flow did not run it again.
+    expect(await rankRuns(running!.flowId)).toEqual([ranked]);
     await model.close();
     model = undefined;
   });
@@ -151,9 +170,11 @@ describe('your own flow, from a separate directory that depends on the package b
 
     expect(await client.exited, client.stderr()).toBe(0);
     const done = JSON.parse(client.stdout());
-    expect(done).toMatchObject({ status: 'done', summary: 'Fix the login 500 first.', triaged });
-    // The triage calls finished before the crash were not paid for again.
+    expect(done).toMatchObject({ status: 'done', summary: 'Fix the login 500 first.', ranked, triaged });
+    // The triage calls finished before the crash were not paid for again, and `rank` ran once (on the worker).
     expect(model.requests.filter((r) => r.body.tools).length).toBe(triageCalls);
+    expect(await rankRuns(done.flowId)).toEqual([ranked]);
+    expect(worker.stderr()).toContain('task done');
 
     const listed = await runCli(['flows', '--json'], { NATS_URL: nats.url });
     expect(JSON.parse(listed.stdout)).toEqual([expect.objectContaining({ flowId: done.flowId, pattern: 'triage', status: 'done' })]);

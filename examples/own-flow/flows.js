@@ -1,5 +1,6 @@
 // flows.js: `microtask daemon --flows ./flows.js` (and the same for worker and run)
-import { addUsage, defineFlow, zeroUsage } from 'microtask-orchestrator';
+import { appendFile } from 'node:fs/promises';
+import { addUsage, defineFlow, defineTask, zeroUsage } from 'microtask-orchestrator';
 import { assign, setup } from 'xstate';
 import { z } from 'zod';
 
@@ -16,6 +17,21 @@ export const fallbacks = {
   triage: () => ({ severity: 'medium', area: 'unknown', fallback: true }),
 };
 
+// Your own steps, run by name with an idempotency key (in the daemon, or on a worker started with the same --flows).
+// A result is stored under its key: a flow resumed after a crash gets it back, the step is not run twice.
+const severities = ['high', 'medium', 'low'];
+export const tasks = {
+  rank: defineTask({
+    input: z.object({ triaged: z.array(z.object({ issue: z.string(), severity: z.enum(severities) })) }),
+    run: async ({ triaged }, { key }) => {
+      const ranked = [...triaged].sort((a, b) => severities.indexOf(a.severity) - severities.indexOf(b.severity)).map((t) => t.issue);
+      // A side effect, done once per flow: the team's log of what was ranked.
+      await appendFile('triage-log.jsonl', `${JSON.stringify({ key, ranked })}\n`);
+      return ranked;
+    },
+  }),
+};
+
 export const flows = [
   defineFlow({
     name: 'triage',
@@ -24,10 +40,10 @@ export const flows = [
     machine: (blocks) =>
       setup({
         // Invoked by name: a saved snapshot names them, so a resumed flow finds them again.
-        actors: { parallel: blocks.patterns.parallel, microtask: blocks.microtask },
+        actors: { parallel: blocks.patterns.parallel, microtask: blocks.microtask, task: blocks.task },
       }).createMachine({
         id: 'triage',
-        context: ({ input }) => ({ input, triaged: [], summary: undefined, usage: zeroUsage() }),
+        context: ({ input }) => ({ input, triaged: [], ranked: [], summary: undefined, usage: zeroUsage() }),
         initial: 'triaging',
         states: {
           triaging: {
@@ -44,12 +60,23 @@ export const flows = [
                 })),
               }),
               onDone: {
-                target: 'summarizing',
+                target: 'ranking',
                 actions: assign({
                   triaged: ({ context, event }) =>
                     event.output.results.map((r, i) => ({ issue: context.input.issues[i], ...(r?.success ? r.result : r?.fallback) })),
                   usage: ({ event }) => event.output.usage,
                 }),
+              },
+            },
+          },
+          ranking: {
+            invoke: {
+              src: 'task',
+              input: ({ context }) => ({ task: 'rank', key: `${context.input.key}/rank`, input: { triaged: context.triaged } }),
+              onDone: {
+                target: 'summarizing',
+                // A task that failed (it threw) is a result like any other: here, the order as triaged.
+                actions: assign({ ranked: ({ context, event }) => (event.output.success ? event.output.result : context.triaged.map((t) => t.issue)) }),
               },
             },
           },
@@ -61,7 +88,7 @@ export const flows = [
                 key: `${context.input.key}/summary/0`,
                 system: 'You write short status notes for an engineering team.',
                 prompt: 'In one sentence, what should the team fix first?',
-                data: context.triaged,
+                data: { ranked: context.ranked, triaged: context.triaged },
               }),
               onDone: {
                 target: 'done',
@@ -75,7 +102,7 @@ export const flows = [
           done: { type: 'final' },
         },
         // As the built-in patterns end: `status` (failed or not), `result` (what `microtask run` prints), `usage`.
-        output: ({ context }) => ({ status: 'done', result: { summary: context.summary, triaged: context.triaged }, usage: context.usage }),
+        output: ({ context }) => ({ status: 'done', result: { summary: context.summary, ranked: context.ranked, triaged: context.triaged }, usage: context.usage }),
       }),
   }),
 ];

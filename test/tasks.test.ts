@@ -316,6 +316,40 @@ describe('tasks on workers, over a real nats-server', { timeout: 60_000 }, () =>
     }
   });
 
+  it('a worker whose module lacks the task puts it back on the queue while deliveries remain: a worker that has it runs it', async () => {
+    const nats = await startNatsServer();
+    const daemonBus = await connectNatsBus({ servers: [nats.url] });
+    const workerBus = await connectNatsBus({ servers: [nats.url] });
+    const queueOptions = { ackWaitMs: 10_000, maxDeliver: 20, deadLetterSubject: 'microtask.tasks.dead' };
+    const results = new KvResultsStore(await workerBus.keyValue('results'));
+    const worker = async (tasks: Tasks) =>
+      startWorker({
+        queue: await workerBus.workQueue('tasks', queueOptions),
+        runner: new MicrotaskRunner({ model: new ScriptedModel(() => 'unused'), results }),
+        tasks: new TaskRunner({ tasks, results }),
+        results,
+        concurrency: 1,
+        baseRetryDelayMs: 50,
+      });
+    try {
+      // An older worker, deployed before the module had `score`, takes the job first.
+      const older = await worker({});
+      const task = createRemoteTaskLogic({ queue: await daemonBus.workQueue('tasks', queueOptions), results: await daemonBus.keyValue('results'), defaultTimeoutMs: 20_000 });
+      const running = toPromise(createActor(task, { input: { task: 'score', key: 'flow-r/score', input: { text: 'abc' } } }).start());
+      await new Promise((r) => setTimeout(r, 300));
+      await older.stop();
+      const runs: string[] = [];
+      const newer = await worker(countingTasks(runs));
+      expect(await running).toMatchObject({ success: true, result: { length: 3 } });
+      expect(runs).toEqual(['score']);
+      await newer.stop();
+    } finally {
+      await workerBus.close();
+      await daemonBus.close();
+      await nats.close();
+    }
+  });
+
   it('a task that throws on the worker: its failure reaches the flow; it is not an answer, so a later run runs it again', async () => {
     const runs: string[] = [];
     await using s = await overNats(countingTasks(runs));

@@ -1,0 +1,373 @@
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { handWrittenAnswer } from '../examples/offline/answers.js';
+import { FlowHost, type FlowHostOptions, type KeptEvent } from '../src/flowHost.js';
+import { provideFlows } from '../src/flows.js';
+import { silentLogger } from '../src/log.js';
+import type { ReentrantOutput } from '../src/machines/reentrant.js';
+import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
+import { LmdbStore } from '../src/persistence/LmdbStore.js';
+import { scripted } from './support/flows.js';
+import { assign, setup as machineSetup } from 'xstate';
+import { z } from 'zod';
+import { defineFlow } from '../src/flowCatalog.js';
+import { connectNatsBus } from '../src/bus/NatsBus.js';
+import { KvLeaseBoard } from '../src/leases.js';
+import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
+import { startNatsServer } from '../src/testing/natsServer.js';
+import { startRelay } from './support/relay.js';
+import { reply, startFakeAnthropic } from '../src/testing/fakeAnthropic.js';
+import { runCli, startCli, until as untilCli } from './support/cliProcess.js';
+import { afterAll } from 'vitest';
+import type { FeedbackLoopOutput } from '../src/machines/feedbackLoop.js';
+
+// Attacks on waiting flows that sleep (src/flowSleep.ts, FlowHost sleep/wake/restore):
+// events, deadlines, cancels, stops and a takeover racing the wake; a wait in a child; a
+// user's `after` (must stay awake); `microtask run` answered by other processes. Each
+// checks what a user sees: applied once, ended once, `finished` resolves.
+
+const example = JSON.parse(await readFile(new URL('../examples/reentrant.json', import.meta.url), 'utf8')) as Record<string, unknown>;
+const { review: _review, ...withoutReview } = example;
+const personReview = (maxWaitMs?: number) => ({ ...withoutReview, personReview: maxWaitMs ? { maxWaitMs } : {} });
+
+const loopExample = JSON.parse(await readFile(new URL('../examples/feedback-loop.json', import.meta.url), 'utf8')) as Record<string, unknown>;
+const { verify: _verify, ...loopInput } = loopExample;
+
+// A user's flow whose wait is in a CHILD: it invokes the feedback loop, scored by a person.
+const ownLoop = defineFlow({
+  name: 'own-loop',
+  version: 1,
+  input: z.object({ key: z.string().optional(), maxWaitMs: z.number().optional() }),
+  machine: (blocks) =>
+    machineSetup({
+      types: {} as { input: { key: string; maxWaitMs?: number }; context: { input: { key: string; maxWaitMs?: number }; out: FeedbackLoopOutput | undefined } },
+      actors: { loop: blocks.patterns.feedbackLoop! },
+    }).createMachine({
+      id: 'own-loop',
+      context: ({ input }) => ({ input, out: undefined }),
+      initial: 'looping',
+      states: {
+        looping: {
+          invoke: {
+            src: 'loop',
+            id: 'loop',
+            input: ({ context }: { context: { input: { key: string; maxWaitMs?: number } } }) =>
+              ({ ...loopInput, key: `${context.input.key}/loop`, personVerify: context.input.maxWaitMs ? { maxWaitMs: context.input.maxWaitMs } : {} }) as never,
+            onDone: { target: 'done', actions: assign({ out: ({ event }) => event.output as FeedbackLoopOutput }) },
+          },
+        },
+        done: { type: 'final' },
+      },
+      output: ({ context }) => ({ status: 'done', result: context.out, usage: context.out?.usage }),
+    }),
+});
+
+// A user's machine whose waiting state also has an XState `after` (not in a snapshot): it must stay awake.
+const afterWait = defineFlow({
+  name: 'after-wait',
+  version: 1,
+  input: z.object({ key: z.string().optional() }),
+  machine: () =>
+    machineSetup({}).createMachine({
+      id: 'after-wait',
+      context: { how: 'waiting' },
+      initial: 'preparing',
+      states: {
+        preparing: { after: { 10: 'waiting' } },
+        waiting: {
+          meta: { wait: { for: 'a go', events: { go: z.object({}) } } },
+          on: { go: { target: 'went', actions: assign({ how: 'went' }) } },
+          after: { 400: { target: 'late', actions: assign({ how: 'late' }) } },
+        },
+        went: { type: 'final' },
+        late: { type: 'final' },
+      },
+      output: ({ context }) => ({ status: 'done', result: context.how }),
+    }),
+});
+const userFlows = [ownLoop, afterWait];
+
+const fakeModel = await startFakeAnthropic({ replies: () => reply.text('Exports of a million rows no longer run out of memory.') });
+afterAll(() => fakeModel.close());
+
+async function setup() {
+  const dir = await mkdtemp(join(tmpdir(), 'sleep-attack-'));
+  const store = await LmdbSnapshotStore.open(await LmdbStore.open(dir));
+  const runtime = scripted((request) => handWrittenAnswer(request));
+  const kept = new Map<string, KeptEvent[]>();
+  const host = (sleepAfterMs?: number, extra: Pick<FlowHostOptions, 'onEvent' | 'onDone' | 'keptEvents'> = {}) =>
+    new FlowHost({
+      flows: provideFlows({ microtask: runtime.microtask }, userFlows),
+      store,
+      logger: silentLogger,
+      outRoot: dir,
+      keptEvents: async (flowId) => kept.get(flowId) ?? [],
+      ...(sleepAfterMs !== undefined ? { sleepAfterMs } : {}),
+      ...extra,
+    });
+  return { dir, store, runtime, host, kept };
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, ms = 10_000) {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const asleep = (host: FlowHost, flowId: string) => host.running(flowId) !== undefined && host.liveWaits(flowId) === undefined;
+
+describe('waits in a child, and a user machine with `after`', () => {
+  it("a user's flow whose wait is in a child (a feedback loop scored by a person) sleeps, an answer routed to the child wakes it, and it ends as awake", async () => {
+    const outputs: FeedbackLoopOutput[] = [];
+    for (const sleepAfterMs of [0, Number.POSITIVE_INFINITY]) {
+      const s = await setup();
+      const host = s.host(sleepAfterMs);
+      const flowId = await host.start('own-loop', {});
+      await until('the child waiting', async () => (await s.store.load(flowId))?.record.waiting?.[0]?.actor === 'loop');
+      if (sleepAfterMs === 0) await until('the flow asleep', () => asleep(host, flowId));
+      expect(await host.send(flowId, { eventId: 's1', type: 'score', data: { score: 0.2, feedback: 'more detail' } })).toBe('applied');
+      await until('the second attempt waiting', async () => s.runtime.model.calls.length === 2 && (await s.store.load(flowId))!.record.waiting?.length === 1);
+      if (sleepAfterMs === 0) await until('the flow asleep again', () => asleep(host, flowId));
+      expect(await host.send(flowId, { eventId: 's1', type: 'score', data: { score: 0.9 } })).toBe('duplicate');
+      expect(await host.send(flowId, { eventId: 's2', type: 'score', data: { score: 0.95 } })).toBe('applied');
+      const done = (await host.finished(flowId))!;
+      expect(done.received).toEqual(['s1', 's2']);
+      outputs.push((done.output as { result: FeedbackLoopOutput }).result);
+    }
+    expect(outputs[0]).toMatchObject({ status: 'done', score: 0.95, iterations: 2 });
+    expect(outputs[0]!.history.map((h) => h.score)).toEqual(outputs[1]!.history.map((h) => h.score));
+  });
+
+  it("a child's deadline wakes the sleeping flow once: the child's timeout path, the flow ends", async () => {
+    const s = await setup();
+    const host = s.host(0);
+    const flowId = await host.start('own-loop', { maxWaitMs: 400 });
+    await until('the flow asleep', () => asleep(host, flowId));
+    const record = (await host.finished(flowId))!;
+    expect(record.status).toBe('done');
+    const out = (record.output as { result: FeedbackLoopOutput }).result;
+    expect(out.reason).toContain('within 400 ms');
+    expect(s.runtime.model.calls).toHaveLength(1);
+  });
+
+  it('a waiting state with an XState `after` never sleeps (the delay is not in the snapshot): the `after` fires', async () => {
+    const s = await setup();
+    const host = s.host(0);
+    const flowId = await host.start('after-wait', {});
+    await until('the wait saved', async () => (await s.store.load(flowId))?.record.waiting !== undefined);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(asleep(host, flowId)).toBe(false);
+    const record = (await host.finished(flowId))!;
+    expect(record.output).toMatchObject({ result: 'late' });
+  });
+});
+
+describe('wakes racing each other, the deadline, a cancel, a stop', () => {
+  it('two answers at once to a sleeping flow: woken once, the first applied, the second refused as awake; the same id twice: applied once', async () => {
+    const s = await setup();
+    const host = s.host(0);
+    const flowId = await host.start('reentrant', personReview());
+    await until('the flow asleep', () => asleep(host, flowId));
+    const both = await Promise.allSettled([
+      host.send(flowId, { eventId: 'a', type: 'review', data: { approved: false, feedback: 'shorter' } }),
+      host.send(flowId, { eventId: 'b', type: 'review', data: { approved: true } }),
+    ]);
+    expect(both[0]).toEqual({ status: 'fulfilled', value: 'applied' });
+    expect(both[1]!.status).toBe('rejected');
+    expect(String((both[1] as PromiseRejectedResult).reason)).toContain('waits for no event now');
+    await until('the second pass asleep', () => s.runtime.model.calls.length === 2 && host.waiting(flowId)?.length === 1 && asleep(host, flowId));
+    // The same rejection three times at once: applied once (one more pass), the others duplicates.
+    const same = await Promise.all([1, 2, 3].map(() => host.send(flowId, { eventId: 'c', type: 'review', data: { approved: false, feedback: 'again' } })));
+    expect(same.sort()).toEqual(['applied', 'duplicate', 'duplicate']);
+    await until('the third pass asleep', () => s.runtime.model.calls.length === 3 && host.waiting(flowId)?.length === 1 && asleep(host, flowId));
+    expect(await host.send(flowId, { eventId: 'd', type: 'review', data: { approved: true } })).toBe('applied');
+    const done = (await host.finished(flowId))!;
+    expect(done.received).toEqual(['a', 'c', 'd']);
+    expect(done.refused).toEqual(['b']);
+    expect(s.runtime.model.calls).toHaveLength(3);
+  });
+
+  it('an answer arriving as its deadline wakes it: either applied (the flow approves) or too late (it times out), never both, ended once', async () => {
+    const s = await setup();
+    for (const offset of [-20, -5, 0, 2, 5, 20]) {
+      const ends: string[] = [];
+      const h = s.host(0, { onDone: async (d) => void ends.push(d.status) });
+      const flowId = await h.start('reentrant', personReview(300));
+      await until('the flow asleep', () => asleep(h, flowId));
+      const until_ = Date.parse((await s.store.load(flowId))!.record.waiting![0]!.until!);
+      await new Promise((r) => setTimeout(r, Math.max(0, until_ + offset - Date.now())));
+      const sent = await h.send(flowId, { eventId: `late-${offset}`, type: 'review', data: { approved: true }, sentAt: Date.now() }).catch((e: Error) => e.message);
+      const record = (await h.finished(flowId))!;
+      const output = record.output as ReentrantOutput;
+      if (sent === 'applied') {
+        expect(output).toMatchObject({ approved: true });
+        expect(record.received).toEqual([`late-${offset}`]);
+      } else {
+        expect(output.status).toBe('exhausted');
+        expect(record.received).toBeUndefined();
+      }
+      await new Promise((r) => setTimeout(r, 50));
+      expect(ends).toEqual([record.status]);
+    }
+  }, 30_000);
+
+  it('a cancel racing the deadline wake: ended once, cancelled or timed out, and finished resolves', async () => {
+    const s = await setup();
+    for (const offset of [-2, 0, 1, 3]) {
+      const host = s.host(0);
+      const flowId = await host.start('reentrant', personReview(200));
+      await until('the flow asleep', () => asleep(host, flowId));
+      const at = Date.parse((await s.store.load(flowId))!.record.waiting![0]!.until!);
+      await new Promise((r) => setTimeout(r, Math.max(0, at + offset - Date.now())));
+      const cancelled = await host.cancel(flowId);
+      const record = (await host.finished(flowId))!;
+      expect(cancelled ? ['cancelled', 'done'] : ['done']).toContain(record.status);
+      expect((await s.store.load(flowId))!.record.status).toBe(record.status);
+    }
+  });
+
+  it('a stop while an answer is waking the flow: nothing is lost; the answer (kept) is applied on resume, once', async () => {
+    const s = await setup();
+    const a = s.host(0);
+    const flowId = await a.start('reentrant', personReview());
+    await until('the flow asleep', () => asleep(a, flowId));
+    const event: KeptEvent = { eventId: 'k1', type: 'review', data: { approved: true }, sentAt: Date.now() };
+    s.kept.set(flowId, [event]);
+    const sent = a.send(flowId, event).catch((e: Error) => e.message);
+    await a.stop();
+    const outcome = await sent;
+    expect(['applied', 'not-here']).toContain(outcome);
+    expect(a.running(flowId)).toBeUndefined();
+    const b = s.host(0);
+    const stored = (await s.store.load(flowId))!.record;
+    if (stored.status === 'running') {
+      expect(await b.resume(flowId)).toBe('resumed');
+      const record = (await b.finished(flowId))!;
+      expect(record.received).toEqual(['k1']);
+      expect((record.output as ReentrantOutput).approved).toBe(true);
+    } else expect(stored.received).toEqual(['k1']);
+  });
+
+  it('resumed asleep: an answer sent while the kept events are read is applied once, after them', async () => {
+    const s = await setup();
+    const a = s.host(0);
+    const flowId = await a.start('reentrant', personReview());
+    await until('the flow asleep', () => asleep(a, flowId));
+    await a.stop();
+    // The inbox read is slow; it holds the first answer (a rejection), and the approval is sent during the read.
+    let release!: () => void;
+    const reading = new Promise<void>((r) => (release = r));
+    const reject: KeptEvent = { eventId: 'k-reject', type: 'review', data: { approved: false, feedback: 'shorter' }, sentAt: Date.now() };
+    const b = s.host(0, { keptEvents: async () => (await reading, [reject]) });
+    const resumed = b.resume(flowId);
+    await until('resumed asleep', () => asleep(b, flowId));
+    // The same rejection delivered live (the inbox's follower) while the read is under way: a duplicate.
+    const live = b.send(flowId, reject);
+    release();
+    expect(await resumed).toBe('resumed');
+    expect(await live).toBe('duplicate');
+    await until('the second pass waiting', () => s.runtime.model.calls.length === 2 && b.waiting(flowId)?.length === 1);
+    expect(await b.send(flowId, { eventId: 'ok', type: 'review', data: { approved: true } })).toBe('applied');
+    const record = (await b.finished(flowId))!;
+    expect(record.received).toEqual(['k-reject', 'ok']);
+    expect(record.output).toMatchObject({ approved: true, passes: 2 });
+  });
+});
+
+describe('over NATS, two hosts: a takeover while the flow sleeps', () => {
+  it("a host cut off lets its sleeping flow go; the other takes it over asleep and its deadline fires there, once; the first, back, wakes nothing", async () => {
+    const LEASE_MS = 1_500;
+    await using nats = await startNatsServer();
+    const relay = await startRelay(nats.port);
+    const dir = await mkdtemp(join(tmpdir(), 'sleep-takeover-'));
+    const runtime = scripted((request) => handWrittenAnswer(request));
+    const busA = await connectNatsBus({ servers: [relay.url], reconnectTimeWaitMs: 100 });
+    const busB = await connectNatsBus({ servers: [nats.url] });
+    const ends: Record<string, string[]> = { 'host-a': [], 'host-b': [] };
+    const host = async (bus: typeof busA, owner: string) =>
+      new FlowHost({
+        flows: provideFlows({ microtask: runtime.microtask }),
+        store: new KvSnapshotStore(await bus.keyValue('snapshots')),
+        logger: silentLogger,
+        outRoot: dir,
+        storeRetryMs: 500,
+        sleepAfterMs: 0,
+        onDone: async (d) => void ends[owner]!.push(d.status),
+        lease: { owner, durationMs: LEASE_MS, board: new KvLeaseBoard(await bus.keyValue('leases')) },
+      });
+    const a = await host(busA, 'host-a');
+    const b = await host(busB, 'host-b');
+    const store = new KvSnapshotStore(await busB.keyValue('snapshots'));
+    try {
+      a.startLeases();
+      b.startLeases();
+      const timed = await a.start('reentrant', personReview(4_000));
+      const open = await a.start('reentrant', personReview());
+      await until('both asleep at host-a', () => asleep(a, timed) && asleep(a, open));
+      relay.cut();
+      // An answer to host A while it is cut off: it cannot wake the flow (the store is unreachable); never applied there.
+      const lost = a.send(open, { eventId: 'cut-1', type: 'review', data: { approved: true }, sentAt: Date.now() }).then(
+        (o) => o,
+        (e: Error) => `rejected: ${e.message}`,
+      );
+      await until('host-a letting them go', () => a.running(timed) === undefined && a.running(open) === undefined, 10_000);
+      await until('host-b taking them over', () => b.running(timed) !== undefined && b.running(open) !== undefined, 10_000);
+      // Taken over asleep: no actor built.
+      expect(asleep(b, timed) && asleep(b, open)).toBe(true);
+      relay.restore();
+      expect(await lost).not.toBe('applied');
+      // The deadline fires at host B, once.
+      const record = (await b.finished(timed))!;
+      expect((record.output as ReentrantOutput).status).toBe('exhausted');
+      expect(await b.send(open, { eventId: 'ok', type: 'review', data: { approved: true }, sentAt: Date.now() })).toBe('applied');
+      expect(((await b.finished(open))!.output as ReentrantOutput).approved).toBe(true);
+      await new Promise((r) => setTimeout(r, LEASE_MS));
+      expect(ends).toEqual({ 'host-a': [], 'host-b': ['done', 'done'] });
+      expect((await store.load(open))!.record.received).toEqual(['ok']);
+      expect(a.running(timed)).toBeUndefined();
+    } finally {
+      await a.stop();
+      await b.stop();
+      await busA.close();
+      await busB.close();
+      await relay.close();
+    }
+  }, 60_000);
+});
+
+describe('the embedded CLI: `microtask run` waits asleep, other processes answer', () => {
+  const waitingFlow = (stderr: string) => /flow (\S+) waits for a person's review/.exec(stderr)?.[1];
+  const cliSetup = async (maxWaitMs?: number) => {
+    const state = await mkdtemp(join(tmpdir(), 'cli-sleep-'));
+    const input = join(state, 'input.json');
+    await writeFile(input, JSON.stringify(personReview(maxWaitMs)));
+    return { env: { MICROTASK_STATE_DIR: state, ANTHROPIC_API_KEY: 'sk-test', ANTHROPIC_BASE_URL: fakeModel.url }, input };
+  };
+
+  it('the same rejection sent by two processes at once revises once; the approval ends it', async () => {
+    const { env, input } = await cliSetup();
+    const running = startCli(['run', 'reentrant', '--input', input, '--json', '--no-progress'], env);
+    const flowId = await untilCli(() => waitingFlow(running.stderr()), 'the flow to wait');
+    await new Promise((r) => setTimeout(r, 200));
+    const both = await Promise.all([1, 2].map(() => runCli(['reject', flowId, '--feedback', 'name who benefits', '--id', 'r-1'], env)));
+    expect(both.map((r) => r.code)).toEqual([0, 0]);
+    await untilCli(() => running.stderr().split(`flow ${flowId} waits for`).length === 3, 'the second wait');
+    expect((await runCli(['approve', flowId, '--id', 'ok-1'], env)).code).toBe(0);
+    expect(await running.exited).toBe(0);
+    const output = JSON.parse(running.stdout());
+    expect(output).toMatchObject({ status: 'done', approved: true, passes: 2 });
+    expect(output.revisions.map((r: { review: { by: string } }) => r.review.by)).toEqual(['person', 'person']);
+  }, 60_000);
+
+  it('its deadline passes while it sleeps: `run` wakes it and ends with the timeout path (exit 1)', async () => {
+    const { env, input } = await cliSetup(1_500);
+    const running = startCli(['run', 'reentrant', '--input', input, '--json', '--no-progress'], env);
+    await untilCli(() => waitingFlow(running.stderr()), 'the flow to wait');
+    expect(await running.exited).toBe(1);
+    expect(JSON.parse(running.stdout())).toMatchObject({ status: 'exhausted', approved: false, passes: 1 });
+  }, 60_000);
+});

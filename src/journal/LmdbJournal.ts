@@ -29,6 +29,10 @@ export interface LmdbJournalOptions {
  * processes writing one flow (a daemon, and `microtask cancel`) never overwrite each
  * other. Appends are plain lmdb-js writes: those of an event-loop turn share one commit
  * with the flows' saves; they are not waited for (the journal is a diagnostic record).
+ * The entries one flow appends before the process's next tick are one value, in the order
+ * appended, one per line (JSON text holds no raw newline): a flow of one microtask
+ * journals 8 entries in 3 writes, a feedback loop 28 in 8. Each lmdb-js write costs the
+ * main thread more than serializing an entry does.
  *
  * A step the snapshot store already holds (LmdbSnapshotStore writes each step with the
  * record that makes it durable) is journaled as a reference to it, not a second copy of
@@ -44,6 +48,8 @@ export class LmdbJournal implements Journal {
   private readonly written = new EventEmitter();
   private readonly writer = randomBytes(4).toString('hex');
   private readonly touched = new Map<string, number>();
+  /** Entries appended and not yet written, per flow, in order (written at the next tick). */
+  private readonly pending = new Map<string, Array<{ kind: JournalEntry['kind']; text: string }>>();
   private last: Promise<unknown> = Promise.resolve();
   private closed = false;
 
@@ -69,25 +75,50 @@ export class LmdbJournal implements Journal {
     const { flowId } = entry;
     if (this.closed) return this.report(new JournalError('JOURNAL_WRITE', `journal closed; entry of flow ${flowId} dropped`));
     if (!isValidFlowId(flowId)) return this.report(new JournalError('JOURNAL_WRITE', `flow id ${JSON.stringify(flowId)} cannot name a journal`));
-    let write: Promise<unknown>;
+    let text: string;
     try {
       // The stores found the disk full: this write would fail its commit (and the saves' with it).
       if (this.db.diskFull) throw new Error(`ENOSPC: no space left on ${this.db.path}`);
-      const { journal, steps } = this.dbs;
-      const text = entry.kind === 'step' && steps.doesExist([flowId, entry.step]) ? stepRef(entry.step) : serializeJournalEntry(entry, snapshotJson);
-      const at = nextTime();
-      write = committed(journal.put([flowId, at, this.writer], text));
-      this.touch(flowId, at);
+      const { steps } = this.dbs;
+      text = entry.kind === 'step' && steps.doesExist([flowId, entry.step]) ? stepRef(entry.step) : serializeJournalEntry(entry, snapshotJson);
     } catch (e) {
-      write = Promise.reject(e);
+      return this.failed(flowId, [entry.kind], e);
     }
-    this.last = write.then(
-      () => this.written.emit(flowId),
-      (e: unknown) => this.report(new JournalError('JOURNAL_WRITE', `cannot write a ${entry.kind} entry of flow ${flowId} in ${this.db.path}: ${(e as Error).message}`, { cause: e })),
-    );
+    let entries = this.pending.get(flowId);
+    if (!entries) {
+      if (this.pending.size === 0) process.nextTick(() => this.writePending());
+      entries = [];
+      this.pending.set(flowId, entries);
+    }
+    entries.push({ kind: entry.kind, text });
+  }
+
+  /** Writes the entries appended since the last call: each flow's as one value. */
+  private writePending() {
+    for (const [flowId, entries] of this.pending) {
+      let write: Promise<unknown>;
+      try {
+        const at = nextTime();
+        write = committed(this.dbs.journal.put([flowId, at, this.writer], entries.map((e) => e.text).join('\n')));
+        this.touch(flowId, at);
+      } catch (e) {
+        write = Promise.reject(e);
+      }
+      this.last = write.then(
+        () => this.written.emit(flowId),
+        (e: unknown) => this.failed(flowId, entries.map((x) => x.kind), e),
+      );
+    }
+    this.pending.clear();
+  }
+
+  private failed(flowId: string, kinds: ReadonlyArray<JournalEntry['kind']>, e: unknown) {
+    const what = kinds.length === 1 ? `a ${kinds[0]} entry` : `${kinds.length} entries (${kinds.join(', ')})`;
+    this.report(new JournalError('JOURNAL_WRITE', `cannot write ${what} of flow ${flowId} in ${this.db.path}: ${(e as Error).message}`, { cause: e }));
   }
 
   async flush(): Promise<void> {
+    this.writePending();
     // Writes commit in the order they were issued: the last one settled, all have.
     for (let last; last !== this.last; ) await (last = this.last);
   }
@@ -257,7 +288,13 @@ class StepResolver {
     if (entry.kind === 'step') this.mark(entry.step);
   }
 
-  push(text: string, report: (e: JournalError) => void): JournalEntry[] {
+  /** The entries of one stored value: one entry, or a flow's entries of one tick, one per line. */
+  push(value: string, report: (e: JournalError) => void): JournalEntry[] {
+    if (!value.includes('\n')) return this.pushOne(value, report);
+    return value.split('\n').flatMap((text) => this.pushOne(text, report));
+  }
+
+  private pushOne(text: string, report: (e: JournalError) => void): JournalEntry[] {
     if (text.startsWith(STEP_REF)) {
       const step = Number(text.slice(STEP_REF.length, -1));
       if (this.delivered.has(step)) return [];

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { FileJournal } from '../../src/journal/FileJournal.js';
 import type { JournalEntry, JournalError } from '../../src/journal/Journal.js';
 import { LmdbJournal } from '../../src/journal/LmdbJournal.js';
@@ -64,6 +64,38 @@ describe('LmdbJournal', () => {
     const stored = Array.from(db.dbs.journal.getRange({ start: ['flow-ref'], end: ['flow-ref', Number.MAX_SAFE_INTEGER] } as never), (e) => e.value);
     expect(stored).toEqual(['{"ref":"step","step":1}']);
     expect(await journal.read('flow-ref')).toEqual([{ ...rest, kind: 'step', flowId: 'flow-ref', snapshot: JSON.parse(snapshotJson) }]);
+    await journal.close();
+    await db.close();
+  });
+
+  it("writes a flow's entries of one tick as one value, one per line, and reads and follows them back in order", async () => {
+    const db = await LmdbStore.open(await stateDir());
+    const errors: JournalError[] = [];
+    const journal = new LmdbJournal(await LmdbStore.open(db.stateDir), { onError: (e) => errors.push(e), pollMs: 50 });
+    const followed: string[] = [];
+    const follow = await journal.follow('flow-a', (e) => followed.push(kinds([e])[0]!));
+    const entry = (flowId: string, state: string): JournalEntry => ({ kind: 'transition', flowId, at: at(), actor: 'root', machine: 'm', state, event: 'go' });
+    // One tick: three entries of flow-a, one of flow-b between them.
+    journal.append({ kind: 'flow', phase: 'started', flowId: 'flow-a', at: at(), pattern: 'p', status: 'running', input: {} });
+    journal.append(entry('flow-a', 'one'));
+    journal.append(entry('flow-b', 'other'));
+    journal.append(entry('flow-a', 'two\nwith a newline in a string'));
+    // The next tick: a value of its own.
+    await new Promise((resolve) => setImmediate(resolve));
+    journal.append(entry('flow-a', 'three'));
+    await journal.flush();
+    const stored = (flowId: string) => Array.from(db.dbs.journal.getRange({ start: [flowId], end: [flowId, Number.MAX_SAFE_INTEGER] } as never), (e) => e.value as string);
+    expect(stored('flow-a').map((v) => v.split('\n').length)).toEqual([3, 1]);
+    expect(stored('flow-b')).toHaveLength(1);
+    const states = (entries: JournalEntry[]) => entries.map((e) => (e.kind === 'transition' ? e.state : kinds([e])[0]));
+    expect(states(await journal.read('flow-a'))).toEqual(['started', 'one', 'two\nwith a newline in a string', 'three']);
+    expect(states(await journal.read('flow-b'))).toEqual(['other']);
+    await vi.waitFor(() => expect(followed).toEqual(['started', 'transition', 'transition', 'transition']));
+    // A line that does not parse is skipped alone (reported); the rest of its value reads.
+    await db.dbs.journal.put(['flow-a', Date.now() * 1000 + 999_999, 'corrupt'], `${JSON.stringify(entry('flow-a', 'four'))}\nnot json\n${JSON.stringify(entry('flow-a', 'five'))}`);
+    expect(states(await journal.read('flow-a'))).toEqual(['started', 'one', 'two\nwith a newline in a string', 'three', 'four', 'five']);
+    expect(errors.map((e) => e.code)).toEqual(['JOURNAL_CORRUPT_ENTRY']);
+    await follow.stop();
     await journal.close();
     await db.close();
   });

@@ -87,7 +87,27 @@ const afterWait = defineFlow({
       output: ({ context }) => ({ status: 'done', result: context.how }),
     }),
 });
-const userFlows = [ownLoop, afterWait];
+// The same `after`, in a child machine's waiting state: the child's delays are the flow's (one actor system).
+const afterChild = defineFlow({
+  name: 'after-child',
+  version: 1,
+  input: z.object({ key: z.string().optional() }),
+  machine: (blocks) =>
+    machineSetup({
+      types: {} as { context: { how: string } },
+      actors: { child: afterWait.machine(blocks) },
+    }).createMachine({
+      id: 'after-child',
+      context: { how: 'running' },
+      initial: 'running',
+      states: {
+        running: { invoke: { src: 'child', id: 'child', input: {}, onDone: { target: 'done', actions: assign({ how: ({ event }) => String((event.output as { result: string }).result) }) } } },
+        done: { type: 'final' },
+      },
+      output: ({ context }) => ({ status: 'done', result: context.how }),
+    }),
+});
+const userFlows = [ownLoop, afterWait, afterChild];
 
 const fakeModel = await startFakeAnthropic({ replies: () => reply.text('Exports of a million rows no longer run out of memory.') });
 afterAll(() => fakeModel.close());
@@ -163,6 +183,33 @@ describe('waits in a child, and a user machine with `after`', () => {
     expect(asleep(host, flowId)).toBe(false);
     const record = (await host.finished(flowId))!;
     expect(record.output).toMatchObject({ result: 'late' });
+  });
+
+  it('the same `after` in a child machine that waits: the flow stays awake, the child times out', async () => {
+    const s = await setup();
+    const host = s.host(0);
+    const flowId = await host.start('after-child', {});
+    await until('the child waiting', async () => (await s.store.load(flowId))?.record.waiting?.[0]?.actor === 'child');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(asleep(host, flowId)).toBe(false);
+    expect((await host.finished(flowId))!.output).toMatchObject({ result: 'late' });
+  });
+
+  it('woken for nothing (a duplicate): no step saved, no new revision, and it sleeps again', async () => {
+    const s = await setup();
+    const host = s.host(0);
+    const flowId = await host.start('reentrant', personReview());
+    await until('the flow asleep', () => asleep(host, flowId));
+    expect(await host.send(flowId, { eventId: 'r1', type: 'review', data: { approved: false, feedback: 'shorter' } })).toBe('applied');
+    await until('asleep again', () => s.runtime.model.calls.length === 2 && host.waiting(flowId)?.length === 1 && asleep(host, flowId));
+    const before = (await s.store.load(flowId))!;
+    for (let i = 0; i < 5; i++) {
+      expect(await host.send(flowId, { eventId: 'r1', type: 'review', data: { approved: false, feedback: 'shorter' } })).toBe('duplicate');
+      await until('asleep again', () => asleep(host, flowId));
+    }
+    const after = (await s.store.load(flowId))!;
+    expect(after.revision).toBe(before.revision);
+    expect(after.record.steps).toBe(before.record.steps);
   });
 });
 

@@ -21,6 +21,9 @@ import { startRelay } from './support/relay.js';
 import { reply, startFakeAnthropic } from '../src/testing/fakeAnthropic.js';
 import { runCli, startCli, until as untilCli } from './support/cliProcess.js';
 import { afterAll } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { connect } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
 import type { FeedbackLoopOutput } from '../src/machines/feedbackLoop.js';
 
 // Attacks on waiting flows that sleep (src/flowSleep.ts, FlowHost sleep/wake/restore):
@@ -111,6 +114,9 @@ const userFlows = [ownLoop, afterWait, afterChild];
 
 const fakeModel = await startFakeAnthropic({ replies: () => reply.text('Exports of a million rows no longer run out of memory.') });
 afterAll(() => fakeModel.close());
+const CLI_PATH = new URL('../dist/cli.js', import.meta.url).pathname;
+const daemons: ChildProcess[] = [];
+afterAll(() => daemons.forEach((d) => d.kill('SIGKILL')));
 
 async function setup() {
   const dir = await mkdtemp(join(tmpdir(), 'sleep-attack-'));
@@ -417,4 +423,68 @@ describe('the embedded CLI: `microtask run` waits asleep, other processes answer
     expect(await running.exited).toBe(1);
     expect(JSON.parse(running.stdout())).toMatchObject({ status: 'exhausted', approved: false, passes: 1 });
   }, 60_000);
+});
+
+describe('two daemons over NATS: the owner frozen (SIGSTOP) while its flow sleeps', () => {
+  it('the other takes the flow over asleep; an answer sent meanwhile is applied once, there; the first, thawed, lets it go', async () => {
+    await using nats = await startNatsServer();
+    const state = await mkdtemp(join(tmpdir(), 'sleep-daemons-'));
+    const env = (id: string) => ({
+      PATH: process.env.PATH ?? '',
+      NATS_URL: nats.url,
+      ANTHROPIC_API_KEY: 'sk-test',
+      ANTHROPIC_BASE_URL: fakeModel.url,
+      MICROTASK_LEASE_MS: '1500',
+      MICROTASK_STATE_DIR: join(state, id),
+      MICROTASK_DAEMON_ID: id,
+      MICROTASK_LOG_LEVEL: 'warn',
+      MICROTASK_INSPECTOR_PORT: '0',
+    });
+    const daemon = (id: string) => {
+      const child = spawn(process.execPath, [CLI_PATH, 'daemon', '--worker'], { env: env(id), stdio: ['ignore', 'ignore', 'pipe'] });
+      daemons.push(child);
+      return child;
+    };
+    const client = await connect({ servers: nats.url });
+    const bus = await connectNatsBus({ servers: [nats.url] });
+    const request = async (subject: string, payload: unknown) => (await client.request(subject, JSON.stringify(payload), { timeout: 10_000 })).json<any>();
+    try {
+      const a = daemon('daemon-a');
+      let started: any;
+      for (let i = 0; i < 100 && !started?.ok; i++) {
+        started = await request('microtask.flow.start.reentrant', { input: personReview() }).catch(() => undefined);
+        if (!started?.ok) await new Promise((r) => setTimeout(r, 100));
+      }
+      const flowId = started.flowId as string;
+      const store = new KvSnapshotStore(await bus.keyValue('snapshots'));
+      await until('the flow waiting at daemon-a', async () => (await store.load(flowId))?.record.waiting !== undefined, 20_000);
+      const calls = () => fakeModel.requests.length;
+      const callsWaiting = calls();
+      daemon('daemon-b');
+      await new Promise((r) => setTimeout(r, 1_500));
+      a.kill('SIGSTOP');
+      await until('daemon-b taking the flow over', async () => (await store.load(flowId))?.record.owner === 'daemon-b', 20_000);
+      // A rejection, published to the flow's inbox (flow.send may be routed to the frozen daemon): applied once, one more pass (one model call), waiting again.
+      const js = jetstream(client);
+      await js.publish(`microtask.flow.${flowId}.inbox`, JSON.stringify({ eventId: 'r-1', type: 'review', data: { approved: false, feedback: 'shorter' } }));
+      a.kill('SIGCONT');
+      await until('the second pass waiting', async () => {
+        const r = (await store.load(flowId))?.record;
+        return r?.received?.includes('r-1') === true && r.waiting !== undefined;
+      }, 20_000);
+      await new Promise((r) => setTimeout(r, 2_000));
+      expect(calls() - callsWaiting).toBe(1);
+      expect((await request('microtask.flow.send', { flowId, eventId: 'ok-1', type: 'review', data: { approved: true } })).ok).toBe(true);
+      await until('the flow done', async () => (await store.load(flowId))?.record.status === 'done', 20_000);
+      const record = (await store.load(flowId))!.record;
+      expect(record.owner).toBe('daemon-b');
+      expect(record.received).toEqual(['r-1', 'ok-1']);
+      expect(record.output).toMatchObject({ approved: true, passes: 2 });
+      expect(calls() - callsWaiting).toBe(1);
+    } finally {
+      for (const d of daemons) d.kill('SIGKILL');
+      await client.close();
+      await bus.close();
+    }
+  }, 90_000);
 });

@@ -45,17 +45,25 @@ export class FlowJournaling {
       if (snapshot.status === 'done') this.microtaskFinished(hosted, ref, started, snapshot.output);
       return;
     }
-    const input = snapshot.input as { taskType?: unknown; key?: unknown; prompt?: unknown; system?: unknown; data?: unknown } | undefined;
-    if (typeof input?.taskType !== 'string' || typeof input.key !== 'string' || typeof input.prompt !== 'string') return;
-    const base = { kind: 'microtask' as const, actor: actorPath(ref, hosted.actor), key: input.key, taskType: input.taskType };
+    const input = snapshot.input as { taskType?: unknown; task?: unknown; key?: unknown; prompt?: unknown; system?: unknown; data?: unknown; input?: unknown } | undefined;
+    if (typeof input?.key !== 'string') return;
+    // A microtask (a model call), or a task of the user's module (src/actors/task.ts): both
+    // are journaled, withdrawn on cancel and waited for by a drain; a task's entry has its
+    // name as its type, its input as its data, and no prompt.
+    const isMicrotask = typeof input.taskType === 'string' && typeof input.prompt === 'string';
+    const isTask = !isMicrotask && typeof input.task === 'string';
+    if (!isMicrotask && !isTask) return;
+    const taskType = (isMicrotask ? input.taskType : input.task) as string;
+    const base = { kind: 'microtask' as const, actor: actorPath(ref, hosted.actor), key: input.key, taskType };
     hosted.microtasks.set(ref, base);
     if (!this.journal) return;
+    const data = isMicrotask ? input.data : input.input;
     const entry = {
       ...base,
       phase: 'started' as const,
-      prompt: input.prompt,
+      ...(isMicrotask ? { prompt: input.prompt as string } : {}),
       ...(typeof input.system === 'string' ? { system: input.system } : {}),
-      ...(input.data !== undefined ? { data: input.data } : {}),
+      ...(data !== undefined ? { data } : {}),
     };
     // A child starts while its parent's transition is still being processed: journal the
     // start after that transition, which is reported when the processing ends.

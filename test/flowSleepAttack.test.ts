@@ -220,6 +220,25 @@ describe('waits in a child, and a user machine with `after`', () => {
 });
 
 describe('wakes racing each other, the deadline, a cancel, a stop', () => {
+  it('with sleepAfterMs: awake for that long, then asleep; an answer sent around the moment it falls asleep is applied, every time', async () => {
+    const s = await setup();
+    const SLEEP_AFTER = 60;
+    for (const offset of [-10, -3, -1, 0, 1, 2, 3, 5, 10]) {
+      const host = s.host(SLEEP_AFTER);
+      const flowId = await host.start('reentrant', personReview());
+      let savedAt = 0;
+      await until('the wait saved', async () => ((await s.store.load(flowId))?.record.waiting !== undefined ? ((savedAt = Date.now()), true) : false), 10_000);
+      await new Promise((r) => setTimeout(r, Math.max(0, savedAt + SLEEP_AFTER + offset - Date.now())));
+      expect(await host.send(flowId, { eventId: `ok${offset}`, type: 'review', data: { approved: true } })).toBe('applied');
+      expect(((await host.finished(flowId))!.output as ReentrantOutput).approved).toBe(true);
+    }
+    const host = s.host(SLEEP_AFTER);
+    const flowId = await host.start('reentrant', personReview());
+    await until('the wait saved', async () => (await s.store.load(flowId))?.record.waiting !== undefined);
+    expect(asleep(host, flowId)).toBe(false);
+    await until('asleep after sleepAfterMs', () => asleep(host, flowId), 2_000);
+  });
+
   it('two answers at once to a sleeping flow: woken once, the first applied, the second refused as awake; the same id twice: applied once', async () => {
     const s = await setup();
     const host = s.host(0);

@@ -26,7 +26,7 @@ import { FlowJournaling } from './flowJournaling.js';
 import { HostLeasing, RESUME_CONCURRENCY, SCAN_BEATS_MAX_AGE_MS } from './flowLeasing.js';
 import { hasScheduledEvents, sleepPlan } from './flowSleep.js';
 import { actorPath, remember, sameIds, type Ending, type HostedFlow, type PendingStep, type SleepingFlow } from './hostedFlow.js';
-import { saveStep, withoutLeaseUntil } from './flowSaving.js';
+import { loadForWake, saveStep, withoutLeaseUntil } from './flowSaving.js';
 
 export interface FlowHostOptions {
   flows: Flows;
@@ -153,7 +153,9 @@ export class FlowHost {
     hosted.steps = 1;
     hosted.lastStepAt = first.at;
     hosted.lastCaptured = json;
-    hosted.record = { ...hosted.record, steps: 1 };
+    // A flow whose first state waits (a user's machine) says so from its first save.
+    const waiting = publicWaits(waitsOf(hosted.actor));
+    hosted.record = { ...hosted.record, steps: 1, ...(waiting.length ? { waiting } : {}) };
     // As in saveBatch: with a store that keeps no steps, the journal has the first step
     // before the save is acknowledged; otherwise after.
     const keeps = this.options.store.keepsSteps === true;
@@ -179,7 +181,9 @@ export class FlowHost {
     }
     if (keeps) journalStart();
     else if (journaled) this.gateSends(hosted, [journaled]);
+    if (waiting.length) this.options.onWaiting?.(flowId, waiting);
     hosted.actor.start();
+    this.sleepSoon(hosted);
     return flowId;
   }
 
@@ -382,7 +386,12 @@ export class FlowHost {
   /** A flow that left this host (ended, lost, stopped by its store): its `finished`, for a caller that asks late. */
   private leave(hosted: HostedFlow) {
     if (this.flows.get(hosted.flowId) === hosted) this.flows.delete(hosted.flowId);
-    this.left.set(hosted.flowId, hosted.finished);
+    this.keepLeft(hosted.flowId, hosted.finished);
+  }
+
+  /** Keeps a flow's `finished` for a caller that asks after it left (the last 1,000). */
+  private keepLeft(flowId: string, finished: Promise<FlowSnapshotRecord>) {
+    this.left.set(flowId, finished);
     if (this.left.size > 1_000) this.left.delete(this.left.keys().next().value!);
   }
 
@@ -409,11 +418,16 @@ export class FlowHost {
    * flow; throws EventRefusedError when no wait accepts it or its data is wrong.
    */
   async send(flowId: string, event: KeptEvent): Promise<'applied' | 'duplicate' | 'not-here'> {
-    const hosted = this.flows.get(flowId) ?? (this.sleeping.has(flowId) ? await this.wake(flowId) : undefined);
-    if (!hosted) return 'not-here';
-    await hosted.started;
-    if (hosted.ending || hosted.lost || hosted.frozen) return 'not-here';
-    return this.applyOrRefuse(hosted, event);
+    for (;;) {
+      const hosted = this.flows.get(flowId) ?? (this.sleeping.has(flowId) ? await this.wake(flowId) : undefined);
+      if (!hosted) return 'not-here';
+      await hosted.started;
+      // Put to sleep while this waited (the sleep's announcements acknowledged in the same
+      // turn): the flow is still here, asleep; wake it rather than answer "not here".
+      if (hosted.frozen && !hosted.ending && !hosted.lost && this.sleeping.has(flowId)) continue;
+      if (hosted.ending || hosted.lost || hosted.frozen) return 'not-here';
+      return this.applyOrRefuse(hosted, event);
+    }
   }
 
   /**
@@ -489,6 +503,9 @@ export class FlowHost {
    */
   async drain(graceMs: number): Promise<void> {
     const deadline = Date.now() + graceMs;
+    // Asleep, a flow has nothing in flight and everything saved: let go at once, so that no
+    // answer or deadline wakes it into the drain (an awake one is parked and takes none).
+    await Promise.allSettled(this.dropSleeping());
     for (const hosted of this.flows.values()) {
       hosted.awaiting = new Set(hosted.microtasks.keys());
       if (hosted.awaiting.size === 0) this.park(hosted);
@@ -597,6 +614,10 @@ export class FlowHost {
     if (!sameIds(hosted.received, record.received) || !sameIds(hosted.refused, record.refused)) return;
     const plan = sleepPlan(record.snapshot);
     if (!plan || hasScheduledEvents(hosted.actor)) return;
+    // A deadline already passed: the live timer has fired (or is about to), and the flow
+    // still waits. Restored, the timer would fire again at once, and again at every wake
+    // (a flow that stays in its waiting state after `wait.timeout`): it stays awake.
+    if (plan.wakeAt !== undefined && plan.wakeAt <= Date.now()) return;
     // Stopped as a shutdown stops it: not a step, nothing saved (its record is its last step).
     hosted.frozen = true;
     hosted.actor.stop();
@@ -650,7 +671,8 @@ export class FlowHost {
     let kept: KeptEvent[];
     try {
       kept = (await asleep.kept) ?? [];
-      stored = await this.options.store.load(flowId);
+      // Retried while the failure may pass; given up when this host lets the flow go (a stop, a lapse).
+      stored = await loadForWake(this.options.store, flowId, { retryMs: this.options.storeRetryMs, logger: this.options.logger, givenUp: () => this.sleeping.get(flowId) !== asleep });
     } catch (e) {
       // The store unreachable: still asleep, woken again by the next event, or soon when it has a deadline.
       asleep.waking = undefined;
@@ -666,7 +688,7 @@ export class FlowHost {
       const ended = stored && stored.record.status !== 'running';
       this.options.logger.info({ flowId, status: stored?.record.status }, ended ? 'flow ended elsewhere (cancelled) while asleep here' : 'flow taken over by another owner while asleep here');
       if (this.leases) void this.leases.release(flowId);
-      this.left.set(flowId, asleep.finished);
+      this.keepLeft(flowId, asleep.finished);
       asleep.resolveFinished(stored?.record ?? asleep.record);
       return undefined;
     }

@@ -44,6 +44,28 @@ export async function saveStep(
   }
 }
 
+/**
+ * A flow's stored record read to wake it (src/flowHost.ts restore), tried again while the
+ * store's failure may pass, as a save is: a sleeping flow's answer must not be lost to
+ * a timeout an awake flow (which reads nothing to take it) would never have met.
+ */
+export async function loadForWake(
+  store: SnapshotStore,
+  flowId: string,
+  options: { retryMs?: number | undefined; logger: Logger; givenUp: () => boolean },
+): ReturnType<SnapshotStore['load']> {
+  const giveUpAt = Date.now() + (options.retryMs ?? DEFAULT_STORE_RETRY_MS);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await store.load(flowId);
+    } catch (e) {
+      if (e instanceof CorruptSnapshotError || PERMANENT_FS_CODES.has((e as { code?: string }).code ?? '') || Date.now() >= giveUpAt || options.givenUp()) throw e;
+      options.logger.warn({ flowId, attempt, err: e }, 'could not read a sleeping flow to wake it; trying again');
+      await new Promise((resolve) => setTimeout(resolve, Math.min(2_000, 50 * 2 ** attempt) * (0.5 + Math.random() / 2)));
+    }
+  }
+}
+
 /** A record without the per-flow lease older daemons wrote (the lease is the owner's heartbeat now). */
 export function withoutLeaseUntil(record: FlowSnapshotRecord): FlowSnapshotRecord {
   const { leaseUntil: _older, ...rest } = record;

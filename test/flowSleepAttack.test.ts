@@ -18,6 +18,7 @@ import { KvLeaseBoard } from '../src/leases.js';
 import { KvSnapshotStore } from '../src/persistence/KvSnapshotStore.js';
 import { startNatsServer } from '../src/testing/natsServer.js';
 import { startRelay } from './support/relay.js';
+import { StoreUnavailableError } from '../src/persistence/StoreUnavailableError.js';
 import { reply, startFakeAnthropic } from '../src/testing/fakeAnthropic.js';
 import { runCli, startCli, until as untilCli } from './support/cliProcess.js';
 import { afterAll } from 'vitest';
@@ -145,6 +146,9 @@ async function until(what: string, check: () => boolean | Promise<boolean>, ms =
 }
 
 const asleep = (host: FlowHost, flowId: string) => host.running(flowId) !== undefined && host.liveWaits(flowId) === undefined;
+const ticks = async (n: number) => {
+  for (let i = 0; i < n; i++) await Promise.resolve();
+};
 
 describe('waits in a child, and a user machine with `after`', () => {
   it("a user's flow whose wait is in a child (a feedback loop scored by a person) sleeps, an answer routed to the child wakes it, and it ends as awake", async () => {
@@ -506,4 +510,140 @@ describe('two daemons over NATS: the owner frozen (SIGSTOP) while its flow sleep
       await bus.close();
     }
   }, 90_000);
+});
+
+describe('an event racing the sleep transition', () => {
+  it('sent while the flow is being put to sleep (its last announcement acknowledged in the same turn): applied, never "not-here"', async () => {
+    const s = await setup();
+    const outcomes: string[] = [];
+    for (let n = 0; n < 40; n++) {
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      const host = s.host(0, { onEvent: () => gate });
+      const flowId = await host.start('reentrant', personReview());
+      await until('the wait saved', async () => (await s.store.load(flowId))?.record.waiting !== undefined);
+      // The sleep timer has fired and waits on the announcements.
+      await new Promise((r) => setTimeout(r, 20));
+      expect(asleep(host, flowId)).toBe(false);
+      release();
+      await ticks(n);
+      const outcome = await host.send(flowId, { eventId: `ok-${n}`, type: 'review', data: { approved: true } });
+      // "not-here" for a flow this host still runs (asleep): Daemon.deliver drops it, and it waits until a restart.
+      outcomes.push(`${n}:${outcome}:${host.running(flowId) ? (asleep(host, flowId) ? 'asleep-here' : 'awake-here') : 'gone'}`);
+      if (outcome === 'applied') expect(((await host.finished(flowId))!.output as ReentrantOutput).approved).toBe(true);
+      await host.stop();
+    }
+    expect(outcomes.filter((o) => !o.includes(':applied:'))).toEqual([]);
+  }, 60_000);
+});
+
+
+// A user's waiting state that notes its deadline and goes on waiting (a reminder): the wait
+// timer fires once, awake. Asleep, every wake restores the timer, past its deadline, which
+// fires again; the flow sleeps again with the same past deadline and wakes at once.
+const remind = defineFlow({
+  name: 'remind',
+  version: 1,
+  input: z.object({ key: z.string().optional() }),
+  machine: (blocks) =>
+    machineSetup({
+      types: {} as { context: { reminders: number } },
+      actors: { waitTimer: blocks.waitTimer },
+    }).createMachine({
+      id: 'remind',
+      context: { reminders: 0 },
+      initial: 'preparing',
+      states: {
+        preparing: { after: { 10: 'waiting' } },
+        waiting: {
+          meta: { wait: { for: 'a go', events: { go: z.object({}) } } },
+          invoke: { src: 'waitTimer', id: 'waitTimer', input: { timeoutMs: 200 } },
+          on: {
+            'wait.timeout': { actions: assign({ reminders: ({ context }) => context.reminders + 1 }) },
+            go: 'went',
+          },
+        },
+        went: { type: 'final' },
+      },
+      output: ({ context }) => ({ status: 'done', result: context.reminders }),
+    }),
+});
+
+describe('a wait that outlives its deadline', () => {
+  it('a waiting state that stays after `wait.timeout` (a reminder): the deadline fires once asleep, as awake', async () => {
+    const results: unknown[] = [];
+    for (const sleepAfterMs of [Number.POSITIVE_INFINITY, 0]) {
+      const s = await setup();
+      const host = new FlowHost({ flows: provideFlows({ microtask: s.runtime.microtask }, [remind]), store: s.store, logger: silentLogger, outRoot: s.dir, sleepAfterMs });
+      const flowId = await host.start('remind', {});
+      await new Promise((r) => setTimeout(r, 700));
+      const steps = (await s.store.load(flowId))!.record.steps;
+      expect(await host.send(flowId, { eventId: 'go', type: 'go', data: {} })).toBe('applied');
+      results.push({ reminders: ((await host.finished(flowId))!.output as { result: number }).result, steps });
+    }
+    expect(results[1]).toEqual(results[0]);
+  });
+});
+
+describe('a wake when the store fails for a moment', () => {
+  it('an answer whose wake finds the store unreachable once (a KV timeout) is still applied, as awake (no store read) it would be', async () => {
+    const s = await setup();
+    let failNext = false;
+    // The real lmdb store; its next load fails once, as a NATS KV get times out during a leader election.
+    const flaky = new Proxy(s.store, {
+      get(target, prop, receiver) {
+        if (prop === 'load') {
+          return async (flowId: string) => {
+            if (failNext) {
+              failNext = false;
+              throw new StoreUnavailableError('snapshot store: request timed out');
+            }
+            return target.load(flowId);
+          };
+        }
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const host = new FlowHost({ flows: provideFlows({ microtask: s.runtime.microtask }), store: flaky, logger: silentLogger, outRoot: s.dir, storeRetryMs: 2_000, sleepAfterMs: 0 });
+    const flowId = await host.start('reentrant', personReview());
+    await until('the flow asleep', () => asleep(host, flowId));
+    failNext = true;
+    // As Daemon.deliver does: an error other than a refusal is logged, the event not tried again.
+    const outcome = await host.send(flowId, { eventId: 'ok', type: 'review', data: { approved: true }, sentAt: Date.now() }).catch((e: Error) => `rejected: ${e.message}`);
+    const ended = await Promise.race([host.finished(flowId), new Promise((r) => setTimeout(() => r('still asleep'), 8_000))]);
+    expect({ outcome, ended: typeof ended === 'string' ? ended : (ended as { status: string }).status }).toEqual({ outcome: 'applied', ended: 'done' });
+  }, 15_000);
+});
+
+// A user's flow whose very first state waits: its first save (made before the actor
+// starts) must already say so, or it never sleeps and `flow.get` shows no wait.
+const gateFirst = defineFlow({
+  name: 'gate-first',
+  version: 1,
+  input: z.object({ key: z.string().optional() }),
+  machine: () =>
+    machineSetup({}).createMachine({
+      id: 'gate-first',
+      initial: 'waiting',
+      states: {
+        waiting: { meta: { wait: { for: 'a go', events: { go: z.object({}) } } }, on: { go: 'went' } },
+        went: { type: 'final' },
+      },
+      output: () => ({ status: 'done' }),
+    }),
+});
+
+describe('a flow whose first state waits', () => {
+  it('its first save says what it waits for, it sleeps, and an answer ends it', async () => {
+    const s = await setup();
+    const told: string[] = [];
+    const host = new FlowHost({ flows: provideFlows({ microtask: s.runtime.microtask }, [gateFirst]), store: s.store, logger: silentLogger, outRoot: s.dir, sleepAfterMs: 0, onWaiting: (flowId) => void told.push(flowId) });
+    const flowId = await host.start('gate-first', {});
+    expect((await s.store.load(flowId))!.record.waiting).toEqual([{ actor: 'root', state: 'waiting', for: 'a go', events: ['go'] }]);
+    expect(told).toEqual([flowId]);
+    await until('the flow asleep', () => host.running(flowId) !== undefined && host.liveWaits(flowId) === undefined);
+    expect(await host.send(flowId, { eventId: 'g1', type: 'go', data: {} })).toBe('applied');
+    expect((await host.finished(flowId))!.status).toBe('done');
+  });
 });

@@ -155,7 +155,11 @@ export class FlowHost {
     hosted.lastCaptured = json;
     // A flow whose first state waits (a user's machine) says so from its first save.
     const waiting = publicWaits(waitsOf(hosted.actor));
-    hosted.record = { ...hosted.record, steps: 1, ...(waiting.length ? { waiting } : {}) };
+    // The root's start is announced with seq 1 once the first step is durable: saved with it,
+    // not in a save of its own when the root reports it (a second save and fsync per flow).
+    hosted.seq = 1;
+    hosted.startAnnounced = true;
+    hosted.record = { ...hosted.record, steps: 1, seq: 1, ...(waiting.length ? { waiting } : {}) };
     // As in saveBatch: with a store that keeps no steps, the journal has the first step
     // before the save is acknowledged; otherwise after.
     const keeps = this.options.store.keepsSteps === true;
@@ -182,8 +186,9 @@ export class FlowHost {
     if (keeps) journalStart();
     else if (journaled) this.gateSends(hosted, [journaled]);
     if (waiting.length) this.options.onWaiting?.(flowId, waiting);
+    hosted.pending.push({ step: first, snapshot: undefined, seq: 1, announceOnly: true, seqSaved: true });
+    this.queueWrite(hosted);
     hosted.actor.start();
-    this.sleepSoon(hosted);
     return flowId;
   }
 
@@ -815,6 +820,9 @@ export class FlowHost {
    */
   private capture(hosted: HostedFlow, ref: AnyActorRef, snapshot: { status?: string; value?: unknown }, eventType: string, isRoot: boolean) {
     if (hosted.ending || hosted.lost || hosted.frozen) return;
+    // The root's first report is its start, announced already when its snapshot is the first step's.
+    const startAnnounced = isRoot && hosted.startAnnounced === true;
+    if (isRoot) hosted.startAnnounced = false;
     const persisted = hosted.actor.getPersistedSnapshot() as { status?: string; error?: unknown };
     // A crashed machine's snapshot holds an Error object; records hold JSON only.
     const jsonSafe = persisted.status === 'error' ? { ...persisted, error: errorInfo(persisted.error) } : persisted;
@@ -831,7 +839,7 @@ export class FlowHost {
       // reports the transition itself, so a root transition can find its snapshot already
       // taken, under a child's start: the step is the root's (relabelled while unsaved),
       // and it is announced with its own seq.
-      if (!isRoot || hosted.restoring) return;
+      if (!isRoot || hosted.restoring || startAnnounced) return;
       const last = hosted.pending.at(-1);
       if (last && last.seq === undefined && !last.announceOnly) {
         Object.assign(last.step, cause);
@@ -876,7 +884,7 @@ export class FlowHost {
     // A root transition announced without a step of its own still moves the record's seq:
     // a resumed flow goes on from the seq on disk.
     const journaled =
-      saving.length > 0 || batch.length > 0 || hosted.touch || ending ? await this.saveBatch(hosted, saving, batch, ending) : [];
+      saving.length > 0 || batch.some((p) => !p.seqSaved) || hosted.touch || ending ? await this.saveBatch(hosted, saving, batch, ending) : [];
     // Announced only now that they are durable, each root transition with its own seq.
     // The announcements go out in order without waiting on each other's acks (a bus keeps
     // the order of what one connection sends), and the next save does not wait for them.

@@ -31,6 +31,8 @@ export interface PendingStep {
   waiting?: FlowWait[];
   /** A root transition whose snapshot an earlier step, already saved, holds: announced, not saved again. */
   announceOnly?: boolean;
+  /** Its seq is on disk already (the start's, saved with the first step): no save is owed for it. */
+  seqSaved?: boolean;
 }
 
 /**
@@ -65,6 +67,8 @@ export interface HostedFlow {
   flowId: string;
   /** True while resume starts the restored actor (its root's init report is no transition). */
   restoring?: boolean;
+  /** Set by start until the root reports its start: that report was announced with the first step (seq 1). */
+  startAnnounced?: boolean;
   actor: AnyActorRef;
   record: FlowSnapshotRecord;
   revision: number;

@@ -53,6 +53,8 @@ export interface SleepingFlow {
   kept?: Promise<KeptEvent[]>;
   /** Its earliest deadline (epoch ms), when it has one. */
   wakeAt?: number;
+  /** Resumed asleep (a host's start): its resume is journaled when it wakes. */
+  resumed?: boolean;
 }
 
 /** The end of a flow, saved with (or after) its last step. */

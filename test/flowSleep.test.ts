@@ -167,3 +167,39 @@ describe('sleepPlan: which snapshots may sleep', () => {
     expect(sleepPlan(null)).toBeUndefined();
   });
 });
+
+describe('resuming many flows reads them in one pass', () => {
+  it('with a store that loads all at once and an inbox read at once: no read per flow; an answer kept for one still wakes it', async () => {
+    const s = await setup();
+    const a = s.host(0);
+    const ids = [];
+    for (let i = 0; i < 5; i++) ids.push(await a.start('reentrant', personReview()));
+    await until('all asleep', () => ids.every((id) => asleep(a, id)));
+    await a.stop();
+    let loads = 0;
+    let keptReads = 0;
+    // The lmdb store, counting its loads, with a loadAll as a store that has one gives it.
+    const store = new Proxy(s.store, {
+      get(target, prop, receiver) {
+        if (prop === 'load') return (flowId: string) => (loads++, target.load(flowId));
+        if (prop === 'loadAll') return async () => Promise.all((await target.list({ status: 'running' })).map(async ({ flowId }) => (await target.load(flowId))!));
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    const b = new FlowHost({
+      flows: provideFlows({ microtask: s.runtime.microtask }),
+      store,
+      logger: silentLogger,
+      outRoot: s.dir,
+      sleepAfterMs: 0,
+      keptEvents: async () => (keptReads++, []),
+      keptEventsAll: async () => new Map([[ids[0]!, [{ eventId: 'k1', type: 'review', data: { approved: true }, sentAt: Date.now() }]]]),
+    });
+    const { resumed } = await b.resumeAll();
+    expect(resumed.sort()).toEqual([...ids].sort());
+    // One load: the wake of the flow that had an answer kept (a wake reads its record).
+    expect({ loads, keptReads }).toEqual({ loads: 1, keptReads: 0 });
+    expect(((await b.finished(ids[0]!))!.output as ReentrantOutput).approved).toBe(true);
+    expect(ids.slice(1).every((id) => asleep(b, id))).toBe(true);
+  });
+});

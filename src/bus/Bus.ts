@@ -122,6 +122,11 @@ export interface KeyValueStore {
   delete(key: string): Promise<void>;
   /** Keys, optionally those matching a subject-style filter (`flows.>`, `a.*`). */
   keys(filter?: string): Promise<string[]>;
+  /**
+   * The current entries of the keys matching `filter`, read in one pass (a consumer of the
+   * bucket's last values, not a request per key): for a scan of many (100,000 flows resumed).
+   */
+  entries(filter?: string): Promise<KvEntry[]>;
   /** The key's current entry (or undefined), then every change; undefined again when deleted. */
   watch(key: string, handler: (entry: KvEntry | undefined) => void): Promise<BusSubscription>;
   /**

@@ -708,6 +708,10 @@ class MemoryKeyValue implements KeyValueStore {
       .map(([key]) => key);
   }
 
+  async entries(filter = '>'): Promise<KvEntry[]> {
+    return (await this.keys(filter)).map((key) => this.entry(key)).filter((e): e is KvEntry => e !== undefined);
+  }
+
   async watch(key: string, handler: (entry: KvEntry | undefined) => void): Promise<BusSubscription> {
     this.bus.assertOpen();
     assertKvKey(key);

@@ -665,6 +665,30 @@ export class NatsBus implements Bus {
     );
   }
 
+  /**
+   * The last stored message of each subject matching `filter` (a KV bucket's current
+   * entries), mapped by `pick` (undefined: left out); counted first, so an empty read does
+   * not wait for a fetch to expire.
+   */
+  async readLastPerSubject<T>(stream: string, filter: string, pick: (subject: string, data: Uint8Array, seq: number, operation: string | undefined) => T | undefined): Promise<T[]> {
+    const info = await this.jsm.streams.info(stream, { subjects_filter: filter });
+    const subjects = Object.keys(info.state.subjects ?? {}).length;
+    if (subjects === 0) return [];
+    const consumer = await this.js.consumers.get(stream, { deliver_policy: DeliverPolicy.LastPerSubject, filter_subjects: filter });
+    const out: T[] = [];
+    for (;;) {
+      const batch = await consumer.fetch({ max_messages: 1000, expires: 2_000 });
+      let pending = -1;
+      for await (const m of batch) {
+        const picked = pick(m.subject, m.data, m.seq, m.headers?.get('KV-Operation') || undefined);
+        if (picked !== undefined) out.push(picked);
+        pending = m.info.pending;
+        if (pending === 0) break;
+      }
+      if (pending <= 0) return out;
+    }
+  }
+
   /** The stored messages matching `filter`: counted first, so an empty read does not wait for a fetch to expire. */
   private async readStored(stream: string, filter: string): Promise<BusMessage[]> {
     try {
@@ -998,6 +1022,20 @@ class NatsKeyValue implements KeyValueStore {
       await this.kv.delete(key);
     } catch (e) {
       throw this.bus.mapError(e, `delete ${key}`);
+    }
+  }
+
+  async entries(filter = '>'): Promise<KvEntry[]> {
+    this.bus.assertOpen();
+    this.bus.assertSubject(filter, true);
+    // The bucket's stream, last message per key: one consumer, fetched in batches.
+    const { stream, prefix } = this.kv as unknown as { stream: string; prefix: string };
+    try {
+      return await this.bus.readLastPerSubject(stream, `${prefix}.${filter}`, (subject, data, seq, operation) =>
+        operation === 'DEL' || operation === 'PURGE' ? undefined : new NatsKvEntry(subject.slice(prefix.length + 1), data, seq),
+      );
+    } catch (e) {
+      throw this.bus.mapError(e, `read the entries ${filter}`);
     }
   }
 

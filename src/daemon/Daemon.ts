@@ -106,6 +106,7 @@ export class Daemon {
       },
       onCancel: (flowId, keys) => this.withdraw(flowId, keys),
       keptEvents: (flowId) => this.inbox.read(flowId),
+      keptEventsAll: () => this.inbox.readAll(),
     });
   }
 

@@ -40,6 +40,20 @@ export class BusInbox implements Inbox {
     return out;
   }
 
+  async readAll(): Promise<Map<string, KeptEvent[]>> {
+    const out = new Map<string, KeptEvent[]>();
+    for (const message of await this.log.read(this.names.flowInbox('*'))) {
+      const flowId = this.names.flowOfInbox(message.subject);
+      if (!flowId) continue;
+      const event = parseKeptEvent(flowId, message.string(), this.onError);
+      if (!event) continue;
+      const events = out.get(flowId) ?? [];
+      events.push(stamped(event, message.storedAt));
+      out.set(flowId, events);
+    }
+    return out;
+  }
+
   async follow(handler: (flowId: string, event: KeptEvent) => void): Promise<{ stop(): Promise<void> }> {
     // New ones only: what is stored is read by whoever resumes a flow (`read`), and the
     // host applies an id once. (Replaying the whole stream at every start made a daemon

@@ -19,6 +19,8 @@ export interface Inbox {
   append(flowId: string, event: KeptEvent): Promise<void>;
   /** The events kept for a flow, oldest first (unreadable ones skipped, reported). */
   read(flowId: string): Promise<KeptEvent[]>;
+  /** The events kept for every flow, by flow, each flow's oldest first: one pass (a daemon resuming all its flows). */
+  readAll(): Promise<Map<string, KeptEvent[]>>;
   /**
    * Tells `handler` of each event appended from now on, for any flow, in the order each
    * flow's were appended, until stopped (a reconnect loses none).

@@ -41,6 +41,19 @@ export class LmdbInbox implements Inbox {
     return out;
   }
 
+  async readAll(): Promise<Map<string, KeptEvent[]>> {
+    const out = new Map<string, KeptEvent[]>();
+    for (const { key, value } of this.dbs.inbox.getRange({})) {
+      const flowId = (key as unknown[])[0] as string;
+      const event = parseKeptEvent(flowId, value, this.report);
+      if (!event) continue;
+      const events = out.get(flowId) ?? [];
+      events.push(event);
+      out.set(flowId, events);
+    }
+    return out;
+  }
+
   async follow(handler: (flowId: string, event: KeptEvent) => void): Promise<{ stop(): Promise<void> }> {
     let stopped = false;
     // From now: what is stored was read by whoever resumed the flows.

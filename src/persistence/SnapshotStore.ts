@@ -147,6 +147,12 @@ export interface SnapshotStore {
    */
   load(flowId: string): Promise<StoredSnapshot | undefined>;
   /** Summaries, oldest `updatedAt` first; corrupt entries are skipped and reported to `onCorrupt`. */
+  /**
+   * Every flow's record and revision (those of these statuses), read in one pass where the
+   * store can (a resume of every flow at a daemon's start). Optional: `list` then `load`
+   * otherwise.
+   */
+  loadAll?(filter?: ListFilter): Promise<StoredSnapshot[]>;
   list(filter?: ListFilter): Promise<FlowSummary[]>;
   /** Removes the flow; nothing happens when there is none. */
   delete(flowId: string): Promise<void>;

@@ -468,6 +468,22 @@ export function runBusContract(name: string, makeBus: () => Promise<BusUnderTest
         expect(await kv.keys('none.>')).toEqual([]);
       });
 
+      it('reads the current entries of many keys in one pass: last values, revisions as get gives them, deleted keys left out', async () => {
+        const kv = await bus.keyValue(unique('entries'));
+        for (let i = 0; i < 1_500; i++) await kv.put(`flows.${i}`, `v${i}`);
+        await kv.put('flows.7', 'changed');
+        await kv.put('other.x', 'v');
+        await kv.delete('flows.3');
+        const entries = await kv.entries('flows.>');
+        expect(entries).toHaveLength(1_499);
+        const byKey = new Map(entries.map((e) => [e.key, e]));
+        expect(byKey.has('flows.3')).toBe(false);
+        expect(byKey.get('flows.7')?.string()).toBe('changed');
+        expect(byKey.get('flows.1499')?.string()).toBe('v1499');
+        expect(byKey.get('flows.7')?.revision).toBe((await kv.get('flows.7'))?.revision);
+        expect(await kv.entries('none.>')).toEqual([]);
+      });
+
       it('watches a key: its current entry (or undefined), then every change, undefined when deleted', async () => {
         const bucket = unique('watch');
         const kv = await bus.keyValue(bucket);

@@ -54,6 +54,19 @@ export function runInboxContract(name: string, make: () => Promise<InboxUnderTes
       expect(await t.inbox.read(flowId())).toEqual([]);
     });
 
+    it('reads every flow\'s events in one pass, by flow, each as read gives them', async () => {
+      const a = flowId();
+      const b = flowId();
+      await t.inbox.append(a, review('a1'));
+      await t.inbox.append(b, review('b1'));
+      await t.inbox.append(a, review('a2', false));
+      const all = await (await t.second()).readAll();
+      expect(all.get(a)).toEqual(await t.inbox.read(a));
+      expect(all.get(b)).toEqual(await t.inbox.read(b));
+      expect(all.get(a)!.map((e) => e.eventId)).toEqual(['a1', 'a2']);
+      expect(all.has(flowId())).toBe(false);
+    });
+
     it('tells a follower of each event appended after it started, from any handle, in order, until stopped', async () => {
       const a = flowId();
       await t.inbox.append(a, review('before'));

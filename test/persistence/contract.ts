@@ -204,6 +204,18 @@ export function runSnapshotStoreContract(name: string, make: (options: SnapshotS
       it('is empty for an empty store', async () => {
         expect(await store.list()).toEqual([]);
       });
+
+      it('loadAll, where a store has it, gives what load gives for each flow of the statuses asked', async () => {
+        if (!store.loadAll) return;
+        await store.save(flowRecord('flow-a', { status: 'running' }), null);
+        const revB = await store.save(flowRecord('flow-b', { status: 'running' }), null);
+        await store.save(flowRecord('flow-b', { status: 'running', state: 'later' }), revB);
+        await store.save(flowRecord('flow-c', { status: 'done' }), null);
+        const all = await store.loadAll({ status: 'running' });
+        const expected = await Promise.all(['flow-a', 'flow-b'].map(async (id) => (await store.load(id))!));
+        expect(all.sort((x, y) => x.record.flowId.localeCompare(y.record.flowId))).toEqual(expected);
+        expect(await store.loadAll({ status: 'cancelled' })).toEqual([]);
+      });
     });
 
     describe('corrupt entries', () => {

@@ -42,7 +42,7 @@ export const flowsOf = (runtime: Runtime): Flows =>
   provideFlows(
     {
       microtask: createMicrotaskLogic(runtime.runner),
-      task: embeddedTaskLogic({ results: runtime.results, logger: runtime.logger, defaultTimeoutMs: runtime.config.MICROTASK_TIMEOUT_MS }),
+      task: embeddedTaskLogic({ results: runtime.results, logger: runtime.logger, defaultTimeoutMs: runtime.config.MICROTASK_TIMEOUT_MS, ...(runtime.tasks ? { tasks: runtime.tasks } : {}) }),
     },
     runtime.flows,
   );

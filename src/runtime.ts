@@ -17,6 +17,7 @@ import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import { displayUrl } from './secrets.js';
 import type { FlowDefinition } from './flowCatalog.js';
+import type { Tasks } from './actors/task.js';
 
 /** The cassette the offline default replays: shipped with the examples, answers written by hand. */
 export const OFFLINE_CASSETTE = fileURLToPath(new URL('../examples/offline/cassette.json', import.meta.url));
@@ -96,6 +97,8 @@ export interface Runtime {
   inbox: Inbox;
   /** The user's flows its hosts know beside the built-ins; unset: the process's module (--flows). */
   flows?: readonly FlowDefinition[];
+  /** The tasks its flows run (src/actors/task.ts); unset: the process's module's (--flows). */
+  tasks?: Tasks;
   /** Waits for the journal's writes, then releases the database (it closes with this process's last handle). */
   close(): Promise<void>;
   /** `await using runtime = await createRuntime(…)`: closed at the end of the scope. */
@@ -112,12 +115,14 @@ export interface RuntimeRegistry {
   wrapModel?: (model: ModelPort) => ModelPort;
   /** A program's own flows (the library's orchestrator), instead of the process's module. */
   flows?: readonly FlowDefinition[];
+  /** A program's own tasks, with its flows. */
+  tasks?: Tasks;
   /** A program's own model, instead of the one the configuration chooses. */
   model?: ModelPort;
 }
 
 export async function createRuntime(config: Config, logger: Logger, registry: RuntimeRegistry = {}): Promise<Runtime> {
-  const { wrapModel, flows, model: given, ...answersAndFallbacks } = registry;
+  const { wrapModel, flows, tasks, model: given, ...answersAndFallbacks } = registry;
   const chosen = given ? { model: given, description: `${given.name}, given by the program` } : await chooseModel(config);
   // Metered (src/ops/metrics.ts) when the daemon serves metrics: the runner calls the model through it.
   const model = wrapModel ? wrapModel(chosen.model) : chosen.model;
@@ -139,7 +144,7 @@ export async function createRuntime(config: Config, logger: Logger, registry: Ru
       await db.close();
     };
     const inbox = new LmdbInbox(db, { onError: (message) => logger.warn({ inbox: true }, message) });
-    return { config, logger, store, model, modelDescription: description, results, runner, journal, db, inbox, ...(flows ? { flows } : {}), storeLocation: db.path, close, [Symbol.asyncDispose]: close };
+    return { config, logger, store, model, modelDescription: description, results, runner, journal, db, inbox, ...(flows ? { flows } : {}), ...(tasks ? { tasks } : {}), storeLocation: db.path, close, [Symbol.asyncDispose]: close };
   } catch (e) {
     await db.close();
     throw e;

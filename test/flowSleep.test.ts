@@ -172,7 +172,7 @@ describe('resuming many flows reads them in one pass', () => {
   it('with a store that loads all at once and an inbox read at once: no read per flow; an answer kept for one still wakes it', async () => {
     const s = await setup();
     const a = s.host(0);
-    const ids = [];
+    const ids: string[] = [];
     for (let i = 0; i < 5; i++) ids.push(await a.start('reentrant', personReview()));
     await until('all asleep', () => ids.every((id) => asleep(a, id)));
     await a.stop();

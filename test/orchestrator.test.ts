@@ -13,6 +13,7 @@ import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { startDaemonService, startWorkerService } from '../src/services.js';
 import { reply, startFakeAnthropic, type FakeAnthropic } from '../src/testing/fakeAnthropic.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
+import { countingTasks, enrichFlow } from './support/taskFlows.js';
 
 // The orchestrator a program embeds: one contract, run against flows in this process (a
 // state directory) and against a daemon and a worker on a nats-server of its own; the
@@ -266,6 +267,19 @@ describe('the orchestrator, embedded only', () => {
     }
     const bad = await refusal(createOrchestrator({ stateDir: await mkdtemp(join(tmpdir(), 'orch-bad-')), env, flows: [{ ...shout, name: 'microtask' }] }));
     expect(bad.code).toBe('INVALID_FLOW_DEFINITION');
+  });
+
+  it("runs the program's own tasks, given with its flows as a module", async () => {
+    const runs: string[] = [];
+    const orchestrator = await createOrchestrator({ stateDir: await mkdtemp(join(tmpdir(), 'orch-tasks-')), env, flows: { flows: [enrichFlow], tasks: countingTasks(runs) } });
+    try {
+      const flowId = await orchestrator.start('enrich', { text: '  Hello ' });
+      const done = await orchestrator.done(flowId);
+      expect(done).toMatchObject({ status: 'done', output: { result: { normalized: { success: true, result: 'hello' }, score: { success: true, result: { length: 5 } } } } });
+      expect(runs).toHaveLength(2);
+    } finally {
+      await orchestrator.close();
+    }
   });
 
   it('refuses options that name no mode, or both', async () => {

@@ -8,7 +8,7 @@ import { FlowSendRequestSchema } from '../daemon/protocol.js';
 import { claimRequest, type RequestIds } from '../daemon/requestClaims.js';
 import type { FlowDefinition, FlowsModule } from '../flowCatalog.js';
 import { newFlowId, type FlowHost } from '../flowHost.js';
-import { answersWith, fallbacksWith, type Flows } from '../flows.js';
+import { answersWith, fallbacksWith, tasksWith, type Flows } from '../flows.js';
 import type { LiveWait } from '../flowWaits.js';
 import { MAX_JSON_DEPTH, depthExceeds } from '../jsonInput.js';
 import { silentLogger } from '../log.js';
@@ -62,6 +62,7 @@ export class EmbeddedOrchestrator implements Orchestrator {
         answers: answersWith(module),
         fallbacks: fallbacksWith(module),
         flows: module.flows,
+        tasks: tasksWith(module),
         ...(options.model ? { model: options.model } : {}),
       }),
     );

@@ -233,6 +233,12 @@ export class FlowHost {
       throw e;
     }
     if (!stored) throw new FlowHostError('FLOW_NOT_FOUND', `no flow ${flowId} in the snapshot store`);
+    // Read without its snapshot because it sleeps: enough to resume it asleep, as its own;
+    // anything else (a claim from another owner, another version, flows kept awake) reads it whole.
+    if (stored.snapshotOmitted && !this.resumableAsleep(stored.record)) {
+      stored = await this.options.store.load(flowId);
+      if (!stored) throw new FlowHostError('FLOW_NOT_FOUND', `no flow ${flowId} in the snapshot store`);
+    }
     let { record, revision } = stored;
     if (record.status !== 'running') return 'finished';
     const leases = this.leases;
@@ -297,7 +303,7 @@ export class FlowHost {
     // actor is built for it until something arrives (100,000 of them resumed in seconds).
     // The events kept for it (sent while no process ran it) are read meanwhile: an event
     // that arrives before they are read wakes it, and they are applied first.
-    const plan = this.sleepAllowed() && record.waiting?.length ? sleepPlan(snapshot) : undefined;
+    const plan = this.sleepAllowed() && record.waiting?.length ? (stored.snapshotOmitted ? record.sleep : sleepPlan(snapshot)) : undefined;
     if (plan) {
       let resolveFinished!: (record: FlowSnapshotRecord) => void;
       const finished = new Promise<FlowSnapshotRecord>((resolve) => (resolveFinished = resolve));
@@ -617,6 +623,13 @@ export class FlowHost {
 
   private sleepAllowed(): boolean {
     return (this.options.sleepAfterMs ?? 0) < Number.POSITIVE_INFINITY;
+  }
+
+  /** Whether a flow's record alone resumes it (asleep, here, as its own owner): no snapshot needed. */
+  private resumableAsleep(record: FlowSnapshotRecord): boolean {
+    const leases = this.leases;
+    const own = !leases || (record.owner === leases.owner && record.leaseUntil === undefined);
+    return own && record.sleep !== undefined && !!record.waiting?.length && this.sleepAllowed() && this.options.flows.catalog.version(record.pattern) === record.machineVersion;
   }
 
   /**
@@ -971,8 +984,12 @@ export class FlowHost {
     };
     // What the flow waits for as of the last step saved; an ended flow waits for nothing.
     const waiting = ending ? undefined : last ? last.waiting : hosted.record.waiting;
+    // With whether it only waits (src/flowSleep.ts): a resume may then read its record alone.
+    const sleep = !waiting?.length ? undefined : last ? sleepPlan(last.snapshot) : hosted.record.sleep;
     if (waiting?.length) record.waiting = waiting;
     else delete record.waiting;
+    if (sleep) record.sleep = sleep;
+    else delete record.sleep;
     // Starts waiting when a step of the batch waits and the one before it did not (or for
     // something else): a wait answered and a new one begun in one batch is a new wait.
     let before = JSON.stringify(hosted.record.waiting ?? []);

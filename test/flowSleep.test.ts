@@ -203,3 +203,30 @@ describe('resuming many flows reads them in one pass', () => {
     expect(ids.slice(1).every((id) => asleep(b, id))).toBe(true);
   });
 });
+
+describe('a waiting flow resumed from its record alone', () => {
+  it('lmdb: resumeAll reads no snapshot of a flow that sleeps (its record says so); its answer wakes it, reading it whole once', async () => {
+    const s = await setup();
+    const a = s.host(0);
+    const flowId = await a.start('reentrant', personReview(60_000));
+    await until('asleep', () => asleep(a, flowId));
+    const saved = (await s.store.load(flowId))!.record;
+    expect(saved.sleep).toEqual({ wakeAt: Date.parse(saved.waiting![0]!.until!) });
+    await a.stop();
+    let loads = 0;
+    const store = new Proxy(s.store, {
+      get(target, prop, receiver) {
+        if (prop === 'load') return (id: string) => (loads++, target.load(id));
+        const value = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const b = new FlowHost({ flows: provideFlows({ microtask: s.runtime.microtask }), store, logger: silentLogger, outRoot: s.dir, sleepAfterMs: 0 });
+    expect((await b.resumeAll()).resumed).toEqual([flowId]);
+    expect(loads).toBe(0);
+    expect(asleep(b, flowId)).toBe(true);
+    expect(await b.send(flowId, { eventId: 'r1', type: 'review', data: { approved: true } })).toBe('applied');
+    expect(((await b.finished(flowId))!.output as ReentrantOutput).approved).toBe(true);
+    expect(loads).toBe(1);
+  });
+});

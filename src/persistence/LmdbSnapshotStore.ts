@@ -121,6 +121,33 @@ export class LmdbSnapshotStore implements SnapshotStore {
       .map(({ flowId, pattern, status, state, updatedAt }) => ({ flowId, pattern, status, state, updatedAt }));
   }
 
+  /**
+   * Every flow's record of these statuses in one read transaction; the record of a flow that
+   * sleeps without its snapshot (its step is not read: 100,000 waiting flows resumed touch
+   * their records only, not megabytes of snapshots each mapped into memory).
+   */
+  async loadAll(filter?: ListFilter): Promise<StoredSnapshot[]> {
+    const wanted = statusFilter(filter);
+    const { flows } = this.dbs;
+    const transaction = flows.useReadTransaction();
+    const found: StoredSnapshot[] = [];
+    try {
+      for (const { key, value, version } of flows.getRange({ transaction, versions: true }) as Iterable<{ key: string; value: string; version?: number }>) {
+        if (!isValidFlowId(key)) continue;
+        try {
+          const asleep = this.parse(key, value, { omitSleepingSnapshot: true });
+          if (wanted(asleep.record.status)) found.push({ ...asleep, revision: version ?? 0 });
+        } catch (e) {
+          if (!(e instanceof CorruptSnapshotError)) throw e;
+          report(this.options.onCorrupt, e);
+        }
+      }
+    } finally {
+      transaction.done();
+    }
+    return found;
+  }
+
   async delete(flowId: string): Promise<void> {
     assertFlowId(flowId);
     for (;;) {
@@ -172,17 +199,28 @@ export class LmdbSnapshotStore implements SnapshotStore {
     }
   }
 
-  private parse(flowId: string, text: string): FlowSnapshotRecord {
+  private parse(flowId: string, text: string): FlowSnapshotRecord;
+  private parse(flowId: string, text: string, options: { omitSleepingSnapshot: true }): { record: FlowSnapshotRecord; snapshotOmitted?: boolean };
+  private parse(flowId: string, text: string, options?: { omitSleepingSnapshot: true }): FlowSnapshotRecord | { record: FlowSnapshotRecord; snapshotOmitted?: boolean } {
     const location = `${this.db.path}, flow ${flowId}`;
-    const json = parseStoredJson(flowId, text, location) as { snapshotStep?: unknown; snapshot?: unknown };
+    const json = parseStoredJson(flowId, text, location) as { snapshotStep?: unknown; snapshot?: unknown; sleep?: unknown; status?: unknown };
+    let record: unknown = json;
+    let snapshotOmitted = false;
     if (json && typeof json === 'object' && typeof json.snapshotStep === 'number') {
       // Saved by reference to the step holding its snapshot (see save).
-      const step = this.dbs.steps.get([flowId, json.snapshotStep]);
-      const { snapshotStep, ...record } = json;
-      record.snapshot = step ? parseStoredJson(flowId, step.snapshotJson, `${location}, step ${snapshotStep}`) : undefined;
-      return parseStoredRecord(flowId, record, location);
+      const { snapshotStep, ...rest } = json;
+      if (options?.omitSleepingSnapshot && rest.sleep !== undefined && rest.status === 'running') {
+        rest.snapshot = null;
+        snapshotOmitted = true;
+      } else {
+        const step = this.dbs.steps.get([flowId, snapshotStep as number]);
+        rest.snapshot = step ? parseStoredJson(flowId, step.snapshotJson, `${location}, step ${snapshotStep}`) : undefined;
+      }
+      record = rest;
     }
-    return parseStoredRecord(flowId, json, location);
+    const parsed = parseStoredRecord(flowId, record, location);
+    if (!options) return parsed;
+    return snapshotOmitted ? { record: parsed, snapshotOmitted } : { record: parsed };
   }
 
   /**

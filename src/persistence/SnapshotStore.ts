@@ -62,6 +62,11 @@ export const FlowSnapshotRecordSchema = z.object({
   received: z.array(z.string()).optional(),
   /** The ids of the last events refused (sent straight to the inbox, not what it waited for): never applied later. */
   refused: z.array(z.string()).optional(),
+  /**
+   * Set when the flow only waits (src/flowSleep.ts): it may be resumed asleep, from its
+   * record alone, waking at `wakeAt` (epoch ms, its earliest deadline) if it has one.
+   */
+  sleep: z.object({ wakeAt: z.number().optional() }).optional(),
 });
 export type FlowSnapshotRecord = z.infer<typeof FlowSnapshotRecordSchema>;
 
@@ -78,6 +83,11 @@ export interface StoredSnapshot {
   record: FlowSnapshotRecord;
   /** Pass it to the next `save` of this flow. */
   revision: number;
+  /**
+   * Read without its snapshot (`loadAll` of a flow that sleeps: its record is all a resume
+   * needs); `load` it for the whole record.
+   */
+  snapshotOmitted?: boolean;
 }
 
 export interface ListFilter {
@@ -149,8 +159,9 @@ export interface SnapshotStore {
   /** Summaries, oldest `updatedAt` first; corrupt entries are skipped and reported to `onCorrupt`. */
   /**
    * Every flow's record and revision (those of these statuses), read in one pass where the
-   * store can (a resume of every flow at a daemon's start). Optional: `list` then `load`
-   * otherwise.
+   * store can (a resume of every flow at a daemon's start). A store may leave out the
+   * snapshot of a flow whose record says it sleeps (`snapshotOmitted`). Optional: `list`
+   * then `load` otherwise.
    */
   loadAll?(filter?: ListFilter): Promise<StoredSnapshot[]>;
   list(filter?: ListFilter): Promise<FlowSummary[]>;

@@ -79,6 +79,22 @@ describe('LmdbSnapshotStore: steps', () => {
     expect(await store.readSteps('flow-none')).toEqual([]);
   });
 
+  it('loadAll reads a sleeping flow’s record without its snapshot (its step is not read); load reads it whole', async () => {
+    const { store } = await openStore(await tempDir());
+    const snapshot = { status: 'active', value: 'awaitingReview', context: { drafts: ['x'.repeat(5_000)] } };
+    const asleep = { ...flowRecord('flow-asleep'), snapshot, steps: 1, waiting: [{ actor: 'root', state: 'awaitingReview', for: 'a review', events: ['review'] }], sleep: { wakeAt: 123 } } as never;
+    const awake = { ...flowRecord('flow-awake'), snapshot, steps: 1 } as never;
+    for (const [record, id] of [[asleep, 'flow-asleep'], [awake, 'flow-awake']] as const) {
+      await store.save(record, null, { steps: [step(id, 1, { snapshotJson: JSON.stringify(snapshot) })] });
+    }
+    const all = new Map((await store.loadAll({ status: 'running' })).map((s) => [s.record.flowId, s]));
+    expect(all.get('flow-asleep')).toMatchObject({ snapshotOmitted: true, record: { snapshot: null, sleep: { wakeAt: 123 } } });
+    expect(all.get('flow-awake')!.snapshotOmitted).toBeUndefined();
+    expect(all.get('flow-awake')!.record).toEqual(awake);
+    expect((await store.load('flow-asleep'))!.record).toEqual(asleep);
+    expect(all.get('flow-asleep')!.revision).toBe((await store.load('flow-asleep'))!.revision);
+  });
+
   it('keeps a record’s snapshot once, in the last step of its save, and loads it whole (and moved aside whole)', async () => {
     const { db, store } = await openStore(await tempDir());
     const snapshot = { status: 'active', value: 'verifying', context: { drafts: ['x'.repeat(5_000)] } };

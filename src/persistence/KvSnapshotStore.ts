@@ -125,29 +125,9 @@ export class KvSnapshotStore implements SnapshotStore {
   }
 
   async prune(olderThan: Date, statuses: readonly FlowStatus[] = FINISHED_STATUSES): Promise<number> {
-    let pruned = 0;
-    await mapLimit(await this.flowIds(), READ_CONCURRENCY, async (flowId) => {
-      const found = await this.loadForScan(flowId);
-      if (found && isPrunable(found.record, olderThan, statuses)) {
-        await this.kv.delete(KvSnapshotStore.key(flowId));
-        pruned++;
-      }
-    });
-    return pruned;
-  }
-
-  private async flowIds(): Promise<string[]> {
-    return (await this.kv.keys(`${SNAPSHOT_PREFIX}*`)).map((key) => key.slice(SNAPSHOT_PREFIX.length)).filter(isValidFlowId);
-  }
-
-  /** load() for list and prune: a corrupt entry is reported and skipped. */
-  private async loadForScan(flowId: string): Promise<StoredSnapshot | undefined> {
-    try {
-      return await this.load(flowId);
-    } catch (e) {
-      if (!(e instanceof CorruptSnapshotError)) throw e;
-      report(this.options.onCorrupt, e);
-      return undefined;
-    }
+    // Read in one pass (a get per flow cost a daemon's start 100,000 requests), deleted one by one.
+    const prunable = (await this.loadAll({ status: [...statuses] })).filter(({ record }) => isPrunable(record, olderThan, statuses));
+    await mapLimit(prunable, READ_CONCURRENCY, ({ record }) => this.kv.delete(KvSnapshotStore.key(record.flowId)));
+    return prunable.length;
   }
 }

@@ -346,19 +346,7 @@ export class FlowHost {
     }
     // Starting the restored actor reports its root with 'xstate.init': not a transition (the
     // last one was re-announced above), so it takes no seq, no save and no announcement.
-    hosted.restoring = true;
-    try {
-      hosted.actor.start();
-    } finally {
-      hosted.restoring = false;
-    }
-    for (const event of kept) {
-      try {
-        this.applyOrRefuse(hosted, event);
-      } catch (e) {
-        this.options.logger.warn({ flowId, eventId: event.eventId, err: e }, 'an event kept for the flow was not applied');
-      }
-    }
+    this.startRestored(hosted, kept);
     return 'resumed';
   }
 
@@ -611,6 +599,27 @@ export class FlowHost {
     for (const hosted of flows) if (this.flows.get(hosted.flowId) === hosted) this.flows.delete(hosted.flowId);
   }
 
+  /**
+   * Starts a restored actor, then applies the events kept for it in the order sent (before
+   * a deadline that passed meanwhile fires: the wait timer fires on a later turn). Its
+   * root's init report is no transition: no seq, no save, no announcement.
+   */
+  private startRestored(hosted: HostedFlow, kept: readonly KeptEvent[]) {
+    hosted.restoring = true;
+    try {
+      hosted.actor.start();
+    } finally {
+      hosted.restoring = false;
+    }
+    for (const event of kept) {
+      try {
+        this.applyOrRefuse(hosted, event);
+      } catch (e) {
+        this.options.logger.warn({ flowId: hosted.flowId, eventId: event.eventId, err: e }, 'an event kept for the flow was not applied');
+      }
+    }
+  }
+
   /** The events kept for a flow while no process ran it; none (and the cause logged) when they cannot be read. */
   private async readKept(flowId: string): Promise<KeptEvent[]> {
     try {
@@ -745,19 +754,7 @@ export class FlowHost {
     this.options.logger.debug({ flowId, state: record.state }, 'flow woken');
     if (asleep.resumed) this.journaling.append(hosted, { kind: 'flow', phase: 'resumed', pattern: record.pattern, status: 'running' });
     // As a resume: the restored root's init report is no transition.
-    hosted.restoring = true;
-    try {
-      hosted.actor.start();
-    } finally {
-      hosted.restoring = false;
-    }
-    for (const event of kept) {
-      try {
-        this.applyOrRefuse(hosted, event);
-      } catch (e) {
-        this.options.logger.warn({ flowId, eventId: event.eventId, err: e }, 'an event kept for the flow was not applied');
-      }
-    }
+    this.startRestored(hosted, kept);
     // Woken for nothing it accepts (a duplicate, a refused event): asleep again once that is saved.
     this.sleepSoon(hosted);
     return hosted;

@@ -28,6 +28,7 @@ import { randomUUID } from 'node:crypto';
 import { BusInbox } from '../inbox/BusInbox.js';
 import type { Inbox } from '../inbox/Inbox.js';
 import { EventRefusedError, type LiveWait } from '../flowWaits.js';
+import { publicRecord } from './flowRecord.js';
 import { SendError, sendEvent } from '../sendEvent.js';
 import type { KeptEvent } from '../contracts/waits.js';
 import type { LeaseBoard } from '../leases.js';
@@ -274,19 +275,7 @@ export class Daemon {
 
   private async record(flowId: string): Promise<FlowRecord | undefined> {
     const record = this.host.running(flowId) ?? (await this.options.store.load(flowId).catch(() => undefined))?.record;
-    if (!record) return undefined;
-    const { flowId: id, pattern, status, state, updatedAt, requestId, output, error, waiting } = record;
-    return {
-      flowId: id,
-      pattern,
-      status,
-      state,
-      updatedAt,
-      ...(requestId ? { requestId } : {}),
-      ...(output !== undefined ? { output } : {}),
-      ...(error ? { error } : {}),
-      ...(waiting?.length ? { waiting } : {}),
-    };
+    return record && publicRecord(record);
   }
 
   /**

@@ -5,6 +5,7 @@ import type { FlowEvent } from '../contracts/flowEvents.js';
 import type { KeptEvent } from '../contracts/waits.js';
 import type { FlowRecord } from '../daemon/protocol.js';
 import { FlowSendRequestSchema } from '../daemon/protocol.js';
+import { publicRecord } from '../daemon/flowRecord.js';
 import { claimRequest, type RequestIds } from '../daemon/requestClaims.js';
 import type { FlowDefinition, FlowsModule } from '../flowCatalog.js';
 import { newFlowId, type FlowHost } from '../flowHost.js';
@@ -304,21 +305,6 @@ function asJson(value: unknown, what: string): unknown {
 /** A schema's refusal in one line: each place and what is wrong there. */
 const oneLine = (error: z.ZodError) => error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`).join('; ');
 
-/** The protocol's record of a flow (what flow.get answers), from the stored one. */
-function publicRecord(record: FlowSnapshotRecord): FlowRecord {
-  const { flowId, pattern, status, state, updatedAt, requestId, output, error, waiting } = record;
-  return {
-    flowId,
-    pattern,
-    status,
-    state,
-    updatedAt,
-    ...(requestId ? { requestId } : {}),
-    ...(output !== undefined ? { output } : {}),
-    ...(error ? { error } : {}),
-    ...(waiting?.length ? { waiting } : {}),
-  };
-}
 
 /** The flow's latest step as its event (its end, for an ended flow). */
 const eventOf = (record: FlowSnapshotRecord): FlowEvent => ({ flowId: record.flowId, seq: record.seq ?? 1, state: record.state, status: record.status, at: record.updatedAt });

@@ -148,7 +148,10 @@ export async function waitingOnce(tree: string, mode: 'nats' | 'embedded', flows
     procs.push(second.proc);
     const resumed = await second.next('resumed');
     const killToResumedS = (performance.now() - killedAt) / 1000;
-    note(`waiting flows (${mode}, ${label}): ${resumed.waiting} waiting again ${fmt(killToResumedS, 1)} s after SIGKILL`);
+    // An older tree's daemon script counted before it said resumed.
+    const counted = resumed.waiting !== undefined ? resumed : await second.next('counted');
+    note(`waiting flows (${mode}, ${label}): all resumed ${fmt(killToResumedS, 1)} s after SIGKILL; ${counted.waiting} of them waiting`);
+    if (counted.waiting !== Number(waiting.flows ?? flows)) throw new Error(`after the resume ${counted.waiting} flows wait, not ${waiting.flows ?? flows}`);
     await sleep(3_000);
     const resumedStats = await procStats(second.proc.pid!);
     return {

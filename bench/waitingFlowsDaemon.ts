@@ -54,10 +54,18 @@ if (phase === 'start') {
   const t0 = performance.now();
   // 32 at once, a start that timed out tried again: on two cores, nats-server, the worker
   // and this daemon share the machine, and what is measured is the wait, not the start.
+  // And no more than BUSY flows started and not yet waiting: flows arrive at the rate the
+  // machine gets them to their wait, as they would in use. Unthrottled, 100,000 starts
+  // queued their first microtasks faster than one worker answered, and the daemon's RSS
+  // measured the backlog of live flows (a high-water mark V8 keeps), not waiting flows.
+  const busy = Number(process.env.WAIT_BUSY ?? 1_000);
+  let started = 0;
   await mapLimit(
     Array.from({ length: count }, (_, i) => i),
     32,
     async () => {
+      while (started - waiting.size - ended.size >= busy) await new Promise((r) => setTimeout(r, 20));
+      started++;
       for (let attempt = 1; ; attempt++) {
         try {
           return await daemon.startFlow('reentrant', input);

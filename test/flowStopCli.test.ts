@@ -17,7 +17,7 @@ const causes: Array<{ name: string; reply: FakeReply; code: string; line: RegExp
     reply: reply.error(401, 'authentication_error', 'invalid x-api-key'),
     code: 'MODEL_AUTH',
     line: /^microtask: the API key was refused \(401 authentication_error: invalid x-api-key\); check ANTHROPIC_API_KEY \(MODEL_AUTH; flow tool-builder-\S+ failed\)$/,
-    names: /401|refused|x-api-key/,
+    names: /\b401\b|refused|x-api-key/, // not the 401 of a port (127.0.0.1:34401 in the model line)
   },
   {
     name: 'no credit (400 "credit balance is too low")',
@@ -90,7 +90,7 @@ describe('a cause no fallback helps, in embedded mode (the built CLI)', { timeou
       status: 'failed',
       error: { code: 'MODEL_AUTH', message: 'the API key was refused (401 authentication_error: invalid x-api-key); check ANTHROPIC_API_KEY' },
     });
-    expect(naming(stderr, causes[0]!.names)).toHaveLength(1);
+    expect(naming(stderr, causes[0]!.names), stderr).toHaveLength(1);
   });
 
   it('run stops the same way (a flow of one microtask at a time: one model call)', async () => {

@@ -171,7 +171,8 @@ export class FlowHost {
     // not in a save of its own when the root reports it (a second save and fsync per flow).
     hosted.seq = 1;
     hosted.startAnnounced = true;
-    hosted.record = { ...hosted.record, steps: 1, seq: 1, ...(waiting.length ? { waiting } : {}) };
+    const sleep = waiting.length ? sleepPlan(snapshot) : undefined;
+    hosted.record = { ...hosted.record, steps: 1, seq: 1, ...(waiting.length ? { waiting } : {}), ...(sleep ? { sleep } : {}) };
     // As in saveBatch: with a store that keeps no steps, the journal has the first step
     // before the save is acknowledged; otherwise after.
     const keeps = this.options.store.keepsSteps === true;
@@ -663,7 +664,8 @@ export class FlowHost {
     if (!record.waiting?.length) return;
     // An event applied (or refused) whose transition changed nothing is saved with the next step: not yet in the record.
     if (!sameIds(hosted.received, record.received) || !sameIds(hosted.refused, record.refused)) return;
-    const plan = sleepPlan(record.snapshot);
+    // Whether it only waits was worked out when its last step was saved (the record's `sleep`).
+    const plan = record.sleep;
     if (!plan || hasScheduledEvents(hosted.actor)) return;
     // A deadline already passed: the live timer has fired (or is about to), and the flow
     // still waits. Restored, the timer would fire again at once, and again at every wake

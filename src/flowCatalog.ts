@@ -120,6 +120,13 @@ export class FlowCatalog {
     return this.byName.get(name)?.machine;
   }
 
+  /** The machine that runs a flow of this catalog; an error naming the known ones for any other name. */
+  machineOf(name: string): AnyStateMachine {
+    const machine = this.machine(name);
+    if (!machine) throw new Error(`no flow "${name}" in this runtime; one of: ${this.names().join(', ')}`);
+    return machine;
+  }
+
   version(name: string): number | undefined {
     return this.byName.get(name)?.definition.version;
   }

@@ -5,7 +5,6 @@ import type { Flows } from './flows.js';
 import type { Journal } from './journal/Journal.js';
 import type { Logger } from './log.js';
 import { errorInfo } from './machines/common.js';
-import { machineFor } from './patterns.js';
 import {
   CorruptSnapshotError,
   mapLimit,
@@ -151,7 +150,7 @@ export class FlowHost {
   /** Starts a flow; resolves once its first snapshot is saved. */
   async start(pattern: string, input: Record<string, unknown>, meta: { flowId?: string; requestId?: string } = {}): Promise<string> {
     const flowId = meta.flowId ?? newFlowId(pattern);
-    const machine = machineFor(this.options.flows, pattern) as AnyStateMachine;
+    const machine = this.options.flows.catalog.machineOf(pattern);
     const flowInput = {
       ...input,
       key: (input.key as string | undefined) ?? flowId,
@@ -321,7 +320,7 @@ export class FlowHost {
       if ((await kept).some((e) => !record.received?.includes(e.eventId) && !record.refused?.includes(e.eventId))) await this.wake(flowId);
       return 'resumed';
     }
-    const machine = machineFor(this.options.flows, pattern) as AnyStateMachine;
+    const machine = this.options.flows.catalog.machineOf(pattern);
     const hosted = this.host(flowId, pattern, machine, { snapshot: snapshot as Snapshot<unknown> }, record, record.requestId);
     hosted.revision = revision;
     hosted.seq = record.seq ?? 0;
@@ -746,7 +745,7 @@ export class FlowHost {
       return undefined;
     }
     const { record, revision } = stored;
-    const hosted = this.host(flowId, record.pattern, machineFor(this.options.flows, record.pattern) as AnyStateMachine, { snapshot: record.snapshot as Snapshot<unknown> }, record, record.requestId);
+    const hosted = this.host(flowId, record.pattern, this.options.flows.catalog.machineOf(record.pattern), { snapshot: record.snapshot as Snapshot<unknown> }, record, record.requestId);
     hosted.revision = revision;
     hosted.seq = record.seq ?? 0;
     hosted.steps = record.steps ?? 0;

@@ -1,6 +1,5 @@
 import { z } from 'zod';
 import { MicrotaskInputSchema } from './contracts/microtask.js';
-import type { FlowCatalog } from './flowCatalog.js';
 import { BudgetSchema, TaskSpecSchema } from './machines/common.js';
 import { timeoutMsSchema } from './contracts/limits.js';
 import { ToolSpecSchema } from './contracts/toolSpec.js';
@@ -94,13 +93,6 @@ export type PatternName = keyof typeof patternInputSchemas;
 export const patternNames = Object.keys(patternInputSchemas) as PatternName[];
 
 export const isPatternName = (name: string): name is PatternName => Object.hasOwn(patternInputSchemas, name);
-
-/** The machine that runs a flow (a pattern, or a user's flow), from the provided flows' catalog. */
-export function machineFor(flows: { catalog: FlowCatalog }, name: string) {
-  const machine = flows.catalog.machine(name);
-  if (!machine) throw new Error(`no flow "${name}" in this runtime; one of: ${flows.catalog.names().join(', ')}`);
-  return machine;
-}
 
 /**
  * The version of each pattern's machine, saved with every snapshot. Bump it when a change

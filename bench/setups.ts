@@ -93,7 +93,7 @@ const sdkModel = (baseURL: string) =>
 const modelOf = (choice: ModelChoice): ModelPort => (choice.kind === 'sdk' ? sdkModel(choice.baseURL) : benchModel());
 
 const machineOf = (flows: ReturnType<typeof provideFlows>, pattern: Pattern) =>
-  pattern === 'microtask' ? flows.microtask : flows.feedbackLoop;
+  pattern === 'microtask' ? flows.catalog.machineOf('microtask') : flows.catalog.machineOf('feedback-loop');
 
 let bareKeys = 0;
 

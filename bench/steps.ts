@@ -20,7 +20,7 @@ export async function transitionsOf(pattern: Pattern, input: Record<string, unkn
   let root: AnyActorRef | undefined;
   let last = '';
   let count = 0;
-  const actor = createActor(pattern === 'microtask' ? flows.microtask : flows.feedbackLoop, {
+  const actor = createActor(pattern === 'microtask' ? flows.catalog.machineOf('microtask') : flows.catalog.machineOf('feedback-loop'), {
     input: { ...input, key: `steps-${Date.now()}` } as never,
     inspect: (event) => {
       if (event.type !== '@xstate.snapshot' || !root) return;

@@ -28,6 +28,8 @@ export interface FlowDefinition<I extends Record<string, unknown> = Record<strin
   machine(blocks: FlowBlocks): AnyStateMachine;
   /** What the runner adds to the input (never a client): the tool builder's output root. */
   prepare?(input: I, runner: { outRoot: string }): Record<string, unknown>;
+  /** The part of a finished flow's output a person wants on stdout (`microtask run`); `output.result` when absent. */
+  result?(output: Record<string, unknown>): unknown;
 }
 
 /**
@@ -50,7 +52,11 @@ export interface FlowBlocks {
   writeTool: AnyActorLogic;
   /** The wait timer of a state that waits for a person (src/machines/waits.ts). */
   waitTimer: AnyActorLogic;
-  /** Each built-in pattern's machine, its actors provided, to invoke as a child: feedbackLoop, parallel, reentrant, ... */
+  /**
+   * The machine of each flow defined before this one, its actors provided, to invoke as a
+   * child, by its name in camelCase: the built-in patterns (feedbackLoop, parallel,
+   * reentrant, ...) and a module's earlier flows.
+   */
   patterns: Record<string, AnyStateMachine>;
 }
 
@@ -71,8 +77,12 @@ export interface FlowsModule {
   tasks?: Tasks;
 }
 
-/** Types a definition where it is written: `export default defineFlow({ ... })`. */
-export const defineFlow = <I extends Record<string, unknown>>(definition: FlowDefinition<I>): FlowDefinition<I> => definition;
+/** Types a definition where it is written: `export default defineFlow({ ... })` (its name kept as a literal type). */
+export const defineFlow = <const N extends string, I extends Record<string, unknown>>(definition: FlowDefinition<I> & { name: N }): FlowDefinition<I> & { name: N } =>
+  definition;
+
+/** A flow's name as its machine is found among the blocks' patterns: `feedback-loop` → `feedbackLoop`. */
+export const childName = (name: string) => name.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 
 const NAME = /^[a-z][a-z0-9-]{0,62}$/;
 
@@ -86,7 +96,9 @@ export class FlowDefinitionError extends Error {
 export class FlowCatalog {
   private readonly byName = new Map<string, { definition: FlowDefinition; machine: AnyStateMachine }>();
 
-  constructor(definitions: readonly FlowDefinition[], blocks: FlowBlocks) {
+  /** Builds each flow's machine in order: one may invoke those before it as children (blocks.patterns). */
+  constructor(definitions: readonly FlowDefinition[], actors: Omit<FlowBlocks, 'patterns'>) {
+    const blocks: FlowBlocks = { ...actors, patterns: {} };
     for (const definition of definitions) {
       const where = `flow ${JSON.stringify(definition?.name)}`;
       if (typeof definition?.name !== 'string' || !NAME.test(definition.name)) {
@@ -101,6 +113,7 @@ export class FlowCatalog {
         throw new FlowDefinitionError(`${where}: machine(blocks) must return an XState v5 machine (createMachine or setup().createMachine)`);
       }
       this.byName.set(definition.name, { definition, machine });
+      blocks.patterns[childName(definition.name)] = machine;
     }
   }
 

@@ -1,20 +1,11 @@
 import type { AnyActorLogic } from 'xstate';
-import type { z } from 'zod';
-import { FlowCatalog, type FlowBlocks, type FlowDefinition, type FlowsModule } from './flowCatalog.js';
+import { FlowCatalog, type FlowDefinition, type FlowsModule } from './flowCatalog.js';
+import { builtinFlows } from './patterns/index.js';
 import { answerSchemas } from './contracts/answers.js';
 import type { AnswerSchemas, Fallbacks } from './actors/microtask.js';
-import { machineVersions, patternInputSchemas, patternNames, type PatternName } from './patterns.js';
 import type { MicrotaskInput, MicrotaskResult } from './contracts/microtask.js';
 import { codeOnlyRepairLogic, createWriteToolLogic, toolCheckLogic } from './actors/toolBuilderActors.js';
 import type { PromiseActorLogic } from 'xstate';
-import { feedbackLoopMachine } from './machines/feedbackLoop.js';
-import { incrementalMachine } from './machines/incremental.js';
-import { metacognitiveMachine } from './machines/metacognitive.js';
-import { microtaskMachine } from './machines/microtaskMachine.js';
-import { parallelMachine } from './machines/parallel.js';
-import { progressiveMachine } from './machines/progressive.js';
-import { reentrantMachine } from './machines/reentrant.js';
-import { toolBuilderMachine } from './machines/toolBuilder.js';
 import { createWaitTimerLogic } from './actors/waitTimer.js';
 import { createTaskLogic, taskFailure, TaskRunner, type Tasks } from './actors/task.js';
 import type { ResultsStore } from './actors/ResultsStore.js';
@@ -88,60 +79,19 @@ const noTaskRunner = fromPromise<MicrotaskResult, TaskInput>(async ({ input }) =
 );
 
 /**
- * Every pattern's machine with its actors provided, children included, and the catalog of
- * flows: the built-in patterns and the user's (those of the module in use unless given).
+ * The catalog of flows this runtime starts, hosts and resumes: the built-in patterns
+ * (src/patterns/) and the user's (those of the module in use unless given), each machine
+ * given these actors.
  */
 export function provideFlows(actors: FlowActors, userFlows: readonly FlowDefinition[] = processModule.flows) {
-  const microtask = actors.microtask;
-  const task = actors.task ?? noTaskRunner;
-  const check = actors.check ?? toolCheckLogic;
-  const codeOnly = actors.codeOnly ?? codeOnlyRepairLogic;
-  const writeTool = actors.writeTool ?? createWriteToolLogic();
-  const waitTimer = createWaitTimerLogic();
-
-  const feedbackLoop = feedbackLoopMachine.provide({ actors: { microtask, check, waitTimer } });
-  const parallel = parallelMachine.provide({ actors: { microtask } });
-  const metacognitive = metacognitiveMachine.provide({ actors: { microtask, check } });
-  const progressive = progressiveMachine.provide({ actors: { microtask, check, codeOnly, metacognitive } });
-  const reentrant = reentrantMachine.provide({ actors: { microtask, check, waitTimer } });
-  const machines = {
-    microtask: microtaskMachine.provide({ actors: { microtask } }),
-    incremental: incrementalMachine.provide({ actors: { microtask } }),
-    feedbackLoop,
-    parallel,
-    metacognitive,
-    progressive,
-    reentrant,
-    toolBuilder: toolBuilderMachine.provide({
-      actors: { parallel, feedbackLoop, progressive, reentrant, metacognitive, writeTool, waitTimer },
-    }),
+  const blocks = {
+    microtask: actors.microtask,
+    task: actors.task ?? noTaskRunner,
+    check: actors.check ?? toolCheckLogic,
+    codeOnly: actors.codeOnly ?? codeOnlyRepairLogic,
+    writeTool: actors.writeTool ?? createWriteToolLogic(),
+    waitTimer: createWaitTimerLogic(),
   };
-  // What a flow's machine may invoke: these actors, and every pattern's machine as a child.
-  const blocks: FlowBlocks = { microtask, task, check, codeOnly, writeTool, waitTimer, patterns: machines };
-  return { ...machines, catalog: new FlowCatalog([...builtinFlows(), ...userFlows], blocks) };
+  return { catalog: new FlowCatalog([...builtinFlows(), ...userFlows], blocks) };
 }
 export type Flows = ReturnType<typeof provideFlows>;
-
-/** Which provided machine runs each pattern. */
-const machineOf = {
-  microtask: 'microtask',
-  incremental: 'incremental',
-  'feedback-loop': 'feedbackLoop',
-  parallel: 'parallel',
-  metacognitive: 'metacognitive',
-  progressive: 'progressive',
-  reentrant: 'reentrant',
-  'tool-builder': 'toolBuilder',
-} as const satisfies Record<PatternName, string>;
-
-/** The built-in patterns as flow definitions: started, hosted and resumed as a user's flows are. */
-function builtinFlows(): FlowDefinition[] {
-  return patternNames.map((name) => ({
-    name,
-    version: machineVersions[name],
-    input: patternInputSchemas[name] as unknown as z.ZodType<Record<string, unknown>>,
-    machine: (blocks: FlowBlocks) => blocks.patterns[machineOf[name]]!,
-    // The output root is the runner's to choose (MICROTASK_STATE_DIR or --out), never a client's.
-    ...(name === 'tool-builder' ? { prepare: (_input: Record<string, unknown>, runner: { outRoot: string }) => ({ outRoot: runner.outRoot }) } : {}),
-  }));
-}

@@ -96,9 +96,9 @@ describe('the statechart of a machine', () => {
     expect([...machines.keys()].sort()).toEqual(
       ['feedbackLoop', 'incremental', 'metacognitive', 'microtask', 'parallel', 'progressive', 'reentrant', 'toolBuilder'].sort(),
     );
-    const model = describeMachine(flows.feedbackLoop);
+    const model = describeMachine(flows.catalog.machineOf('feedback-loop'));
     const ids = (node: StatechartNode): string[] => [node.id, ...node.children.flatMap(ids)];
-    expect(ids(model.root).sort()).toEqual(getStateNodes(flows.feedbackLoop.root).map((node) => node.id).concat('feedbackLoop').sort());
+    expect(ids(model.root).sort()).toEqual(getStateNodes(flows.catalog.machineOf('feedback-loop').root).map((node) => node.id).concat('feedbackLoop').sort());
     const labels = model.edges.map((edge) => `${edge.source.split('.').pop()} -${edge.label}-> ${edge.target.split('.').pop()}`);
     expect(labels).toContain('generating -done: microtask [generated]-> generated');
     expect(labels).toContain('judged -always [passed]-> done');
@@ -107,7 +107,7 @@ describe('the statechart of a machine', () => {
     expect(model.root.children.find((node) => node.key === 'generating')?.invokes).toEqual([{ id: '0.feedbackLoop.generating', src: 'microtask' }]);
 
     // The tool builder composes the other patterns: its model says which machine each child runs.
-    const toolBuilder = describeMachine(flows.toolBuilder);
+    const toolBuilder = describeMachine(flows.catalog.machineOf('tool-builder'));
     expect(toolBuilder.actors.feedbackLoop).toEqual({ kind: 'machine', machineId: 'feedbackLoop' });
     expect(toolBuilder.actors.writeTool).toEqual({ kind: 'logic' });
   });

@@ -94,7 +94,7 @@ describe('resumeDeadlines on real XState snapshots', () => {
     const answer = handWrittenAnswer(request);
     return typeof answer === 'string' ? { text: answer, delayMs: ms } : { ...(answer as { value: unknown }), delayMs: ms };
   };
-  const machineOf = (microtask: ReturnType<typeof scripted>['microtask']) => provideFlows({ microtask }).feedbackLoop as AnyStateMachine;
+  const machineOf = (microtask: ReturnType<typeof scripted>['microtask']) => provideFlows({ microtask }).catalog.machineOf('feedback-loop') as AnyStateMachine;
   // The generate call may take 800 ms; it is saved 100 ms in.
   const input = { ...feedbackInput, key: 'flow-1', task: { ...feedbackInput.task, timeoutMs: 800 }, verify: { ...feedbackInput.verify, timeoutMs: 800 } };
 

@@ -25,7 +25,7 @@ async function build(override: Override = () => undefined, input: Partial<ToolBu
   const outRoot = await mkdtemp(join(tmpdir(), 'toolbuilder-'));
   const runtime = scripted((request, index) => override(request, index) ?? handWrittenAnswer(request));
   const flows = provideFlows({ microtask: runtime.microtask });
-  const output = await runToEnd(flows.toolBuilder, { key: 'tb', spec, outRoot, ...input }, coverage.inspect);
+  const output = await runToEnd(flows.catalog.machineOf('tool-builder'), { key: 'tb', spec, outRoot, ...input }, coverage.inspect);
   return { output, outRoot, model: runtime.model };
 }
 
@@ -64,7 +64,7 @@ describe('the tool builder', () => {
     const runtime = scripted(() => 'never');
     const flows = provideFlows({ microtask: runtime.microtask });
     const bad = { ...spec, modules: [{ name: '../../x', purpose: 'escape' }] };
-    const output = await runToEnd(flows.toolBuilder, { key: 'tb', spec: bad, outRoot }, coverage.inspect);
+    const output = await runToEnd(flows.catalog.machineOf('tool-builder'), { key: 'tb', spec: bad, outRoot }, coverage.inspect);
     expect(output.status).toBe('failed');
     expect(output.reason).toMatch(/invalid tool spec: modules\.0\.name: a module name is/);
     expect(runtime.model.calls).toHaveLength(0);
@@ -177,12 +177,12 @@ describe('the tool builder', () => {
   it('survives a JSON round trip of its snapshot mid-flow and finishes with the same output', async () => {
     const outRoot = await mkdtemp(join(tmpdir(), 'toolbuilder-'));
     const first = scripted((request) => handWrittenAnswer(request));
-    const uninterrupted = await runToEnd(provideFlows({ microtask: first.microtask }).toolBuilder, { key: 'rt', spec, outRoot });
+    const uninterrupted = await runToEnd(provideFlows({ microtask: first.microtask }).catalog.machineOf('tool-builder'), { key: 'rt', spec, outRoot });
 
     const second = scripted((request) => handWrittenAnswer(request));
     const flows = provideFlows({ microtask: second.microtask });
     const { output, persisted } = await roundTrip(
-      flows.toolBuilder,
+      flows.catalog.machineOf('tool-builder'),
       { key: 'rt', spec, outRoot },
       (snapshot) => snapshot.matches('generatingModule') && snapshot.context.moduleIndex === 1,
       coverage.inspect,
@@ -220,7 +220,7 @@ describe('the tool builder with a person approving before it writes', () => {
     const outRoot = await mkdtemp(join(tmpdir(), 'toolbuilder-approval-'));
     const runtime = scripted((request) => handWrittenAnswer(request));
     const flows = provideFlows({ microtask: runtime.microtask });
-    const actor = createActor(flows.toolBuilder, { input: { key: 'tb', spec, outRoot, approval: {} }, inspect: coverage.inspect }).start();
+    const actor = createActor(flows.catalog.machineOf('tool-builder'), { input: { key: 'tb', spec, outRoot, approval: {} }, inspect: coverage.inspect }).start();
     await waitFor(actor, (snap) => snap.matches('awaitingApproval'), { timeout: 60_000 });
     // Nothing is written while it waits.
     expect(await readdir(outRoot)).toEqual([]);

@@ -123,7 +123,7 @@ describe('where generated code cannot run isolated, it does not run', () => {
     try {
       const runtime = scripted((request) => handWrittenAnswer(request));
       const flows = provideFlows({ microtask: runtime.microtask });
-      const output = await runToEnd(flows.toolBuilder, { key: 'tb', spec, outRoot });
+      const output = await runToEnd(flows.catalog.machineOf('tool-builder'), { key: 'tb', spec, outRoot });
       expect(output).toMatchObject({ status: 'done', integration: { approved: true, recovered: false } });
       expect(output.notRun).toEqual(['src/cli.js --help was not run: MICROTASK_SANDBOX=none: generated code is never run here']);
       // 3 analyses, generate + verify per module, one entry and its review: as when --help runs.

@@ -24,9 +24,10 @@ import { isFlowStop, type FlowStopError } from './contracts/flowStop.js';
 import type { LeaseBoard, OwnerLeases } from './leases.js';
 import { FlowJournaling } from './flowJournaling.js';
 import { HostLeasing, RESUME_CONCURRENCY, SCAN_BEATS_MAX_AGE_MS } from './flowLeasing.js';
-import { hasScheduledEvents, sleepPlan } from './flowSleep.js';
-import { actorPath, remember, sameIds, type Ending, type HostedFlow, type PendingStep, type SleepingFlow } from './hostedFlow.js';
-import { loadForWake, saveStep, withoutLeaseUntil } from './flowSaving.js';
+import { sleepPlan } from './flowSleep.js';
+import { FlowSleeping } from './flowSleeping.js';
+import { actorPath, remember, type Ending, type HostedFlow, type PendingStep, type SleepingFlow } from './hostedFlow.js';
+import { saveStep, withoutLeaseUntil } from './flowSaving.js';
 
 export interface FlowHostOptions {
   flows: Flows;
@@ -98,12 +99,6 @@ interface ReadForResume {
   kept?: KeptEvent[];
 }
 
-/** setTimeout fires at once past this (about 24.8 days): a later wake is timed in laps. */
-const MAX_TIMER_MS = 2_147_483_647;
-
-/** A sleeping flow whose restore failed (the store unreachable) is tried again after this. */
-const WAKE_RETRY_MS = 5_000;
-
 export const newFlowId = (pattern: string) => `${pattern}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
 
 const lifecycleStatus = (output: unknown): Exclude<FlowStatus, 'running'> =>
@@ -117,8 +112,8 @@ const lifecycleStatus = (output: unknown): Exclude<FlowStatus, 'running'> =>
  */
 export class FlowHost {
   private readonly flows = new Map<string, HostedFlow>();
-  /** Flows that only wait, kept as their records (src/flowSleep.ts). */
-  private readonly sleeping = new Map<string, SleepingFlow>();
+  /** Flows that only wait, kept as their records (src/flowSleeping.ts). */
+  private readonly sleeping: FlowSleeping;
   private readonly left = new Map<string, Promise<FlowSnapshotRecord>>();
   /** Each flow's journal, and the microtasks it has in flight (src/flowJournaling.ts). */
   private readonly journaling: FlowJournaling;
@@ -141,6 +136,18 @@ export class FlowHost {
         options.logger,
       );
     }
+    const { store, logger, sleepAfterMs, storeRetryMs } = options;
+    this.sleeping = new FlowSleeping(
+      { store, logger, ...(sleepAfterMs !== undefined ? { sleepAfterMs } : {}), ...(storeRetryMs !== undefined ? { storeRetryMs } : {}) },
+      {
+        awake: (flowId) => this.flows.get(flowId),
+        dropAwake: (flowId) => this.flows.delete(flowId),
+        rebuild: (asleep, stored, kept) => this.rebuild(asleep, stored, kept),
+        keepLeft: (flowId, finished) => this.keepLeft(flowId, finished),
+        version: (pattern) => options.flows.catalog.version(pattern),
+      },
+      this.leasing?.leases,
+    );
   }
 
   private get leases(): OwnerLeases | undefined {
@@ -235,7 +242,7 @@ export class FlowHost {
     if (!stored) throw new FlowHostError('FLOW_NOT_FOUND', `no flow ${flowId} in the snapshot store`);
     // Read without its snapshot because it sleeps: enough to resume it asleep, as its own;
     // anything else (a claim from another owner, another version, flows kept awake) reads it whole.
-    if (stored.snapshotOmitted && !this.resumableAsleep(stored.record)) {
+    if (stored.snapshotOmitted && !this.sleeping.resumableAsleep(stored.record)) {
       stored = await this.options.store.load(flowId);
       if (!stored) throw new FlowHostError('FLOW_NOT_FOUND', `no flow ${flowId} in the snapshot store`);
     }
@@ -303,21 +310,17 @@ export class FlowHost {
     // actor is built for it until something arrives (100,000 of them resumed in seconds).
     // The events kept for it (sent while no process ran it) are read meanwhile: an event
     // that arrives before they are read wakes it, and they are applied first.
-    const plan = this.sleepAllowed() && record.waiting?.length ? (stored.snapshotOmitted ? record.sleep : sleepPlan(snapshot)) : undefined;
+    const plan = this.sleeping.allowed() && record.waiting?.length ? (stored.snapshotOmitted ? record.sleep : sleepPlan(snapshot)) : undefined;
     if (plan) {
-      let resolveFinished!: (record: FlowSnapshotRecord) => void;
-      const finished = new Promise<FlowSnapshotRecord>((resolve) => (resolveFinished = resolve));
       const kept = read?.kept ? Promise.resolve(read.kept) : this.options.keptEvents ? this.readKept(flowId) : Promise.resolve([]);
-      // Its resume is journaled when it wakes: 100,000 flows resumed asleep write nothing more.
-      this.sleep({ flowId, record: { ...record, snapshot: null }, revision, finished, resolveFinished, timer: undefined, waking: undefined, kept, resumed: true }, plan.wakeAt);
-      this.options.logger.debug({ flowId, state: record.state }, 'flow resumed asleep: it waits');
+      this.sleeping.resumed(flowId, record, revision, plan.wakeAt, kept);
       const seq = record.seq ?? 0;
       if (seq > 0 && this.options.onEvent) {
         void this.options
           .onEvent({ flowId, seq, state: record.state, status: 'running', at: record.updatedAt })
           .catch((e: unknown) => this.options.logger.error({ flowId, err: e }, 'could not announce a flow transition'));
       }
-      if ((await kept).some((e) => !record.received?.includes(e.eventId) && !record.refused?.includes(e.eventId))) await this.wake(flowId);
+      if ((await kept).some((e) => !record.received?.includes(e.eventId) && !record.refused?.includes(e.eventId))) await this.sleeping.wake(flowId);
       return 'resumed';
     }
     const machine = this.options.flows.catalog.machineOf(pattern);
@@ -442,7 +445,7 @@ export class FlowHost {
    */
   async send(flowId: string, event: KeptEvent): Promise<'applied' | 'duplicate' | 'not-here'> {
     for (;;) {
-      const hosted = this.flows.get(flowId) ?? (this.sleeping.has(flowId) ? await this.wake(flowId) : undefined);
+      const hosted = this.flows.get(flowId) ?? (this.sleeping.has(flowId) ? await this.sleeping.wake(flowId) : undefined);
       if (!hosted) return 'not-here';
       await hosted.started;
       // Put to sleep while this waited (the sleep's announcements acknowledged in the same
@@ -503,7 +506,7 @@ export class FlowHost {
 
   /** Cancels a flow this host runs; false when it runs elsewhere or not at all. */
   async cancel(flowId: string): Promise<boolean> {
-    const hosted = this.flows.get(flowId) ?? (this.sleeping.has(flowId) ? await this.wake(flowId) : undefined);
+    const hosted = this.flows.get(flowId) ?? (this.sleeping.has(flowId) ? await this.sleeping.wake(flowId) : undefined);
     if (!hosted) return false;
     const inFlight = [...hosted.microtasks.values()].map((m) => m.key);
     // Ended first: the stop's own snapshots are not steps.
@@ -528,7 +531,7 @@ export class FlowHost {
     const deadline = Date.now() + graceMs;
     // Asleep, a flow has nothing in flight and everything saved: let go at once, so that no
     // answer or deadline wakes it into the drain (an awake one is parked and takes none).
-    await Promise.allSettled(this.dropSleeping());
+    await Promise.allSettled(this.sleeping.dropAll());
     for (const hosted of this.flows.values()) {
       hosted.awaiting = new Set(hosted.microtasks.keys());
       if (hosted.awaiting.size === 0) this.park(hosted);
@@ -568,23 +571,8 @@ export class FlowHost {
 
   /** Stops every flow here, awake or asleep, without ending it. */
   private async stopAll(): Promise<void> {
-    await Promise.allSettled(this.dropSleeping());
+    await Promise.allSettled(this.sleeping.dropAll());
     await this.stopFlows([...this.flows.values()]);
-  }
-
-  /**
-   * Lets go of the flows asleep here: nothing of theirs is unsaved (their records stay
-   * `running`, for a resume or another host). Resolves with the wakes under way, whose
-   * flows are awake here once they settle.
-   */
-  private dropSleeping(): Array<Promise<unknown>> {
-    const waking: Array<Promise<unknown>> = [];
-    for (const asleep of this.sleeping.values()) {
-      if (asleep.timer) clearTimeout(asleep.timer);
-      if (asleep.waking) waking.push(asleep.waking);
-    }
-    this.sleeping.clear();
-    return waking;
   }
 
   /** Stops these flows here without ending them: the steps captured so far are written (the stop's own snapshots are not steps). */
@@ -630,120 +618,9 @@ export class FlowHost {
     }
   }
 
-  private sleepAllowed(): boolean {
-    return (this.options.sleepAfterMs ?? 0) < Number.POSITIVE_INFINITY;
-  }
-
-  /** Whether a flow's record alone resumes it (asleep, here, as its own owner): no snapshot needed. */
-  private resumableAsleep(record: FlowSnapshotRecord): boolean {
-    const leases = this.leases;
-    const own = !leases || (record.owner === leases.owner && record.leaseUntil === undefined);
-    return own && record.sleep !== undefined && !!record.waiting?.length && this.sleepAllowed() && this.options.flows.catalog.version(record.pattern) === record.machineVersion;
-  }
-
-  /**
-   * Puts a flow to sleep once this save is the last for now: after `sleepAfterMs`, when no
-   * other save was queued since and its announcements are out (`trySleep` checks the rest).
-   */
-  private sleepSoon(hosted: HostedFlow) {
-    if (!this.sleepAllowed() || !hosted.record.waiting?.length) return;
-    const chain = hosted.chain;
-    setTimeout(() => {
-      void Promise.all([chain, hosted.announcing]).then(() => {
-        if (hosted.chain === chain) this.trySleep(hosted);
-      });
-    }, this.options.sleepAfterMs ?? 0).unref();
-  }
-
-  /** Sleeps a flow that only waits, everything of it saved (src/flowSleep.ts); leaves any other as it is. */
-  private trySleep(hosted: HostedFlow) {
-    if (this.flows.get(hosted.flowId) !== hosted || hosted.ending || hosted.lost || hosted.frozen || hosted.restoring) return;
-    if (hosted.writeQueued || hosted.pending.length > 0 || hosted.touch || hosted.microtasks.size > 0 || hosted.awaiting) return;
-    const { record } = hosted;
-    if (!record.waiting?.length) return;
-    // An event applied (or refused) whose transition changed nothing is saved with the next step: not yet in the record.
-    if (!sameIds(hosted.received, record.received) || !sameIds(hosted.refused, record.refused)) return;
-    // Whether it only waits was worked out when its last step was saved (the record's `sleep`).
-    const plan = record.sleep;
-    if (!plan || hasScheduledEvents(hosted.actor)) return;
-    // A deadline already passed: the live timer has fired (or is about to), and the flow
-    // still waits. Restored, the timer would fire again at once, and again at every wake
-    // (a flow that stays in its waiting state after `wait.timeout`): it stays awake.
-    if (plan.wakeAt !== undefined && plan.wakeAt <= Date.now()) return;
-    // Stopped as a shutdown stops it: not a step, nothing saved (its record is its last step).
-    hosted.frozen = true;
-    hosted.actor.stop();
-    this.flows.delete(hosted.flowId);
-    const { flowId, revision, finished, resolveFinished } = hosted;
-    this.sleep({ flowId, record: { ...record, snapshot: null }, revision, finished, resolveFinished, timer: undefined, waking: undefined }, plan.wakeAt);
-    this.options.logger.debug({ flowId, state: record.state }, 'flow asleep: it waits');
-  }
-
-  private sleep(asleep: SleepingFlow, wakeAt: number | undefined) {
-    this.sleeping.set(asleep.flowId, asleep);
-    if (wakeAt !== undefined) asleep.wakeAt = wakeAt;
-    this.armWake(asleep);
-  }
-
-  /** Times the wake at the flow's earliest deadline (in laps past the longest timer). */
-  private armWake(asleep: SleepingFlow, at = asleep.wakeAt) {
-    if (asleep.timer) clearTimeout(asleep.timer);
-    asleep.timer = undefined;
-    if (at === undefined) return;
-    const fire = () => {
-      const left = at - Date.now();
-      if (left > 0) {
-        asleep.timer = setTimeout(fire, Math.min(left, MAX_TIMER_MS));
-        asleep.timer.unref();
-        return;
-      }
-      asleep.timer = undefined;
-      this.wake(asleep.flowId).catch((e: unknown) => this.options.logger.error({ flowId: asleep.flowId, err: e }, 'could not wake a flow at its deadline; trying again'));
-    };
-    fire();
-  }
-
-  /**
-   * Wakes a flow asleep here: restores it from its stored record, as it was put to sleep.
-   * Undefined when it is not here any more: another process wrote it meanwhile (a cancel
-   * from the CLI, another host that took it over), or this host stopped.
-   */
-  private wake(flowId: string): Promise<HostedFlow | undefined> {
-    const asleep = this.sleeping.get(flowId);
-    if (!asleep) return Promise.resolve(this.flows.get(flowId));
-    asleep.waking ??= this.restore(asleep);
-    return asleep.waking;
-  }
-
-  private async restore(asleep: SleepingFlow): Promise<HostedFlow | undefined> {
+  /** A flow woken (src/flowSleeping.ts), built again from the record its wake read, and started as a resume starts it. */
+  private rebuild(asleep: SleepingFlow, stored: StoredSnapshot, kept: readonly KeptEvent[]): HostedFlow {
     const { flowId } = asleep;
-    if (asleep.timer) clearTimeout(asleep.timer);
-    asleep.timer = undefined;
-    let stored;
-    let kept: KeptEvent[];
-    try {
-      kept = (await asleep.kept) ?? [];
-      // Retried while the failure may pass; given up when this host lets the flow go (a stop, a lapse).
-      stored = await loadForWake(this.options.store, flowId, { retryMs: this.options.storeRetryMs, logger: this.options.logger, givenUp: () => this.sleeping.get(flowId) !== asleep });
-    } catch (e) {
-      // The store unreachable: still asleep, woken again by the next event, or soon when it has a deadline.
-      asleep.waking = undefined;
-      if (this.sleeping.get(flowId) === asleep && asleep.wakeAt !== undefined) this.armWake(asleep, Math.max(asleep.wakeAt, Date.now() + WAKE_RETRY_MS));
-      throw e;
-    }
-    // This host stopped meanwhile (or a lapse let its flows go).
-    if (this.sleeping.get(flowId) !== asleep) return this.flows.get(flowId);
-    this.sleeping.delete(flowId);
-    delete asleep.kept;
-    if (!stored || stored.revision !== asleep.revision) {
-      // Written by another process while it slept here: ended there (a cancel), or another host holds it now.
-      const ended = stored && stored.record.status !== 'running';
-      this.options.logger.info({ flowId, status: stored?.record.status }, ended ? 'flow ended elsewhere (cancelled) while asleep here' : 'flow taken over by another owner while asleep here');
-      if (this.leases) void this.leases.release(flowId);
-      this.keepLeft(flowId, asleep.finished);
-      asleep.resolveFinished(stored?.record ?? asleep.record);
-      return undefined;
-    }
     const { record, revision } = stored;
     const hosted = this.host(flowId, record.pattern, this.options.flows.catalog.machineOf(record.pattern), { snapshot: record.snapshot as Snapshot<unknown> }, record, record.requestId);
     hosted.revision = revision;
@@ -756,8 +633,6 @@ export class FlowHost {
     if (asleep.resumed) this.journaling.append(hosted, { kind: 'flow', phase: 'resumed', pattern: record.pattern, status: 'running' });
     // As a resume: the restored root's init report is no transition.
     this.startRestored(hosted, kept);
-    // Woken for nothing it accepts (a duplicate, a refused event): asleep again once that is saved.
-    this.sleepSoon(hosted);
     return hosted;
   }
 
@@ -945,7 +820,7 @@ export class FlowHost {
     // The end waits for every announcement: `finished` means the world was told.
     if (ending) await hosted.announcing;
     // Only waiting now, everything saved: it sleeps (unless something moves it meanwhile).
-    else if (hosted.record.waiting?.length) this.sleepSoon(hosted);
+    else if (hosted.record.waiting?.length) this.sleeping.sleepSoon(hosted);
   }
 
   /**

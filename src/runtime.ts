@@ -4,15 +4,11 @@ import { AnthropicModel } from './actors/model/AnthropicModel.js';
 import { CassetteRecorder, CassetteReplayModel, loadCassette } from './actors/model/CassetteModel.js';
 import type { ModelPort } from './actors/model/ModelPort.js';
 import type { PrunableResultsStore } from './persistence/LogResultsStore.js';
-import type { Journal, JournalError } from './journal/Journal.js';
-import { LmdbJournal } from './journal/LmdbJournal.js';
-import { withFlowSpans } from './ops/tracing.js';
-import { LmdbResultsStore } from './persistence/LmdbResultsStore.js';
-import { LmdbSnapshotStore } from './persistence/LmdbSnapshotStore.js';
-import { LmdbInbox } from './inbox/LmdbInbox.js';
 import type { Inbox } from './inbox/Inbox.js';
+import type { Journal } from './journal/Journal.js';
+import type { SnapshotStore } from './persistence/SnapshotStore.js';
+import { openEmbeddedState } from './composition.js';
 import { LmdbStore } from './persistence/LmdbStore.js';
-import type { SnapshotStore, SnapshotStoreOptions } from './persistence/SnapshotStore.js';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import { displayUrl } from './secrets.js';
@@ -67,16 +63,6 @@ export async function chooseModel(config: Config): Promise<ModelChoice> {
   };
 }
 
-/** Logs a corrupt snapshot and moves it aside (with its reason), so it never blocks the other flows. */
-export function moveAsideOnCorrupt(logger: Logger, store: () => SnapshotStore): SnapshotStoreOptions {
-  return {
-    onCorrupt: (error) => {
-      logger.error({ flowId: error.flowId, reason: error.reason }, 'corrupt snapshot: moved aside');
-      void store().moveAside(error.flowId, error.reason).catch(() => undefined);
-    },
-  };
-}
-
 export interface Runtime {
   config: Config;
   logger: Logger;
@@ -105,10 +91,6 @@ export interface Runtime {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** A journal write that failed costs the flow nothing; say so in the logs. */
-export const logJournalError = (logger: Logger) => (error: JournalError) =>
-  logger.warn({ code: error.code, err: error.cause }, error.message);
-
 export interface RuntimeRegistry {
   answers?: AnswerSchemas;
   fallbacks?: Fallbacks;
@@ -128,25 +110,9 @@ export async function createRuntime(config: Config, logger: Logger, registry: Ru
   const model = wrapModel ? wrapModel(chosen.model) : chosen.model;
   const { description } = chosen;
   logger.info({ model: model.name }, `model: ${description}`);
-  // Embedded mode keeps results, snapshots, steps and the journal in one database under the
-  // state directory (lmdb: the writes of a turn share one commit and one fsync, several
-  // processes may open it): a flow killed mid-way resumes (`microtask resume`) without
-  // paying again for the calls it had made. What earlier versions wrote there is read.
-  const db = await LmdbStore.open(config.MICROTASK_STATE_DIR);
-  try {
-    const results = await LmdbResultsStore.open(db);
-    const store: SnapshotStore = await LmdbSnapshotStore.open(db, moveAsideOnCorrupt(logger, () => store));
-    const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...answersAndFallbacks });
-    // With traces on, it also opens and ends each flow's span.
-    const journal = withFlowSpans(await LmdbJournal.open(config.MICROTASK_STATE_DIR, { onError: logJournalError(logger) }));
-    const close = async () => {
-      await journal.close();
-      await db.close();
-    };
-    const inbox = new LmdbInbox(db, { onError: (message) => logger.warn({ inbox: true }, message) });
-    return { config, logger, store, model, modelDescription: description, results, runner, journal, db, inbox, ...(flows ? { flows } : {}), ...(tasks ? { tasks } : {}), storeLocation: db.path, close, [Symbol.asyncDispose]: close };
-  } catch (e) {
-    await db.close();
-    throw e;
-  }
+  // The state directory's database (src/composition.ts): a flow killed mid-way resumes
+  // (`microtask resume`) without paying again for the calls it had made.
+  const { db, results, store, journal, inbox, close } = await openEmbeddedState(config, logger);
+  const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...answersAndFallbacks });
+  return { config, logger, store, model, modelDescription: description, results, runner, journal, db, inbox, ...(flows ? { flows } : {}), ...(tasks ? { tasks } : {}), storeLocation: db.path, close, [Symbol.asyncDispose]: close };
 }

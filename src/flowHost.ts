@@ -26,7 +26,7 @@ import { FlowJournaling } from './flowJournaling.js';
 import { HostLeasing, RESUME_CONCURRENCY, SCAN_BEATS_MAX_AGE_MS } from './flowLeasing.js';
 import { sleepPlan } from './flowSleep.js';
 import { FlowSleeping } from './flowSleeping.js';
-import { actorPath, remember, type Ending, type HostedFlow, type PendingStep, type SleepingFlow } from './hostedFlow.js';
+import { actorPath, hostedFlow, remember, type Ending, type HostedFlow, type PendingStep, type SleepingFlow } from './hostedFlow.js';
 import { saveStep, withoutLeaseUntil } from './flowSaving.js';
 
 export interface FlowHostOptions {
@@ -644,11 +644,9 @@ export class FlowHost {
     previous: FlowSnapshotRecord | undefined,
     requestId: string | undefined,
   ): HostedFlow {
-    let resolveFinished!: (record: FlowSnapshotRecord) => void;
-    const hosted: HostedFlow = {
+    const hosted = hostedFlow(
       flowId,
-      actor: undefined as unknown as AnyActorRef,
-      record: previous ?? {
+      previous ?? {
         flowId,
         pattern,
         machineId: machine.id,
@@ -661,28 +659,8 @@ export class FlowHost {
         ...(requestId ? { requestId } : {}),
         ...(this.options.lease ? { owner: this.options.lease.owner } : {}),
       },
-      revision: 0,
-      seq: 0,
-      chain: Promise.resolve(),
-      announcing: undefined,
-      sendGate: undefined,
-      writeQueued: false,
-      pending: [],
-      lastCaptured: '',
-      lastStepAt: previous?.updatedAt ?? new Date().toISOString(),
-      touch: false,
-      ending: undefined,
-      finished: new Promise((resolve) => (resolveFinished = resolve)),
-      resolveFinished,
-      lost: false,
-      frozen: false,
-      steps: 0,
-      microtasks: new Map(),
-      awaiting: undefined,
-      received: [...(previous?.received ?? [])],
-      started: Promise.resolve(),
-      refused: [...(previous?.refused ?? [])],
-    };
+      previous,
+    );
     const inspect = (event: InspectionEvent) => {
       this.options.inspect?.(event);
       if (event.type === '@xstate.event') {

@@ -113,6 +113,40 @@ export interface HostedFlow {
   refused: string[];
 }
 
+/**
+ * A flow as its host first holds it, before its actor is made (the host sets it): its
+ * record (the stored one when restored, `previous`), nothing captured or saved yet.
+ */
+export function hostedFlow(flowId: string, record: FlowSnapshotRecord, previous: FlowSnapshotRecord | undefined): HostedFlow {
+  let resolveFinished!: (record: FlowSnapshotRecord) => void;
+  return {
+    flowId,
+    actor: undefined as unknown as AnyActorRef,
+    record,
+    revision: 0,
+    seq: 0,
+    chain: Promise.resolve(),
+    announcing: undefined,
+    sendGate: undefined,
+    writeQueued: false,
+    pending: [],
+    lastCaptured: '',
+    lastStepAt: previous?.updatedAt ?? new Date().toISOString(),
+    touch: false,
+    ending: undefined,
+    finished: new Promise((resolve) => (resolveFinished = resolve)),
+    resolveFinished,
+    lost: false,
+    frozen: false,
+    steps: 0,
+    microtasks: new Map(),
+    awaiting: undefined,
+    received: [...(previous?.received ?? [])],
+    started: Promise.resolve(),
+    refused: [...(previous?.refused ?? [])],
+  };
+}
+
 /** Whether a flow's list of event ids is the one in its record (the same last id and length: the list only grows at its end). */
 export function sameIds(ids: readonly string[], saved: readonly string[] | undefined): boolean {
   return ids.length === (saved?.length ?? 0) && ids.at(-1) === saved?.at(-1);

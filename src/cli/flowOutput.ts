@@ -1,0 +1,97 @@
+import { isFlowStopCode, type MicrotaskResult } from '../contracts/microtask.js';
+import type { Usage } from '../contracts/usage.js';
+import { FlowHaltedError } from '../flowHost.js';
+import { isPatternName, type PatternName } from '../patterns.js';
+import type { SnapshotStore } from '../persistence/SnapshotStore.js';
+import { isStoreUnavailable } from '../persistence/StoreUnavailableError.js';
+import type { FlowOutput } from '../runFlow.js';
+import { ExitCode } from './exitCodes.js';
+import { describeStoreStop, formatTokens } from './format.js';
+
+/** A flow that fell back on cassette misses: say why, in words a new user can act on. */
+export const offlineHint = (output: Record<string, unknown>) =>
+  JSON.stringify(output).includes('cassette_miss')
+    ? '\nhint: the offline cassette only has answers for the examples in examples/; set ANTHROPIC_API_KEY for real model calls\n'
+    : '';
+
+export const describeUsage = (usage: Usage) =>
+  `${usage.calls} model call${usage.calls === 1 ? '' : 's'}, ${formatTokens(usage.inputTokens, usage.outputTokens)}`;
+
+export const printData = (value: unknown) => {
+  if (value !== undefined) process.stdout.write(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
+};
+
+/** The part of a pattern's output a person wants on stdout. */
+function mainResult(pattern: PatternName, output: Record<string, unknown>): unknown {
+  switch (pattern) {
+    case 'reentrant':
+      return output.output;
+    case 'tool-builder':
+      return output.dir;
+    case 'parallel':
+      // Each task's answer, in input order; a failed one shows its fallback and why.
+      return (output.results as Array<MicrotaskResult | null>).map((r) =>
+        r === null ? null : r.success ? r.result : { failed: r.error?.kind, fallback: r.fallback },
+      );
+    case 'incremental':
+      return (output.results as Array<{ status: string; result?: unknown; error?: string }>).map((r) =>
+        r.status === 'done' ? r.result : { [r.status]: r.error ?? true },
+      );
+    default:
+      return output.result;
+  }
+}
+
+export function printFlowResult(pattern: string, flowId: string, output: FlowOutput, json: boolean) {
+  if (json) printData({ flowId, pattern, ...output });
+  else {
+    // A flow cancelled or crashed has no machine output: nothing for stdout, the reason on stderr.
+    if (output.usage !== undefined) printData(isPatternName(pattern) ? mainResult(pattern, output) : 'result' in output ? output.result : output);
+    process.stderr.write(
+      `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${output.usage ? describeUsage(output.usage as Usage) : ''}\n${offlineHint(output)}`,
+    );
+  }
+  return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
+}
+
+/**
+ * A flow that ended on a cause no fallback helps (the model refused the API key, the account
+ * has no credit, the model does not exist): the user's to fix, as a bad environment is
+ * (exit 2), not a flow that ran and fell short (exit 1). One line, the cause said once; with
+ * --json `{flowId, pattern, status: "failed", error: {code, message}}` on stdout too.
+ * Undefined when the flow ended otherwise.
+ */
+export function flowStopped(pattern: string, flowId: string, error: { code: string; message: string } | undefined, json: boolean): number | undefined {
+  if (!isFlowStopCode(error?.code)) return undefined;
+  if (json) printData({ flowId, pattern, status: 'failed', error: { code: error.code, message: error.message } });
+  process.stderr.write(`microtask: ${error.message} (${error.code}; flow ${flowId} failed)\n`);
+  return ExitCode.usage;
+}
+
+/**
+ * A flow its store stopped (a full disk, a store down past its retries), or a start the
+ * store refused: not a failure of the flow (exit 1) nor a crash (exit 3), but the user's
+ * to fix, as a bad environment is (exit 2). One line naming the cause; with --json the
+ * same as an object on stdout, `status: "halted"` (resumable) or `"not_started"`. Any other
+ * error is rethrown.
+ */
+export async function storeStopped(e: unknown, pattern: string, store: SnapshotStore, json: boolean): Promise<number> {
+  let stop: { flowId: string | null; cause: string; step?: number };
+  if (e instanceof FlowHaltedError) {
+    // The step it stands at is the last one saved: the record on disk (a read still works on a full disk).
+    const steps = (await store.load(e.flowId).catch(() => undefined))?.record.steps;
+    stop = { flowId: e.flowId, cause: e.message, ...(steps !== undefined ? { step: steps } : {}) };
+  } else if (isStoreUnavailable(e)) stop = { flowId: null, cause: e.message };
+  else throw e;
+  if (json) {
+    printData({
+      flowId: stop.flowId,
+      pattern,
+      status: stop.flowId === null ? 'not_started' : 'halted',
+      error: { code: 'STORE_UNAVAILABLE', message: stop.cause },
+      ...(stop.step !== undefined ? { step: stop.step } : {}),
+    });
+  }
+  process.stderr.write(`microtask: ${describeStoreStop({ cause: stop.cause, ...(stop.flowId !== null ? { flowId: stop.flowId } : {}), ...(stop.step !== undefined ? { step: stop.step } : {}) })}\n`);
+  return ExitCode.storeUnavailable;
+}

@@ -432,6 +432,11 @@ export class FlowHost {
     return { ...hosted.record, ...(hosted.received.length ? { received: [...hosted.received] } : {}) };
   }
 
+  /** How many flows this host holds asleep (src/flowSleeping.ts): the ops gauge microtask_flows_asleep. */
+  flowsAsleep(): number {
+    return this.sleeping.size;
+  }
+
   /** Whether this host runs the flow, awake or asleep. */
   private hosts(flowId: string): boolean {
     return this.flows.has(flowId) || this.sleeping.has(flowId);

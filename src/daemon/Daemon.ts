@@ -173,6 +173,11 @@ export class Daemon {
     return { store, journal, flows, inbox: this.inbox, running };
   }
 
+  /** How many flows this daemon holds asleep (they only wait: src/flowSleeping.ts), for the ops gauge microtask_flows_asleep. */
+  flowsAsleep(): number {
+    return this.host.flowsAsleep();
+  }
+
   /**
    * Starts a flow, or finds the one started for the same request (same pattern, requestId
    * and input); the requestId reused with another input is refused (REQUEST_ID_CONFLICT).

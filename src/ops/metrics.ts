@@ -15,7 +15,8 @@ const DEPTH_TIMEOUT_MS = 2_000;
  * - model calls (latency, tokens): from the model port the runner calls (`meterModel`),
  *   on the worker with NATS and in the daemon embedded, so each call counts once;
  * - deliveries, redeliveries, retries, dead letters: from the jobs a worker takes (`meterQueue`);
- * - queue depth: read from the queue when scraped (`watchQueue`).
+ * - queue depth: read from the queue when scraped (`watchQueue`);
+ * - flows asleep: read from the daemon when scraped (`watchFlowsAsleep`).
  *
  * One registry per instance (not prom-client's global one), so that a daemon and a worker
  * in one process share one, and tests make as many as they like.
@@ -39,6 +40,8 @@ export class Metrics {
   private readonly deadLetters: Counter<'queue'>;
   private readonly acked: Counter<'queue'>;
   private readonly queues = new Map<string, { queue: WorkQueue; last: { waiting: number; inFlight: number } }>();
+  /** What holds flows asleep (a daemon), asked how many on each scrape. */
+  private readonly sleepers = new Set<FlowsAsleep>();
 
   constructor(options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -116,6 +119,17 @@ export class Metrics {
         const counts = new Map<string, number>();
         for (const pattern of patternOf.values()) counts.set(pattern, (counts.get(pattern) ?? 0) + 1);
         for (const [pattern, n] of counts) this.set({ pattern }, n);
+      },
+    });
+    const sleepers = this.sleepers;
+    new Gauge({
+      name: 'microtask_flows_asleep',
+      help: 'Flows this daemon holds asleep: they only wait (for a person, an event, a deadline), kept as their records without their snapshots until something arrives.',
+      registers,
+      collect() {
+        let asleep = 0;
+        for (const sleeper of sleepers) asleep += sleeper.flowsAsleep();
+        this.set(asleep);
       },
     });
   }
@@ -239,10 +253,20 @@ export class Metrics {
     };
   }
 
+  /** Reports on each scrape how many flows this daemon holds asleep (once per daemon, however often it is given). */
+  watchFlowsAsleep(daemon: FlowsAsleep): void {
+    this.sleepers.add(daemon);
+  }
+
   /** Reports the queue's depth on each scrape. */
   watchQueue(queue: WorkQueue): void {
     if (!this.queues.has(queue.name)) this.queues.set(queue.name, { queue, last: { waiting: 0, inFlight: 0 } });
   }
+}
+
+/** What holds flows asleep: a daemon (its flow host, src/flowSleeping.ts). */
+export interface FlowsAsleep {
+  flowsAsleep(): number;
 }
 
 /** The pattern's own word for how it ended (`output.status`), when it has one. */

@@ -13,7 +13,6 @@ import { join } from 'node:path';
 import { createMicrotaskLogic, MicrotaskRunner } from '../src/actors/microtask.js';
 import { createRemoteMicrotaskLogic } from '../src/actors/remoteMicrotask.js';
 import type { Bus } from '../src/bus/Bus.js';
-import { MemoryBus } from '../src/bus/MemoryBus.js';
 import { connectNatsBus } from '../src/bus/NatsBus.js';
 import { subjects } from '../src/bus/subjects.js';
 import { loadConfig } from '../src/config.js';
@@ -38,10 +37,11 @@ const bootedAt = performance.now();
 const config = loadConfig({ NATS_URL: process.env.NATS_URL, MICROTASK_DAEMON_ID: 'bench-scale-daemon' });
 const names = subjects(config.MICROTASK_SUBJECT_PREFIX);
 
-const bus: Bus = mode === 'nats' ? await connectNatsBus({ servers: config.NATS_URL! }) : new MemoryBus();
+// Embedded, the host runs as `microtask run` runs it: no bus, no event log.
+const bus: Bus | undefined = mode === 'nats' ? await connectNatsBus({ servers: config.NATS_URL! }) : undefined;
 let store: SnapshotStore;
 let microtask;
-if (mode === 'nats') {
+if (bus) {
   store = new KvSnapshotStore(await bus.keyValue(names.snapshotsBucket));
   microtask = createRemoteMicrotaskLogic({
     bus,
@@ -51,7 +51,7 @@ if (mode === 'nats') {
   });
 } else {
   const dir = process.env.SCALE_DIR!;
-  // The embedded daemon's stores (SCALE_STORE=files: the file store before it).
+  // Embedded mode's stores (SCALE_STORE=files: the file store before it).
   const db = process.env.SCALE_STORE === 'files' ? undefined : await LmdbStore.open(dir);
   store = db ? await LmdbSnapshotStore.open(db) : await FileSnapshotStore.open(join(dir, 'flows'));
   const results = db ? await LmdbResultsStore.open(db) : new LogResultsStore(join(dir, 'results'));
@@ -76,19 +76,23 @@ const counted: SnapshotStore = {
   moveAside: (flowId, reason) => store.moveAside(flowId, reason),
   prune: (olderThan, statuses) => store.prune(olderThan, statuses),
 };
-const log = await bus.eventLog(names.flowLog, { subjects: names.flowLogSubjects });
+const log = bus ? await bus.eventLog(names.flowLog, { subjects: names.flowLogSubjects }) : undefined;
 const host = new FlowHost({
   flows: provideFlows({ microtask }),
   store: counted,
   logger: silentLogger,
   outRoot: '/nonexistent',
   ...(mode === 'nats' ? { lease: { owner: config.MICROTASK_DAEMON_ID!, durationMs: config.MICROTASK_LEASE_MS } } : {}),
-  onEvent: async (event) => {
-    await log.append(names.flowEvents(event.flowId), JSON.stringify(event));
-  },
-  onDone: async (done) => {
-    await log.append(names.flowDone(done.flowId), JSON.stringify(done));
-  },
+  ...(log
+    ? {
+        onEvent: async (event) => {
+          await log.append(names.flowEvents(event.flowId), JSON.stringify(event));
+        },
+        onDone: async (done) => {
+          await log.append(names.flowDone(done.flowId), JSON.stringify(done));
+        },
+      }
+    : {}),
 });
 
 const memory = () => {

@@ -2,12 +2,12 @@
  * The setups the benchmark compares, each able to run one flow and say when it is done:
  *
  * - bare: the same XState machine and microtask actor, no bus, no persistence (the floor);
- * - embedded: the daemon over the in-process bus, snapshots as fsync'd files, results in an fdatasync'd log;
+ * - embedded: a FlowHost in this process (as `microtask run` and the library's orchestrator), state in lmdb;
  * - nats: the daemon over NATS (JetStream work queue, KV snapshots with leases), one
  *   worker process, a nats-server of its own.
  *
- * A flow is started the way a user starts one (a request on the bus) and is done when
- * its done message arrives.
+ * A flow is started the way a user starts one (embedded: the host's start, as `run` does;
+ * NATS: a request on the bus) and is done when it ends (NATS: when its done message arrives).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -20,14 +20,14 @@ import { AnthropicModel } from '../src/actors/model/AnthropicModel.js';
 import type { ModelPort } from '../src/actors/model/ModelPort.js';
 import { MemoryResultsStore } from '../src/actors/ResultsStore.js';
 import type { Bus } from '../src/bus/Bus.js';
-import { MemoryBus } from '../src/bus/MemoryBus.js';
 import { connectNatsBus } from '../src/bus/NatsBus.js';
 import { subjects } from '../src/bus/subjects.js';
 import { loadConfig } from '../src/config.js';
-import { Daemon } from '../src/daemon/Daemon.js';
+import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';
 import { BusJournal } from '../src/journal/BusJournal.js';
 import { FileJournal } from '../src/journal/FileJournal.js';
+import type { Journal } from '../src/journal/Journal.js';
 import { LmdbJournal } from '../src/journal/LmdbJournal.js';
 import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/contracts/answers.js';
@@ -161,15 +161,14 @@ async function stepsOf(flowIds: string[], read: (flowId: string) => Promise<Arra
 }
 
 /**
- * Embedded mode: the daemon over the in-process bus, its flows' snapshots in fsync'd
- * files, microtask results in a log (as `microtask daemon` without NATS_URL), with an
- * optional file journal.
+ * Embedded mode as `microtask run` and the library's orchestrator run flows: a FlowHost in
+ * this process, snapshots (every step), microtask results and the journal in one lmdb
+ * database; or, `store: 'files'`, the store before it (an fsync'd file per save, a results log).
  */
 export async function embeddedSetup(
   options: { model?: ModelChoice; journal?: boolean; name?: string; store?: 'lmdb' | 'files' } = {},
 ): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'bench-embedded-'));
-  const bus = new MemoryBus();
   // lmdb is the embedded store; `files` is the one before it (a file per save, a results log).
   const db = options.store === 'files' ? undefined : await LmdbStore.open(dir);
   const runner = new MicrotaskRunner({
@@ -177,32 +176,51 @@ export async function embeddedSetup(
     results: db ? await LmdbResultsStore.open(db) : new LogResultsStore(join(dir, 'results')),
     answers: answerSchemas,
   });
-  // As the embedded daemon runs: the journal in the same database (its steps are the store's, by reference).
+  // As `microtask run` runs: the journal in the same database (its steps are the store's, by reference).
   const journal = db ? await LmdbJournal.open(dir) : options.journal ? new FileJournal({ dir: join(dir, 'journal') }) : undefined;
   const store: SnapshotStore = db ? await LmdbSnapshotStore.open(db) : await FileSnapshotStore.open(join(dir, 'flows'));
-  const daemon = new Daemon({
-    bus,
-    flows: provideFlows({ microtask: createMicrotaskLogic(runner) }),
+  return hostedSetup(options.name ?? (db ? 'embedded (FlowHost, lmdb)' : 'embedded (FlowHost, fsync’d files)'), {
+    runner,
     store,
-    logger: silentLogger,
-    outRoot: join(dir, 'tools'),
     ...(journal ? { journal } : {}),
-  });
-  await daemon.start();
-  const client = await protocolClient(bus);
-  return {
-    name: options.name ?? (db ? 'embedded (in-process bus, lmdb)' : 'embedded (in-process bus, fsync’d files)'),
-    run: client.run,
-    cpu: () => ({ 'daemon + client': ownCpuMs() }),
-    // lmdb keeps the steps with the record; the file store (the one before) only the last snapshot.
-    ...(store.readSteps ? { storedSteps: () => stepsOf(client.recent(), (flowId) => store.readSteps!(flowId)) } : {}),
     async close() {
-      await client.close();
-      await daemon.stop();
-      await bus.close();
       if (db) await journal?.close();
       await db?.close();
       await rm(dir, { recursive: true, force: true });
+    },
+  });
+}
+
+/** Flows run by a FlowHost in this process on the given stores (embeddedSetup's; bench/sqliteInSitu.ts swaps them). */
+export function hostedSetup(
+  name: string,
+  parts: { runner: MicrotaskRunner; store: SnapshotStore; journal?: Journal; close(): Promise<void> },
+): Setup {
+  const { runner, store, journal } = parts;
+  const host = new FlowHost({
+    flows: provideFlows({ microtask: createMicrotaskLogic(runner) }),
+    store,
+    logger: silentLogger,
+    outRoot: join(tmpdir(), 'bench-tools'),
+    ...(journal ? { journal } : {}),
+  });
+  /** The last flows started, for the steps check. */
+  const recent: string[] = [];
+  return {
+    name,
+    async run(pattern, input) {
+      const flowId = await host.start(pattern, input);
+      recent.push(flowId);
+      if (recent.length > 20) recent.shift();
+      const record = await host.finished(flowId)!;
+      return record.status === 'done' && (record.output as { status?: string } | undefined)?.status === 'done';
+    },
+    cpu: () => ({ 'host (this process)': ownCpuMs() }),
+    // lmdb keeps the steps with the record; the file store (the one before) only the last snapshot.
+    ...(store.readSteps ? { storedSteps: () => stepsOf(recent, (flowId) => store.readSteps!(flowId)) } : {}),
+    async close() {
+      await host.stop();
+      await parts.close();
     },
   };
 }

@@ -1,9 +1,9 @@
 /**
- * Would the embedded daemon be faster on SQLite than on lmdb? The same daemon, in this one
- * process, over the in-process bus, with the embedded stores swapped:
+ * Would embedded mode be faster on SQLite than on lmdb? The same FlowHost, in this one
+ * process (as `microtask run` runs flows), with the embedded stores swapped:
  *
  * - bare XState: the floor (bench/setups.ts bareSetup);
- * - lmdb + lmdb journal: embeddedSetup() as bench/setups.ts builds it (the daemon as it runs);
+ * - lmdb + lmdb journal: embeddedSetup() as bench/setups.ts builds it (as `microtask run` runs);
  * - lmdb, no journal / SQLite, no journal: the fair pair (the lmdb journal keeps a step by
  *   reference to lmdb's copy; beside SQLite it would write every snapshot a second time,
  *   into a second database with a commit of its own, so neither row has a journal);
@@ -20,68 +20,53 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { createMicrotaskLogic, MicrotaskRunner } from '../src/actors/microtask.js';
+import { MicrotaskRunner } from '../src/actors/microtask.js';
 import type { ResultsStore } from '../src/actors/ResultsStore.js';
-import { MemoryBus } from '../src/bus/MemoryBus.js';
 import { answerSchemas } from '../src/contracts/answers.js';
-import { Daemon } from '../src/daemon/Daemon.js';
-import { provideFlows } from '../src/flows.js';
 import { LmdbJournal } from '../src/journal/LmdbJournal.js';
-import { silentLogger } from '../src/log.js';
 import { LmdbResultsStore } from '../src/persistence/LmdbResultsStore.js';
 import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from '../src/persistence/LmdbStore.js';
 import type { SnapshotStore } from '../src/persistence/SnapshotStore.js';
 import { benchModel, feedbackInput, flag, fmt, median, microtaskInput, note, percentile, pool, table, type PoolResult } from './lib.js';
-import { bareSetup, embeddedSetup, protocolClient, type Pattern, type Setup } from './setups.js';
+import { bareSetup, embeddedSetup, hostedSetup, type Pattern, type Setup } from './setups.js';
 import { SqliteDatabase, SqliteResultsStore, SqliteSnapshotStore } from './sqliteStores.js';
 import { checkSteps, stepProblems, stepsVerdict, transitionsOf, type StoredSteps } from './steps.js';
 
 const rounds = Number(flag('rounds') ?? 3);
 
 /** embeddedSetup's wiring, with the stores (and journal) chosen here. */
-async function daemonSetup(name: string, kind: 'lmdb' | 'sqlite', withJournal: boolean): Promise<Setup & { commits?: () => string }> {
+async function storesSetup(name: string, kind: 'lmdb' | 'sqlite', withJournal: boolean): Promise<Setup & { commits?: () => string }> {
   const dir = await mkdtemp(join(tmpdir(), `bench-${kind}-`));
-  const bus = new MemoryBus();
   const lmdb = kind === 'lmdb' || withJournal ? await LmdbStore.open(dir) : undefined;
   const sqlite = kind === 'sqlite' ? new SqliteDatabase(join(dir, 'state.sqlite')) : undefined;
   const results: ResultsStore = sqlite ? new SqliteResultsStore(sqlite) : await LmdbResultsStore.open(lmdb!);
   const store: SnapshotStore = sqlite ? new SqliteSnapshotStore(sqlite) : await LmdbSnapshotStore.open(lmdb!);
   const journal = withJournal ? await LmdbJournal.open(dir) : undefined;
   const runner = new MicrotaskRunner({ model: benchModel(), results, answers: answerSchemas });
-  const daemon = new Daemon({
-    bus,
-    flows: provideFlows({ microtask: createMicrotaskLogic(runner) }),
+  const setup = hostedSetup(name, {
+    runner,
     store,
-    logger: silentLogger,
-    outRoot: join(dir, 'tools'),
     ...(journal ? { journal } : {}),
-  });
-  await daemon.start();
-  const client = await protocolClient(bus);
-  return {
-    name,
-    run: client.run,
-    storedSteps: () => Promise.all(client.recent().map(async (flowId) => ({ flowId, steps: (await store.readSteps!(flowId)).map((s) => s.step) }))),
-    ...(sqlite ? { commits: () => { const { writes, commits, blockedMs } = sqlite.stats; return `${fmt(writes / Math.max(1, commits), 1)} writes/commit, loop blocked ${fmt(blockedMs / Math.max(1, commits), 1)} ms/commit`; } } : {}),
     async close() {
-      await client.close();
-      await daemon.stop();
-      await bus.close();
       await journal?.close();
       await lmdb?.close();
       sqlite?.close();
       await rm(dir, { recursive: true, force: true });
     },
+  });
+  return {
+    ...setup,
+    ...(sqlite ? { commits: () => { const { writes, commits, blockedMs } = sqlite.stats; return `${fmt(writes / Math.max(1, commits), 1)} writes/commit, loop blocked ${fmt(blockedMs / Math.max(1, commits), 1)} ms/commit`; } } : {}),
   };
 }
 
 const SETUPS: Array<{ name: string; make: () => Promise<Setup & { commits?: () => string }> }> = [
   { name: 'bare XState (floor)', make: async () => bareSetup() },
   { name: 'lmdb + lmdb journal (embeddedSetup)', make: () => embeddedSetup() },
-  { name: 'lmdb, no journal', make: () => daemonSetup('lmdb, no journal', 'lmdb', false) },
-  { name: 'SQLite, no journal', make: () => daemonSetup('SQLite, no journal', 'sqlite', false) },
-  { name: 'SQLite + lmdb journal', make: () => daemonSetup('SQLite + lmdb journal', 'sqlite', true) },
+  { name: 'lmdb, no journal', make: () => storesSetup('lmdb, no journal', 'lmdb', false) },
+  { name: 'SQLite, no journal', make: () => storesSetup('SQLite, no journal', 'sqlite', false) },
+  { name: 'SQLite + lmdb journal', make: () => storesSetup('SQLite + lmdb journal', 'sqlite', true) },
 ];
 
 const WORKLOADS: Array<{ name: string; pattern: Pattern; input: Record<string, unknown>; total: number; inFlight: number }> = [

@@ -32,12 +32,17 @@ async function setup(replies: (request: FakeRequest) => ReturnType<typeof reply.
     announce: (key, result) => workerBus.publish(subjects().taskResult(key), JSON.stringify(result)),
     concurrency: 4,
   });
+  // A job dead-lettered is published on the queue's dead-letter subject: counted as it passes.
+  let deadLetters = 0;
+  await daemonBus.subscribe(queueOptions.deadLetterSubject, () => void deadLetters++);
   const logic = createRemoteMicrotaskLogic({ bus: daemonBus, queue: await daemonBus.workQueue('tasks', queueOptions), results: await daemonBus.keyValue('results') });
-  const run = (key: string): Promise<MicrotaskResult> => toPromise(createActor(logic, { input: { ...task, key, timeoutMs: 5_000 } }).start());
+  const run = (key: string, input: Record<string, unknown> = {}): Promise<MicrotaskResult> =>
+    toPromise(createActor(logic, { input: { ...task, key, timeoutMs: 5_000, ...input } as never }).start());
   return {
     server,
     results,
     run,
+    deadLetters: () => deadLetters,
     async [Symbol.asyncDispose]() {
       await worker.stop();
       await workerBus.close();
@@ -72,5 +77,19 @@ describe('the remote microtask actor over NATS', () => {
     expect(await s.run('flow-rt/c')).toMatchObject({ success: true, result: 'answered', cached: true });
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(s.server.requests).toHaveLength(1);
+  });
+
+  it('a microtask whose input is invalid falls back at once, as embedded, and is never enqueued (no dead letter, no wait for its timeout)', async () => {
+    await using s = await setup(() => reply.text('answered'));
+    const started = performance.now();
+    const result = await s.run('flow-rt/d', { prompt: '', maxTokens: -1 });
+    expect(result).toMatchObject({ success: false, error: { kind: 'invalid_request', retryable: false }, fallback: expect.anything() });
+    expect(result.error?.message).toMatch(/^invalid microtask input:/);
+    // Its timeout is 5 s: the answer came from the check, not from the deadline.
+    expect(performance.now() - started).toBeLessThan(2_500);
+    expect(s.server.requests).toHaveLength(0);
+    // Long enough for a worker to have taken and dead-lettered a job, had one been sent.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(s.deadLetters()).toBe(0);
   });
 });

@@ -6,8 +6,9 @@ import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../contracts/usage.js';
 import { firstLine, retryStore } from '../persistence/retryStore.js';
 import { DEFAULT_STORE_RETRY_MS, DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, stopOnPermanentCause, withDeadline, type Fallbacks } from './microtask.js';
-import { boundedDeadline, flowIdOf, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from '../contracts/microtask.js';
+import { boundedDeadline, flowIdOf, MicrotaskInputSchema, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from '../contracts/microtask.js';
 import { ResultsUnavailableError } from './ResultsStore.js';
+import { describeIssues } from './model/prompt.js';
 import { traceHeaders, traceMicrotask } from '../ops/tracing.js';
 
 /**
@@ -95,8 +96,30 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
     options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS,
   );
 
-  function wait(input: MicrotaskInput, signal: AbortSignal): Promise<MicrotaskResult> {
+  function failureOf(input: MicrotaskInput, error: MicrotaskError, started: number): MicrotaskResult {
+    return {
+      success: false,
+      taskType: input.taskType,
+      key: input.key,
+      error,
+      fallback: (options.fallbacks?.[input.taskType] ?? defaultFallback)(input, error),
+      durationMs: performance.now() - started,
+      usage: zeroUsage(),
+      cached: false,
+    };
+  }
+
+  function wait(raw: MicrotaskInput, signal: AbortSignal): Promise<MicrotaskResult> {
     const started = performance.now();
+    // Checked here as the embedded runner checks it: a worker would only dead-letter it, and
+    // the flow would wait its whole timeout for an answer that never comes.
+    const parsed = MicrotaskInputSchema.safeParse(raw);
+    if (!parsed.success) {
+      const error: MicrotaskError = { kind: 'invalid_request', message: `invalid microtask input:\n${describeIssues(parsed.error)}`, retryable: false };
+      logger.warn({ flowId: flowIdOf(String(raw?.key)), taskId: raw?.key, taskType: raw?.taskType }, 'invalid microtask input: falls back, not enqueued');
+      return Promise.resolve(failureOf(raw ?? ({} as MicrotaskInput), error, started));
+    }
+    const input = parsed.data;
     const timeoutMs = input.timeoutMs ?? options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     const task: QueuedTask = { ...input, deadlineAt: input.deadlineAt === undefined ? Date.now() + timeoutMs : boundedDeadline(input.deadlineAt) };
     return waitFor(
@@ -106,16 +129,7 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
         log: logger.child({ flowId: flowIdOf(input.key), taskId: input.key, taskType: input.taskType }),
         deadlineAt: task.deadlineAt,
         body: () => JSON.stringify(task),
-        failure: (error) => ({
-          success: false,
-          taskType: input.taskType,
-          key: input.key,
-          error,
-          fallback: (options.fallbacks?.[input.taskType] ?? defaultFallback)(input, error),
-          durationMs: performance.now() - started,
-          usage: zeroUsage(),
-          cached: false,
-        }),
+        failure: (error) => failureOf(input, error, started),
       },
       signal,
     );

@@ -4,7 +4,7 @@ import { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS } from '../src/contracts/microtask
 import { describeIssues } from '../src/actors/model/prompt.js';
 import { loadConfig } from '../src/config.js';
 import { AdjustmentsSchema } from '../src/contracts/answers.js';
-import { patternInputSchemas, patternNames } from '../src/patterns.js';
+import { patternInputSchemas, patternNames } from '../src/patterns/index.js';
 
 const timeoutRange = `a whole number of milliseconds between 1 and ${MAX_MICROTASK_TIMEOUT_MS} (10 minutes)`;
 const tokensRange = `a whole number of tokens between 1 and ${MAX_TOKENS}`;

@@ -9,7 +9,7 @@ import { provideFlows } from '../src/flows.js';
 import { silentLogger } from '../src/log.js';
 import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
 import { LmdbStore } from '../src/persistence/LmdbStore.js';
-import { patternInputSchemas } from '../src/patterns.js';
+import { patternInputSchemas } from '../src/patterns/index.js';
 import type { ReentrantOutput } from '../src/machines/reentrant.js';
 import type { FeedbackLoopOutput } from '../src/machines/feedbackLoop.js';
 import { scripted } from './support/flows.js';

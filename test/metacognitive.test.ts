@@ -8,7 +8,7 @@ import type { FailureAnalysis } from '../src/contracts/answers.js';
 import { zeroUsage } from '../src/contracts/usage.js';
 import type { CheckInput, CheckResult } from '../src/machines/common.js';
 import { ADJUSTMENTS_HEADING, metacognitiveMachine, type MetacognitiveInput } from '../src/machines/metacognitive.js';
-import { patternInputSchemas } from '../src/patterns.js';
+import { patternInputSchemas } from '../src/patterns/index.js';
 import { roundTrip, runToEnd, scripted, stateCoverage } from './support/flows.js';
 
 const coverage = stateCoverage(metacognitiveMachine);

@@ -4,7 +4,7 @@ import { MAX_MICROTASK_TIMEOUT_MS, MAX_TOKENS, MicrotaskInputSchema } from '../s
 import { describeIssues } from '../src/actors/model/prompt.js';
 import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { MemoryResultsStore } from '../src/actors/ResultsStore.js';
-import { patternInputSchemas } from '../src/patterns.js';
+import { patternInputSchemas } from '../src/patterns/index.js';
 
 const task = { taskType: 'summarize', key: 'flow-b/summarize/0', system: 's', prompt: 'p' };
 

@@ -16,7 +16,7 @@ import { KvSnapshotStore } from '../../src/persistence/KvSnapshotStore.js';
 import { loadConfig } from '../../src/config.js';
 import { silentLogger } from '../../src/log.js';
 import { answerSchemas } from '../../src/contracts/answers.js';
-import { patternInputSchemas } from '../../src/patterns.js';
+import { patternInputSchemas } from '../../src/patterns/index.js';
 import { runFlow } from '../../src/runFlow.js';
 import { OFFLINE_CASSETTE, type Runtime } from '../../src/runtime.js';
 import { handWrittenAnswer } from './answers.js';

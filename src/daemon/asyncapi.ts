@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { subjects } from '../bus/subjects.js';
-import { patternInputSchemas, patternNames } from '../patterns.js';
+import { patternInputSchemas, patternNames } from '../patterns/index.js';
 import { protocolSchemas } from './protocol.js';
 
 /**

@@ -6,7 +6,8 @@ import type { FlowSnapshotRecord, FlowStatus, FlowStep } from './persistence/Sna
 /**
  * What a flow host holds of each flow it runs (src/flowHost.ts): awake (a live actor tree,
  * the steps captured and not yet saved, the chain of its saves) or asleep (its record).
- * Shared by the host and the parts it is made of (src/flowJournaling.ts, src/flowSaving.ts).
+ * Shared by the host and the parts it is made of (src/flowJournaling.ts, src/flowSaving.ts,
+ * src/flowSleeping.ts).
  */
 
 /** The ids of the events applied to a flow kept in its record: a resend of one of these is not applied again. */
@@ -36,7 +37,7 @@ export interface PendingStep {
 }
 
 /**
- * A flow asleep here (src/flowSleep.ts): what is left of it is its record without the
+ * A flow asleep here (src/flowSleep.ts, src/flowSleeping.ts): what is left of it is its record without the
  * snapshot, its revision (a wake that finds another one stored knows another process
  * wrote it) and the timer of its earliest deadline.
  */

@@ -13,7 +13,8 @@ import { readFile } from 'node:fs/promises';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/log.js';
 import { mapLimit } from '../src/persistence/SnapshotStore.js';
-import { connectBus, startDaemonService } from '../src/services.js';
+import { connectBus } from '../src/composition.js';
+import { startDaemonService } from '../src/services.js';
 
 const bootedAt = performance.now();
 const phase = process.env.WAIT_PHASE === 'resume' ? 'resume' : 'start';

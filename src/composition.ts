@@ -97,6 +97,11 @@ const natsRequired: Record<string, string> = {
   worker: 'a worker takes microtasks from the NATS work queue: set NATS_URL (e.g. nats://127.0.0.1:4222), or run `microtask dev`',
 };
 
+/** A role that only exists over NATS (the daemon, a worker) refuses to start without it, saying what to do instead. */
+export function requireNats(config: Config, role: 'daemon' | 'worker'): void {
+  if (!config.NATS_URL) throw new UsageError(natsRequired[role]!, 'NATS_REQUIRED');
+}
+
 /**
  * The connection to NATS (NATS_URL). A one-shot command (`cli`) fails fast on an unreachable
  * server; a service waits for it, saying so every 5 s.

@@ -50,6 +50,10 @@ export function useFlowsModule(module: FlowsModule): void {
 /** The module this process serves (none: no flows, answers or fallbacks of a user). */
 export const flowsModuleInUse = (): FlowsModule => processModule;
 
+/** The flows this process knows, by name: the built-in patterns and the module's. */
+export const flowDefinition = (name: string, module: FlowsModule = processModule): FlowDefinition | undefined =>
+  [...builtinFlows(), ...module.flows].find((flow) => flow.name === name);
+
 /** The answer schemas a runner knows: the built-in ones and the module's. */
 export const answersWith = (module: FlowsModule = processModule): AnswerSchemas => ({ ...answerSchemas, ...module.answers });
 

@@ -8,7 +8,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { loadConfig, type Config } from '../src/config.js';
 import { silentLogger } from '../src/log.js';
-import { connectBus, startDaemonService, startWorkerService } from '../src/services.js';
+import { connectBus } from '../src/composition.js';
+import { startDaemonService, startWorkerService } from '../src/services.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
 
 // Issue 15 item 1: with NATS, microtask results and request ids were kept forever (as were

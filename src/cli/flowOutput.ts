@@ -1,7 +1,7 @@
-import { isFlowStopCode, type MicrotaskResult } from '../contracts/microtask.js';
+import { isFlowStopCode } from '../contracts/microtask.js';
 import type { Usage } from '../contracts/usage.js';
 import { FlowHaltedError } from '../flowHost.js';
-import { isPatternName, type PatternName } from '../patterns.js';
+import { flowDefinition } from '../flows.js';
 import type { SnapshotStore } from '../persistence/SnapshotStore.js';
 import { isStoreUnavailable } from '../persistence/StoreUnavailableError.js';
 import type { FlowOutput } from '../runFlow.js';
@@ -21,32 +21,18 @@ export const printData = (value: unknown) => {
   if (value !== undefined) process.stdout.write(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
 };
 
-/** The part of a pattern's output a person wants on stdout. */
-function mainResult(pattern: PatternName, output: Record<string, unknown>): unknown {
-  switch (pattern) {
-    case 'reentrant':
-      return output.output;
-    case 'tool-builder':
-      return output.dir;
-    case 'parallel':
-      // Each task's answer, in input order; a failed one shows its fallback and why.
-      return (output.results as Array<MicrotaskResult | null>).map((r) =>
-        r === null ? null : r.success ? r.result : { failed: r.error?.kind, fallback: r.fallback },
-      );
-    case 'incremental':
-      return (output.results as Array<{ status: string; result?: unknown; error?: string }>).map((r) =>
-        r.status === 'done' ? r.result : { [r.status]: r.error ?? true },
-      );
-    default:
-      return output.result;
-  }
+/** The part of a flow's output a person wants on stdout: as its definition says, else its `result`. */
+function mainResult(pattern: string, output: Record<string, unknown>): unknown {
+  const definition = flowDefinition(pattern);
+  if (definition?.result) return definition.result(output);
+  return 'result' in output ? output.result : output;
 }
 
 export function printFlowResult(pattern: string, flowId: string, output: FlowOutput, json: boolean) {
   if (json) printData({ flowId, pattern, ...output });
   else {
     // A flow cancelled or crashed has no machine output: nothing for stdout, the reason on stderr.
-    if (output.usage !== undefined) printData(isPatternName(pattern) ? mainResult(pattern, output) : 'result' in output ? output.result : output);
+    if (output.usage !== undefined) printData(mainResult(pattern, output));
     process.stderr.write(
       `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${output.usage ? describeUsage(output.usage as Usage) : ''}\n${offlineHint(output)}`,
     );

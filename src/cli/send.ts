@@ -6,7 +6,7 @@ import { JsonInputError, parseJsonInput } from '../jsonInput.js';
 import { createLogger } from '../log.js';
 import { microtaskNotProvided } from '../machines/common.js';
 import { SendError, sendEvent } from '../sendEvent.js';
-import { connectBus, inboxFor, snapshotStore } from '../services.js';
+import { openFlowState } from '../composition.js';
 import { DaemonClient } from './busClient.js';
 import { ExitCode, UsageError } from './exitCodes.js';
 
@@ -41,11 +41,11 @@ export async function sendCommand(flowId: string, type: string, options: SendOpt
   const event = { eventId, type, ...(data !== undefined ? { data } : {}) };
   const config = loadConfig();
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
-  const bus = await connectBus(config, logger, 'cli');
-  try {
+  await using state = await openFlowState(config, logger, 'cli');
+  {
     let duplicate: boolean | undefined;
-    if (bus.transport === 'nats') {
-      duplicate = await new DaemonClient(bus, config.MICROTASK_SUBJECT_PREFIX).send(flowId, event).then(
+    if (state.bus) {
+      duplicate = await new DaemonClient(state.bus, config.MICROTASK_SUBJECT_PREFIX).send(flowId, event).then(
         (r) => r.duplicate,
         (e: unknown) => {
           if (e instanceof UsageError && e.code === 'NO_DAEMON') return undefined;
@@ -54,10 +54,9 @@ export async function sendCommand(flowId: string, type: string, options: SendOpt
       );
     }
     if (duplicate === undefined) {
-      const store = await snapshotStore(bus, config, logger);
-      const inbox = await inboxFor(bus, config, logger);
+      const inbox = await state.inbox();
       try {
-        duplicate = (await sendEvent({ store, inbox, flows: provideFlows({ microtask: microtaskNotProvided() }) }, flowId, event)).duplicate;
+        duplicate = (await sendEvent({ store: state.store, inbox, flows: provideFlows({ microtask: microtaskNotProvided() }) }, flowId, event)).duplicate;
       } catch (e) {
         if (e instanceof EventRefusedError || e instanceof SendError) throw new UsageError(e.message, e.code);
         throw e;
@@ -69,7 +68,5 @@ export async function sendCommand(flowId: string, type: string, options: SendOpt
         : `sent ${type} to flow ${flowId} (event ${eventId}): applied by the process running it, or when it is resumed\n`,
     );
     return ExitCode.ok;
-  } finally {
-    await bus.close();
   }
 }

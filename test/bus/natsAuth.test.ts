@@ -3,7 +3,7 @@ import { BusError } from '../../src/bus/Bus.js';
 import { connectNatsBus } from '../../src/bus/NatsBus.js';
 import { loadConfig } from '../../src/config.js';
 import { silentLogger } from '../../src/log.js';
-import { connectBus } from '../../src/services.js';
+import { connectBus } from '../../src/composition.js';
 import { startNatsServer } from '../../src/testing/natsServer.js';
 
 describe('NATS authentication, from the environment', () => {

@@ -12,7 +12,7 @@ import { createLogger } from '../../log.js';
 import type { ModuleRecord, ToolBuilderOutput } from '../../machines/toolBuilder.js';
 import { mkdirs } from '../../mkdirs.js';
 import { runFlow, startDetached, toolsDir } from '../../runFlow.js';
-import { connectBus, journalFor } from '../../services.js';
+import { connectBus, natsJournal } from '../../composition.js';
 import { renderToolFiles } from '../../toolFiles.js';
 import { DaemonClient } from '../busClient.js';
 import { assertWritableDirectory } from '../directories.js';
@@ -161,7 +161,7 @@ async function buildOverBus(spec: ToolSpec, extra: { threshold?: number; budget?
     }
     process.stderr.write(`started ${flowId} on the daemon (Ctrl-C stops following; the flow goes on)\n`);
     const progress = progressFor(options);
-    const journal = progress ? await journalFor(bus, config, logger) : undefined;
+    const journal = progress ? await natsJournal(bus, config, logger) : undefined;
     const follow = progress && journal ? await journal.follow(flowId, (e) => progress.onEntry(e)) : undefined;
     let done: FlowDone;
     try {

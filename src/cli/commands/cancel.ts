@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { loadConfig } from '../../config.js';
 import { createLogger } from '../../log.js';
 import { SnapshotConflictError } from '../../persistence/SnapshotStore.js';
-import { connectBus, journalFor, snapshotStore } from '../../services.js';
+import { openFlowState } from '../../composition.js';
 import { DaemonClient } from '../busClient.js';
 import { ExitCode, UsageError } from '../exitCodes.js';
 import { loadForUser } from '../loadForUser.js';
@@ -22,16 +22,16 @@ export function addCancelCommand(program: Command, setExit: (code: number) => vo
 async function cancelCommand(flowId: string) {
   const config = loadConfig();
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
-  const bus = await connectBus(config, logger, 'cli');
-  try {
-    if (bus.transport === 'nats') {
-      await new DaemonClient(bus, config.MICROTASK_SUBJECT_PREFIX).cancel(flowId);
+  await using state = await openFlowState(config, logger, 'cli');
+  {
+    if (state.bus) {
+      await new DaemonClient(state.bus, config.MICROTASK_SUBJECT_PREFIX).cancel(flowId);
       process.stderr.write(`cancelled ${flowId}\n`);
       return ExitCode.ok;
     }
     // Embedded: the record says cancelled (compare-and-set). A process running the flow
     // finds its next save refused and stops it there; a resume finds it ended.
-    const store = await snapshotStore(bus, config, logger);
+    const store = state.store;
     for (;;) {
       const stored = await loadForUser(store, flowId);
       if (!stored) throw new UsageError(`no flow ${flowId}: \`microtask flows\` lists them`, 'FLOW_NOT_FOUND');
@@ -43,13 +43,11 @@ async function cancelCommand(flowId: string) {
         if (e instanceof SnapshotConflictError) continue;
         throw e;
       }
-      const journal = await journalFor(bus, config, logger);
+      const journal = await state.journal();
       journal.append({ kind: 'flow', flowId, at: new Date().toISOString(), phase: 'ended', pattern: stored.record.pattern, status: 'cancelled', error });
-      await journal.close();
+      await journal.flush();
       process.stderr.write(`cancelled ${flowId}\n`);
       return ExitCode.ok;
     }
-  } finally {
-    await bus.close();
   }
 }

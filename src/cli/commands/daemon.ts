@@ -2,7 +2,8 @@ import { Option, type Command } from 'commander';
 import { loadConfig } from '../../config.js';
 import { InspectorServerError } from '../../inspector/server.js';
 import { createLogger } from '../../log.js';
-import { connectBus, startDaemonService, startWorkerService } from '../../services.js';
+import { connectBus, requireNats } from '../../composition.js';
+import { startDaemonService, startWorkerService } from '../../services.js';
 import { drainWorker } from '../drainWorker.js';
 import { UsageError } from '../exitCodes.js';
 import { flowsOption } from '../flowsOption.js';
@@ -21,12 +22,12 @@ interface DaemonOptions {
   httpPort?: number;
 }
 
-/** `microtask daemon`: serves the bus protocol until a signal (embedded, or on NATS). */
+/** `microtask daemon`: serves the bus protocol on NATS until a signal. */
 export function addDaemonCommand(program: Command, setExit: (code: number) => void) {
   program
     .command('daemon')
     .description('serve the bus protocol: tool builds, flows of any pattern, status, cancel (docs/protocol.md)')
-    .option('--worker', 'with NATS_URL: also run a worker in this process')
+    .option('--worker', 'also run a worker in this process')
     .addOption(flowsOption())
     .option('--inspect', "send every flow's actors to Stately's inspector (@statelyai/inspect)")
     .addOption(new Option('--inspector-port <n>', 'serve the inspector page on this port (default MICROTASK_INSPECTOR_PORT, 7420)').argParser(port))
@@ -35,9 +36,10 @@ export function addDaemonCommand(program: Command, setExit: (code: number) => vo
     .addHelpText(
       'after',
       `
-With NATS_URL set it serves NATS clients and keeps snapshots in NATS KV; without it, it runs embedded
-(in-process bus, microtasks in this process, snapshots under MICROTASK_STATE_DIR). On start it resumes
+It serves NATS clients (NATS_URL; \`microtask dev\` starts a nats-server, a daemon and a worker for you)
+and keeps snapshots in NATS KV; microtasks run on workers (or here, with --worker). On start it resumes
 every unfinished flow. It serves the inspector page on http://MICROTASK_INSPECTOR_HOST:PORT (127.0.0.1:7420).
+Without NATS, \`microtask run\` runs a flow in its own process and the library embeds the orchestrator.
 
 SIGINT/SIGTERM: stop taking requests, let the microtasks in flight finish (MICROTASK_SHUTDOWN_GRACE_MS,
 20 s), save every flow, close the connection, exit 0. A second signal exits at once (exit 130): the
@@ -54,6 +56,8 @@ const inspectorPortTaken = (port: number) =>
 
 async function daemonCommand(options: DaemonOptions) {
   const config = loadConfig();
+  // Before anything else: a daemon is what clients reach over NATS; without it there is none.
+  requireNats(config, 'daemon');
   const inspectorPort = options.inspectorPort ?? config.MICROTASK_INSPECTOR_PORT;
   // Before anything starts: a daemon refused for its port should not have resumed flows first.
   if (options.inspector !== false && (await isPortTaken(config.MICROTASK_INSPECTOR_HOST, inspectorPort))) throw inspectorPortTaken(inspectorPort);
@@ -62,8 +66,8 @@ async function daemonCommand(options: DaemonOptions) {
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'info');
   const bus = await connectBus(config, logger, 'daemon');
   const stately = options.inspect ? await statelyFor(logger) : undefined;
-  // Embedded, microtasks run in the daemon itself; with NATS, on workers (or here with --worker).
-  const withWorker = options.worker === true && bus.transport === 'nats';
+  // Microtasks run on workers, or here with --worker.
+  const withWorker = options.worker === true;
   const worker = withWorker ? await startWorkerService(bus, config, logger, undefined, metrics) : undefined;
   const daemon = await startDaemonService(bus, config, logger, { ...(stately ? { inspect: stately.inspect } : {}), ...metrics });
   const http = await ops?.serve(bus, logger, '--http-port').catch(async (e: unknown) => {
@@ -87,26 +91,21 @@ async function daemonCommand(options: DaemonOptions) {
           logger.error({ err: e }, `inspector page not served: ${(e as Error).message}`);
           return undefined;
         });
-  const where = bus.transport === 'nats' ? `NATS ${config.NATS_URL!.join(', ')}` : 'embedded (no NATS_URL): requests from this process only';
-  logger.info({ transport: bus.transport, worker: withWorker, inspector: inspector?.url, http }, `daemon ready: ${where}`);
+  logger.info({ transport: bus.transport, worker: withWorker, inspector: inspector?.url, http }, `daemon ready: NATS ${config.NATS_URL!.join(', ')}`);
   const grace = config.MICROTASK_SHUTDOWN_GRACE_MS;
   return serveUntilSignal(async () => {
     // /readyz answers 503 from here on, until the process exits.
     ops?.drain();
     await inspector?.close();
-    // Embedded, the microtasks run here: they get the grace period to finish. With NATS they
-    // run on workers, which store each result for the flow whatever the daemon does: its
-    // flows stop at once (resumed on the next start, or by another daemon), and a worker in
-    // this process drains like any other.
-    await Promise.all([daemon.stop(bus.transport === 'nats' ? 0 : grace), worker ? drainWorker(worker, grace, logger) : undefined]);
+    // The microtasks run on workers, which store each result for the flow whatever the
+    // daemon does: its flows stop at once (resumed on the next start, or by another daemon),
+    // and a worker in this process drains like any other.
+    await Promise.all([daemon.stop(0), worker ? drainWorker(worker, grace, logger) : undefined]);
     stately?.stop();
     await bus.close();
     await ops?.close();
   }, logger, {
-    stopping:
-      bus.transport === 'nats'
-        ? `no new requests; flows saved to resume (their microtasks stay with the workers)${withWorker ? '; the worker here finishes its tasks in flight' : ''}`
-        : `no new requests; the microtasks in flight get ${grace} ms to finish, then every flow is saved`,
+    stopping: `no new requests; flows saved to resume (their microtasks stay with the workers)${withWorker ? '; the worker here finishes its tasks in flight' : ''}`,
     abandon: 'every flow is saved as of its last step: the next start resumes it',
   });
 }

@@ -1,9 +1,8 @@
-import { join } from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../../config.js';
 import { createLogger } from '../../log.js';
 import type { FlowSummary } from '../../persistence/SnapshotStore.js';
-import { connectBus, snapshotStore } from '../../services.js';
+import { openFlowState } from '../../composition.js';
 import { ExitCode, UsageError } from '../exitCodes.js';
 import { printData } from '../flowOutput.js';
 import { prune } from '../prune.js';
@@ -32,22 +31,18 @@ function parseStatuses(list: string): FlowSummary['status'][] {
 async function flowsCommand(options: { json?: boolean; status?: string }) {
   const config = loadConfig();
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
-  const bus = await connectBus(config, logger, 'cli');
-  try {
-    const store = await snapshotStore(bus, config, logger);
+  await using state = await openFlowState(config, logger, 'cli');
+  const { store } = state;
     await prune(store, config, logger);
     const statuses = options.status ? parseStatuses(options.status) : undefined;
     const flows = await store.list(statuses ? { status: statuses } : {});
     if (options.json) printData(flows);
-    else if (!flows.length) process.stderr.write(`no flows${statuses ? ` with status ${statuses.join(' or ')}` : ''} in ${bus.transport === 'nats' ? 'NATS KV' : join(config.MICROTASK_STATE_DIR, 'db')}\n`);
+    else if (!flows.length) process.stderr.write(`no flows${statuses ? ` with status ${statuses.join(' or ')}` : ''} in ${state.where}\n`);
     else {
       const rows = flows.map((f) => [f.flowId, f.pattern, f.status, typeof f.state === 'string' ? f.state : JSON.stringify(f.state), f.updatedAt]);
       const widths = [0, 1, 2, 3].map((i) => Math.max(...rows.map((r) => r[i]!.length), ['FLOW', 'PATTERN', 'STATUS', 'STATE'][i]!.length));
       const line = (r: string[]) => r.map((c, i) => (i < 4 ? c.padEnd(widths[i]!) : c)).join('  ');
       process.stdout.write(`${line(['FLOW', 'PATTERN', 'STATUS', 'STATE', 'UPDATED'])}\n${rows.map(line).join('\n')}\n`);
     }
-    return ExitCode.ok;
-  } finally {
-    await bus.close();
-  }
+  return ExitCode.ok;
 }

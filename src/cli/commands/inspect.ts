@@ -5,7 +5,7 @@ import type { MicrotaskInput, MicrotaskResult } from '../../contracts/microtask.
 import { provideFlows } from '../../flows.js';
 import { InspectorServerError } from '../../inspector/server.js';
 import { createLogger } from '../../log.js';
-import { connectBus, inboxFor, journalFor, snapshotStore } from '../../services.js';
+import { openFlowState } from '../../composition.js';
 import { UsageError } from '../exitCodes.js';
 import { printData } from '../flowOutput.js';
 import { flowsOption } from '../flowsOption.js';
@@ -37,28 +37,28 @@ const inspectorRole = (config: Config) => (config.NATS_URL ? 'inspector' : 'cli'
 async function inspectCommand(flowId: string | undefined, options: { port?: number }) {
   const config = loadConfig();
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'warn');
-  const bus = await connectBus(config, logger, inspectorRole(config));
-  const store = await snapshotStore(bus, config, logger);
-  const journal = await journalFor(bus, config, logger);
+  const state = await openFlowState(config, logger, inspectorRole(config));
+  const { store } = state;
+  const journal = await state.journal();
   // The machines' definitions only: nothing here runs a microtask.
   const flows = provideFlows({ microtask: fromPromise<MicrotaskResult, MicrotaskInput>(() => Promise.reject(new Error('the inspector runs no microtask'))) });
   // Answers from the page go where `microtask send` puts them: the daemon or `run` applies them.
-  const inbox = await inboxFor(bus, config, logger);
+  const inbox = await state.inbox();
   const server = await serveInspector({ journal, store, flows, inbox }, config, logger, options.port ?? config.MICROTASK_INSPECTOR_PORT).catch(async (e: unknown) => {
     if (e instanceof InspectorServerError && e.code === 'INSPECTOR_PORT_IN_USE') {
       throw new UsageError(`port ${options.port ?? config.MICROTASK_INSPECTOR_PORT} is taken (a daemon serves its inspector there already?): choose another with --port`, 'PORT_IN_USE');
     }
     if (e instanceof InspectorServerError && e.code === 'INSPECTOR_TOKEN_REQUIRED') {
-      await bus.close();
+      await state.close();
       throw new UsageError(e.message, e.code);
     }
     throw e;
   });
   // The token (if any) rides in the fragment: printed here, kept out of the logs.
   printData(server.pageUrl(flowId));
-  process.stderr.write(`inspector serving ${bus.transport === 'nats' ? 'the flows on NATS' : `the flows under ${config.MICROTASK_STATE_DIR}`}; Ctrl-C to stop\n`);
+  process.stderr.write(`inspector serving ${state.mode === 'nats' ? 'the flows on NATS' : `the flows under ${config.MICROTASK_STATE_DIR}`}; Ctrl-C to stop\n`);
   return serveUntilSignal(async () => {
     await server.close();
-    await bus.close();
+    await state.close();
   }, logger, { stopping: 'closing the inspector', abandon: 'it only reads' });
 }

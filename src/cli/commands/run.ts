@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
 import type { z } from 'zod';
 import { loadConfig } from '../../config.js';
-import { flowsModuleInUse } from '../../flows.js';
-import { isPatternName, patternInputSchemas, patternNames } from '../../patterns.js';
+import { flowDefinition, flowsModuleInUse } from '../../flows.js';
+import { patternNames } from '../../patterns/index.js';
 import { runFlow, toolsDir } from '../../runFlow.js';
 import { assertWritableDirectory } from '../directories.js';
 import { UsageError } from '../exitCodes.js';
@@ -43,7 +43,7 @@ Examples:
   microtask run microtask --input examples/microtask.json
   microtask run feedback-loop --input examples/feedback-loop.json --json
 
-Inputs are checked against each pattern's schema (src/patterns.ts); examples/ has one per pattern.`,
+Inputs are checked against each pattern's schema (src/patterns/); examples/ has one per pattern.`,
     )
     .action(async (pattern: string, options: RunOptions) => {
       setExit(await runCommand(pattern, options));
@@ -52,15 +52,14 @@ Inputs are checked against each pattern's schema (src/patterns.ts); examples/ ha
 
 async function runCommand(pattern: string, options: RunOptions) {
   // A built-in pattern, or a flow of the module given with --flows (MICROTASK_FLOWS).
-  const own = flowsModuleInUse().flows.find((flow) => flow.name === pattern);
-  if (!isPatternName(pattern) && !own) {
+  const definition = flowDefinition(pattern);
+  if (!definition) {
     const names = [...patternNames, ...flowsModuleInUse().flows.map((f) => f.name)].join(', ');
     throw new UsageError(`unknown pattern "${pattern}". Allowed choices are ${names}${flowsModuleInUse().flows.length ? '' : ' (your own flows: --flows <module>)'}`);
   }
   if (options.out !== undefined && pattern !== 'tool-builder') throw new UsageError('--out is for the tool-builder pattern only');
   if (pattern === 'tool-builder') await assertWritableDirectory(options.out ?? toolsDir(loadConfig().MICROTASK_STATE_DIR));
-  const schema = isPatternName(pattern) ? patternInputSchemas[pattern] : own!.input;
-  const input = await readJsonFile(options.input, schema as z.ZodType<Record<string, unknown>>, `${pattern} input`);
+  const input = await readJsonFile(options.input, definition.input as z.ZodType<Record<string, unknown>>, `${pattern} input`);
   // Closed when the command returns: its writes committed, its database handle released.
   await using runtime = await startRuntime();
   await prune(runtime.store, runtime.config, runtime.logger, runtime.journal, runtime.results);

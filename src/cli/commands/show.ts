@@ -4,7 +4,7 @@ import { loadConfig } from '../../config.js';
 import type { Journal, JournalEntry } from '../../journal/Journal.js';
 import { createLogger } from '../../log.js';
 import type { FlowSnapshotRecord, SnapshotStore } from '../../persistence/SnapshotStore.js';
-import { connectBus, journalFor, snapshotStore } from '../../services.js';
+import { openFlowState } from '../../composition.js';
 import { ExitCode, UsageError } from '../exitCodes.js';
 import { hintAnswer } from '../flowHints.js';
 import { printData } from '../flowOutput.js';
@@ -38,10 +38,10 @@ async function showCommand(flowId: string, options: ShowOptions) {
   if (options.snapshots && !options.json) throw new UsageError('--snapshots goes with --json (the text history has no room for whole snapshots)');
   const config = loadConfig();
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'error');
-  const bus = await connectBus(config, logger, 'cli');
-  try {
-    const store = await snapshotStore(bus, config, logger);
-    const journal = await journalFor(bus, config, logger);
+  await using state = await openFlowState(config, logger, 'cli');
+  {
+    const store = state.store;
+    const journal = await state.journal();
     const record = (await loadForUser(store, flowId))?.record;
     if (options.follow) return await followFlow(flowId, record, journal, store);
     const entries = await journal.read(flowId);
@@ -56,8 +56,6 @@ async function showCommand(flowId: string, options: ShowOptions) {
       if (record?.status === 'running' && record.waiting?.length) hintAnswer(flowId, record.waiting, process.stdout);
     }
     return ExitCode.ok;
-  } finally {
-    await bus.close();
   }
 }
 

@@ -1,9 +1,9 @@
 import { Option, type Command } from 'commander';
 import { loadConfig } from '../../config.js';
 import { createLogger } from '../../log.js';
-import { connectBus, startWorkerService } from '../../services.js';
+import { connectBus, requireNats } from '../../composition.js';
+import { startWorkerService } from '../../services.js';
 import { drainWorker } from '../drainWorker.js';
-import { UsageError } from '../exitCodes.js';
 import { flowsOption } from '../flowsOption.js';
 import { OpsEndpoint } from '../opsEndpoint.js';
 import { port, positiveInt } from '../optionParsers.js';
@@ -28,9 +28,7 @@ export function addWorkerCommand(program: Command, setExit: (code: number) => vo
 
 async function workerCommand(options: { concurrency?: number; httpPort?: number }) {
   const config = loadConfig();
-  if (!config.NATS_URL) {
-    throw new UsageError('a worker takes tasks from NATS: set NATS_URL (an embedded `microtask daemon` runs its own worker)');
-  }
+  requireNats(config, 'worker');
   const ops = await OpsEndpoint.prepare(config, options.httpPort ?? config.MICROTASK_HTTP_PORT, '--http-port');
   const logger = createLogger(config.MICROTASK_LOG_LEVEL ?? 'info');
   const bus = await connectBus(config, logger, 'worker');

@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { reply, startFakeAnthropic, type FakeAnthropic } from '../src/testing/fakeAnthropic.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
+import { connectNatsBus } from '../src/bus/NatsBus.js';
+import { subjects } from '../src/bus/subjects.js';
 import { runCli as run, startCli as start, until } from './support/cliProcess.js';
 
 
@@ -129,43 +131,18 @@ describe('the CLI a person drives', { timeout: 90_000 }, () => {
     expect(badPort.stderr).toContain('a port is a whole number from 0 to 65535');
   });
 
-  it('the embedded daemon stops on SIGTERM with exit 0 after letting the microtask in flight finish; a second signal exits at once', async () => {
-    const state = await mkdtemp(join(tmpdir(), 'cli-daemon-'));
-    let delay = 800;
-    const env = { MICROTASK_STATE_DIR: state, MICROTASK_INSPECTOR_PORT: '0', MICROTASK_SHUTDOWN_GRACE_MS: '20000', ...(await slowModel(() => delay)) };
-    // An unfinished flow for the daemon to resume: a run killed while its first call is in flight.
-    const killed = start(['run', 'microtask', '--input', 'examples/microtask.json', '--no-progress'], env);
-    await until(() => fake!.requests.length >= 1 || undefined, 'the first model call');
-    killed.child.kill('SIGKILL');
-    await killed.exited;
-
-    const daemon = start(['daemon'], { ...env, MICROTASK_LOG_LEVEL: 'info' });
-    await until(() => fake!.requests.length >= 2 || undefined, 'the resumed flow to call the model again');
-    daemon.child.kill('SIGTERM');
-    const code = await daemon.exited;
-    expect(code, daemon.stderr()).toBe(0);
-    expect(daemon.stderr()).toContain('letting the microtasks in flight finish');
-    // The call in flight finished and its result was saved: the flow ended, nothing left to resume.
-    const listed = JSON.parse((await run(['flows', '--json'], env)).stdout);
-    expect(listed).toEqual([expect.objectContaining({ status: 'done' })]);
-
-    // A call that would outlast the patience of the person at the terminal: the second signal ends it now.
-    delay = 60_000;
-    const slowRun = start(['run', 'microtask', '--input', 'examples/microtask.json', '--no-progress'], env);
-    await until(() => fake!.requests.length >= 3 || undefined, 'the slow call');
-    slowRun.child.kill('SIGKILL');
-    await slowRun.exited;
-    const again = start(['daemon'], { ...env, MICROTASK_SHUTDOWN_GRACE_MS: '60000', MICROTASK_LOG_LEVEL: 'info' });
-    await until(() => fake!.requests.length >= 4 || undefined, 'the resumed slow call');
-    again.child.kill('SIGTERM');
-    await until(() => again.stderr().includes('letting the microtasks in flight finish') || undefined, 'the drain to begin');
-    const signalledAt = Date.now();
-    again.child.kill('SIGTERM');
-    expect(await again.exited).toBe(130);
-    expect(Date.now() - signalledAt).toBeLessThan(5_000);
-    expect(again.stderr()).toContain('second signal: exiting now');
-    // The flow is still there to be resumed.
-    expect(JSON.parse((await run(['flows', '--json', '--status', 'running'], env)).stdout)).toHaveLength(1);
+  it('`daemon` and `worker` without NATS_URL refuse in one line, exit 2, saying what to run instead (there is no embedded daemon)', async () => {
+    const env = { MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-no-nats-')) };
+    for (const [args, says] of [
+      [['daemon'], /^microtask: the daemon serves flows to clients over NATS: set NATS_URL .*`microtask dev`.*`microtask run` runs a flow embedded/],
+      [['worker'], /^microtask: a worker takes microtasks from the NATS work queue: set NATS_URL .*`microtask dev`/],
+    ] as const) {
+      const { code, stdout, stderr } = await run([...args], env);
+      expect([args[0], code], stderr).toEqual([args[0], 2]);
+      expect(stderr.trim().split('\n'), args[0]).toHaveLength(1);
+      expect(stderr.trim(), args[0]).toMatch(says);
+      expect(stdout).toBe('');
+    }
   });
 });
 
@@ -218,6 +195,44 @@ describe('the CLI against daemons on NATS', () => {
 
     daemon.child.kill('SIGTERM');
     expect(await daemon.exited).toBe(0);
+  }, 120_000);
+
+  it('`daemon --worker` stops on SIGTERM with exit 0 once its worker finished the call in flight (a new daemon ends the flow without paying again); a second signal exits at once', async () => {
+    let delay = 800;
+    const env = { NATS_URL: nats.url, MICROTASK_SUBJECT_PREFIX: 'clisig', MICROTASK_INSPECTOR_PORT: '0', MICROTASK_SHUTDOWN_GRACE_MS: '20000', MICROTASK_STATE_DIR: await mkdtemp(join(tmpdir(), 'cli-sig-')), ...(await slowModel(() => delay)) };
+    const client = await connectNatsBus({ servers: [nats.url] });
+    const names = subjects('clisig');
+    const startFlow = async () => (await client.request(names.flowStart('microtask'), JSON.stringify({ input: { taskType: 'summarize', system: 's', prompt: 'p', timeoutMs: 120_000 } }), { timeoutMs: 10_000 })).json<{ flowId: string }>().flowId;
+    const listed = async (status: string) => JSON.parse((await run(['flows', '--json', '--status', status], env)).stdout) as Array<{ flowId: string }>;
+    try {
+      const daemon = start(['daemon', '--worker'], { ...env, MICROTASK_LOG_LEVEL: 'info' });
+      await until(() => daemon.stderr().includes('daemon ready') || undefined, 'the daemon to be ready');
+      const first = await startFlow();
+      await until(() => fake!.requests.length >= 1 || undefined, 'the model call');
+      daemon.child.kill('SIGTERM');
+      expect(await daemon.exited, daemon.stderr()).toBe(0);
+      expect(daemon.stderr()).toContain('the worker here finishes its tasks in flight');
+      // The daemon's flows stopped at once, saved; the worker stored the paid answer before it exited.
+      const again = start(['daemon', '--worker'], { ...env, MICROTASK_LOG_LEVEL: 'info' });
+      await until(async () => (await listed('done')).some((f) => f.flowId === first) || undefined, 'the resumed flow to end', 30_000);
+      expect(fake!.requests).toHaveLength(1);
+
+      // A call that would outlast the patience of the person at the terminal: the second signal ends it now.
+      delay = 60_000;
+      await startFlow();
+      await until(() => fake!.requests.length >= 2 || undefined, 'the slow call');
+      again.child.kill('SIGTERM');
+      await until(() => again.stderr().includes('the worker here finishes its tasks in flight') || undefined, 'the drain to begin');
+      const signalledAt = Date.now();
+      again.child.kill('SIGTERM');
+      expect(await again.exited).toBe(130);
+      expect(Date.now() - signalledAt).toBeLessThan(5_000);
+      expect(again.stderr()).toContain('second signal: exiting now');
+      // The flow is still there to be resumed.
+      expect(await listed('running')).toHaveLength(1);
+    } finally {
+      await client.close();
+    }
   }, 120_000);
 });
 

@@ -12,11 +12,11 @@ const CLI = new URL('../dist/cli.js', import.meta.url).pathname;
 const tempDirs: string[] = [];
 afterAll(() => Promise.all(tempDirs.map((dir) => rm(dir, { recursive: true, force: true }))));
 
-const run = async (args: string[], options: { timeoutMs?: number } = {}) => {
+const run = async (args: string[], options: { timeoutMs?: number; env?: Record<string, string> } = {}) => {
   const state = await mkdtemp(join(tmpdir(), 'cli-usage-'));
   tempDirs.push(state);
   return promisify(execFile)(process.execPath, [CLI, ...args], {
-    env: { PATH: process.env.PATH ?? '', MICROTASK_STATE_DIR: state },
+    env: { PATH: process.env.PATH ?? '', MICROTASK_STATE_DIR: state, ...options.env },
     cwd: new URL('..', import.meta.url).pathname,
     // A command that should have refused at once but serves instead is stopped (SIGTERM) here.
     timeout: options.timeoutMs ?? 30_000,
@@ -49,7 +49,8 @@ describe('the CLI on a mistyped or incomplete command line (issue 16)', () => {
     await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
     const { port } = taken.address() as { port: number };
     try {
-      const daemon = await run(['daemon', '--inspector-port', String(port)], { timeoutMs: 20_000 });
+      // Checked before the daemon connects (a daemon refused for its port has resumed nothing): no server need answer.
+      const daemon = await run(['daemon', '--inspector-port', String(port)], { timeoutMs: 20_000, env: { NATS_URL: 'nats://127.0.0.1:1' } });
       expect(daemon.code, daemon.stderr).toBe(2);
       expect(daemon.stderr).toBe(
         `microtask: port ${port} is taken (another daemon serves its inspector there?): choose another with --inspector-port (0: any free port), or --no-inspector\n`,

@@ -53,9 +53,9 @@ describe('--http-port of microtask daemon and worker', () => {
     const { port } = taken.address() as { port: number };
     const line = `microtask: port ${port} is taken (another daemon or worker serves /metrics there?): choose another with --http-port or MICROTASK_HTTP_PORT (0: any free port)\n`;
     try {
-      const daemon = await run(['daemon', '--no-inspector', '--http-port', String(port)]);
-      expect(daemon).toEqual({ code: 2, stderr: line });
       // Refused before it connects: the NATS server named here does not exist.
+      const daemon = await run(['daemon', '--no-inspector', '--http-port', String(port)], { NATS_URL: 'nats://127.0.0.1:1' });
+      expect(daemon).toEqual({ code: 2, stderr: line });
       const worker = await run(['worker'], { NATS_URL: 'nats://127.0.0.1:1', MICROTASK_HTTP_PORT: String(port) });
       expect(worker).toEqual({ code: 2, stderr: line });
     } finally {
@@ -104,9 +104,10 @@ describe('--http-port of microtask daemon and worker', () => {
   }, 30_000);
 
   it('the daemon serves the same routes beside its inspector page, its metrics named and typed', async () => {
+    await using nats = await startNatsServer();
     const port = await freePort();
     const daemon = spawn(process.execPath, [CLI, 'daemon', '--inspector-port', '0', '--http-port', String(port)], {
-      env: { PATH: process.env.PATH ?? '', MICROTASK_STATE_DIR: await stateDir(), MICROTASK_LOG_LEVEL: 'warn' },
+      env: { PATH: process.env.PATH ?? '', NATS_URL: nats.url, MICROTASK_STATE_DIR: await stateDir(), MICROTASK_LOG_LEVEL: 'warn' },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     children.push(daemon);

@@ -201,10 +201,11 @@ describe("the orchestrator's own processes", () => {
     expect(existsSync(CLI), 'dist/cli.js is missing: run npm run build first (npm test does)').toBe(true);
     const state = await mkdtemp(join(tmpdir(), 'sandbox-cli-'));
     tempDirs.push(state);
+    await using nats = await startNatsServer();
     const port = await freePort();
     const daemon = spawn(process.execPath, [`--inspect-port=${port}`, CLI, 'daemon', '--no-inspector'], {
       cwd: ROOT,
-      env: { PATH: process.env.PATH, MICROTASK_STATE_DIR: state, MICROTASK_LOG_LEVEL: 'info', ANTHROPIC_API_KEY: SENTINEL },
+      env: { PATH: process.env.PATH, NATS_URL: nats.url, MICROTASK_STATE_DIR: state, MICROTASK_LOG_LEVEL: 'info', ANTHROPIC_API_KEY: SENTINEL },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     let stderr = '';

@@ -10,7 +10,9 @@ import { connectNatsBus } from '../src/bus/NatsBus.js';
 import { loadConfig } from '../src/config.js';
 import { silentLogger } from '../src/log.js';
 import { startTracing, tracesRequested, type Tracing } from '../src/ops/tracing.js';
-import { connectBus, startDaemonService } from '../src/services.js';
+import { runFlow } from '../src/runFlow.js';
+import { createRuntime } from '../src/runtime.js';
+import { startDaemonService } from '../src/services.js';
 import { reply, startFakeAnthropic } from '../src/testing/fakeAnthropic.js';
 import { freePort, startNatsServer } from '../src/testing/natsServer.js';
 
@@ -193,24 +195,26 @@ describe('traces (issue 15)', () => {
     }
   }, 90_000);
 
-  it('embedded (no NATS): the flow, the microtask run in the daemon and its model call, one trace', async () => {
+  it('embedded (`microtask run`): the flow, its microtask run in the process and the model call, one trace', async () => {
     await using model = await startFakeAnthropic({ replies: () => reply.text(ANSWER, { usage: { input_tokens: 3, output_tokens: 2 } }) });
     const stateDir = await mkdtemp(join(tmpdir(), 'tracing-embedded-'));
     const config = loadConfig({ MICROTASK_STATE_DIR: stateDir, ANTHROPIC_API_KEY: 'sk-test', ANTHROPIC_BASE_URL: model.url, MICROTASK_MODEL: 'claude-test-model' });
-    const bus = await connectBus(config, silentLogger, 'daemon');
-    const daemon = await startDaemonService(bus, config, silentLogger);
+    // What `microtask run` builds: the state directory's stores, the model, the runner, one flow hosted here.
+    const runtime = await createRuntime(config, silentLogger);
     try {
       memory.reset();
-      const started = (await bus.request('microtask.flow.start.microtask', JSON.stringify({ input: { taskType: 'summarize', system: 's', prompt: PROMPT } }), { timeoutMs: 10_000 })).json<{ flowId: string }>();
+      const { flowId, record } = await runFlow(runtime, 'microtask', { taskType: 'summarize', system: 's', prompt: PROMPT });
+      expect(record.status).toBe('done');
       const ours = () => memory.getFinishedSpans().map(fromMemory);
-      const flow = await until(() => ours().find((s) => s.name === 'flow microtask' && s.attributes['microtask.flow.id'] === started.flowId), 'the flow span');
+      // The flow's span ends when its end is journaled.
+      const flow = await until(() => ours().find((s) => s.name === 'flow microtask' && s.attributes['microtask.flow.id'] === flowId), 'the flow span');
       const ran = ours().find((s) => s.name === 'microtask summarize')!;
       const chat = ours().find((s) => s.name === 'chat claude-test-model')!;
+      expect(flow).toMatchObject({ parentSpanId: undefined, attributes: { 'microtask.flow.pattern': 'microtask', 'microtask.flow.status': 'done' } });
       expect(ran).toMatchObject({ traceId: flow.traceId, parentSpanId: flow.spanId, attributes: { 'microtask.success': true } });
       expect(chat).toMatchObject({ traceId: flow.traceId, parentSpanId: ran.spanId, attributes: { 'gen_ai.usage.input_tokens': 3, 'gen_ai.usage.output_tokens': 2 } });
     } finally {
-      await daemon.stop();
-      await bus.close();
+      await runtime.close();
       await rm(stateDir, { recursive: true, force: true });
     }
   }, 60_000);

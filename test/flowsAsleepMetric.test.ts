@@ -7,11 +7,13 @@ import { silentLogger } from '../src/log.js';
 import { serviceHealth } from '../src/ops/health.js';
 import { Metrics } from '../src/ops/metrics.js';
 import { startOpsServer } from '../src/ops/server.js';
-import { connectBus, startDaemonService } from '../src/services.js';
+import { connectBus } from '../src/composition.js';
+import { startDaemonService, startWorkerService } from '../src/services.js';
+import { startNatsServer } from '../src/testing/natsServer.js';
 
 // An operator sees how many flows a daemon holds asleep (src/flowSleeping.ts): flows that
 // only wait for a person, kept as their records and restored when the answer arrives.
-// An embedded daemon (its store on disk, the offline model), scraped over HTTP.
+// A daemon on its own nats-server with a worker (the offline model), scraped over HTTP.
 
 const { review: _review, ...reentrant } = JSON.parse(await readFile(new URL('../examples/reentrant.json', import.meta.url), 'utf8')) as Record<string, unknown>;
 
@@ -42,13 +44,15 @@ describe('microtask_flows_asleep', () => {
   it('a daemon with a flow that waits for a person shows 1 once it sleeps, 0 once it is woken by the answer and finished', async () => {
     const stateDir = await mkdtemp(join(tmpdir(), 'asleep-'));
     cleanups.push(() => rm(stateDir, { recursive: true, force: true }));
-    const config = loadConfig({ MICROTASK_STATE_DIR: stateDir });
+    const nats = await startNatsServer();
+    cleanups.push(() => nats.close());
+    const config = loadConfig({ NATS_URL: nats.url, MICROTASK_STATE_DIR: stateDir });
     const bus = await connectBus(config, silentLogger, 'daemon');
     const metrics = new Metrics({ processMetrics: false });
     const daemon = await startDaemonService(bus, config, silentLogger, { metrics });
-    // As startDaemonService is to wire it (src/services.ts); given twice, a daemon counts once.
-    metrics.watchFlowsAsleep(daemon);
+    const worker = await startWorkerService(bus, config, silentLogger);
     cleanups.push(async () => {
+      await worker.stop();
       await daemon.stop(0);
       await bus.close();
     });

@@ -2,7 +2,6 @@ import { NatsBus } from '../bus/NatsBus.js';
 import type { Bus, KeyValueStore } from '../bus/Bus.js';
 import { subjects } from '../bus/subjects.js';
 import type { Config } from '../config.js';
-import { LmdbStore } from '../persistence/LmdbStore.js';
 
 /** How long one check may take before it counts as failed (a probe every few seconds must not pile up). */
 const CHECK_TIMEOUT_MS = 2_000;
@@ -71,33 +70,27 @@ export class Health {
 }
 
 /**
- * The checks of a daemon or a worker on this bus. With NATS: a round trip to the server,
- * and a write to the results bucket (the store every daemon and worker writes; a full
- * JetStream store refuses it). Embedded: the state directory's database open and its disk
- * not full (the check the stores make before each write).
+ * The checks of a daemon or a worker (both on NATS): a round trip to the server, and a
+ * write to the results bucket (the store every daemon and worker writes; a full JetStream
+ * store refuses it).
  */
 export async function serviceHealth(bus: Bus, config: Config): Promise<Health> {
   const health = new Health();
-  if (bus instanceof NatsBus) {
-    const nc = bus.connection;
-    health.add('nats', async () => {
-      if (nc.isClosed()) throw new Error('the NATS connection is closed');
-      try {
-        await nc.rtt();
-      } catch (e) {
-        throw new Error(`NATS at ${bus.server()} does not answer: ${(e as Error).message}`);
-      }
-    });
-    let results: KeyValueStore | undefined;
-    health.add('store', async () => {
-      results ??= await bus.keyValue(subjects(config.MICROTASK_SUBJECT_PREFIX).resultsBucket);
-      await results.put(PROBE_KEY, new Date().toISOString());
-    });
-  } else {
-    const db = await LmdbStore.open(config.MICROTASK_STATE_DIR);
-    health.onClose(() => db.close());
-    health.add('store', () => db.ensureSpace());
-  }
+  if (!(bus instanceof NatsBus)) throw new Error(`a daemon's or a worker's health is checked on NATS, not on a ${bus.transport} bus`);
+  const nc = bus.connection;
+  health.add('nats', async () => {
+    if (nc.isClosed()) throw new Error('the NATS connection is closed');
+    try {
+      await nc.rtt();
+    } catch (e) {
+      throw new Error(`NATS at ${bus.server()} does not answer: ${(e as Error).message}`);
+    }
+  });
+  let results: KeyValueStore | undefined;
+  health.add('store', async () => {
+    results ??= await bus.keyValue(subjects(config.MICROTASK_SUBJECT_PREFIX).resultsBucket);
+    await results.put(PROBE_KEY, new Date().toISOString());
+  });
   return health;
 }
 

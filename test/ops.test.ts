@@ -11,7 +11,8 @@ import { silentLogger } from '../src/log.js';
 import { serviceHealth } from '../src/ops/health.js';
 import { Metrics } from '../src/ops/metrics.js';
 import { startOpsServer } from '../src/ops/server.js';
-import { connectBus, startDaemonService, startWorkerService } from '../src/services.js';
+import { connectBus } from '../src/composition.js';
+import { startDaemonService, startWorkerService } from '../src/services.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
 
 // Issue 15 items 3 and 4: a daemon and a worker tell a platform whether they are alive
@@ -168,26 +169,6 @@ describe('metrics', () => {
     // Process metrics come along (prom-client's defaults).
     expect(w.has('process_resident_memory_bytes')).toBe(true);
   }, 60_000);
-
-  it('embedded, the daemon counts the model calls it makes itself', async () => {
-    const config = await configFor({});
-    const bus = await connectBus(config, silentLogger, 'daemon');
-    const metrics = new Metrics({ processMetrics: false });
-    const daemon = await startDaemonService(bus, config, silentLogger, { metrics });
-    cleanups.push(async () => {
-      await daemon.stop(0);
-      await bus.close();
-    });
-    const http = await serveOps(bus, config, metrics);
-    const flowId = await daemon.startFlow('microtask', (await import('../examples/microtask.json', { with: { type: 'json' } })).default);
-    await waitUntil('the flow to end', async () => ((await daemon.parts.store.load(flowId))?.record.status === 'done' ? true : undefined));
-    const m = await scrape(http.url);
-    expect(sum(m, 'microtask_flows_ended_total', 'pattern="microtask"', 'status="done"')).toBe(1);
-    // The offline cassette answers (no key is set): one call, timed, its tokens counted.
-    expect(sum(m, 'microtask_model_call_duration_seconds_count', 'outcome="ok"')).toBe(1);
-    expect(sum(m, 'microtask_model_tokens_total', 'kind="input"')).toBeGreaterThan(0);
-    expect((await readiness(http.url)).status).toBe(200);
-  }, 30_000);
 });
 
 describe('health', () => {
@@ -229,7 +210,8 @@ describe('health', () => {
   }, 30_000);
 
   it('answers 404 elsewhere and 405 to anything but GET', async () => {
-    const config = await configFor({});
+    const nats = await natsServer();
+    const config = await configFor({ NATS_URL: nats.url });
     const bus = await connectBus(config, silentLogger, 'daemon');
     cleanups.push(() => bus.close());
     const { url } = await serveOps(bus, config);

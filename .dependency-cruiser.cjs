@@ -37,25 +37,40 @@ const layerRules = [
     from: { path: '^src/actors/' },
     to: { path: '^src/machines/' },
   },
-  // The NATS transport is NatsBus.ts and the parts it opens in src/bus/nats/; the in-process
-  // one is MemoryBus.ts. One rule per direction, under one name.
   {
-    name: 'transports-apart',
+    name: 'src-not-tests',
     comment:
-      'One transport does not import another (NatsBus and src/bus/nats/, MemoryBus): what both ' +
-      'use goes in a shared bus module (Bus.ts, subjects.ts, natsRules.ts).',
+      'Production code never imports the tests or their doubles (the in-process MemoryBus lives ' +
+      'in test/support): what both need belongs in src/.',
     severity: 'error',
-    from: { path: '^src/bus/(NatsBus\\.ts$|nats/)' },
-    to: { path: '^src/bus/MemoryBus\\.ts$' },
+    from: { path: '^src/' },
+    to: { path: '^test/' },
   },
   {
-    name: 'transports-apart',
+    name: 'stores-from-composition',
     comment:
-      'One transport does not import another (MemoryBus, NatsBus and src/bus/nats/): what both ' +
-      'use goes in a shared bus module (Bus.ts, subjects.ts, natsRules.ts).',
+      "Each mode's stores (lmdb or NATS: snapshots, results, journal, inbox) are built in the " +
+      'composition root (src/composition.ts, with services.ts and runtime.ts of each mode), so ' +
+      'embedded or NATS is decided in one place. Two readers may name one: the bus client ' +
+      "(it lists the snapshots bucket as `microtask flows` does) and the daemon (an inbox when " +
+      'none is given). Others get the store they need passed in, as its port (SnapshotStore, Journal, Inbox).',
     severity: 'error',
-    from: { path: '^src/bus/MemoryBus\\.ts$' },
-    to: { path: '^src/bus/(NatsBus\\.ts$|nats/)' },
+    from: {
+      pathNot: [
+        '^src/(composition|services|runtime|client)\\.ts$',
+        '^src/daemon/Daemon\\.ts$',
+        '^src/(persistence|journal|inbox)/',
+        '^src/bus/KvResultsStore\\.ts$',
+      ],
+    },
+    to: {
+      path: [
+        '^src/persistence/(Lmdb(Store|SnapshotStore|ResultsStore)|KvSnapshotStore)\\.ts$',
+        '^src/journal/(Lmdb|Bus)Journal\\.ts$',
+        '^src/inbox/(Lmdb|Bus)Inbox\\.ts$',
+        '^src/bus/KvResultsStore\\.ts$',
+      ],
+    },
   },
   {
     name: 'flowHost-not-daemon',

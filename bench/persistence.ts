@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createMicrotaskLogic, MicrotaskRunner } from '../src/actors/microtask.js';
 import { MemoryResultsStore } from '../src/actors/ResultsStore.js';
-import { MemoryBus } from '../src/bus/MemoryBus.js';
+import { MemoryBus } from '../test/support/MemoryBus.js';
 import { connectNatsBus } from '../src/bus/NatsBus.js';
 import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';

@@ -9,7 +9,7 @@ import { MicrotaskRunner } from '../src/actors/microtask.js';
 import { AnthropicModel } from '../src/actors/model/AnthropicModel.js';
 import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { MemoryResultsStore } from '../src/actors/ResultsStore.js';
-import { MemoryBus } from '../src/bus/MemoryBus.js';
+import { MemoryBus } from './support/MemoryBus.js';
 import { MAX_ANSWER_DEPTH } from '../src/jsonInput.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
 import { checkRecordForSave, findNonJson, InvalidSnapshotError, MAX_RECORD_DEPTH, type FlowSnapshotRecord } from '../src/persistence/SnapshotStore.js';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { handWrittenAnswer } from '../examples/offline/answers.js';
-import { MemoryBus } from '../src/bus/MemoryBus.js';
+import { MemoryBus } from './support/MemoryBus.js';
 import { Daemon } from '../src/daemon/Daemon.js';
 import { provideFlows } from '../src/flows.js';
 import { LmdbInbox } from '../src/inbox/LmdbInbox.js';

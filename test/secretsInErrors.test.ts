@@ -8,7 +8,7 @@ import { createMicrotaskLogic, MicrotaskRunner } from '../src/actors/microtask.j
 import type { MicrotaskResult } from '../src/contracts/microtask.js';
 import type { ModelPort } from '../src/actors/model/ModelPort.js';
 import { MemoryResultsStore, type ResultsStore } from '../src/actors/ResultsStore.js';
-import { MemoryBus } from '../src/bus/MemoryBus.js';
+import { MemoryBus } from './support/MemoryBus.js';
 import { Daemon } from '../src/daemon/Daemon.js';
 import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';

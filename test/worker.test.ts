@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { MicrotaskRunner } from '../src/actors/microtask.js';
 import { ScriptedModel } from '../src/actors/model/ScriptedModel.js';
 import { MemoryResultsStore } from '../src/actors/ResultsStore.js';
-import { MemoryBus } from '../src/bus/MemoryBus.js';
+import { MemoryBus } from './support/MemoryBus.js';
 import { startWorker } from '../src/worker.js';
 
 const task = (key: string) =>

@@ -1,6 +1,6 @@
 import { fromPromise } from 'xstate';
 import type { Bus, KeyValueStore, KvEntry, WorkQueue } from '../bus/Bus.js';
-import { resultKey } from '../bus/KvResultsStore.js';
+import { resultKey } from '../bus/resultKey.js';
 import { ResultsWatch, type ResultWaiter } from '../bus/ResultsWatch.js';
 import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../contracts/usage.js';

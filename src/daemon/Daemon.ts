@@ -9,7 +9,7 @@ import type { Logger } from '../log.js';
 import { FlowHost, newFlowId } from '../flowHost.js';
 import type { FlowSnapshotRecord, SnapshotStore } from '../persistence/SnapshotStore.js';
 import type { MicrotaskResult } from '../contracts/microtask.js';
-import { resultKey } from '../bus/KvResultsStore.js';
+import { resultKey } from '../bus/resultKey.js';
 import { scrubSecrets } from '../secrets.js';
 import { zeroUsage } from '../contracts/usage.js';
 import type { Journal } from '../journal/Journal.js';

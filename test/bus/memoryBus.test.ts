@@ -1,4 +1,4 @@
-import { MemoryBus } from '../../src/bus/MemoryBus.js';
+import { MemoryBus } from '../support/MemoryBus.js';
 import { runBusContract } from './contract.js';
 
 runBusContract('MemoryBus', async () => {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Bus } from '../../src/bus/Bus.js';
 import { connectNatsBus } from '../../src/bus/NatsBus.js';
-import { MemoryBus } from '../../src/bus/MemoryBus.js';
+import { MemoryBus } from '../support/MemoryBus.js';
 import { subjects } from '../../src/bus/subjects.js';
 import { BusInbox } from '../../src/inbox/BusInbox.js';
 import { LmdbInbox } from '../../src/inbox/LmdbInbox.js';

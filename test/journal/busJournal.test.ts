@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe } from 'vitest';
 import type { Bus } from '../../src/bus/Bus.js';
 import { subjects } from '../../src/bus/subjects.js';
-import { MemoryBus } from '../../src/bus/MemoryBus.js';
+import { MemoryBus } from '../support/MemoryBus.js';
 import { connectNatsBus } from '../../src/bus/NatsBus.js';
 import { BusJournal } from '../../src/journal/BusJournal.js';
 import type { JournalError } from '../../src/journal/Journal.js';

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll } from 'vitest';
 import type { Bus } from '../../src/bus/Bus.js';
-import { KvResultsStore, resultKey } from '../../src/bus/KvResultsStore.js';
-import { MemoryBus } from '../../src/bus/MemoryBus.js';
+import { KvResultsStore } from '../../src/bus/KvResultsStore.js';
+import { resultKey } from '../../src/bus/resultKey.js';
+import { MemoryBus } from '../support/MemoryBus.js';
 import { connectNatsBus } from '../../src/bus/NatsBus.js';
 import { startNatsServer, type NatsServer } from '../../src/testing/natsServer.js';
 import { runResultsStoreContract, type ResultsStoreUnderTest } from './resultsStoreContract.js';

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MemoryBus } from '../../src/bus/MemoryBus.js';
+import { MemoryBus } from '../support/MemoryBus.js';
 import { connectNatsBus, type NatsBus } from '../../src/bus/NatsBus.js';
 import { KvSnapshotStore } from '../../src/persistence/KvSnapshotStore.js';
 import { startNatsServer, type NatsServer } from '../../src/testing/natsServer.js';

@@ -7,7 +7,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkModule } from '../../src/actors/toolCheck.js';
-import { MemoryBus } from '../../src/bus/MemoryBus.js';
+import { MemoryBus } from './MemoryBus.js';
 import { Daemon } from '../../src/daemon/Daemon.js';
 import { provideFlows } from '../../src/flows.js';
 import { silentLogger } from '../../src/log.js';

@@ -17,7 +17,7 @@ import {
   type WorkConsumer,
   type WorkQueue,
   type WorkQueueOptions,
-} from './Bus.js';
+} from '../../src/bus/Bus.js';
 import {
   assertKvKey,
   assertName,
@@ -27,7 +27,7 @@ import {
   subjectMatches,
   subjectsCollide,
   WORK_QUEUE_DEFAULTS,
-} from './natsRules.js';
+} from '../../src/bus/natsRules.js';
 
 /**
  * The embedded bus: everything in one process, with the semantics of NATS (core

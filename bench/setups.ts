@@ -23,19 +23,16 @@ import type { Bus } from '../src/bus/Bus.js';
 import { connectNatsBus } from '../src/bus/NatsBus.js';
 import { subjects } from '../src/bus/subjects.js';
 import { loadConfig } from '../src/config.js';
+import { openEmbeddedState } from '../src/composition.js';
 import { FlowHost } from '../src/flowHost.js';
 import { provideFlows } from '../src/flows.js';
 import { BusJournal } from '../src/journal/BusJournal.js';
 import { FileJournal } from '../src/journal/FileJournal.js';
 import type { Journal } from '../src/journal/Journal.js';
-import { LmdbJournal } from '../src/journal/LmdbJournal.js';
 import { silentLogger } from '../src/log.js';
 import { answerSchemas } from '../src/contracts/answers.js';
 import { LogResultsStore } from '../src/persistence/LogResultsStore.js';
 import { FileSnapshotStore } from '../src/persistence/FileSnapshotStore.js';
-import { LmdbResultsStore } from '../src/persistence/LmdbResultsStore.js';
-import { LmdbSnapshotStore } from '../src/persistence/LmdbSnapshotStore.js';
-import { LmdbStore } from '../src/persistence/LmdbStore.js';
 import type { SnapshotStore } from '../src/persistence/SnapshotStore.js';
 import { startDaemonService } from '../src/services.js';
 import { startNatsServer, type NatsServer } from '../src/testing/natsServer.js';
@@ -169,28 +166,34 @@ export async function embeddedSetup(
   options: { model?: ModelChoice; journal?: boolean; name?: string; store?: 'lmdb' | 'files' } = {},
 ): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'bench-embedded-'));
-  // lmdb is the embedded store; `files` is the one before it (a file per save, a results log).
-  const db = options.store === 'files' ? undefined : await LmdbStore.open(dir);
-  const runner = new MicrotaskRunner({
-    model: modelOf(options.model ?? { kind: 'scripted' }),
-    results: db ? await LmdbResultsStore.open(db) : new LogResultsStore(join(dir, 'results')),
-    answers: answerSchemas,
-  });
-  // As `microtask run` runs: the journal in the same database (its steps are the store's, by reference).
-  const journal = db ? await LmdbJournal.open(dir) : options.journal ? new FileJournal({ dir: join(dir, 'journal') }) : undefined;
-  const store: SnapshotStore = db ? await LmdbSnapshotStore.open(db) : await FileSnapshotStore.open(join(dir, 'flows'));
-  return hostedSetup(options.name ?? (db ? 'embedded (FlowHost, lmdb)' : 'embedded (FlowHost, fsync’d files)'), {
+  const model = modelOf(options.model ?? { kind: 'scripted' });
+  if (options.store !== 'files') {
+    // Embedded mode's state as the composition root builds it for `microtask run` and the
+    // orchestrator: snapshots (every step), results, journal and inbox in one lmdb database.
+    const state = await openEmbeddedState(loadConfig({ MICROTASK_STATE_DIR: dir }), silentLogger);
+    return hostedSetup(options.name ?? 'embedded (FlowHost, lmdb)', {
+      runner: new MicrotaskRunner({ model, results: state.results, answers: answerSchemas }),
+      store: state.store,
+      journal: state.journal,
+      async close() {
+        await state.close();
+        await rm(dir, { recursive: true, force: true });
+      },
+    });
+  }
+  // The store before lmdb: an fsync'd file per save, a results log (and, asked for, a file journal).
+  const runner = new MicrotaskRunner({ model, results: new LogResultsStore(join(dir, 'results')), answers: answerSchemas });
+  const journal = options.journal ? new FileJournal({ dir: join(dir, 'journal') }) : undefined;
+  const store: SnapshotStore = await FileSnapshotStore.open(join(dir, 'flows'));
+  return hostedSetup(options.name ?? 'embedded (FlowHost, fsync’d files)', {
     runner,
     store,
     ...(journal ? { journal } : {}),
     async close() {
-      if (db) await journal?.close();
-      await db?.close();
       await rm(dir, { recursive: true, force: true });
     },
   });
 }
-
 /** Flows run by a FlowHost in this process on the given stores (embeddedSetup's; bench/sqliteInSitu.ts swaps them). */
 export function hostedSetup(
   name: string,

@@ -19,6 +19,20 @@ export type Budget = z.infer<typeof BudgetSchema>;
  */
 export type FlowStatus = 'done' | 'exhausted' | 'budget_exceeded' | 'failed';
 
+/** A pattern's final states, by name, and the status each records. */
+const finalStatus = { done: 'done', exhausted: 'exhausted', budgetExceeded: 'budget_exceeded', failed: 'failed' } as const;
+type FinalState = keyof typeof finalStatus;
+
+/**
+ * A pattern's final states, written once: each records its status with the machine's
+ * `setStatus` action on entry (every pattern's output reports it). A pattern lists those it can end in.
+ */
+export function finalStates<const S extends FinalState>(...names: S[]) {
+  return Object.fromEntries(names.map((name) => [name, { type: 'final', entry: { type: 'setStatus', params: { status: finalStatus[name] } } }])) as {
+    [K in S]: { type: 'final'; entry: { type: 'setStatus'; params: { status: (typeof finalStatus)[K] } } };
+  };
+}
+
 /** Every flow's output has these: how it ended, why, and what it spent. */
 export interface FlowOutputBase {
   status: FlowStatus;

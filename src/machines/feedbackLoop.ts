@@ -14,6 +14,7 @@ import {
   type FlowOutputBase,
   type FlowStatus,
   type TaskSpec,
+  finalStates,
 } from './common.js';
 import { reviewData, revisionPrompt } from './prompts.js';
 import { ScoreAnswerSchema, WAIT_TIMEOUT, waitTimerNotProvided, type PersonOption, type ScoreAnswer, type WaitDeclaration } from './waits.js';
@@ -309,10 +310,7 @@ export const feedbackLoopMachine = setup({
         { target: 'budgetExceeded', actions: 'noteBudget' },
       ],
     },
-    done: { type: 'final', entry: { type: 'setStatus', params: { status: 'done' } } },
-    exhausted: { type: 'final', entry: { type: 'setStatus', params: { status: 'exhausted' } } },
-    budgetExceeded: { type: 'final', entry: { type: 'setStatus', params: { status: 'budget_exceeded' } } },
-    failed: { type: 'final', entry: { type: 'setStatus', params: { status: 'failed' } } },
+    ...finalStates('done', 'exhausted', 'budgetExceeded', 'failed'),
   },
   output: ({ context }) => {
     const best = bestAttempt(context.history);

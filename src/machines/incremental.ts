@@ -11,6 +11,7 @@ import {
   type FlowOutputBase,
   type FlowStatus,
   type TaskSpec,
+  finalStates,
 } from './common.js';
 
 /** What became of one item. JSON-safe: a rerun gets these back as `previous.results`. */
@@ -203,9 +204,7 @@ export const incrementalMachine = setup({
     finished: {
       always: [{ guard: 'anyFailed', target: 'failed', actions: 'noteFailures' }, { target: 'done' }],
     },
-    done: { type: 'final', entry: { type: 'setStatus', params: { status: 'done' } } },
-    budgetExceeded: { type: 'final', entry: { type: 'setStatus', params: { status: 'budget_exceeded' } } },
-    failed: { type: 'final', entry: { type: 'setStatus', params: { status: 'failed' } } },
+    ...finalStates('done', 'budgetExceeded', 'failed'),
   },
   output: ({ context }) => ({
     status: context.status,

@@ -14,6 +14,7 @@ import {
   type FlowOutputBase,
   type FlowStatus,
   type TaskSpec,
+  finalStates,
 } from './common.js';
 
 export interface MetacognitiveInput {
@@ -389,10 +390,7 @@ export const metacognitiveMachine = setup({
         { target: 'failed', actions: 'noteStop' },
       ],
     },
-    done: { type: 'final', entry: { type: 'setStatus', params: { status: 'done' } } },
-    exhausted: { type: 'final', entry: { type: 'setStatus', params: { status: 'exhausted' } } },
-    budgetExceeded: { type: 'final', entry: { type: 'setStatus', params: { status: 'budget_exceeded' } } },
-    failed: { type: 'final', entry: { type: 'setStatus', params: { status: 'failed' } } },
+    ...finalStates('done', 'exhausted', 'budgetExceeded', 'failed'),
   },
   output: ({ context }) => {
     const final = last(context.attempts);

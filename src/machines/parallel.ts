@@ -11,6 +11,7 @@ import {
   type FlowOutputBase,
   type FlowStatus,
   type TaskSpec,
+  finalStates,
 } from './common.js';
 
 export interface ParallelInput {
@@ -204,9 +205,7 @@ export const parallelMachine = setup({
         { target: 'done', actions: 'noteSomeFailed' },
       ],
     },
-    done: { type: 'final', entry: { type: 'setStatus', params: { status: 'done' } } },
-    budgetExceeded: { type: 'final', entry: { type: 'setStatus', params: { status: 'budget_exceeded' } } },
-    failed: { type: 'final', entry: { type: 'setStatus', params: { status: 'failed' } } },
+    ...finalStates('done', 'budgetExceeded', 'failed'),
   },
   output: ({ context }) => ({
     status: context.status,

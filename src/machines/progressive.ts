@@ -18,6 +18,7 @@ import {
   type FlowOutputBase,
   type FlowStatus,
   type TaskSpec,
+  finalStates,
 } from './common.js';
 import { attemptsText, metacognitiveMachine, type MetacognitiveInput, type MetacognitiveOutput } from './metacognitive.js';
 import { reviewData, showOutput } from './prompts.js';
@@ -463,10 +464,7 @@ export const progressiveMachine = setup({
         { target: 'failed', actions: 'noteNoOutput' },
       ],
     },
-    done: { type: 'final', entry: { type: 'setStatus', params: { status: 'done' } } },
-    exhausted: { type: 'final', entry: { type: 'setStatus', params: { status: 'exhausted' } } },
-    budgetExceeded: { type: 'final', entry: { type: 'setStatus', params: { status: 'budget_exceeded' } } },
-    failed: { type: 'final', entry: { type: 'setStatus', params: { status: 'failed' } } },
+    ...finalStates('done', 'exhausted', 'budgetExceeded', 'failed'),
   },
   output: ({ context }) => {
     const passed = context.status === 'done' ? last(context.levels) : undefined;

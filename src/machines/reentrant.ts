@@ -14,6 +14,7 @@ import {
   type FlowOutputBase,
   type FlowStatus,
   type TaskSpec,
+  finalStates,
 } from './common.js';
 import { reviewData } from './prompts.js';
 import { ReviewAnswerSchema, WAIT_TIMEOUT, waitTimerNotProvided, type PersonOption, type ReviewAnswer, type WaitDeclaration } from './waits.js';
@@ -348,10 +349,7 @@ export const reentrantMachine = setup({
         { target: 'exhausted', actions: 'noteExhausted' },
       ],
     },
-    done: { type: 'final', entry: { type: 'setStatus', params: { status: 'done' } } },
-    exhausted: { type: 'final', entry: { type: 'setStatus', params: { status: 'exhausted' } } },
-    budgetExceeded: { type: 'final', entry: { type: 'setStatus', params: { status: 'budget_exceeded' } } },
-    failed: { type: 'final', entry: { type: 'setStatus', params: { status: 'failed' } } },
+    ...finalStates('done', 'exhausted', 'budgetExceeded', 'failed'),
   },
   output: ({ context }) => ({
     status: context.status,

@@ -3,7 +3,7 @@ import { ToolSpecSchema, type ToolSpec } from '../contracts/toolSpec.js';
 import { addUsage, zeroUsage, type Usage } from '../contracts/usage.js';
 import type { Code, ToolEntry } from '../contracts/answers.js';
 import type { ToolCheckSubject, WriteToolInput, WriteToolOutput } from '../contracts/deterministicActors.js';
-import { answerOf, budgetCheck, notProvided, remainingBudget, type Budget, type FlowOutputBase, type FlowStatus } from './common.js';
+import { answerOf, budgetCheck, notProvided, remainingBudget, type Budget, type FlowOutputBase, type FlowStatus, finalStates } from './common.js';
 import { feedbackLoopMachine, type FeedbackLoopOutput } from './feedbackLoop.js';
 import { metacognitiveMachine, type MetacognitiveOutput } from './metacognitive.js';
 import { parallelMachine, type ParallelOutput } from './parallel.js';
@@ -569,10 +569,7 @@ export const toolBuilderMachine = setup({
         { target: 'exhausted', actions: 'noteShortModules' },
       ],
     },
-    done: { type: 'final', entry: { type: 'setStatus', params: { status: 'done' } } },
-    exhausted: { type: 'final', entry: { type: 'setStatus', params: { status: 'exhausted' } } },
-    budgetExceeded: { type: 'final', entry: { type: 'setStatus', params: { status: 'budget_exceeded' } } },
-    failed: { type: 'final', entry: { type: 'setStatus', params: { status: 'failed' } } },
+    ...finalStates('done', 'exhausted', 'budgetExceeded', 'failed'),
   },
   output: ({ context }) => ({
     status: context.status,

@@ -18,9 +18,21 @@ const feedbackInput = JSON.parse(
 );
 
 /** The hand-written answers, each after `ms`. */
-const slow = (ms: number) => (request: Parameters<typeof handWrittenAnswer>[0]) => {
+/** Hand-written answers after `ms` (a number, or what the function says at each call). */
+const slow = (ms: number | (() => number)) => (request: Parameters<typeof handWrittenAnswer>[0]) => {
   const answer = handWrittenAnswer(request);
-  return typeof answer === 'string' ? { text: answer, delayMs: ms } : { ...(answer as { value: unknown }), delayMs: ms };
+  const delayMs = typeof ms === 'number' ? ms : ms();
+  return typeof answer === 'string' ? { text: answer, delayMs } : { ...(answer as { value: unknown }), delayMs };
+};
+
+/**
+ * A flow caught mid-way whatever the machine's load: the first `fast` calls answer at once,
+ * the next ones not before the first host stops (aborted then), and every call after at once.
+ */
+const heldAfter = (fast: number) => {
+  let calls = 0;
+  let held = true;
+  return { delay: () => (!held ? 0 : calls++ < fast ? 0 : 60_000), release: () => void (held = false) };
 };
 
 async function setup(script: Parameters<typeof scripted>[0] = (request) => handWrittenAnswer(request)) {
@@ -60,14 +72,16 @@ describe('the flow host', () => {
     const expected = (await first.finished(id))!;
     expect(expected.status).toBe('done');
 
-    // Slow answers, so the flow is caught mid-way.
-    const s = await setup(slow(30));
+    // The second call held, so the flow is caught mid-way (slow answers raced a loaded machine).
+    const hold = heldAfter(1);
+    const s = await setup(slow(hold.delay));
     const a = s.host();
     const flowId = await a.start('feedback-loop', feedbackInput);
     while (s.events.length < 2) await new Promise((r) => setTimeout(r, 5));
     // Every announced event was on disk first.
     const saved = (await s.store.load(flowId))!.record;
     expect(saved.seq).toBeGreaterThanOrEqual(s.events.length);
+    hold.release();
     await a.stop();
     expect((await s.store.load(flowId))!.record.status).toBe('running');
 
@@ -134,11 +148,14 @@ describe('the flow host', () => {
   });
 
   it('with leases: another host leaves a live lease alone, and a host that stops gives its leases up', async () => {
-    const s = await setup(slow(40));
+    // Held until a stops: the flow must not end while b looks at it (40 ms answers raced a loaded machine).
+    const hold = heldAfter(0);
+    const s = await setup(slow(hold.delay));
     const a = s.host({ owner: 'a', durationMs: 60_000 });
     const flowId = await a.start('feedback-loop', feedbackInput);
     const b = s.host({ owner: 'b', durationMs: 60_000 });
     expect(await b.resume(flowId)).toBe('owned');
+    hold.release();
     await a.stop();
     expect(await b.resume(flowId)).toBe('resumed');
     const record = (await b.finished(flowId))!;

@@ -43,7 +43,9 @@ Examples:
   microtask run microtask --input examples/microtask.json
   microtask run feedback-loop --input examples/feedback-loop.json --json
 
-Inputs are checked against each pattern's schema (src/patterns/); examples/ has one per pattern.`,
+Inputs are checked against each pattern's schema (src/patterns/); examples/ has one per pattern.
+It always runs the flow in this process (embedded, state under MICROTASK_STATE_DIR), even with NATS_URL
+set: to run a flow on the daemons, start it with the client (microtask-orchestrator/client).`,
     )
     .action(async (pattern: string, options: RunOptions) => {
       setExit(await runCommand(pattern, options));
@@ -57,9 +59,17 @@ async function runCommand(pattern: string, options: RunOptions) {
     const names = [...patternNames, ...flowsModuleInUse().flows.map((f) => f.name)].join(', ');
     throw new UsageError(`unknown pattern "${pattern}". Allowed choices are ${names}${flowsModuleInUse().flows.length ? '' : ' (your own flows: --flows <module>)'}`);
   }
+  const config = loadConfig();
   if (options.out !== undefined && pattern !== 'tool-builder') throw new UsageError('--out is for the tool-builder pattern only');
-  if (pattern === 'tool-builder') await assertWritableDirectory(options.out ?? toolsDir(loadConfig().MICROTASK_STATE_DIR));
+  if (pattern === 'tool-builder') await assertWritableDirectory(options.out ?? toolsDir(config.MICROTASK_STATE_DIR));
   const input = await readJsonFile(options.input, definition.input as z.ZodType<Record<string, unknown>>, `${pattern} input`);
+  // `build` goes to the daemons when NATS_URL is set, so a user expects `run` to as well and
+  // then looks for the flow there (`microtask flows`): say where it runs instead.
+  if (config.NATS_URL) {
+    process.stderr.write(
+      `microtask: run runs the flow in this process (embedded, state in ${config.MICROTASK_STATE_DIR}); NATS_URL is not used: to run it on the daemons, start it with the client (microtask-orchestrator/client) or, for a tool, \`microtask build\`\n`,
+    );
+  }
   // Closed when the command returns: its writes committed, its database handle released.
   await using runtime = await startRuntime();
   await prune(runtime.store, runtime.config, runtime.logger, runtime.journal, runtime.results);

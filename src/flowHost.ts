@@ -13,7 +13,7 @@ import {
 import { isStoreUnavailable, StoreUnavailableError } from './persistence/StoreUnavailableError.js';
 import { resumeDeadlines } from './resumeDeadlines.js';
 import { EventRefusedError, matchWait, publicWaits, waitsOf, type FlowWait, type LiveWait } from './flowWaits.js';
-import type { KeptEvent } from './contracts/waits.js';
+import { CANCEL_NOTICE, type KeptEvent } from './contracts/waits.js';
 import { scrubSecrets } from './secrets.js';
 import { isFlowStop, type FlowStopError } from './contracts/flowStop.js';
 import type { OwnerLeases } from './leases.js';
@@ -384,6 +384,8 @@ export class FlowHost {
    * flow; throws EventRefusedError when no wait accepts it or its data is wrong.
    */
   async send(flowId: string, event: KeptEvent): Promise<'applied' | 'duplicate' | 'not-here'> {
+    // Cancelled by another process (its record says so): stopped here; its save is refused and `finished` resolves with that record.
+    if (event.type === CANCEL_NOTICE) return (await this.cancel(flowId)) ? 'applied' : 'not-here';
     for (;;) {
       const hosted = this.flows.get(flowId) ?? (this.sleeping.has(flowId) ? await this.sleeping.wake(flowId) : undefined);
       if (!hosted) return 'not-here';

@@ -56,6 +56,19 @@ describe('a person answers a waiting flow from the CLI', () => {
     expect(again.stderr).toContain('already applied');
   }, 60_000);
 
+  it('cancel from another terminal ends a run that waits for a person (asleep there): it stops with `cancelled`, exit 1', async () => {
+    const { env, input } = await setup();
+    const running = start(['run', 'reentrant', '--input', input, '--no-progress'], env);
+    const flowId = await until(() => waitingFlow(running.stderr()), 'the flow to wait');
+    const cancelled = await run(['cancel', flowId], env);
+    expect(cancelled.code, cancelled.stderr).toBe(0);
+    // Nothing else would end it: the run waited on, for a person who would never answer.
+    const code = await Promise.race([running.exited, new Promise((resolve) => setTimeout(() => resolve('still waiting'), 10_000))]);
+    expect(code, running.stderr()).toBe(1);
+    expect(running.stderr()).toMatch(new RegExp(`reentrant ${flowId}: cancelled \\(cancelled by \`microtask cancel\`\\)`));
+    expect(running.stderr()).not.toContain('microtask resume');
+  }, 60_000);
+
   it('killed while it waits: the approval sent meanwhile is kept, and resume finishes the flow with it', async () => {
     const { env, input } = await setup();
     const running = start(['run', 'reentrant', '--input', input, '--no-progress'], env);

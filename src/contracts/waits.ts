@@ -49,5 +49,13 @@ export interface WaitTimerInput {
   waitingSince?: number;
 }
 
+/**
+ * Kept in a flow's inbox by `microtask cancel` in embedded mode, after it wrote the record
+ * cancelled: the process running the flow (a `run`, the library's orchestrator) follows the
+ * inbox and stops it. A flow that only waits saves nothing, so it would not find out by a
+ * refused save, and one asleep is not even in memory. Never applied to a machine.
+ */
+export const CANCEL_NOTICE = 'microtask.cancelled';
+
 /** An event sent to a flow, with when it was sent (epoch ms) when that is known. */
 export type KeptEvent = SentEvent & { sentAt?: number };

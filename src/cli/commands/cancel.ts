@@ -1,8 +1,10 @@
+import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
 import { loadConfig } from '../../config.js';
 import { createLogger } from '../../log.js';
 import { SnapshotConflictError } from '../../persistence/SnapshotStore.js';
 import { openFlowState } from '../../composition.js';
+import { CANCEL_NOTICE } from '../../contracts/waits.js';
 import { DaemonClient } from '../busClient.js';
 import { ExitCode, UsageError } from '../exitCodes.js';
 import { loadForUser } from '../loadForUser.js';
@@ -46,6 +48,9 @@ async function cancelCommand(flowId: string) {
       const journal = await state.journal();
       journal.append({ kind: 'flow', flowId, at: new Date().toISOString(), phase: 'ended', pattern: stored.record.pattern, status: 'cancelled', error });
       await journal.flush();
+      // The process running it, if any, follows the inbox: told so, it stops the flow now
+      // (one that only waits, or sleeps, would not find out by a refused save).
+      await (await state.inbox()).append(flowId, { eventId: randomUUID(), type: CANCEL_NOTICE, sentAt: Date.now() });
       process.stderr.write(`cancelled ${flowId}\n`);
       return ExitCode.ok;
     }

@@ -48,6 +48,21 @@ describe('the cassette model', () => {
     expect((error as ModelError).message).toContain('MICROTASK_RECORD');
   });
 
+  it('names a missed prompt in one short line, its newlines escaped, whatever the prompt holds', async () => {
+    const replay = new CassetteReplayModel({ version: 1, source: 'hand-written', entries: [] }, 'empty.json');
+    const prompt = `Write the release-note entry from the input.\n\nThe "input" is\r\n${'long '.repeat(200)}`;
+    const error = (await replay.call({ system: 's', prompt }).catch((e: unknown) => e)) as ModelError;
+    expect(error.kind).toBe('cassette_miss');
+    expect(error.message).not.toMatch(/[\n\r]/);
+    expect(error.message).toContain('prompt "Write the release-note entry from the input.\\n\\nThe \\"input\\" is"…); record it');
+    expect(error.message.length).toBeLessThan(200);
+    const short = (await replay.call({ system: 's', prompt: 'two\nlines "quoted"' }).catch((e: unknown) => e)) as ModelError;
+    expect(short.message).toContain('prompt "two\\nlines \\"quoted\\""); record it');
+    // Cut between code points: no half of an emoji, which JSON would show as \ud83d.
+    const emoji = (await replay.call({ system: 's', prompt: `a${'😀'.repeat(100)}` }).catch((e: unknown) => e)) as ModelError;
+    expect(emoji.message).toContain(`prompt "a${'😀'.repeat(59)}"…)`);
+  });
+
   it('refuses a corrupt cassette with a clear error', async () => {
     const path = await tempFile('bad.json');
     await writeFile(path, '{"version": 1, "entries": [{"key": 3}]');

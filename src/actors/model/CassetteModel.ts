@@ -73,6 +73,17 @@ export async function loadCassette(path: string): Promise<CassetteFile> {
 }
 
 /**
+ * The start of a prompt for an error message that stays on one line: its newlines (and
+ * quotes) escaped as in JSON, an ellipsis after the quotes when cut. Cut between code
+ * points, so no half of an emoji shows up as `\ud83d`.
+ */
+function promptExcerpt(prompt: string, max = 60): string {
+  const points = Array.from(prompt.slice(0, max * 2));
+  const cut = points.length > max || prompt.length > max * 2;
+  return `${JSON.stringify(points.slice(0, max).join(''))}${cut ? '…' : ''}`;
+}
+
+/**
  * Replays recorded answers offline and deterministically: the n-th request with a given
  * key gets the n-th answer recorded under it (the last one again once they run out). A
  * request that was never recorded fails as `cassette_miss`, naming the key.
@@ -101,7 +112,7 @@ export class CassetteReplayModel implements ModelPort {
     if (!entries?.length) {
       throw new ModelError(
         'cassette_miss',
-        `no answer recorded on ${this.path} for this request (key ${key}, prompt "${request.prompt.slice(0, 60)}"); record it with MICROTASK_RECORD`,
+        `no answer recorded on ${this.path} for this request (key ${key}, prompt ${promptExcerpt(request.prompt)}); record it with MICROTASK_RECORD`,
       );
     }
     const n = this.seen.get(key) ?? 0;

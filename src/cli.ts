@@ -3,6 +3,11 @@
 // signal this process could run code in it and read its keys. A handler replaces that
 // default; it is installed before anything else is loaded.
 process.on('SIGUSR1', () => process.emitWarning('SIGUSR1 ignored: this process does not open its debugger on a signal'));
+// `microtask flows | head`: a reader that closes the pipe early is no error of ours (no stack trace, exit 0).
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
 // Traces when an OTEL_* variable asks for them (OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT):
 // installed before the rest loads; nothing of the SDK is loaded otherwise.
 const { startTracing } = await import('./ops/tracing.js');

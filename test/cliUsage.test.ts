@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -58,5 +58,16 @@ describe('the CLI on a mistyped or incomplete command line (issue 16)', () => {
     } finally {
       taken.close();
     }
+  });
+
+  it('stays quiet when its reader closes the pipe early (`microtask run --help | head -1`): exit 0, no stack trace', async () => {
+    const child = spawn(process.execPath, [CLI, 'run', '--help'], { env: { PATH: process.env.PATH ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // Closed before the CLI writes: its write finds no reader (EPIPE).
+    child.stdout.destroy();
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const code = await new Promise((resolve) => child.once('exit', resolve));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
   });
 });

@@ -207,3 +207,18 @@ export function parseJson<T>(data: Uint8Array, what: string): T {
     throw new BusError('NOT_JSON', `${what} is not JSON: ${(e as Error).message}`, { cause: e });
   }
 }
+
+/** A KV entry as every transport hands it out: the stored bytes, read as text or JSON on demand. */
+export class StoredKvEntry implements KvEntry {
+  constructor(
+    readonly key: string,
+    readonly value: Uint8Array,
+    readonly revision: number,
+  ) {}
+  string(): string {
+    return toText(this.value);
+  }
+  json<T = unknown>(): T {
+    return parseJson<T>(this.value, `the value of ${this.key}`);
+  }
+}

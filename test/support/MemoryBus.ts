@@ -10,6 +10,7 @@ import {
   type EventLog,
   type Job,
   type KeyValueStore,
+  StoredKvEntry,
   type KvEntry,
   type MessageHandler,
   type Payload,
@@ -120,19 +121,6 @@ interface KvRecord {
   deleted: boolean;
 }
 
-class MemoryKvEntry implements KvEntry {
-  constructor(
-    readonly key: string,
-    readonly value: Uint8Array,
-    readonly revision: number,
-  ) {}
-  string(): string {
-    return toText(this.value);
-  }
-  json<T = unknown>(): T {
-    return parseJson<T>(this.value, `the value of ${this.key}`);
-  }
-}
 
 interface JobState {
   id: string;
@@ -749,7 +737,7 @@ class MemoryKeyValue implements KeyValueStore {
 
   private entry(key: string): KvEntry | undefined {
     const record = this.records.get(key);
-    return record && !record.deleted ? new MemoryKvEntry(key, record.value, record.revision) : undefined;
+    return record && !record.deleted ? new StoredKvEntry(key, record.value, record.revision) : undefined;
   }
 
   private write(key: string, value: Uint8Array, deleted: boolean): number {
@@ -757,7 +745,7 @@ class MemoryKeyValue implements KeyValueStore {
     // Re-insert so that Map order follows the last write, as a KV stream does.
     this.records.delete(key);
     this.records.set(key, { value, revision, deleted });
-    const entry = deleted ? undefined : new MemoryKvEntry(key, value, revision);
+    const entry = deleted ? undefined : new StoredKvEntry(key, value, revision);
     for (const w of this.watchers) {
       if (w.key === key) void this.bus.spawn(() => (w.active ? w.handler(entry) : undefined));
     }

@@ -1,11 +1,10 @@
 import { nanos } from '@nats-io/transport-node';
 import { JetStreamApiError, type StreamConfig } from '@nats-io/jetstream';
 import { KvWatchInclude, type KV } from '@nats-io/kv';
-import { BusError, type BusSubscription, type KeyValueOptions, type KeyValueStore, type KvEntry, type Payload } from '../Bus.js';
+import { BusError, StoredKvEntry, type BusSubscription, type KeyValueOptions, type KeyValueStore, type KvEntry, type Payload } from '../Bus.js';
 import { assertKvKey, assertName } from '../natsRules.js';
 import type { NatsBusCore } from './core.js';
 import { WRONG_LAST_SEQUENCE } from './errors.js';
-import { NatsKvEntry } from './messages.js';
 import { pause } from './pause.js';
 import { readLastPerSubject, updateStream } from './streams.js';
 
@@ -50,7 +49,7 @@ class NatsKeyValue implements KeyValueStore {
     assertKvKey(key);
     try {
       const e = await this.kv.get(key);
-      return e && e.operation === 'PUT' ? new NatsKvEntry(e.key, e.value, e.revision) : undefined;
+      return e && e.operation === 'PUT' ? new StoredKvEntry(e.key, e.value, e.revision) : undefined;
     } catch (e) {
       throw this.bus.mapError(e, `get ${key}`);
     }
@@ -110,7 +109,7 @@ class NatsKeyValue implements KeyValueStore {
     const { stream, prefix } = this.kv as unknown as { stream: string; prefix: string };
     try {
       return await readLastPerSubject(this.bus.js, this.bus.jsm, stream, `${prefix}.${filter}`, (subject, data, seq, operation) =>
-        operation === 'DEL' || operation === 'PURGE' ? undefined : new NatsKvEntry(subject.slice(prefix.length + 1), data, seq),
+        operation === 'DEL' || operation === 'PURGE' ? undefined : new StoredKvEntry(subject.slice(prefix.length + 1), data, seq),
       );
     } catch (e) {
       throw this.bus.mapError(e, `read the entries ${filter}`);
@@ -153,7 +152,7 @@ class NatsKeyValue implements KeyValueStore {
       }
       for await (const e of iterator) {
         try {
-          handler(e.operation === 'PUT' ? new NatsKvEntry(e.key, e.value, e.revision) : undefined);
+          handler(e.operation === 'PUT' ? new StoredKvEntry(e.key, e.value, e.revision) : undefined);
         } catch {
           // the handler's own failure
         }
@@ -204,7 +203,7 @@ class NatsKeyValue implements KeyValueStore {
           try {
             for await (const e of iterator) {
               try {
-                handler(e.key, e.operation === 'PUT' ? new NatsKvEntry(e.key, e.value, e.revision) : undefined);
+                handler(e.key, e.operation === 'PUT' ? new StoredKvEntry(e.key, e.value, e.revision) : undefined);
               } catch {
                 // the handler's own failure
               }

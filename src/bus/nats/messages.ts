@@ -1,5 +1,5 @@
 import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
-import { parseJson, toText, type BusMessage, type KvEntry } from '../Bus.js';
+import { parseJson, toText, type BusMessage } from '../Bus.js';
 
 /** A core or stored NATS message as the Bus contract hands it out. */
 export class NatsMessage implements BusMessage {
@@ -37,16 +37,3 @@ export function toNatsHeaders(record: Record<string, string>): MsgHdrs {
   return h;
 }
 
-export class NatsKvEntry implements KvEntry {
-  constructor(
-    readonly key: string,
-    readonly value: Uint8Array,
-    readonly revision: number,
-  ) {}
-  string(): string {
-    return toText(this.value);
-  }
-  json<T = unknown>(): T {
-    return parseJson<T>(this.value, `the value of ${this.key}`);
-  }
-}

@@ -372,6 +372,11 @@ export class FlowHost {
     return this.sleeping.size;
   }
 
+  /** The flows this host holds asleep, with their patterns: counted among the flows it runs (microtask_flows_running). */
+  asleepFlows(): Iterable<{ flowId: string; pattern: string }> {
+    return this.sleeping.asleep();
+  }
+
   /** Whether this host runs the flow, awake or asleep. */
   private hosts(flowId: string): boolean {
     return this.flows.has(flowId) || this.sleeping.has(flowId);

@@ -60,6 +60,11 @@ export class FlowSleeping {
     return this.sleeping.size;
   }
 
+  /** The flows asleep here and their patterns (the ops gauges count them). */
+  *asleep(): Iterable<{ flowId: string; pattern: string }> {
+    for (const { flowId, record } of this.sleeping.values()) yield { flowId, pattern: record.pattern };
+  }
+
   has(flowId: string): boolean {
     return this.sleeping.has(flowId);
   }

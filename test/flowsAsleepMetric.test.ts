@@ -74,4 +74,51 @@ describe('microtask_flows_asleep', () => {
     await until('the flow done', async () => ((await daemon.parts.store.load(flowId))?.record.status === 'done' ? true : undefined));
     expect(await scraped(server.url, 'microtask_flows_asleep')).toBe(0);
   }, 30_000);
+
+  it('a daemon that resumed a waiting flow straight to sleep counts it among the flows it runs (microtask_flows_running), once, also after it wakes', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'asleep-restart-'));
+    cleanups.push(() => rm(stateDir, { recursive: true, force: true }));
+    const nats = await startNatsServer();
+    cleanups.push(() => nats.close());
+    // One daemon id across the restart: the new daemon reclaims its own leases at once.
+    const config = loadConfig({ NATS_URL: nats.url, MICROTASK_STATE_DIR: stateDir, MICROTASK_DAEMON_ID: 'asleep-restart' });
+    const serve = async () => {
+      const bus = await connectBus(config, silentLogger, 'daemon');
+      const metrics = new Metrics({ processMetrics: false });
+      const daemon = await startDaemonService(bus, config, silentLogger, { metrics });
+      const worker = await startWorkerService(bus, config, silentLogger);
+      const health = await serviceHealth(bus, config);
+      const server = await startOpsServer({ host: '127.0.0.1', port: 0, health, metrics, logger: silentLogger });
+      const stop = async () => {
+        await server.close();
+        await health.close();
+        await worker.stop();
+        await daemon.stop(0);
+        await bus.close();
+      };
+      cleanups.push(stop);
+      return { bus, daemon, url: server.url, stop };
+    };
+    const running = async (url: string) => (await fetch(`${url}/metrics`).then((r) => r.text())).split('\n').find((l) => l.startsWith('microtask_flows_running{pattern="reentrant"} '))?.split(' ')[1];
+
+    const first = await serve();
+    const flowId = await first.daemon.startFlow('reentrant', { ...reentrant, personReview: {} });
+    await until('the flow asleep', async () => ((await scraped(first.url, 'microtask_flows_asleep')) === 1 ? true : undefined));
+    expect(await running(first.url)).toBe('1');
+    await first.stop();
+
+    const second = await serve();
+    // Resumed asleep: its record alone, no 'resumed' entry in the journal until it wakes.
+    expect(await scraped(second.url, 'microtask_flows_asleep')).toBe(1);
+    expect(await running(second.url)).toBe('1');
+    // A refused answer wakes it and it sleeps again: still one flow.
+    const refused = (await second.bus.request('microtask.flow.send', JSON.stringify({ flowId, eventId: 'wrong-1', type: 'score', data: { score: 1 } }), { timeoutMs: 10_000 })).json<{ ok: boolean }>();
+    expect(refused.ok).toBe(false);
+    await until('the flow asleep again', async () => ((await scraped(second.url, 'microtask_flows_asleep')) === 1 ? true : undefined));
+    expect(await running(second.url)).toBe('1');
+    const sent = (await second.bus.request('microtask.flow.send', JSON.stringify({ flowId, eventId: 'approve-1', type: 'review', data: { approved: true } }), { timeoutMs: 10_000 })).json<{ ok: boolean }>();
+    expect(sent.ok).toBe(true);
+    await until('the flow done', async () => ((await second.daemon.parts.store.load(flowId))?.record.status === 'done' ? true : undefined));
+    expect(await running(second.url)).toBeUndefined();
+  }, 45_000);
 });

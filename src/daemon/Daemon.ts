@@ -178,6 +178,11 @@ export class Daemon {
     return this.host.flowsAsleep();
   }
 
+  /** The flows this daemon holds asleep, with their patterns (microtask_flows_running counts them too). */
+  asleepFlows(): Iterable<{ flowId: string; pattern: string }> {
+    return this.host.asleepFlows();
+  }
+
   /**
    * Starts a flow, or finds the one started for the same request (same pattern, requestId
    * and input); the requestId reused with another input is refused (REQUEST_ID_CONFLICT).

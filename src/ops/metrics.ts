@@ -109,19 +109,23 @@ export class Metrics {
       },
     });
     const patternOf = this.patternOf;
+    const sleepers = this.sleepers;
     new Gauge({
       name: 'microtask_flows_running',
-      help: 'Flows this daemon runs now (started or resumed here and not ended), by pattern.',
+      help: 'Flows this daemon runs now (started or resumed here and not ended, those asleep included), by pattern.',
       labelNames: ['pattern'],
       registers,
       collect() {
         this.reset();
         const counts = new Map<string, number>();
         for (const pattern of patternOf.values()) counts.set(pattern, (counts.get(pattern) ?? 0) + 1);
+        // A flow resumed straight to sleep journals nothing until it wakes: counted from the daemon, once.
+        for (const sleeper of sleepers) {
+          for (const { flowId, pattern } of sleeper.asleepFlows()) if (!patternOf.has(flowId)) counts.set(pattern, (counts.get(pattern) ?? 0) + 1);
+        }
         for (const [pattern, n] of counts) this.set({ pattern }, n);
       },
     });
-    const sleepers = this.sleepers;
     new Gauge({
       name: 'microtask_flows_asleep',
       help: 'Flows this daemon holds asleep: they only wait (for a person, an event, a deadline), kept as their records without their snapshots until something arrives.',
@@ -267,6 +271,7 @@ export class Metrics {
 /** What holds flows asleep: a daemon (its flow host, src/flowSleeping.ts). */
 export interface FlowsAsleep {
   flowsAsleep(): number;
+  asleepFlows(): Iterable<{ flowId: string; pattern: string }>;
 }
 
 /** The pattern's own word for how it ended (`output.status`), when it has one. */

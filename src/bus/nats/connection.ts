@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { batchFlushes } from './flushBatching.js';
 import {
   connect,
   credsAuthenticator,
@@ -112,6 +113,7 @@ export async function openNatsConnection(options: NatsBusOptions): Promise<{ nc:
       { cause: e },
     );
   }
+  batchFlushes(nc);
   return { nc, jsm };
 }
 

@@ -120,6 +120,10 @@ describe('LmdbJournal', () => {
     await save(3);
     journalStep(3);
     await save(4);
+    // A resume comes from a later process: a step saved in the same millisecond as the resume
+    // counts as the resumed run's (LmdbJournal's StepResolver), which a fast machine made
+    // step 4 here (a CI failure on a fresh clone).
+    await new Promise((resolve) => setTimeout(resolve, 3));
     journal.append({ kind: 'flow', flowId: id, at: at(), phase: 'resumed', pattern: 'p', status: 'running' });
     await save(5);
     journalStep(5);

@@ -50,7 +50,8 @@ export function moveAsideOnCorrupt(logger: Logger, store: () => SnapshotStore): 
   };
 }
 
-const retentionMs = (config: Config) => config.MICROTASK_RETENTION_HOURS * 3_600_000;
+/** How long finished flows, their journals and results are kept (MICROTASK_RETENTION_HOURS), in ms. */
+export const retentionMs = (config: Config) => config.MICROTASK_RETENTION_HOURS * 3_600_000;
 
 // ---------------------------------------------------------------- embedded
 

@@ -17,7 +17,7 @@ import { KvLeaseBoard } from './leases.js';
 import type { Logger } from './log.js';
 import { toolsDir } from './runFlow.js';
 import { chooseModel, type ModelChoice } from './runtime.js';
-import { natsJournal, natsSnapshotStore } from './composition.js';
+import { natsJournal, natsSnapshotStore, retentionMs } from './composition.js';
 import { startWorker } from './worker.js';
 import type { Metrics } from './ops/metrics.js';
 import { teeJournal } from './journal/tee.js';
@@ -38,7 +38,6 @@ export async function taskQueue(bus: Bus, config: Config): Promise<WorkQueue> {
   });
 }
 
-const retentionMs = (config: Config) => config.MICROTASK_RETENTION_HOURS * 3_600_000;
 
 /**
  * The results bucket: a result is read by its flow within its deadline (or again when a

@@ -1,3 +1,4 @@
+import { retentionMs } from '../composition.js';
 import type { Config } from '../config.js';
 import type { Journal } from '../journal/Journal.js';
 import type { Logger } from '../log.js';
@@ -6,7 +7,7 @@ import type { SnapshotStore } from '../persistence/SnapshotStore.js';
 
 /** Finished flows older than the retention go: snapshot stores must not grow without bound. */
 export async function prune(store: SnapshotStore, config: Config, logger: Logger, journal?: Journal, results?: PrunableResultsStore) {
-  const before = new Date(Date.now() - config.MICROTASK_RETENTION_HOURS * 3_600_000);
+  const before = new Date(Date.now() - retentionMs(config));
   const pruned = await store.prune(before);
   const journals = (await journal?.prune(before)) ?? 0;
   // Results older than the retention: their flows are gone (or would start their calls again).

@@ -1,4 +1,3 @@
-import type { z } from 'zod';
 import type { FlowDefinition } from '../flowCatalog.js';
 import { feedbackLoop } from './feedbackLoop.js';
 import { incremental } from './incremental.js';
@@ -19,7 +18,6 @@ export const builtinPatterns = [microtask, incremental, feedbackLoop, parallel, 
 
 export type PatternName = (typeof builtinPatterns)[number]['name'];
 export const patternNames: PatternName[] = builtinPatterns.map((p) => p.name);
-export const isPatternName = (name: string): name is PatternName => (patternNames as string[]).includes(name);
 
 type Inputs = { [P in (typeof builtinPatterns)[number] as P['name']]: P['input'] };
 /** Each pattern's input schema by name, as checked at the edge (the bus, the CLI, the orchestrator). */
@@ -27,5 +25,3 @@ export const patternInputSchemas = Object.fromEntries(builtinPatterns.map((p) =>
 
 /** The patterns as the catalog takes them. */
 export const builtinFlows = (): FlowDefinition[] => builtinPatterns.map((p) => p as unknown as FlowDefinition);
-
-export type PatternInput<P extends PatternName> = z.infer<Inputs[P]>;

@@ -6,6 +6,22 @@ import { startNatsServer } from '../../src/testing/natsServer.js';
 // promise chains (a daemon's flows) queue in one turn went out one socket write each. On
 // NatsBus's own connections they go out once per turn, in order, none lost.
 
+/** A bus and a reader of `subject` on their own connections, the reader's subscription on the server. */
+async function publisherAndReader(url: string, subject: string) {
+  const bus = await connectNatsBus({ servers: [url] });
+  const reader = await connectNatsBus({ servers: [url] });
+  const got: string[] = [];
+  await reader.subscribe(subject, (m) => void got.push(m.string()));
+  // A request round trip on the reader's connection: its SUB has reached the server.
+  await reader.request(`${subject}.none`, '', { timeoutMs: 500 }).catch(() => undefined);
+  const received = async (n: number) => {
+    const deadline = Date.now() + 5_000;
+    while (got.length < n && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    return got;
+  };
+  return { bus, reader, received };
+}
+
 interface Spied {
   protocol: { transport: { send(frame: Uint8Array): void } };
 }
@@ -13,12 +29,8 @@ interface Spied {
 describe("a NatsBus connection's writes", () => {
   it('go out once per turn of the event loop, in order and all of them, however many promise chains queued them', async () => {
     await using server = await startNatsServer();
-    const bus = await connectNatsBus({ servers: [server.url] });
-    const reader = await connectNatsBus({ servers: [server.url] });
+    const { bus, reader, received } = await publisherAndReader(server.url, 'burst.x');
     try {
-      const got: string[] = [];
-      await reader.subscribe('burst.x', (m) => void got.push(m.string()));
-      await reader.request('burst.none', '', { timeoutMs: 500 }).catch(() => undefined); // the subscription is on the server
       const transport = (bus.connection as unknown as Spied).protocol.transport;
       const send = transport.send.bind(transport);
       let writes = 0;
@@ -35,9 +47,7 @@ describe("a NatsBus connection's writes", () => {
       await new Promise((resolve) => setImmediate(resolve));
       expect(writes).toBeLessThanOrEqual(2);
       await bus.publish('burst.x', 'last');
-      const deadline = Date.now() + 5_000;
-      while (got.length < 201 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
-      expect(got).toEqual([...Array.from({ length: 200 }, (_, i) => String(i)), 'last']);
+      expect(await received(201)).toEqual([...Array.from({ length: 200 }, (_, i) => String(i)), 'last']);
     } finally {
       await bus.close();
       await reader.close();
@@ -46,17 +56,11 @@ describe("a NatsBus connection's writes", () => {
 
   it('are all sent when the bus closes right after them', async () => {
     await using server = await startNatsServer();
-    const bus = await connectNatsBus({ servers: [server.url] });
-    const reader = await connectNatsBus({ servers: [server.url] });
+    const { bus, reader, received } = await publisherAndReader(server.url, 'close.x');
     try {
-      const got: string[] = [];
-      await reader.subscribe('close.x', (m) => void got.push(m.string()));
-      await reader.request('close.none', '', { timeoutMs: 500 }).catch(() => undefined);
       for (let i = 0; i < 50; i++) await bus.publish('close.x', String(i));
       await bus.close();
-      const deadline = Date.now() + 5_000;
-      while (got.length < 50 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
-      expect(got).toHaveLength(50);
+      expect(await received(50)).toHaveLength(50);
     } finally {
       await reader.close();
     }

@@ -126,7 +126,7 @@ export class FlowHost {
     const keeps = this.options.store.keepsSteps === true;
     const journalStart = () => {
       this.journaling.append(hosted, { kind: 'flow', phase: 'started', pattern, status: 'running', input: flowInput });
-      return this.journaling.step(hosted, first);
+      return this.journaling.step(hosted, first, keeps);
     };
     try {
       // In the owner's index before the record names it: a flow this host dies holding is found.
@@ -823,7 +823,7 @@ export class FlowHost {
     hosted.record = record;
     // Told once the wait is saved: an answer sent from now on finds the flow waiting for it.
     if (startsWaiting) this.options.onWaiting?.(hosted.flowId, record.waiting!);
-    if (keeps) for (const step of steps) this.journaling.step(hosted, step);
+    if (keeps) for (const step of steps) this.journaling.step(hosted, step, true);
     return journaled;
   }
 

@@ -86,9 +86,10 @@ export class FlowJournaling {
     this.journal?.append({ ...entry, flowId: hosted.flowId, at: new Date().toISOString() } as JournalEntry, snapshotJson);
   }
 
-  step(hosted: HostedFlow, step: FlowStep): void | Promise<void> {
+  /** Journals a step; `stored` when the snapshot store has saved it (it keeps steps, and the save resolved). */
+  step(hosted: HostedFlow, step: FlowStep, stored = false): void | Promise<void> {
     if (!this.journal) return;
     const { snapshotJson, at, ...rest } = step;
-    return this.journal.append({ ...rest, kind: 'step', flowId: hosted.flowId, at, snapshot: undefined }, snapshotJson);
+    return this.journal.append({ ...rest, kind: 'step', flowId: hosted.flowId, at, snapshot: undefined }, snapshotJson, stored);
   }
 }

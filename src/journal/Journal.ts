@@ -90,8 +90,10 @@ export interface Journal {
    * as is, not serialized again). A journal that can tell when the entry is stored returns
    * a promise that resolves then (or once the write failed: it never rejects): a host
    * whose store keeps no steps awaits a step's entry before announcing the step.
+   * `stepStored`: the entry is a step the snapshot store has saved already (a journal
+   * beside that store, LmdbJournal, then refers to it without looking it up).
    */
-  append(entry: JournalEntry, snapshotJson?: string): void | Promise<void>;
+  append(entry: JournalEntry, snapshotJson?: string, stepStored?: boolean): void | Promise<void>;
   /** Resolves once every entry appended so far is written (or failed). */
   flush(): Promise<void>;
   /** The flow's entries, oldest first; [] for a flow with none. Unreadable lines are skipped and reported. */

@@ -48,6 +48,9 @@ export class LmdbJournal implements Journal {
   private readonly written = new EventEmitter();
   private readonly writer = randomBytes(4).toString('hex');
   private readonly touched = new Map<string, number>();
+  /** The flows whose retention time this process wrote, and when (ms): written again only TOUCH_EVERY_MS later. */
+  private touchedAt = new Map<string, number>();
+  private sweptAt = Date.now();
   /** Entries appended and not yet written, per flow, in order (written at the next tick). */
   private readonly pending = new Map<string, Array<{ kind: JournalEntry['kind']; text: string }>>();
   private last: Promise<unknown> = Promise.resolve();
@@ -71,7 +74,7 @@ export class LmdbJournal implements Journal {
     return new LmdbJournal(await LmdbStore.open(stateDir), { ...options, ...legacy });
   }
 
-  append(entry: JournalEntry, snapshotJson?: string): void {
+  append(entry: JournalEntry, snapshotJson?: string, stepStored?: boolean): void {
     const { flowId } = entry;
     if (this.closed) return this.report(new JournalError('JOURNAL_WRITE', `journal closed; entry of flow ${flowId} dropped`));
     if (!isValidFlowId(flowId)) return this.report(new JournalError('JOURNAL_WRITE', `flow id ${JSON.stringify(flowId)} cannot name a journal`));
@@ -80,7 +83,9 @@ export class LmdbJournal implements Journal {
       // The stores found the disk full: this write would fail its commit (and the saves' with it).
       if (this.db.diskFull) throw new Error(`ENOSPC: no space left on ${this.db.path}`);
       const { steps } = this.dbs;
-      text = entry.kind === 'step' && steps.doesExist([flowId, entry.step]) ? stepRef(entry.step) : serializeJournalEntry(entry, snapshotJson);
+      // Looked up only when the caller cannot say (a lookup per step was 3% of a flow's CPU);
+      // a reference whose step is not there reads as nothing, as one deleted with its flow.
+      text = entry.kind === 'step' && (stepStored === true || steps.doesExist([flowId, entry.step])) ? stepRef(entry.step) : serializeJournalEntry(entry, snapshotJson);
     } catch (e) {
       return this.failed(flowId, [entry.kind], e);
     }
@@ -190,6 +195,8 @@ export class LmdbJournal implements Journal {
       if (!isValidFlowId(flowId)) continue;
       for (const key of journal.getKeys(flowRange(flowId))) removals.push(committed(journal.remove(key)));
       removals.push(committed(journalFlows.remove(flowId)));
+      // Written to again, it is indexed again.
+      this.touchedAt.delete(flowId);
     }
     await Promise.all(removals);
     await this.options.legacy?.remove(flowIds);
@@ -203,6 +210,7 @@ export class LmdbJournal implements Journal {
     for (const { key: flowId, value: at, version } of journalFlows.getRange({ versions: true })) {
       if (at >= limit || version === undefined) continue;
       const keys = Array.from(journal.getKeys(flowRange(flowId)));
+      this.touchedAt.delete(flowId);
       // At the version read: a flow written to meanwhile (by any process) keeps its journal.
       removals.push(
         committed(
@@ -230,8 +238,21 @@ export class LmdbJournal implements Journal {
     return this.db.dbs;
   }
 
-  /** When the flow's journal was last written to, for retention: once per flow and turn, not per entry. */
+  /**
+   * When the flow's journal was last written to, for retention: once per flow and turn, and
+   * then not again for TOUCH_EVERY_MS (a flow writes in bursts of a few turns, and each of
+   * those index writes cost as much as the entries). So `prune` sees a flow's last write to
+   * within that time, and may take a journal written that much after its cut.
+   */
   private touch(flowId: string, at: number) {
+    const now = Date.now();
+    if (now - this.sweptAt >= TOUCH_EVERY_MS) {
+      for (const [id, when] of this.touchedAt) if (now - when >= TOUCH_EVERY_MS) this.touchedAt.delete(id);
+      this.sweptAt = now;
+    }
+    const last = this.touchedAt.get(flowId);
+    if (last !== undefined && now - last < TOUCH_EVERY_MS) return;
+    this.touchedAt.set(flowId, now);
     if (this.touched.size === 0) {
       queueMicrotask(() => {
         const { journalFlows } = this.dbs;
@@ -250,6 +271,9 @@ export class LmdbJournal implements Journal {
     }
   }
 }
+
+/** How long a flow's retention time may lag its journal's last write (ms): see `touch`. */
+const TOUCH_EVERY_MS = 30_000;
 
 /** How far back a follower looks again for entries another process committed late (µs). */
 const LOOK_BACK_US = 5_000_000;

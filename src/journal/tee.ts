@@ -3,8 +3,8 @@ import type { Journal, JournalEntry } from './Journal.js';
 /** The same journal, also telling `listener` of each entry as it is appended (live progress in this process). */
 export function teeJournal(journal: Journal, listener: (entry: JournalEntry) => void): Journal {
   return {
-    append(entry, snapshotJson) {
-      const stored = journal.append(entry, snapshotJson);
+    append(entry, snapshotJson, stepStored) {
+      const stored = journal.append(entry, snapshotJson, stepStored);
       try {
         listener(entry);
       } catch {

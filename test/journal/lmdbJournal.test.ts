@@ -174,6 +174,43 @@ describe('LmdbJournal', () => {
     await journal.close();
   });
 
+  it("writes a flow's retention time once for a burst of turns, and again once the flow is pruned or removed", async () => {
+    const dir = await stateDir();
+    const db = await LmdbStore.open(dir);
+    const journal = new LmdbJournal(db);
+    const retentionTime = () => db.dbs.journalFlows.getEntry('burst-1')?.version;
+    const entry = (phase: 'started' | 'resumed') => ({ kind: 'flow' as const, flowId: 'burst-1', at: at(), phase, pattern: 'p', status: 'running' as const });
+    journal.append(entry('started'));
+    await journal.flush();
+    const first = retentionTime();
+    expect(first).toBeGreaterThan(0);
+    // Later turns of the same burst: their entries are written, the index is not (a write each before).
+    for (let turn = 0; turn < 3; turn++) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      journal.append(entry('resumed'));
+      await journal.flush();
+    }
+    expect(retentionTime()).toBe(first);
+    expect(await journal.read('burst-1')).toHaveLength(4);
+    // Pruned (its index is older than the cut), then written again: indexed again, so a later prune finds it.
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(await journal.prune(new Date())).toBe(1);
+    journal.append(entry('resumed'));
+    await journal.flush();
+    expect(retentionTime()).toBeGreaterThan(first!);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(await journal.prune(new Date())).toBe(1);
+    expect(await journal.read('burst-1')).toEqual([]);
+    // Removed, then written again: indexed again.
+    journal.append(entry('started'));
+    await journal.flush();
+    await journal.remove(['burst-1']);
+    journal.append(entry('started'));
+    await journal.flush();
+    expect(retentionTime()).toBeGreaterThan(0);
+    await journal.close();
+  });
+
   it('reads the journal files of earlier versions first, then its own entries', async () => {
     const dir = await stateDir();
     const files = new FileJournal({ dir: join(dir, 'journal') });

@@ -14,7 +14,9 @@ import {
   SnapshotConflictError,
   statusFilter,
   summarize,
+  recordJson,
   type FlowSnapshotRecord,
+  type SaveOptions,
   type FlowStatus,
   type FlowSummary,
   type ListFilter,
@@ -56,10 +58,10 @@ export class KvSnapshotStore implements SnapshotStore {
     return `${CORRUPT_PREFIX}${flowId}`;
   }
 
-  async save(record: FlowSnapshotRecord, expectedRevision: number | null): Promise<number> {
+  async save(record: FlowSnapshotRecord, expectedRevision: number | null, options: SaveOptions = {}): Promise<number> {
     const checked = checkRecordForSave(record);
     const key = KvSnapshotStore.key(checked.flowId);
-    const value = JSON.stringify(checked);
+    const value = recordJson(checked, options.steps);
     try {
       return expectedRevision === null ? await this.kv.create(key, value) : await this.kv.update(key, value, expectedRevision);
     } catch (e) {

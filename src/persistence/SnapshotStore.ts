@@ -125,6 +125,18 @@ export interface FlowStep {
   snapshotJson: string;
 }
 
+/**
+ * A checked record as JSON text. When the last step saved with it is the record's (the
+ * host saves them so) its snapshot is that step's JSON, spliced in as it is: serializing
+ * the snapshot again was a fifth of a save's cost.
+ */
+export function recordJson(checked: FlowSnapshotRecord, steps: readonly FlowStep[] | undefined): string {
+  const last = steps?.at(-1);
+  if (last === undefined || typeof last.snapshotJson !== 'string' || last.step !== checked.steps) return JSON.stringify(checked);
+  const head = JSON.stringify({ ...checked, snapshot: undefined });
+  return `${head.slice(0, -1)}${head.length > 2 ? ',' : ''}"snapshot":${last.snapshotJson}}`;
+}
+
 export interface SaveOptions {
   /**
    * The steps this save makes durable, in order (the record is the last one's). A store

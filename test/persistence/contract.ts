@@ -89,6 +89,26 @@ export function runSnapshotStoreContract(name: string, make: (options: SnapshotS
         expect(await store.load('flow-unknown')).toBeUndefined();
       });
 
+      it("saved with its steps, loads back the record with the last step's snapshot, and its own where the last step is not its", async () => {
+        const record = flowRecord('flow-steps', { steps: 2, seq: 2 });
+        const step = (n: number, snapshot: unknown) => ({
+          step: n,
+          at: '2025-01-02T03:04:05.678Z',
+          actor: 'root',
+          machine: 'feedbackLoop',
+          state: 'generating',
+          event: 'xstate.init',
+          rootState: 'generating',
+          snapshotJson: JSON.stringify(snapshot),
+        });
+        const revision = await store.save(record, null, { steps: [step(1, { status: 'active', value: 'before' }), step(2, record.snapshot)] });
+        expect(await store.load('flow-steps')).toEqual({ record, revision });
+        // A step that is not the record's (a store is given what the host gives; another caller may differ).
+        const other = flowRecord('flow-steps', { steps: 5, seq: 3, state: 'verifying' });
+        const next = await store.save(other, revision, { steps: [step(4, { status: 'active', value: 'elsewhere' })] });
+        expect(await store.load('flow-steps')).toEqual({ record: other, revision: next });
+      });
+
       it('saves at the revision it loaded, each save a higher revision', async () => {
         let revision = await store.save(flowRecord('flow-b'), null);
         for (let i = 1; i <= 4; i++) {

@@ -54,11 +54,19 @@ export const flowsModuleInUse = (): FlowsModule => processModule;
 export const flowDefinition = (name: string, module: FlowsModule = processModule): FlowDefinition | undefined =>
   [...builtinFlows(), ...module.flows].find((flow) => flow.name === name);
 
+/**
+ * A registry looked up by a name any client chooses (a microtask's `answer`, its `taskType`):
+ * no prototype, so `__proto__`, `constructor` or `toString` name nothing instead of
+ * Object.prototype's members (`__proto__` as a fallback threw, and crashed a daemon).
+ */
+const byName = <T>(...sources: Array<Readonly<Record<string, T>> | undefined>): Record<string, T> =>
+  Object.assign(Object.create(null) as Record<string, T>, ...sources);
+
 /** The answer schemas a runner knows: the built-in ones and the module's. */
-export const answersWith = (module: FlowsModule = processModule): AnswerSchemas => ({ ...answerSchemas, ...module.answers });
+export const answersWith = (module: FlowsModule = processModule): AnswerSchemas => byName(answerSchemas, module.answers);
 
 /** The fallbacks a runner knows: the module's (the built-in task types have the default one). */
-export const fallbacksWith = (module: FlowsModule = processModule): Fallbacks => ({ ...module.fallbacks });
+export const fallbacksWith = (module: FlowsModule = processModule): Fallbacks => byName(module.fallbacks);
 
 /** The tasks a runner knows: the module's (there are no built-in ones). */
 export const tasksWith = (module: FlowsModule = processModule): Tasks => ({ ...module.tasks });

@@ -175,6 +175,23 @@ describe('the microtask CLI', () => {
     expect(stderr).toMatch(/failed .*not tried: cannot reach the model server.*; nothing written; [123] model calls?,/);
   });
 
+  // New-user pass: with progress on, the cause (a server that is not there) was only at the end of
+  // the last of some 80 lines, nested in the reason of the integration that failed.
+  it('says in one line, before how the build ended, that no model call reached the server and what to check', async () => {
+    const { code, stderr } = await run(['build', 'examples/api-tester.json', '--out', await mkdtemp(join(tmpdir(), 'cli-'))], {
+      ANTHROPIC_API_KEY: 'sk-test',
+      ANTHROPIC_BASE_URL: 'http://127.0.0.1:1',
+      MICROTASK_MAX_RETRIES: '0',
+    });
+    expect(code).toBe(1);
+    const lines = stderr.trimEnd().split('\n');
+    const cause = lines.findIndex((line) => line.startsWith('microtask: '));
+    expect(cause, stderr).toBeGreaterThan(0);
+    expect(lines[cause]).toMatch(/^microtask: no model call was answered: cannot reach the model server at http:\/\/127\.0\.0\.1:1 \(.+\); .*ANTHROPIC_BASE_URL/);
+    // The cause, then the status line: nothing of the progress after it.
+    expect(lines.slice(cause + 1)).toEqual([expect.stringMatching(/^api-tester tool-builder-\S+: failed /)]);
+  });
+
   it('lists flows, resumes a finished one by printing its output, and refuses an unknown one', async () => {
     const state = await mkdtemp(join(tmpdir(), 'cli-flows-'));
     const env = { MICROTASK_STATE_DIR: state };
@@ -222,6 +239,9 @@ describe('the microtask CLI', () => {
     expect(code).toBe(1);
     expect(stdout).toContain('"fallback": true');
     expect(stderr).toContain('cassette_miss');
+    // A request the cassette has no answer for is no model call: nothing was asked, nothing paid.
+    expect(stderr).toMatch(/: failed \(cassette_miss: .*\); 0 model calls, 0 tokens/);
+    expect(stderr).toContain('hint: ran offline');
   });
 
   it('documents its exit codes in --help and never prints the API key', async () => {

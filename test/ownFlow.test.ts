@@ -151,6 +151,20 @@ describe('your own flow, from a separate directory that depends on the package b
     model = undefined;
   });
 
+  // New-user pass: offline (no key), every answer a fallback, it ended with "done; 4 model calls, 0 tokens"
+  // and no word that nothing had answered; its `rank` task showed as "microtask rank …: done, 0 tokens".
+  it('run offline (no ANTHROPIC_API_KEY): says it ran on fallbacks as the cassette has no answers for it, counts no model call, and shows its task as a task', async () => {
+    const run = microtask(['run', 'triage', '--flows', './flows.js', '--input', 'issues.json'], { MICROTASK_STATE_DIR: join(dir, 'state-offline') });
+    expect(await run.exited, run.stderr()).toBe(0);
+    expect(JSON.parse(run.stdout())).toMatchObject({ summary: 'no summary: the model did not answer' });
+    const err = run.stderr();
+    expect(err).toMatch(/triage (triage-\S+): done; 0 model calls, 0 tokens/);
+    expect(err).toMatch(/^hint: ran offline .*4 model requests.* no answer on the offline cassette.*fallbacks.*ANTHROPIC_API_KEY/m);
+    const rank = err.split('\n').filter((line) => line.includes('/rank'));
+    expect(rank, err).toEqual([expect.stringMatching(/^ +task rank triage-\S+\/rank: done, \d+ ms$/)]);
+    expect(err).not.toMatch(/microtask rank/);
+  });
+
   it('a daemon and a worker with --flows serve it over NATS: started by the client, it survives the daemon killed mid-flow; `microtask flows` and the inspector show it', async () => {
     nats = await startNatsServer();
     // The summary answers slowly: the daemon is killed while its flow waits for it.

@@ -6,13 +6,31 @@ import type { SnapshotStore } from '../persistence/SnapshotStore.js';
 import { isStoreUnavailable } from '../persistence/StoreUnavailableError.js';
 import type { FlowOutput } from '../runFlow.js';
 import { ExitCode } from './exitCodes.js';
+import { unreachableCause, type FlowCalls } from './flowCalls.js';
 import { describeStoreStop, formatTokens } from './format.js';
 
-/** A flow that fell back on cassette misses: say why, in words a new user can act on. */
-export const offlineHint = (output: Record<string, unknown>) =>
-  JSON.stringify(output).includes('cassette_miss')
-    ? '\nhint: the offline cassette only has answers for the examples in examples/; set ANTHROPIC_API_KEY for real model calls\n'
-    : '';
+/**
+ * A flow that fell back on cassette misses: say why, in words a new user can act on. From
+ * its journal (`calls`) when the command saw it, else from its output: a flow of the
+ * user's may keep only the fallbacks, and a built-in pattern's output names the error.
+ * `model` is the runtime's description: a cassette of the user's (MICROTASK_CASSETTE) is
+ * not the shipped one.
+ */
+export function offlineHint(output: Record<string, unknown>, calls?: FlowCalls, model?: string): string {
+  const misses = calls?.cassetteMisses ?? 0;
+  if (misses === 0 && !JSON.stringify(output).includes('cassette_miss')) return '';
+  const requests = misses ? `${misses} model request${misses === 1 ? '' : 's'}` : 'model requests';
+  if (model?.startsWith('replaying cassette')) {
+    return `\nhint: ran offline on a cassette: ${requests} had no answer on it, so the flow ran on their fallbacks; record them with ANTHROPIC_API_KEY and MICROTASK_RECORD\n`;
+  }
+  return `\nhint: ran offline (no ANTHROPIC_API_KEY): ${requests} had no answer on the offline cassette, which only has answers for the examples in examples/, so the flow ran on their fallbacks; set ANTHROPIC_API_KEY for real model calls\n`;
+}
+
+/** How a flow's model calls went wrong when the output does not say it plainly: one line, said first. */
+export function callsCause(calls: FlowCalls | undefined, model: string | undefined): string {
+  const cause = calls ? unreachableCause(calls, model) : undefined;
+  return cause ? `${cause}\n` : '';
+}
 
 export const describeUsage = (usage: Usage) =>
   `${usage.calls} model call${usage.calls === 1 ? '' : 's'}, ${formatTokens(usage.inputTokens, usage.outputTokens)}`;
@@ -28,13 +46,21 @@ function mainResult(pattern: string, output: Record<string, unknown>): unknown {
   return 'result' in output ? output.result : output;
 }
 
-export function printFlowResult(pattern: string, flowId: string, output: FlowOutput, json: boolean) {
+/** What the command saw of the flow's model calls (its journal) and which model it ran with, for the end lines. */
+export interface CallsSeen {
+  calls: FlowCalls;
+  model: string | undefined;
+}
+
+export function printFlowResult(pattern: string, flowId: string, output: FlowOutput, json: boolean, seen?: CallsSeen) {
   if (json) printData({ flowId, pattern, ...output });
   else {
     // A flow cancelled or crashed has no machine output: nothing for stdout, the reason on stderr.
     if (output.usage !== undefined) printData(mainResult(pattern, output));
     process.stderr.write(
-      `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${output.usage ? describeUsage(output.usage as Usage) : ''}\n${offlineHint(output)}`,
+      callsCause(seen?.calls, seen?.model) +
+        `${pattern} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ${output.usage ? describeUsage(output.usage as Usage) : ''}\n` +
+        offlineHint(output, seen?.calls, seen?.model),
     );
   }
   return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;

@@ -1,5 +1,6 @@
 import type { Journal } from '../journal/Journal.js';
 import { teeJournal } from '../journal/tee.js';
+import type { FlowCalls } from './flowCalls.js';
 import { progressDisplay, type Progress } from './liveProgress.js';
 
 /**
@@ -9,5 +10,14 @@ import { progressDisplay, type Progress } from './liveProgress.js';
 export const progressFor = (options: { progress?: boolean }): Progress | undefined =>
   options.progress === false ? undefined : progressDisplay({ endSaidByCaller: true });
 
-/** The runtime's journal, also feeding the live progress. */
-export const journalWith = (journal: Journal, progress: Progress | undefined) => (progress ? teeJournal(journal, (e) => progress.onEntry(e)) : journal);
+/**
+ * The runtime's journal, also feeding the live progress and the tally of the flow's model
+ * calls that the command's last lines read (why it ran on fallbacks), progress or not.
+ */
+export const journalWith = (journal: Journal, progress: Progress | undefined, calls?: FlowCalls) =>
+  progress || calls
+    ? teeJournal(journal, (e) => {
+        calls?.onEntry(e);
+        progress?.onEntry(e);
+      })
+    : journal;

@@ -1,6 +1,7 @@
 import { createLogUpdate } from 'log-update';
 import pc from 'picocolors';
 import type { JournalEntry } from '../journal/Journal.js';
+import { FlowCalls } from './flowCalls.js';
 import { formatActorState, formatState, formatTokens } from './format.js';
 
 /** Child machines in the live block: the latest ones that moved (a tool build has dozens). */
@@ -46,8 +47,10 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
   const write = (line: string) => stream.write(`${line}\n`);
 
   const machines = new Map<string, { machine: string; state: string }>();
-  const inFlight = new Map<string, { entry: MicrotaskEntry; since: number }>();
-  const totals = { done: 0, failed: 0, cached: 0, inputTokens: 0, outputTokens: 0 };
+  const inFlight = new Map<string, { entry: MicrotaskEntry; since: number; task: boolean }>();
+  const totals = { done: 0, failed: 0, cached: 0, inputTokens: 0, outputTokens: 0, tasksDone: 0, tasksFailed: 0 };
+  // Which entries are tasks of the user's module: steps of its code, no model call, no tokens.
+  const calls = new FlowCalls();
   let header = '';
   let status = 'running';
   const started = Date.now();
@@ -61,11 +64,14 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
     const shown = [...(root ? [['root', root] as const] : []), ...children.slice(-MAX_CHILDREN_SHOWN)];
     for (const [actor, { machine, state }] of shown) lines.push(`${'  '.repeat(depth(actor) + 1)}${formatActorState(actor, machine, c.yellow(state))}`);
     const frame = '⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏'[Math.floor(Date.now() / 100) % 10];
-    for (const { entry, since } of inFlight.values()) {
-      lines.push(`  ${c.cyan(frame ?? '*')} ${entry.taskType} ${c.dim(entry.key)} ${c.dim(`${((Date.now() - since) / 1000).toFixed(1)}s`)}`);
+    for (const { entry, since, task } of inFlight.values()) {
+      lines.push(`  ${c.cyan(frame ?? '*')} ${task ? 'task ' : ''}${entry.taskType} ${c.dim(entry.key)} ${c.dim(`${((Date.now() - since) / 1000).toFixed(1)}s`)}`);
     }
+    const tasks = totals.tasksDone + totals.tasksFailed;
     lines.push(
-      `  ${c.green(`${totals.done} microtasks done`)}${totals.failed ? `, ${c.red(`${totals.failed} failed`)}` : ''}${totals.cached ? `, ${totals.cached} from stored results` : ''}; ${formatTokens(totals.inputTokens, totals.outputTokens)}`,
+      `  ${c.green(`${totals.done} microtasks done`)}${totals.failed ? `, ${c.red(`${totals.failed} failed`)}` : ''}${totals.cached ? `, ${totals.cached} from stored results` : ''}; ` +
+        `${tasks ? `${totals.tasksDone} task${totals.tasksDone === 1 ? '' : 's'} done${totals.tasksFailed ? `, ${c.red(`${totals.tasksFailed} failed`)}` : ''}; ` : ''}` +
+        formatTokens(totals.inputTokens, totals.outputTokens),
     );
     return lines.join('\n');
   };
@@ -97,14 +103,25 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
           break;
         }
         case 'microtask': {
+          calls.onEntry(entry);
           const id = `${entry.actor}|${entry.key}`;
+          const task = calls.isTask(entry);
           if (entry.phase === 'started') {
-            inFlight.set(id, { entry, since: Date.parse(entry.at) || Date.now() });
+            inFlight.set(id, { entry, since: Date.parse(entry.at) || Date.now(), task });
             break;
           }
           inFlight.delete(id);
           const r = entry.result;
           if (!r) break;
+          if (task) {
+            if (r.success) totals.tasksDone++;
+            else totals.tasksFailed++;
+            if (!live) {
+              const outcome = r.success ? 'done' : `failed (${r.error?.kind ?? 'error'}: ${r.error?.message ?? ''})`;
+              write(`    task ${entry.taskType} ${entry.key}: ${r.cached ? 'stored result, not run again' : `${outcome}, ${Math.round(r.durationMs)} ms`}`);
+            }
+            break;
+          }
           if (r.success) totals.done++;
           else totals.failed++;
           if (r.cached) totals.cached++;
@@ -112,7 +129,7 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
           totals.outputTokens += r.usage.outputTokens;
           if (!live) {
             const outcome = r.success ? 'done' : `failed (${r.error?.kind ?? 'error'}: ${r.error?.message ?? ''})${r.fallback !== undefined ? ', fallback used' : ''}`;
-            write(`    microtask ${entry.taskType} ${entry.key}: ${outcome}, ${Math.round(r.durationMs)} ms, ${r.cached ? 'stored result, no call' : formatTokens(r.usage.inputTokens, r.usage.outputTokens)}`);
+            write(`    microtask ${entry.taskType} ${entry.key}: ${outcome}, ${Math.round(r.durationMs)} ms, ${r.cached ? 'stored result, no call' : !r.success && r.usage.calls === 0 ? 'no call made' : formatTokens(r.usage.inputTokens, r.usage.outputTokens)}`);
           }
           break;
         }

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
-import { UsageSchema } from '../../contracts/usage.js';
+import { UsageSchema, zeroUsage } from '../../contracts/usage.js';
 import { abortedError } from './abort.js';
 import { ModelError } from './ModelError.js';
 import type { ModelPort, ModelRequest, ModelResponse } from './ModelPort.js';
@@ -110,9 +110,11 @@ export class CassetteReplayModel implements ModelPort {
     const { key } = cassetteKey(request as ModelRequest<unknown>);
     const entries = this.byKey.get(key);
     if (!entries?.length) {
+      // No model was asked and nothing was paid: no call (a failed call counts as one unless it says otherwise).
       throw new ModelError(
         'cassette_miss',
         `no answer recorded on ${this.path} for this request (key ${key}, prompt ${promptExcerpt(request.prompt)}); record it with MICROTASK_RECORD`,
+        { usage: zeroUsage() },
       );
     }
     const n = this.seen.get(key) ?? 0;

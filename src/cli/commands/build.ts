@@ -18,7 +18,8 @@ import { DaemonClient } from '../busClient.js';
 import { assertWritableDirectory } from '../directories.js';
 import { ExitCode, UsageError } from '../exitCodes.js';
 import { hintResumeOnInterrupt } from '../flowHints.js';
-import { describeUsage, flowStopped, offlineHint, printData, storeStopped } from '../flowOutput.js';
+import { FlowCalls } from '../flowCalls.js';
+import { callsCause, describeUsage, flowStopped, offlineHint, printData, storeStopped, type CallsSeen } from '../flowOutput.js';
 import { journalWith, progressFor } from '../flowProgress.js';
 import { positiveInt, unitInterval } from '../optionParsers.js';
 import { prune } from '../prune.js';
@@ -113,30 +114,32 @@ async function buildCommand(specFile: string, options: BuildOptions) {
     return ExitCode.ok;
   }
   const progress = progressFor(options);
+  const calls = new FlowCalls();
   let built;
   try {
     built = await runFlow(runtime, 'tool-builder', { spec, ...extra }, {
       outRoot,
       onStarted: hintResumeOnInterrupt,
-      journal: journalWith(runtime.journal, progress),
+      journal: journalWith(runtime.journal, progress, calls),
     }).finally(() => progress?.done());
   } catch (e) {
     return storeStopped(e, 'tool-builder', runtime.store, options.json ?? false);
   }
   await runtime.journal.flush();
-  return flowStopped('tool-builder', built.flowId, built.record.error, options.json ?? false) ?? printBuildResult(spec.name, built.flowId, built.output, options.json ?? false);
+  return flowStopped('tool-builder', built.flowId, built.record.error, options.json ?? false) ?? printBuildResult(spec.name, built.flowId, built.output, options.json ?? false, { calls, model: runtime.modelDescription });
 }
 
-function printBuildResult(name: string, flowId: string, output: Record<string, unknown>, json: boolean) {
+function printBuildResult(name: string, flowId: string, output: Record<string, unknown>, json: boolean, seen?: CallsSeen) {
   if (json) printData({ flowId, pattern: 'tool-builder', ...output });
   else {
     if (output.dir) printData(output.dir);
     const files = ((output.files as string[] | undefined) ?? []).length;
     process.stderr.write(
-      `${name} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ` +
+      callsCause(seen?.calls, seen?.model) +
+        `${name} ${flowId}: ${output.status}${output.reason ? ` (${output.reason})` : ''}; ` +
         `${files ? `${files} files written` : 'nothing written'}; ${output.usage ? describeUsage(output.usage as Usage) : ''}\n` +
         (output.dir ? `try it: node ${output.dir}/src/cli.js --help\n` : '') +
-        offlineHint(output),
+        offlineHint(output, seen?.calls, seen?.model),
     );
   }
   return output.status === 'done' ? ExitCode.ok : ExitCode.flowFailed;
@@ -161,8 +164,13 @@ async function buildOverBus(spec: ToolSpec, extra: { threshold?: number; budget?
     }
     process.stderr.write(`started ${flowId} on the daemon (Ctrl-C stops following; the flow goes on)\n`);
     const progress = progressFor(options);
-    const journal = progress ? await natsJournal(bus, config, logger) : undefined;
-    const follow = progress && journal ? await journal.follow(flowId, (e) => progress.onEntry(e)) : undefined;
+    // Followed with or without progress: the last lines say why the flow ran on fallbacks.
+    const calls = new FlowCalls();
+    const journal = await natsJournal(bus, config, logger);
+    const follow = await journal.follow(flowId, (e) => {
+      calls.onEntry(e);
+      progress?.onEntry(e);
+    });
     let done: FlowDone;
     try {
       done = await client.done(flowId);
@@ -180,7 +188,7 @@ async function buildOverBus(spec: ToolSpec, extra: { threshold?: number; budget?
       const { dir, written } = await writeToolFiles(outRoot, spec.name, renderToolFiles(spec, modules, output.entry));
       Object.assign(output, { dir, files: written });
     }
-    return printBuildResult(spec.name, flowId, output, options.json ?? false);
+    return printBuildResult(spec.name, flowId, output, options.json ?? false, { calls, model: undefined });
   } finally {
     await bus.close();
   }

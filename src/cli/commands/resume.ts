@@ -6,6 +6,7 @@ import { resumeFlow } from '../../runFlow.js';
 import { UsageError } from '../exitCodes.js';
 import { hintAnswer } from '../flowHints.js';
 import { flowStopped, printFlowResult, storeStopped } from '../flowOutput.js';
+import { FlowCalls } from '../flowCalls.js';
 import { journalWith, progressFor } from '../flowProgress.js';
 import { flowsOption } from '../flowsOption.js';
 import { startRuntime } from '../runtimeStart.js';
@@ -36,9 +37,10 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
   const stored = await runtime.store.load(flowId).catch(() => undefined);
   if (stored?.record.status === 'running') process.stderr.write(`model: ${runtime.modelDescription}\n`);
   let result;
+  const calls = new FlowCalls();
   try {
     const progress = progressFor(options);
-    result = await resumeFlow(runtime, flowId, { journal: journalWith(runtime.journal, progress), onWaiting: hintAnswer }).finally(() => progress?.done());
+    result = await resumeFlow(runtime, flowId, { journal: journalWith(runtime.journal, progress, calls), onWaiting: hintAnswer }).finally(() => progress?.done());
     await runtime.journal.flush();
   } catch (e) {
     if (e instanceof FlowHostError || e instanceof SnapshotStoreError) throw new UsageError(e.message, e.code);
@@ -48,6 +50,6 @@ async function resumeCommand(flowId: string, options: { json?: boolean; progress
   if (result.outcome === 'finished') process.stderr.write(`flow ${flowId} had already ended (${result.record.status}); its output:\n`);
   return (
     flowStopped(result.record.pattern, flowId, result.record.error, options.json ?? false) ??
-    printFlowResult(result.record.pattern, flowId, result.output, options.json ?? false)
+    printFlowResult(result.record.pattern, flowId, result.output, options.json ?? false, { calls, model: runtime.modelDescription })
   );
 }

@@ -8,6 +8,7 @@ import { assertWritableDirectory } from '../directories.js';
 import { UsageError } from '../exitCodes.js';
 import { hintAnswer, hintResumeOnInterrupt } from '../flowHints.js';
 import { flowStopped, printFlowResult, storeStopped } from '../flowOutput.js';
+import { FlowCalls } from '../flowCalls.js';
 import { journalWith, progressFor } from '../flowProgress.js';
 import { flowsOption } from '../flowsOption.js';
 import { prune } from '../prune.js';
@@ -75,6 +76,7 @@ async function runCommand(pattern: string, options: RunOptions) {
   await prune(runtime.store, runtime.config, runtime.logger, runtime.journal, runtime.results);
   const stately = options.inspect ? await statelyFor(runtime.logger) : undefined;
   const progress = progressFor(options);
+  const calls = new FlowCalls();
   try {
     let ran;
     try {
@@ -82,14 +84,14 @@ async function runCommand(pattern: string, options: RunOptions) {
         onStarted: hintResumeOnInterrupt,
         onWaiting: hintAnswer,
         outRoot: options.out,
-        journal: journalWith(runtime.journal, progress),
+        journal: journalWith(runtime.journal, progress, calls),
         ...(stately ? { inspect: stately.inspect } : {}),
       }).finally(() => progress?.done());
     } catch (e) {
       return await storeStopped(e, pattern, runtime.store, options.json ?? false);
     }
     await runtime.journal.flush();
-    return flowStopped(pattern, ran.flowId, ran.record.error, options.json ?? false) ?? printFlowResult(pattern, ran.flowId, ran.output, options.json ?? false);
+    return flowStopped(pattern, ran.flowId, ran.record.error, options.json ?? false) ?? printFlowResult(pattern, ran.flowId, ran.output, options.json ?? false, { calls, model: runtime.modelDescription });
   } finally {
     stately?.stop();
   }

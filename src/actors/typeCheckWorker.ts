@@ -18,7 +18,26 @@ export type TypeCheckTask =
 
 const ROOT = '/__tool__';
 const require = createRequire(import.meta.url);
-const typeRoots = [dirname(dirname(require.resolve('@types/node/package.json')))];
+const typesNodeJson = require.resolve('@types/node/package.json');
+const typeRoots = [dirname(dirname(typesNodeJson))];
+
+/**
+ * The only directories of this host the compiler may read: its own lib files, @types/node
+ * and the undici-types it refers to. Generated code is type-checked outside the sandbox: a
+ * module that named any other file (`import('/srv/app/config.js')`, `/// <reference
+ * path>`) had it read, and the diagnostics quoted it (`Type '1' is not assignable to type
+ * '"<its secret>"'`) into the verifier's prompt, the journal and the snapshot.
+ */
+const readableDirs = (() => {
+  const dirs = [dirname(require.resolve('typescript/lib/lib.d.ts')), dirname(typesNodeJson)];
+  try {
+    dirs.push(dirname(createRequire(typesNodeJson).resolve('undici-types/package.json')));
+  } catch {
+    // an @types/node without it: nothing more to read
+  }
+  return dirs.map((dir) => `${dir}/`);
+})();
+const readable = (path: string) => readableDirs.some((dir) => path.startsWith(dir)) && !path.split('/').includes('..');
 
 // The compiler is 9 MB of CommonJS: loaded on a thread's first check.
 let typescript: typeof ts | undefined;
@@ -54,17 +73,18 @@ function typeCheck(ts: typeof import('typescript'), files: ToolFiles): { diagnos
     readFile: host.readFile,
     directoryExists: host.directoryExists?.bind(host),
   };
+  // The tool's files are virtual; of the host, only the declarations in readableDirs exist.
   host.directoryExists = (dir) =>
     dir === ROOT || dir.startsWith(`${ROOT}/`)
       ? [...virtual.keys()].some((name) => name.startsWith(`${dir}/`))
-      : (original.directoryExists?.(dir) ?? true);
+      : readableDirs.some((readableDir) => readableDir.startsWith(`${dir}/`) || `${dir}/`.startsWith(readableDir)) && (original.directoryExists?.(dir) ?? true);
   host.realpath = (path) => path;
-  host.fileExists = (name) => virtual.has(name) || (!name.startsWith(ROOT) && original.fileExists(name));
-  host.readFile = (name) => virtual.get(name) ?? (name.startsWith(ROOT) ? undefined : original.readFile(name));
+  host.fileExists = (name) => virtual.has(name) || (readable(name) && original.fileExists(name));
+  host.readFile = (name) => virtual.get(name) ?? (readable(name) ? original.readFile(name) : undefined);
   host.getSourceFile = (name, languageVersion, onError) => {
     const text = virtual.get(name);
     if (text !== undefined) return ts.createSourceFile(name, text, languageVersion, true);
-    if (name.startsWith(ROOT)) return undefined;
+    if (!readable(name)) return undefined;
     let cached = libCache.get(name);
     if (!cached) {
       cached = original.getSourceFile(name, languageVersion, onError);

@@ -35,8 +35,15 @@ export const toolCheckLogic = fromPromise<CheckResult, CheckInput>(async ({ inpu
 /** Fences and stray prose models wrap code in, even inside a tool call. */
 export function repairCode(code: string): string {
   let repaired = code.replace(/\r\n/g, '\n');
-  const fenced = /```(?:[a-z]*)\n([\s\S]*?)\n```/.exec(repaired);
-  if (fenced) repaired = fenced[1]!;
+  // The first fence and the first close after it, found by indexOf: the regex that did this
+  // in one pattern rescanned to the end from every opening, quadratic in the model's answer
+  // (1 MB of openings that never close held the daemon's event loop for a minute).
+  const open = /```[a-z]*\n/.exec(repaired);
+  if (open) {
+    const start = open.index + open[0].length;
+    const close = repaired.indexOf('\n```', start);
+    if (close >= 0) repaired = repaired.slice(start, close);
+  }
   return `${repaired.trim()}\n`;
 }
 

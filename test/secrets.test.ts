@@ -41,6 +41,19 @@ describe('secrets never reach a stored or logged text (issue 11)', () => {
     expect(scrubSecrets('abc')).toBe('abc');
   });
 
+  it('takes linear time on hostile text: a long run of letters before :// does not stall the process', () => {
+    // Every log line and error message goes through it, and a server or a model writes them:
+    // the URL shape tried a scheme from every letter of a run, 40 KB took a second, 1 MB hours.
+    const texts = ['a'.repeat(80_000) + '://u:p', `Bearer ${'a'.repeat(80_000)}`, `${'1a'.repeat(40_000)}://x`];
+    scrubSecrets('warm-up');
+    const started = performance.now();
+    for (const text of texts) expect(scrubSecrets(text)).toBe(text);
+    expect(performance.now() - started, 'ms').toBeLessThan(200);
+    // The scheme may follow any character still, and its password goes.
+    expect(scrubSecrets('see(https://bob:hunter2@proxy/)')).toBe('see(https://bob:[redacted]@proxy/)');
+    expect(scrubSecrets('x9nats://bob:hunter2@h')).toBe('x9nats://bob:[redacted]@h');
+  });
+
   it('a 401 echoing the key: not in the ModelError, the run result, the results store or the log', async () => {
     const apiKey = 'gw-key-7f3a9c21e5'; // not shaped like an Anthropic key: scrubbed because it is the configured one
     // The SDK sends the key as `Authorization: Bearer <key>`; this server quotes it back, and the bare key too.

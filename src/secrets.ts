@@ -67,6 +67,29 @@ export function scrubSecrets(text: string): string {
   return scrubbed;
 }
 
+/**
+ * `value` with every registered secret replaced in its strings and keys; the value itself
+ * when none is in it. For what a model server sends back (an answer, its model's name, a
+ * request id): a gateway may echo the key there, and an answer is stored, journaled and
+ * published. Shapes are not applied: an answer may hold a URL or a `Bearer` of its own.
+ */
+export function scrubKnownSecrets<T>(value: T): T {
+  if (!knownPattern || value === undefined) return value;
+  const pattern = knownPattern;
+  // One test over the JSON first: nearly every answer holds no secret, and is returned as it is.
+  pattern.lastIndex = 0;
+  if (!pattern.test(typeof value === 'string' ? value : (JSON.stringify(value) ?? ''))) return value;
+  const scrub = (item: unknown): unknown => {
+    if (typeof item === 'string') return item.replace(pattern, REDACTED);
+    if (Array.isArray(item)) return item.map(scrub);
+    if (item !== null && typeof item === 'object') {
+      return Object.fromEntries(Object.entries(item).map(([key, child]) => [key.replace(pattern, REDACTED), scrub(child)]));
+    }
+    return item;
+  };
+  return scrub(value) as T;
+}
+
 /** The user name and password of a URL, decoded; undefined parts when it has none or is not a URL. */
 export function urlCredentials(url: string): { username?: string; password?: string } {
   let parsed: URL;

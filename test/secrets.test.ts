@@ -1,5 +1,6 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import { MicrotaskRunner } from '../src/actors/microtask.js';
 import { AnthropicModel } from '../src/actors/model/AnthropicModel.js';
 import { ModelError } from '../src/actors/model/ModelError.js';
@@ -82,6 +83,31 @@ describe('secrets never reach a stored or logged text (issue 11)', () => {
     expect(log.text()).toContain('microtask failed');
     expect(everything).toContain('[redacted]');
     expect(everything).not.toContain(apiKey);
+  });
+
+  it("a server that echoes the key in an answer: not in the answer, its model, its request id or the results store", async () => {
+    const apiKey = 'gw-key-echoed-5b8d2e'; // the configured key, in no shape of a key
+    // A gateway puts what it was sent into the answer, the model's name and the request id.
+    await using server = await startFakeAnthropic({
+      replies: (request) => {
+        const sent = String(request.headers.authorization ?? request.headers['x-api-key']).replace(/^Bearer /, '');
+        const options = { model: `m-${sent}`, headers: { 'request-id': `req-${sent}` } };
+        const tool = request.body.tools?.[0]?.name;
+        if (request.lastUserText.includes('fail')) return reply.error(400, 'invalid_request_error', 'no', { headers: options.headers });
+        return tool ? reply.tool(tool, { score: 1, feedback: `you sent ${sent}`, [sent]: sent }, options) : reply.text(`your key is ${sent}.`, options);
+      },
+    });
+    const results = new MemoryResultsStore();
+    const model = new AnthropicModel({ apiKey, baseURL: server.url, model: 'm' });
+    const runner = new MicrotaskRunner({ model, results, answers: { verdict: z.object({ score: z.number(), feedback: z.string() }).loose() } });
+    const text = await runner.run({ taskType: 't', key: 'echo/text', system: 's', prompt: 'p' });
+    const verdict = await runner.run({ taskType: 't', key: 'echo/verdict', system: 's', prompt: 'p', answer: 'verdict' });
+    const failed = await runner.run({ taskType: 't', key: 'echo/failed', system: 's', prompt: 'fail' });
+    expect(text).toMatchObject({ success: true, result: 'your key is [redacted].', model: 'm-[redacted]', requestId: 'req-[redacted]' });
+    expect(failed).toMatchObject({ success: false, error: { kind: 'invalid_request', requestId: 'req-[redacted]' } });
+    expect(JSON.stringify(failed)).not.toContain(apiKey);
+    expect(verdict).toMatchObject({ success: true, result: { score: 1, feedback: 'you sent [redacted]', '[redacted]': '[redacted]' } });
+    for (const stored of [text, verdict, await results.get('echo/text'), await results.get('echo/verdict')]) expect(JSON.stringify(stored)).not.toContain(apiKey);
   });
 
   it('the logger scrubs any line: a message, an error object, a nested field', () => {

@@ -1,6 +1,6 @@
 import Anthropic, { APIError, APIConnectionError, APIConnectionTimeoutError, APIUserAbortError } from '@anthropic-ai/sdk';
 import type { z } from 'zod';
-import { addSecrets, displayUrl, urlCredentials } from '../../secrets.js';
+import { addSecrets, displayUrl, scrubKnownSecrets, urlCredentials } from '../../secrets.js';
 import { depthExceeds, MAX_ANSWER_DEPTH } from '../../jsonInput.js';
 import { addUsage, zeroUsage, type Usage } from '../../contracts/usage.js';
 import { abortedError, sleep } from './abort.js';
@@ -224,13 +224,14 @@ export class AnthropicModel implements ModelPort {
     text: string,
     usage: Usage,
   ): ModelResponse<T> {
+    // A gateway may echo the key it was sent into any of these; they are stored and published.
     return {
-      value,
-      text,
+      value: scrubKnownSecrets(value),
+      text: scrubKnownSecrets(text),
       usage,
-      model: message.model,
-      stopReason: message.stop_reason ?? 'unknown',
-      requestId: message._request_id ?? undefined,
+      model: scrubKnownSecrets(message.model),
+      stopReason: scrubKnownSecrets(message.stop_reason ?? 'unknown'),
+      requestId: scrubKnownSecrets(message._request_id ?? undefined),
     };
   }
 }

@@ -61,7 +61,7 @@ export class ModelError extends Error {
     this.retryable = retryableKinds.has(kind);
     this.permanent = permanentKinds.has(kind);
     this.status = details.status;
-    this.requestId = details.requestId;
+    this.requestId = details.requestId === undefined ? undefined : scrubSecrets(details.requestId);
     this.retryAfterMs = details.retryAfterMs;
     this.usage = details.usage;
   }

@@ -6,6 +6,9 @@ export type ToolFiles = Record<string, string>;
 export const modulePath = (name: string) => `src/${name}.js`;
 export const ENTRY_PATH = 'src/cli.js';
 
+/** The source without its first line when that is a shebang (`#!...`). */
+const withoutShebang = (source: string) => (source.startsWith('#!') ? source.slice(source.indexOf('\n') + 1 || source.length) : source);
+
 /**
  * Lays out a tool: package.json (written by code, never by a model: its bin and
  * `type: module` must be right), one source file per module, the entry, the README.
@@ -31,8 +34,10 @@ export function renderToolFiles(
       2,
     )}\n`,
     'README.md': entry.readme.endsWith('\n') ? entry.readme : `${entry.readme}\n`,
-    // A bin needs its shebang; models forget it, and it is not theirs to decide.
-    [ENTRY_PATH]: entry.entry.startsWith('#!') ? entry.entry : `#!/usr/bin/env node\n${entry.entry}`,
+    // A bin needs its shebang; models forget it, and it is not theirs to decide: one of
+    // theirs would run the file with what the sandboxed --help check never ran (it runs
+    // node), a shell or node with its debugger open. Theirs is replaced.
+    [ENTRY_PATH]: `#!/usr/bin/env node\n${withoutShebang(entry.entry)}`,
   };
   for (const module of spec.modules) {
     const code = modules[module.name];

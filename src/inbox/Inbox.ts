@@ -1,6 +1,7 @@
 import type { KeptEvent } from '../contracts/waits.js';
 import { SentEventSchema } from '../contracts/waits.js';
 import { z } from 'zod';
+import { depthExceeds, MAX_JSON_DEPTH } from '../jsonInput.js';
 
 /**
  * Where events sent to flows are kept (a person's answer, an outside system's event)
@@ -42,6 +43,13 @@ export function parseKeptEvent(flowId: string, text: string, onError: (message: 
     json = JSON.parse(text);
   } catch {
     onError(`an event kept for flow ${flowId} is not JSON; skipped`);
+    return undefined;
+  }
+  // flow.send refuses a request this deep; an inbox takes plain publishes from any client.
+  // Applied, such data overflowed the stack in the host (XState copies a context
+  // recursively) half-way through the event: the flow then refused every later answer.
+  if (depthExceeds(json, MAX_JSON_DEPTH)) {
+    onError(`an event kept for flow ${flowId} is nested deeper than ${MAX_JSON_DEPTH} levels of arrays and objects (the limit); skipped`);
     return undefined;
   }
   const parsed = KeptEventSchema.safeParse(json);

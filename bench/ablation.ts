@@ -70,7 +70,11 @@ async function measure(variant: Variant, pattern: Pattern, total: number, inFlig
   const dir = await mkdtemp(join(tmpdir(), 'bench-ablation-'));
   const state = await openEmbeddedState(loadConfig({ MICROTASK_STATE_DIR: dir }), silentLogger);
   const setup = hostedSetup(variant.name, {
-    runner: new MicrotaskRunner({ model: benchModel(), results: variant.results ? state.results : new MemoryResultsStore(), answers: answerSchemas }),
+    runner: new MicrotaskRunner({
+      model: benchModel(),
+      ...(variant.results ? { results: state.results, resultsOrderedBeforeSaves: state.resultsOrderedBeforeSaves } : { results: new MemoryResultsStore() }),
+      answers: answerSchemas,
+    }),
     store: variant.store ? state.store : storeKeepingNothing(),
     ...(variant.journal ? { journal: state.journal } : {}),
     async close() {

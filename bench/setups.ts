@@ -172,7 +172,7 @@ export async function embeddedSetup(
     // orchestrator: snapshots (every step), results, journal and inbox in one lmdb database.
     const state = await openEmbeddedState(loadConfig({ MICROTASK_STATE_DIR: dir }), silentLogger);
     return hostedSetup(options.name ?? 'embedded (FlowHost, lmdb)', {
-      runner: new MicrotaskRunner({ model, results: state.results, answers: answerSchemas }),
+      runner: new MicrotaskRunner({ model, results: state.results, resultsOrderedBeforeSaves: state.resultsOrderedBeforeSaves, answers: answerSchemas }),
       store: state.store,
       journal: state.journal,
       async close() {

@@ -66,6 +66,11 @@ export interface EmbeddedState {
   results: LmdbResultsStore;
   journal: Journal;
   inbox: Inbox;
+  /**
+   * Results and snapshots are one database, whose writes commit in the order made: the
+   * runner may queue a paid answer's write instead of waiting for it (MicrotaskDeps).
+   */
+  resultsOrderedBeforeSaves: true;
   /** Waits for the journal's writes, then releases the database (it closes with this process's last handle). */
   close(): Promise<void>;
 }
@@ -82,7 +87,7 @@ export async function openEmbeddedState(config: Config, logger: Logger): Promise
       await journal.close();
       await db.close();
     };
-    return { db, store, results, journal, inbox, close };
+    return { db, store, results, journal, inbox, resultsOrderedBeforeSaves: true, close };
   } catch (e) {
     await db.close();
     throw e;

@@ -112,7 +112,7 @@ export async function createRuntime(config: Config, logger: Logger, registry: Ru
   logger.info({ model: model.name }, `model: ${description}`);
   // The state directory's database (src/composition.ts): a flow killed mid-way resumes
   // (`microtask resume`) without paying again for the calls it had made.
-  const { db, results, store, journal, inbox, close } = await openEmbeddedState(config, logger);
-  const runner = new MicrotaskRunner({ model, results, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...answersAndFallbacks });
+  const { db, results, store, journal, inbox, resultsOrderedBeforeSaves, close } = await openEmbeddedState(config, logger);
+  const runner = new MicrotaskRunner({ model, results, resultsOrderedBeforeSaves, logger, defaultTimeoutMs: config.MICROTASK_TIMEOUT_MS, ...answersAndFallbacks });
   return { config, logger, store, model, modelDescription: description, results, runner, journal, db, inbox, ...(flows ? { flows } : {}), ...(tasks ? { tasks } : {}), storeLocation: db.path, close, [Symbol.asyncDispose]: close };
 }

@@ -10,6 +10,14 @@ import type { MicrotaskResult } from '../contracts/microtask.js';
 export interface ResultsStore {
   get(key: string): Promise<MicrotaskResult | undefined>;
   put(key: string, result: MicrotaskResult): Promise<void>;
+  /**
+   * Queues the write of `result` now, before returning, and resolves once it is on disk
+   * (rejects as `put` does). Where a store has it, its writes land in the order they are
+   * queued: this one no later than any write queued after it to the same database, a
+   * flow's next save included (lmdb: one write queue, the composition root's database).
+   * Undefined when it cannot queue the write now (use `put`).
+   */
+  queue?(key: string, result: MicrotaskResult): Promise<void> | undefined;
   /** Where the results are kept (a directory, a bucket), for messages a person acts on. */
   readonly location?: string;
 }

@@ -51,6 +51,12 @@ export interface MicrotaskDeps {
    * a lookup is retried for a run whose deadline had already passed. Default 30 s.
    */
   storeRetryMs?: number;
+  /**
+   * The results store queues its writes on the same write queue as the flows' saves (one
+   * lmdb database: the composition root's embedded state), committed in order: a paid
+   * answer's write is queued, not waited for (see queueStore). Only where that holds.
+   */
+  resultsOrderedBeforeSaves?: boolean;
 }
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
@@ -125,6 +131,8 @@ export class MicrotaskRunner {
   private readonly inFlight = new Map<string, InFlight>();
   /** Paid answers whose store failed, by key, oldest first. */
   private readonly unsaved = new Map<string, MicrotaskResult>();
+  /** Paid answers queued to their store and not on disk yet (resultsOrderedBeforeSaves), by key. */
+  private readonly queued = new Map<string, MicrotaskResult>();
   private flushTimer: NodeJS.Timeout | undefined;
   private flushDelayMs = FLUSH_FIRST_MS;
   private readonly logger: Logger;
@@ -204,6 +212,10 @@ export class MicrotaskRunner {
       input.deadlineAt === undefined ? (input.timeoutMs ?? this.deps.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS) : boundedDeadline(input.deadlineAt, now) - now;
     const deadlineAt = now + timeoutMs;
 
+    // Paid for by an earlier run whose write is still on its way to disk (a store reads
+    // only what is committed): returned as it is, being stored already.
+    const writing = this.queued.get(input.key);
+    if (writing) return { ...writing, cached: true, durationMs: 0 };
     // Paid for by an earlier run whose store failed (a flow resumed, a task delivered
     // again): returned, and stored now, instead of paying again.
     const kept = this.unsaved.get(input.key);
@@ -319,9 +331,11 @@ export class MicrotaskRunner {
     } finally {
       clearTimeout(timer);
     }
-    // Stored before the flow hears of it: a crash after this point costs no second call.
-    // Outside the call's try: a store that fails is not a model failure.
-    if (isReusableResult(result)) await this.store(input, result, deadlineAt, log);
+    // Stored before the flow hears of it: a crash after this point costs no second call (or,
+    // where the store's writes are ordered before the flow's saves, queued before it hears of
+    // it: no save of a later step lands without it). Outside the call's try: a store that
+    // fails is not a model failure.
+    if (isReusableResult(result) && !this.queueStore(input, result, log)) await this.store(input, result, deadlineAt, log);
     if (result.success) log.info({ durationMs: Math.round(result.durationMs), usage: result.usage }, 'microtask done');
     else if (flowStopCode(result.error?.kind)) this.logStop(input.key, log, result);
     else log.warn({ durationMs: Math.round(result.durationMs), error: result.error }, 'microtask failed; fallback used');
@@ -373,6 +387,41 @@ export class MicrotaskRunner {
       );
     }
     if (this.unsaved.delete(key)) log.info('a kept answer was stored');
+  }
+
+  /**
+   * Queues the answer's write where the results store and the flows' saves share one write
+   * queue (resultsOrderedBeforeSaves): the flow goes on without waiting for the commit, and
+   * its next save, made after, lands no earlier, so no crash leaves a step past an answer
+   * that is not on disk (a crash before the commit loses the answer as it did when the flow
+   * waited: the window is the same commit). A write that fails keeps the answer in memory,
+   * as a failed `store` does; the flow's next save meets the same cause and stops the flow,
+   * resumable. False when the store cannot queue it now (the caller stores it and waits).
+   */
+  private queueStore(input: { key: string; taskType: string }, result: MicrotaskResult, log: Logger): boolean {
+    if (!this.deps.resultsOrderedBeforeSaves || !this.deps.results.queue) return false;
+    const key = input.key;
+    let written: Promise<void> | undefined;
+    try {
+      written = this.deps.results.queue(key, result);
+    } catch (e) {
+      written = Promise.reject(e);
+    }
+    if (!written) return false;
+    this.queued.set(key, result);
+    written.then(
+      () => {
+        if (this.queued.get(key) === result) this.queued.delete(key);
+        if (this.unsaved.delete(key)) log.info('a kept answer was stored');
+      },
+      (e: unknown) => {
+        if (this.queued.get(key) === result) this.queued.delete(key);
+        this.keep(key, result);
+        this.scheduleFlush();
+        log.error({ err: e, usage: result.usage }, 'could not store a paid answer: it is kept in memory and its store retried; the flow stops at its next save');
+      },
+    );
+    return true;
   }
 
   private keep(key: string, result: MicrotaskResult): void {

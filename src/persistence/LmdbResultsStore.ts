@@ -9,6 +9,8 @@ import { LogResultsStore, ResultsStoreError, type PrunableResultsStore } from '.
  * by that time for retention. The puts of an event-loop turn share one commit and one
  * fsync with every other write of the database (snapshots of the flows they belong to
  * included); a put resolves once on disk, so a result the flow heard of survives a crash.
+ * `queue` makes the same write without the flow waiting for it: writes commit in the order
+ * made, so the flow's next save (made after) never lands without it.
  *
  * A stored value that does not parse, fails the schema or is the result of another key is
  * as good as none (the task runs again). Results of earlier versions (the daily logs and
@@ -59,25 +61,54 @@ export class LmdbResultsStore implements PrunableResultsStore {
   }
 
   async put(key: string, result: MicrotaskResult): Promise<void> {
-    const stored = storageKey(key);
-    const at = this.options.now?.() ?? Date.now();
     try {
       await this.db.ensureSpace();
-      const { results, resultTimes } = this.dbs;
-      await durable(
-        results.batch(() => {
-          quiet(results.put(stored, JSON.stringify(result), at));
-          quiet(resultTimes.put([at, stored], true));
-        }),
-      );
+      await this.write(key, result);
     } catch (e) {
-      throw new ResultsStoreError(
-        'RESULTS_WRITE_FAILED',
-        `cannot store the microtask result of ${key} in ${this.db.path}: ${(e as Error).message}; the task will run again if the flow is resumed`,
-        { cause: e },
-      );
+      throw this.writeFailed(key, e);
     }
   }
+  /**
+   * `put`, queued before this returns: lmdb-js commits a database's writes in the order they
+   * are made, so this one lands no later than any write made after it (the flow's next
+   * save among them). Undefined when the free space has not been checked lately: the write
+   * cannot go before that check, so it would not be queued now (use `put`).
+   */
+  queue(key: string, result: MicrotaskResult): Promise<void> | undefined {
+    if (!this.db.roomy) return undefined;
+    let written: Promise<boolean>;
+    try {
+      written = this.write(key, result);
+    } catch (e) {
+      return Promise.reject(this.writeFailed(key, e));
+    }
+    return written.then(
+      () => undefined,
+      (e: unknown) => Promise.reject(this.writeFailed(key, e)),
+    );
+  }
+
+  /** The result and its place in the time index, in one transaction; resolves once on disk. */
+  private write(key: string, result: MicrotaskResult): Promise<boolean> {
+    const stored = storageKey(key);
+    const at = this.options.now?.() ?? Date.now();
+    const { results, resultTimes } = this.dbs;
+    return durable(
+      results.batch(() => {
+        quiet(results.put(stored, JSON.stringify(result), at));
+        quiet(resultTimes.put([at, stored], true));
+      }),
+    );
+  }
+
+  private writeFailed(key: string, e: unknown): ResultsStoreError {
+    return new ResultsStoreError(
+      'RESULTS_WRITE_FAILED',
+      `cannot store the microtask result of ${key} in ${this.db.path}: ${(e as Error).message}; the task will run again if the flow is resumed`,
+      { cause: e },
+    );
+  }
+
 
   /**
    * Deletes the results put before `olderThan` (and the files of earlier versions as old);

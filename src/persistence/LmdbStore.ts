@@ -106,6 +106,11 @@ export class LmdbStore {
     if (shared.diskFull) throw new LmdbWriteError('ENOSPC', `ENOSPC: less than ${MIN_FREE_BYTES / 1024} KB free on ${shared.path}`);
   }
 
+  /** Whether a check of ensureSpace found plenty of room less than ROOMY_FOR_MS ago: a write may go without one. */
+  get roomy(): boolean {
+    return this.shared.roomyUntil > Date.now();
+  }
+
   /** What the last check of ensureSpace found: for writers that cannot wait (the journal). */
   get diskFull(): boolean {
     return this.shared.diskFull;

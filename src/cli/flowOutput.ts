@@ -7,7 +7,7 @@ import { isStoreUnavailable } from '../persistence/StoreUnavailableError.js';
 import type { FlowOutput } from '../runFlow.js';
 import { ExitCode } from './exitCodes.js';
 import { unreachableCause, type FlowCalls } from './flowCalls.js';
-import { describeStoreStop, formatTokens } from './format.js';
+import { describeStoreStop, formatTokens, visibleControls } from './format.js';
 
 /**
  * A flow that fell back on cassette misses: say why, in words a new user can act on. From
@@ -35,8 +35,11 @@ export function callsCause(calls: FlowCalls | undefined, model: string | undefin
 export const describeUsage = (usage: Usage) =>
   `${usage.calls} model call${usage.calls === 1 ? '' : 's'}, ${formatTokens(usage.inputTokens, usage.outputTokens)}`;
 
+/** A flow's data on stdout: a string as it is to a pipe, its control characters shown to a terminal (JSON escapes them anyway). */
 export const printData = (value: unknown) => {
-  if (value !== undefined) process.stdout.write(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
+  if (value === undefined) return;
+  const text = typeof value === 'string' ? (process.stdout.isTTY ? visibleControls(value) : value) : JSON.stringify(value, null, 2);
+  process.stdout.write(`${text}\n`);
 };
 
 /** The part of a flow's output a person wants on stdout: as its definition says, else its `result`. */

@@ -46,3 +46,12 @@ export function describeStoreStop(stop: { cause: string; flowId?: string; step?:
   const where = stop.step === undefined ? '' : ` at step ${stop.step}`;
   return `${cause}: the flow ${stop.flowId} stopped${where} (saved, resumable); ${remedy}, then \`microtask resume ${stop.flowId}\``;
 }
+
+/**
+ * Text a model or a client wrote, fit for a terminal: its control characters shown
+ * (`\u001b`) instead of obeyed. An escape sequence in a model's answer would otherwise write
+ * the clipboard (OSC 52), retitle the window or clear the screen, and a carriage return alone
+ * would hide what came before it on the line. Line ends and tabs stay.
+ */
+export const visibleControls = (text: string) =>
+  text.replace(/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);

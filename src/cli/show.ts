@@ -1,7 +1,7 @@
 import type { JournalEntry } from '../journal/Journal.js';
 import type { FlowSnapshotRecord } from '../persistence/SnapshotStore.js';
 import { FlowCalls } from './flowCalls.js';
-import { formatMs, formatState, formatTokens } from './format.js';
+import { formatMs, formatState, formatTokens, visibleControls } from './format.js';
 
 type Colors = { dim(s: string): string; bold(s: string): string; red(s: string): string; green(s: string): string; yellow(s: string): string };
 
@@ -35,7 +35,8 @@ export function microtaskTotals(entries: readonly JournalEntry[]) {
 }
 
 const oneLine = (text: string, max = 100) => {
-  const flat = text.replace(/\s+/g, ' ').trim();
+  // Prompts and answers come from clients and models: their escape sequences are shown, not obeyed.
+  const flat = visibleControls(text.replace(/\s+/g, ' ').trim());
   return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
 };
 

@@ -2,7 +2,7 @@ import { createActor, toPromise } from 'xstate';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { CircuitBreaker } from '../src/actors/CircuitBreaker.js';
-import { createMicrotaskLogic, MicrotaskRunner, type MicrotaskDeps } from '../src/actors/microtask.js';
+import { createMicrotaskLogic, defaultFallback, MicrotaskRunner, type MicrotaskDeps } from '../src/actors/microtask.js';
 import { AnthropicModel } from '../src/actors/model/AnthropicModel.js';
 import { ModelError } from '../src/actors/model/ModelError.js';
 import { ScriptedModel, type Script } from '../src/actors/model/ScriptedModel.js';
@@ -211,5 +211,34 @@ describe('the microtask actor', () => {
     });
     const result = await runner.run(task);
     expect(result).toMatchObject({ success: false, error: { kind: 'max_tokens' }, usage: { inputTokens: 7, outputTokens: 5, calls: 1 } });
+  });
+});
+
+describe('names that come with the input (a program may give plain objects)', () => {
+  const failing = () => new ModelError('unavailable', 'overloaded');
+
+  it('`__proto__` or `constructor` as the task type gets the default fallback, not whatever the object inherits', async () => {
+    for (const taskType of ['__proto__', 'constructor', 'toString']) {
+      const { runner } = runnerWith([failing()]);
+      const result = await runner.run({ ...task, taskType, key: `flow-p/${taskType}/0` });
+      expect(result.success, taskType).toBe(false);
+      // The default fallback: null output, never the input echoed back nor a crash.
+      expect(result.fallback, taskType).toEqual(defaultFallback({ ...task, taskType, key: `flow-p/${taskType}/0` }, result.error!));
+    }
+  });
+
+  it('a fallback that throws gets the default one instead of failing the run', async () => {
+    const { runner } = runnerWith([failing()], { fallbacks: { summarize: () => { throw new Error('the fallback broke'); } } });
+    const result = await runner.run(task);
+    expect(result.success).toBe(false);
+    expect(result.error?.kind).toBe('unavailable');
+    expect(result.fallback).toEqual(defaultFallback(task, result.error!));
+  });
+
+  it('`constructor` as the answer names no schema: unknown_answer_schema, and no model call', async () => {
+    const { runner, model } = runnerWith([{ text: 'x' }]);
+    const result = await runner.run({ ...task, answer: 'constructor' });
+    expect(result.error?.kind).toBe('unknown_answer_schema');
+    expect(model.calls).toHaveLength(0);
   });
 });

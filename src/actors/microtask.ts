@@ -260,7 +260,10 @@ export class MicrotaskRunner {
       return this.failed(input, started, { kind: 'cancelled', message: `microtask ${input.taskType} cancelled before its model call`, retryable: false });
     }
 
-    const schema = input.answer === undefined ? undefined : this.deps.answers?.[input.answer];
+    // By own property: the name comes with the input (any NATS client's, over NATS), and a
+    // program may give a plain object (`constructor` is no answer schema).
+    const answers = this.deps.answers;
+    const schema = input.answer === undefined || !answers || !Object.hasOwn(answers, input.answer) ? undefined : answers[input.answer];
     if (input.answer !== undefined && !schema) {
       return this.failed(input, started, {
         kind: 'unknown_answer_schema',
@@ -464,17 +467,34 @@ export class MicrotaskRunner {
   }
 
   private failed(input: MicrotaskInput, started: number, error: MicrotaskError, usage = zeroUsage()): MicrotaskResult {
-    const fallback = (this.deps.fallbacks?.[input.taskType] ?? defaultFallback)(input, error);
     return {
       success: false,
       taskType: input.taskType ?? 'unknown',
       key: input.key ?? 'unknown',
       error,
-      fallback,
+      fallback: this.fallbackOf(input, error),
       durationMs: performance.now() - started,
       usage,
       cached: false,
     };
+  }
+
+  /**
+   * The task type's own fallback (by own property: `__proto__` or `constructor` names none
+   * in a program's plain object), else the default; one that throws gets the default answer,
+   * logged, rather than failing the flow on its fallback.
+   */
+  private fallbackOf(input: MicrotaskInput, error: MicrotaskError): unknown {
+    const fallbacks = this.deps.fallbacks;
+    const own = fallbacks && typeof input.taskType === 'string' && Object.hasOwn(fallbacks, input.taskType) ? fallbacks[input.taskType] : undefined;
+    if (typeof own === 'function') {
+      try {
+        return own(input, error);
+      } catch (e) {
+        this.logger.warn({ taskType: input.taskType, err: e }, 'the fallback threw; the default one is used');
+      }
+    }
+    return defaultFallback(input, error);
   }
 }
 

@@ -59,3 +59,33 @@ describe("a model's answer printed by `microtask run`", () => {
     expect(shown).not.toMatch(/\x1b\]|\x07/);
   });
 });
+
+describe('the progress lines (stderr)', () => {
+  it("show the control characters of what a client or a server wrote (a task type, a key, an error's message), not obey them", async () => {
+    const { Writable } = await import('node:stream');
+    const { progressDisplay } = await import('../src/cli/liveProgress.js');
+    let text = '';
+    const stream = new Writable({
+      write(chunk, _encoding, done) {
+        text += String(chunk);
+        done();
+      },
+    }) as unknown as NodeJS.WriteStream;
+    const progress = progressDisplay({ stream, live: false, color: false });
+    const hostile = '\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b[2J';
+    const at = new Date().toISOString();
+    const base = { kind: 'microtask' as const, flowId: 'flow-t', actor: 'root/ask', key: `flow-t/${hostile}/0`, taskType: `ask${hostile}` };
+    progress.onEntry({ ...base, at, phase: 'started', prompt: 'p' });
+    progress.onEntry({
+      ...base,
+      at,
+      phase: 'finished',
+      result: { success: false, taskType: base.taskType, key: base.key, error: { kind: 'unavailable', message: `down ${hostile}\rhidden`, retryable: true }, durationMs: 1, usage: { inputTokens: 0, outputTokens: 0, cacheCreationInputTokens: 0, cacheReadInputTokens: 0, calls: 1 }, cached: false },
+    });
+    progress.onEntry({ kind: 'flow', flowId: 'flow-t', at, phase: 'ended', pattern: 'microtask', status: 'failed', error: { code: 'X', message: `end ${hostile}` } });
+    progress.done();
+    expect(text).toContain('\\u001b]52;c;');
+    expect(text).not.toMatch(/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/);
+    expect(text).toContain('down \\u001b]52');
+  });
+});

@@ -2,7 +2,7 @@ import { createLogUpdate } from 'log-update';
 import pc from 'picocolors';
 import type { JournalEntry } from '../journal/Journal.js';
 import { FlowCalls } from './flowCalls.js';
-import { formatActorState, formatState, formatTokens } from './format.js';
+import { formatActorState, formatState, formatTokens, visibleControls } from './format.js';
 
 /** Child machines in the live block: the latest ones that moved (a tool build has dozens). */
 const MAX_CHILDREN_SHOWN = 6;
@@ -65,7 +65,7 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
     for (const [actor, { machine, state }] of shown) lines.push(`${'  '.repeat(depth(actor) + 1)}${formatActorState(actor, machine, c.yellow(state))}`);
     const frame = '⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏'[Math.floor(Date.now() / 100) % 10];
     for (const { entry, since, task } of inFlight.values()) {
-      lines.push(`  ${c.cyan(frame ?? '*')} ${task ? 'task ' : ''}${entry.taskType} ${c.dim(entry.key)} ${c.dim(`${((Date.now() - since) / 1000).toFixed(1)}s`)}`);
+      lines.push(`  ${c.cyan(frame ?? '*')} ${task ? 'task ' : ''}${visibleControls(entry.taskType)} ${c.dim(visibleControls(entry.key))} ${c.dim(`${((Date.now() - since) / 1000).toFixed(1)}s`)}`);
     }
     const tasks = totals.tasksDone + totals.tasksFailed;
     lines.push(
@@ -87,7 +87,7 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
           header = `${entry.pattern} ${entry.flowId}`;
           status = entry.status;
           if (!live) {
-            const cause = entry.error && !options.endSaidByCaller ? `: ${entry.error.message}` : '';
+            const cause = entry.error && !options.endSaidByCaller ? `: ${visibleControls(entry.error.message)}` : '';
             write(`${header}: ${entry.phase}${entry.phase === 'ended' ? ` (${entry.status}${cause})` : ''}`);
           }
           break;
@@ -117,8 +117,8 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
             if (r.success) totals.tasksDone++;
             else totals.tasksFailed++;
             if (!live) {
-              const outcome = r.success ? 'done' : `failed (${r.error?.kind ?? 'error'}: ${r.error?.message ?? ''})`;
-              write(`    task ${entry.taskType} ${entry.key}: ${r.cached ? 'stored result, not run again' : `${outcome}, ${Math.round(r.durationMs)} ms`}`);
+              const outcome = r.success ? 'done' : `failed (${r.error?.kind ?? 'error'}: ${visibleControls(r.error?.message ?? '')})`;
+              write(`    task ${visibleControls(entry.taskType)} ${visibleControls(entry.key)}: ${r.cached ? 'stored result, not run again' : `${outcome}, ${Math.round(r.durationMs)} ms`}`);
             }
             break;
           }
@@ -128,8 +128,8 @@ export function progressDisplay(options: ProgressOptions = {}): Progress {
           totals.inputTokens += r.usage.inputTokens;
           totals.outputTokens += r.usage.outputTokens;
           if (!live) {
-            const outcome = r.success ? 'done' : `failed (${r.error?.kind ?? 'error'}: ${r.error?.message ?? ''})${r.fallback !== undefined ? ', fallback used' : ''}`;
-            write(`    microtask ${entry.taskType} ${entry.key}: ${outcome}, ${Math.round(r.durationMs)} ms, ${r.cached ? 'stored result, no call' : !r.success && r.usage.calls === 0 ? 'no call made' : formatTokens(r.usage.inputTokens, r.usage.outputTokens)}`);
+            const outcome = r.success ? 'done' : `failed (${r.error?.kind ?? 'error'}: ${visibleControls(r.error?.message ?? '')})${r.fallback !== undefined ? ', fallback used' : ''}`;
+            write(`    microtask ${visibleControls(entry.taskType)} ${visibleControls(entry.key)}: ${outcome}, ${Math.round(r.durationMs)} ms, ${r.cached ? 'stored result, no call' : !r.success && r.usage.calls === 0 ? 'no call made' : formatTokens(r.usage.inputTokens, r.usage.outputTokens)}`);
           }
           break;
         }

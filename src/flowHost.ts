@@ -23,6 +23,7 @@ import { sleepPlan } from './flowSleep.js';
 import { FlowSleeping } from './flowSleeping.js';
 import { actorPath, hostedFlow, remember, type Ending, type HostedFlow, type PendingStep, type SleepingFlow } from './hostedFlow.js';
 import { saveStep, withoutLeaseUntil } from './flowSaving.js';
+import { depthExceeds, MAX_JSON_DEPTH } from './jsonInput.js';
 import type { FlowHostOptions } from './flowHostOptions.js';
 
 export type { FlowHostOptions };
@@ -449,6 +450,12 @@ export class FlowHost {
 
   private apply(hosted: HostedFlow, event: KeptEvent): 'applied' | 'duplicate' {
     if (hosted.received.includes(event.eventId)) return 'duplicate';
+    // Whoever calls (flow.send, the inbox and the orchestrator refuse it earlier): XState
+    // copies a context recursively, and data nested thousands deep overflowed the stack
+    // half-way through the transition, after the event was counted as received.
+    if (depthExceeds(event.data, MAX_JSON_DEPTH)) {
+      throw new EventRefusedError('INVALID_EVENT', `the event's data is nested deeper than ${MAX_JSON_DEPTH} levels of arrays and objects (the limit)`);
+    }
     const { wait, data } = matchWait(hosted.flowId, waitsOf(hosted.actor), event, event.sentAt);
     // Saved with the step the event causes (the same record write): applied once, even
     // when the process dies right after and the event is delivered again.

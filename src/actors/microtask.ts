@@ -35,6 +35,24 @@ export const defaultFallback: Fallback = (input, error) => ({
   message: `no model answer (${error.kind}); nothing better is known for this task type`,
 });
 
+/**
+ * The task type's own fallback, else the default. By own property: the task type comes with
+ * the input (any NATS client's), and `__proto__` or `constructor` name none in a program's
+ * plain object. One that throws gets the default answer, logged: a fallback runs in timers
+ * and abort handlers (remote), where a throw would end the process, and never fails a flow.
+ */
+export function fallbackFor(fallbacks: Fallbacks | undefined, input: MicrotaskInput, error: MicrotaskError, logger: Logger): unknown {
+  const own = fallbacks && typeof input.taskType === 'string' && Object.hasOwn(fallbacks, input.taskType) ? fallbacks[input.taskType] : undefined;
+  if (typeof own === 'function') {
+    try {
+      return own(input, error);
+    } catch (e) {
+      logger.warn({ taskType: input.taskType, err: e }, 'the fallback threw; the default one is used');
+    }
+  }
+  return defaultFallback(input, error);
+}
+
 export interface MicrotaskDeps {
   model: ModelPort;
   results: ResultsStore;
@@ -415,7 +433,6 @@ export class MicrotaskRunner {
     written.then(
       () => {
         if (this.queued.get(key) === result) this.queued.delete(key);
-        if (this.unsaved.delete(key)) log.info('a kept answer was stored');
       },
       (e: unknown) => {
         if (this.queued.get(key) === result) this.queued.delete(key);
@@ -472,29 +489,11 @@ export class MicrotaskRunner {
       taskType: input.taskType ?? 'unknown',
       key: input.key ?? 'unknown',
       error,
-      fallback: this.fallbackOf(input, error),
+      fallback: fallbackFor(this.deps.fallbacks, input, error, this.logger),
       durationMs: performance.now() - started,
       usage,
       cached: false,
     };
-  }
-
-  /**
-   * The task type's own fallback (by own property: `__proto__` or `constructor` names none
-   * in a program's plain object), else the default; one that throws gets the default answer,
-   * logged, rather than failing the flow on its fallback.
-   */
-  private fallbackOf(input: MicrotaskInput, error: MicrotaskError): unknown {
-    const fallbacks = this.deps.fallbacks;
-    const own = fallbacks && typeof input.taskType === 'string' && Object.hasOwn(fallbacks, input.taskType) ? fallbacks[input.taskType] : undefined;
-    if (typeof own === 'function') {
-      try {
-        return own(input, error);
-      } catch (e) {
-        this.logger.warn({ taskType: input.taskType, err: e }, 'the fallback threw; the default one is used');
-      }
-    }
-    return defaultFallback(input, error);
   }
 }
 

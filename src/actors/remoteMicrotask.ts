@@ -5,7 +5,7 @@ import { ResultsWatch, type ResultWaiter } from '../bus/ResultsWatch.js';
 import { silentLogger, type Logger } from '../log.js';
 import { zeroUsage } from '../contracts/usage.js';
 import { firstLine, retryStore } from '../persistence/retryStore.js';
-import { DEFAULT_STORE_RETRY_MS, DEFAULT_TIMEOUT_MS, defaultFallback, isReusableResult, stopOnPermanentCause, withDeadline, type Fallbacks } from './microtask.js';
+import { DEFAULT_STORE_RETRY_MS, DEFAULT_TIMEOUT_MS, fallbackFor, isReusableResult, stopOnPermanentCause, withDeadline, type Fallbacks } from './microtask.js';
 import { boundedDeadline, flowIdOf, MicrotaskInputSchema, MicrotaskResultSchema, type MicrotaskError, type MicrotaskInput, type MicrotaskResult } from '../contracts/microtask.js';
 import { ResultsUnavailableError } from './ResultsStore.js';
 import { describeIssues } from './model/prompt.js';
@@ -96,30 +96,13 @@ export function createRemoteMicrotaskLogic(options: RemoteMicrotaskOptions) {
     options.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS,
   );
 
-  /**
-   * The task type's own fallback, else the default. Computed in a timer or an abort handler,
-   * where a throw is an unhandled rejection that ends the process: a fallback that throws (or
-   * a taskType such as `__proto__` that names no function) gets the default answer instead.
-   */
-  function fallbackOf(input: MicrotaskInput, error: MicrotaskError): unknown {
-    const own = options.fallbacks && Object.hasOwn(options.fallbacks, input.taskType) ? options.fallbacks[input.taskType] : undefined;
-    if (typeof own === 'function') {
-      try {
-        return own(input, error);
-      } catch (e) {
-        logger.warn({ taskType: input.taskType, err: e }, 'the fallback threw; the default one is used');
-      }
-    }
-    return defaultFallback(input, error);
-  }
-
   function failureOf(input: MicrotaskInput, error: MicrotaskError, started: number): MicrotaskResult {
     return {
       success: false,
       taskType: input.taskType,
       key: input.key,
       error,
-      fallback: fallbackOf(input, error),
+      fallback: fallbackFor(options.fallbacks, input, error, logger),
       durationMs: performance.now() - started,
       usage: zeroUsage(),
       cached: false,

@@ -49,7 +49,7 @@ export class LmdbJournal implements Journal {
   private readonly writer = randomBytes(4).toString('hex');
   private readonly touched = new Map<string, number>();
   /** The flows whose retention time this process wrote, and when (ms): written again only TOUCH_EVERY_MS later. */
-  private touchedAt = new Map<string, number>();
+  private readonly touchedAt = new Map<string, number>();
   private sweptAt = Date.now();
   /** Entries appended and not yet written, per flow, in order (written at the next tick). */
   private readonly pending = new Map<string, Array<{ kind: JournalEntry['kind']; text: string }>>();

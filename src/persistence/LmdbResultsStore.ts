@@ -68,6 +68,7 @@ export class LmdbResultsStore implements PrunableResultsStore {
       throw this.writeFailed(key, e);
     }
   }
+
   /**
    * `put`, queued before this returns: lmdb-js commits a database's writes in the order they
    * are made, so this one lands no later than any write made after it (the flow's next
@@ -108,7 +109,6 @@ export class LmdbResultsStore implements PrunableResultsStore {
       { cause: e },
     );
   }
-
 
   /**
    * Deletes the results put before `olderThan` (and the files of earlier versions as old);
